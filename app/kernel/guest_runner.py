@@ -1,7 +1,8 @@
 """Runs inside the qemu guest (stdlib only): replays the job's scenarios, reports on ttyS1.
 
 ``/init`` runs ``python3.11 -S -m app.kernel.guest_runner /ksmlab/job``. ``job.json`` there
-lists the scenario files of the job (``{"scenarios": ["0000.json", ...]}``, or
+lists the scenario files of the job (``{"scenarios": ["0000.json", ...], "timeout": s,
+"replayer": module}``, or
 ``{"probe": true}`` for a boot check). Each scenario is replayed by the project's kernel
 replayer, ``python3.11 -m app.kernel.replayer SCENARIO --trace OUT``, as a child process
 (a replay cannot leave state behind for the next one), and its result is written at once to
@@ -91,14 +92,15 @@ def _probe() -> dict[str, Any]:
     return {"status": 0, "trace": None, "stderr": "", "ksm": knobs, "seconds": 0.0}
 
 
-def _replay(job: Path, name: str, timeout: float) -> dict[str, Any]:
+def _replay(job: Path, name: str, timeout: float, module: str) -> dict[str, Any]:
     out = Path("/tmp") / f"trace-{name}"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-S", "-m", REPLAYER, str(job / name), "--trace", str(out)]
+    cmd = [sys.executable, "-S", "-m", module, str(job / name), "--trace", str(out)]
     t0 = time.monotonic()
     try:
+        env = dict(os.environ, PYTHONPATH=f"/ksmlab:{job}")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd="/ksmlab", check=False)
+                              cwd="/ksmlab", env=env, check=False)
         status, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
@@ -124,8 +126,9 @@ def main(argv: list[str]) -> int:
         results = 1
     else:
         timeout = float(spec.get("timeout", 300))
+        module = str(spec.get("replayer", REPLAYER))
         for index, name in enumerate(spec["scenarios"]):
-            port.frame("result", index, _replay(job, name, timeout))
+            port.frame("result", index, _replay(job, name, timeout, module))
             results += 1
     port.frame("done", results, {"uptime": float(Path("/proc/uptime").read_text().split()[0])})
     port.drain()

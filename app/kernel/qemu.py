@@ -31,7 +31,8 @@ API (stdlib only; used by ``app.kernel.cli`` for ``replay --kernel`` and ``fuzz 
 ``probe_guest(version) -> dict`` boots once and returns ``uname`` and ``/sys/kernel/mm/ksm``.
 
 Command line (for ``.ci/qemu-setup.sh``): ``python3 -m app.kernel.qemu fetch [6.1 6.12]``
-caches the kernels and the base initramfs; ``python3 -m app.kernel.qemu probe 6.1``.
+caches the kernels and the base initramfs (``--offline``: only check the cache);
+``python3 -m app.kernel.qemu probe 6.1`` boots once and prints uname and the KSM knobs.
 
 The pieces: :mod:`.qemu_packages` (Debian packages, cache), :mod:`.qemu_initramfs` (the
 image), :mod:`.qemu_boot` (one qemu run, serial frames), :mod:`.guest_runner` (inside).
@@ -63,6 +64,7 @@ from .qemu_packages import (
 ROOT = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 120.0  # seconds until the guest's first frame (TCG boot takes ~4 s)
 SCENARIO_TIMEOUT = 300.0  # seconds one replay may take inside the guest
+REPLAYER = "app.kernel.replayer"
 
 
 class QemuError(Exception):
@@ -177,16 +179,24 @@ def replay_many_in_guest(
     *,
     on_result: Callable[[int, GuestResult], None] | None = None,
     timeout: float = SCENARIO_TIMEOUT,
+    replayer: str = REPLAYER,
+    extra_files: dict[str, bytes] | None = None,
 ) -> list[GuestResult]:
-    """Replay every scenario in one guest boot (more if the guest dies); see the module doc."""
+    """Replay every scenario in one guest boot (more if the guest dies); see the module doc.
+
+    ``replayer`` (a module run as ``python3 -m``) and ``extra_files`` (put in the guest's
+    job folder, which is on its ``PYTHONPATH``) exist for the tests of this pipeline.
+    """
     docs = [_load(s) for s in scenarios]
     results: dict[int, GuestResult] = {}
     start = 0
     while start < len(docs):
         names = {i: f"{i:05d}.json" for i in range(start, len(docs))}
-        job = {name: docs[i] for i, name in names.items()}
+        job = dict(extra_files or {})
+        job.update({name: docs[i] for i, name in names.items()})
         job["job.json"] = json.dumps(
-            {"scenarios": list(names.values()), "timeout": timeout}).encode()
+            {"scenarios": list(names.values()), "timeout": timeout, "replayer": replayer}
+        ).encode()
         hello: list[dict[str, Any]] = []
         batch: dict[int, GuestResult] = {}
 
@@ -262,11 +272,12 @@ def probe_guest(version: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     cmd = args.pop(0) if args else ""
-    versions = args or ["6.1", "6.12"]
+    offline = "--offline" in args
+    versions = [a for a in args if not a.startswith("--")] or ["6.1", "6.12"]
     try:
         if cmd == "fetch":
             for v in versions:
-                k = ensure_ready(v)
+                k = ensure_ready(v, fetch=not offline)
                 sys.stdout.write(f"{v}: {k.package} {k.package_version} -> {k.vmlinuz}\n")
             return 0
         if cmd == "probe":
@@ -279,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (QemuError, MissingPiece) as exc:
         sys.stderr.write(f"qemu {cmd}: {exc}\n")
         return exc.status if isinstance(exc, QemuError) else 2
-    sys.stderr.write("usage: python3 -m app.kernel.qemu fetch|probe [6.1 6.12]\n")
+    sys.stderr.write("usage: python3 -m app.kernel.qemu fetch [--offline]|probe [6.1 6.12]\n")
     return 2
 
 

@@ -1,0 +1,83 @@
+"""Parts of the qemu pipeline that need no guest: frames, the cpio writer, the cache."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from app.kernel import qemu_initramfs, qemu_packages
+from app.kernel.qemu_boot import parse_frames
+
+
+def _frame(kind: str, index: int, payload: object) -> str:
+    raw = zlib.compress(json.dumps(payload).encode())
+    head = f"KSMLAB-FRAME {kind} {index} {len(raw)} {hashlib.sha256(raw).hexdigest()}\n"
+    return head + base64.encodebytes(raw).decode() + f"KSMLAB-END {index}\n"
+
+
+def test_frames_are_checked_and_damaged_ones_dropped() -> None:
+    good = _frame("result", 0, {"status": 0, "trace": {"x": 1}})
+    damaged = _frame("result", 1, {"status": 0}).replace("KSMLAB-END 1", "").replace("e", "f", 1)
+    wrong_digest = _frame("result", 2, {"s": 2}).replace(" ", " ", 1)
+    wrong_digest = wrong_digest.replace(wrong_digest.split()[4], "0" * 64)
+    text = "noise\r\n" + good.replace("\n", "\r\n") + damaged + wrong_digest + _frame("done", 1, {})
+    frames = parse_frames(text)
+    assert [(f.kind, f.index) for f in frames] == [("result", 0), ("done", 1)]
+    assert frames[0].payload["trace"] == {"x": 1}
+
+
+def test_cpio_writer_output_lists_with_cpio(tmp_path: Path) -> None:
+    w = qemu_initramfs.CpioWriter()
+    w.add_file("a/b/c.txt", b"hello", 0o600, 1_700_000_000)
+    w.add_symlink("bin/sh", "busybox")
+    w.add_dir("empty")
+    data = w.to_bytes()
+    assert len(data) % 512 == 0
+    if not shutil.which("cpio"):
+        pytest.skip("cpio not installed")
+    out = subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["a", "a/b", "a/b/c.txt", "bin", "bin/sh", "empty"]
+    subprocess.run(["cpio", "-idm", "--quiet"], input=data, cwd=tmp_path, check=True)
+    assert (tmp_path / "a/b/c.txt").read_bytes() == b"hello"
+    assert os.readlink(tmp_path / "bin/sh") == "busybox"
+
+
+def test_job_archive_holds_the_project_packages() -> None:
+    data = qemu_initramfs.build_job(qemu_initramfs.Path(__file__).resolve().parents[2],
+                                    {"job.json": b"{}"})
+    names = set()
+    buf = io.BytesIO(data)
+    while True:
+        head = buf.read(110)
+        namesize, filesize = int(head[94:102], 16), int(head[54:62], 16)
+        name = buf.read(namesize)[:-1].decode()
+        buf.read(-(110 + namesize) % 4)
+        buf.read(filesize + (-filesize % 4))
+        if name == "TRAILER!!!":
+            break
+        names.add(name)
+    assert {"ksmlab/app/__init__.py", "ksmlab/sim/scenario.py", "ksmlab/sim/trace.py",
+            "ksmlab/app/kernel/guest_runner.py", "ksmlab/job/job.json"} <= names
+
+
+def test_unknown_kernel_version_is_one_line() -> None:
+    with pytest.raises(qemu_packages.MissingPiece, match="no qemu kernel for '4.19'"):
+        qemu_packages.check_version("4.19")
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("KSMLAB_CACHE", str(tmp_path))
+    assert qemu_packages.cache_dir() == tmp_path
+    monkeypatch.delenv("KSMLAB_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert qemu_packages.cache_dir() == tmp_path / "x" / "ksmlab"

@@ -1,0 +1,65 @@
+"""The qemu pipeline itself, with a stand-in replayer: boot, frames, failures, cleanup."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.kernel import qemu
+
+pytestmark = pytest.mark.qemu_guest
+FAKE = Path(__file__).with_name("guest_fake_replayer.py").read_bytes()
+
+
+def _scenario(name: str) -> dict[str, Any]:
+    return {"format": "ksm-scenario/1", "name": name, "steps": []}
+
+
+@pytest.mark.parametrize("version,release,has_smart_scan", [
+    ("6.1", "6.1.0-57-cloud-amd64", False),
+    ("6.12", "6.12.117+deb12-cloud-amd64", True),
+])
+def test_probe_boots_the_debian_kernel(version: str, release: str, has_smart_scan: bool) -> None:
+    t0 = time.monotonic()
+    info = qemu.probe_guest(version)
+    assert time.monotonic() - t0 < 60
+    assert info["hello"]["release"] == release
+    assert info["hello"]["nproc"] == 2
+    assert ("smart_scan" in info["ksm"]) is has_smart_scan
+    assert info["ksm"]["run"] == "0"
+    guest = info["guest"]
+    assert guest["kernel_package"].startswith(f"linux-image-{release.split('-cloud')[0]}")
+    assert "pc,mem-merge=off" in guest["qemu_command"]
+    assert guest["host_mergeable_kb"] == 0  # the guest's RAM is no host KSM user
+
+
+def test_results_failures_and_a_dying_guest() -> None:
+    names = ["ok", "unsupported", "hang", "panic", "ok"]
+    seen: list[int] = []
+    results = qemu.replay_many_in_guest(
+        [_scenario(n) for n in names], "6.1", timeout=6, replayer="guest_fake_replayer",
+        extra_files={"guest_fake_replayer.py": FAKE},
+        on_result=lambda i, r: seen.append(i),
+    )
+    assert [r.status for r in results] == [0, 4, 124, 1, 0]
+    assert sorted(seen) == list(range(5))
+    ok = results[0].trace
+    assert ok is not None and ok["meta"]["euid"] == 0
+    assert ok["source"] == "kernel 6.1.0-57-cloud-amd64"
+    assert ok["meta"]["guest"]["kernel_package_version"]
+    assert "unsupported on this kernel" in results[1].stderr
+    assert "timed out" in results[2].stderr
+    assert results[3].trace is None and "guest" in results[3].stderr
+    assert results[4].trace is not None  # replayed in a second boot
+
+
+def test_replay_in_guest_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert qemu.replay_in_guest(bad, "6.1", tmp_path / "t.json") == 2
+    assert "invalid JSON" in capsys.readouterr().err
+    assert qemu.replay_in_guest(bad, "5.4", tmp_path / "t.json") == 2
+    assert "no qemu kernel for '5.4'" in capsys.readouterr().err
