@@ -1,0 +1,55 @@
+"""KSM Lab simulator: Linux KSM (Kernel Samepage Merging) as the kernel really behaves.
+
+DOC: Overview
+
+A deterministic, standard-library-only model of ``mm/ksm.c`` and the page-table events
+around it, for the kernel profiles "6.18" (default), "6.12", "6.5" (before the zero-page
+series) and "6.1" (see ``sim.profiles``). No I/O, no clock, no asyncio.
+
+- :class:`Kernel`: one simulated machine: processes, mappings, PTEs, frames, ksmd, trees,
+  counters; scenario ops as methods; ksmd stepping by page, batch or pass.
+- :func:`load_scenario` / :func:`parse_scenario`: ``ksm-scenario/1`` documents.
+- :func:`run_scenario`: a scenario in, a ``ksm-trace/1`` trace out.
+- :func:`compare_traces`: the differences between two traces (empty when they agree).
+- :func:`check_invariants`: the structural checker tests run after every step.
+
+Layers, bottom up: ``state`` (frames, counters), ``stable`` (stable tree, chains),
+``scanner`` (ksmd, smart scan, cmp_and_merge_page), ``process`` (fork, write, madvise...),
+``knobs`` (sysfs), ``kernel`` (the facade).
+"""
+
+from .errors import (
+    InvariantError,
+    KnobError,
+    OpError,
+    ScenarioError,
+    SimError,
+    UnsupportedError,
+)
+from .invariants import check_invariants
+from .kernel import Kernel
+from .profiles import PROFILES, get_profile
+from .runner import run_scenario
+from .scenario import Scenario, Step, load_scenario, parse_pages, parse_scenario
+from .trace import compare_traces, load_trace
+
+__all__ = [
+    "PROFILES",
+    "InvariantError",
+    "Kernel",
+    "KnobError",
+    "OpError",
+    "Scenario",
+    "ScenarioError",
+    "SimError",
+    "Step",
+    "UnsupportedError",
+    "check_invariants",
+    "compare_traces",
+    "get_profile",
+    "load_scenario",
+    "load_trace",
+    "parse_pages",
+    "parse_scenario",
+    "run_scenario",
+]

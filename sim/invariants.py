@@ -1,0 +1,142 @@
+"""Structural invariants of the model, checked by tests after every step.
+
+Like the kernel's ``VM_BUG_ON`` sites, these must hold at any point between operations:
+
+1. every page reads back what its process last wrote (KSM never changes contents);
+2. every frame's map count equals the PTEs mapping it; KSM PTEs are read-only;
+3. a KSM frame's stable node exists, is alive and points back at the frame;
+4. every counter equals a recomputation from the structures (rmap_items, stable and
+   unstable items, shared/sharing, chains/dups, zero pages, per-process counters);
+5. ksmd's list holds exactly the registered processes, once each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from .errors import InvariantError
+from .mm import ITEM_STABLE, ITEM_UNSTABLE, PTE_DIRTY, PTE_WRITE
+from .state import StableNode
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+
+def _fail(message: str) -> None:
+    raise InvariantError(message)
+
+
+def check_invariants(k: Kernel) -> None:
+    """Raise :class:`InvariantError` on the first broken invariant."""
+    maps: Counter[int] = Counter()
+    zero_total = 0
+    for mm in k.procs.values():
+        zero_mm = 0
+        for vma in mm.vmas.values():
+            for i in range(vma.npages):
+                pfn = vma.pfn[i]
+                if pfn > 0:
+                    maps[pfn] += 1
+                    if k.f_content[pfn] != vma.shadow[i]:
+                        _fail(f"{vma!r}[{i}] reads content {k.f_content[pfn]}, "
+                              f"wrote {vma.shadow[i]}")
+                    if k.f_node[pfn] >= 0 and vma.pte[i] & PTE_WRITE:
+                        _fail(f"{vma!r}[{i}] maps KSM frame {pfn} writable")
+                elif vma.shadow[i] != 0:
+                    _fail(f"{vma!r}[{i}] reads zeros, wrote {vma.shadow[i]}")
+                if pfn == 0 and vma.pte[i] & PTE_DIRTY and k.profile.zero_page_series:
+                    zero_mm += 1
+        if k.profile.zero_page_series and mm.ksm_zero_pages != zero_mm:
+            _fail(f"{mm.name}: ksm_zero_pages {mm.ksm_zero_pages} != {zero_mm} marked PTEs")
+        zero_total += zero_mm
+    if k.profile.zero_page_series and k.ksm_zero_pages != zero_total:
+        _fail(f"ksm_zero_pages {k.ksm_zero_pages} != {zero_total} marked PTEs")
+    free = set(k.free_pfns)
+    for pfn in range(1, len(k.f_map)):
+        if pfn in free:
+            if maps[pfn]:
+                _fail(f"free frame {pfn} is mapped")
+            continue
+        if k.f_map[pfn] != maps[pfn]:
+            _fail(f"frame {pfn}: map count {k.f_map[pfn]} != {maps[pfn]} PTEs")
+        nid = k.f_node[pfn]
+        if nid >= 0:
+            node = k.nodes.get(nid)
+            if node is None or node.dead or node.pfn != pfn:
+                _fail(f"KSM frame {pfn}: bad stable node {node!r}")
+
+    # rmap_items and tree counters
+    items = unstable = stable = 0
+    per_mm: Counter[str] = Counter()
+    merging: Counter[str] = Counter()
+    node_items: dict[int, set[int]] = {}
+    for vma in k.vmas_by_uid.values():
+        n = 0
+        for i in range(vma.npages):
+            st = vma.it_state[i]
+            if not st:
+                continue
+            n += 1
+            if st == ITEM_UNSTABLE:
+                unstable += 1
+            elif st == ITEM_STABLE:
+                stable += 1
+                merging[vma.mm.name] += 1
+                node_items.setdefault(vma.it_node[i], set()).add(k.key(vma, i))
+        if n != vma.nitems:
+            _fail(f"{vma!r}: nitems {vma.nitems} != {n}")
+        items += n
+        per_mm[vma.mm.name] += n
+    if items != k.ksm_rmap_items:
+        _fail(f"ksm_rmap_items {k.ksm_rmap_items} != {items} items")
+    if unstable != k.pages_unshared:
+        _fail(f"pages_unshared {k.pages_unshared} != {unstable} unstable items")
+    shared = sharing = chains = dups = 0
+    for nid, node in k.nodes.items():
+        if node.kind == StableNode.CHAIN:
+            chains += 1
+            if k.stable.get(node.content) is not node:
+                _fail(f"chain {nid} is not in the stable tree")
+            for dup in node.dups:
+                if dup.kind != StableNode.DUP or dup.chain is not node:
+                    _fail(f"chain {nid}: bad dup {dup!r}")
+            continue
+        if node.kind == StableNode.DUP:
+            dups += 1
+        elif k.stable.get(node.content) is not node:
+            _fail(f"regular node {nid} is not in the stable tree")
+        if node.items != node_items.get(nid, set()):
+            _fail(f"node {nid}: items {len(node.items)} != {len(node_items.get(nid, ()))}")
+        if node.items:
+            shared += 1
+            sharing += len(node.items) - 1
+    if (shared, sharing) != (k.pages_shared, k.pages_sharing):
+        _fail(f"pages_shared/sharing {k.pages_shared}/{k.pages_sharing} != {shared}/{sharing}")
+    if (chains, dups) != (k.stable_node_chains, k.stable_node_dups):
+        _fail(f"chains/dups {k.stable_node_chains}/{k.stable_node_dups} != {chains}/{dups}")
+    for nid in node_items:
+        if nid not in k.nodes:
+            _fail(f"items point at missing stable node {nid}")
+    for csum, key in k.unstable.items():
+        v, i = k.vma_of(key)
+        if v.it_state[i] != ITEM_UNSTABLE or v.it_sum[i] != csum:
+            _fail(f"unstable tree entry {csum} -> {v!r}[{i}] is stale")
+    for mm in k.procs.values():
+        want_items = per_mm[mm.name] + mm.fork_offset_items
+        want_merging = merging[mm.name] + mm.fork_offset_merging
+        if (mm.ksm_rmap_items, mm.ksm_merging_pages) != (want_items, want_merging):
+            _fail(f"{mm.name}: rmap_items/merging {mm.ksm_rmap_items}/"
+                  f"{mm.ksm_merging_pages} != {want_items}/{want_merging}")
+
+    # ksmd's list
+    if len(set(map(id, k.slots))) != len(k.slots):
+        _fail("an mm is on ksmd's list twice")
+    for mm in k.slots:
+        if not mm.registered:
+            _fail(f"{mm.name} is on ksmd's list but not registered")
+    for mm in k.procs.values():
+        if mm.registered and mm not in k.slots:
+            _fail(f"{mm.name} is registered but not on ksmd's list")
+    if k.cursor is not None and k.cursor not in k.slots:
+        _fail("ksmd's cursor is on an mm that left the list")

@@ -1,0 +1,123 @@
+"""Processes (``mm_struct``), their mappings, page tables and rmap_items.
+
+Memory layout is columnar so that a million simulated pages stay small: each scenario
+mapping (:class:`Vma`) keeps one array per field, indexed by page. A mapping stands for the
+kernel VMAs it is split into by madvise: VM_MERGEABLE is kept per page (the kernel VMA
+boundaries are where it changes), the anon_vma per mapping.
+
+Per page:
+- the PTE: ``pfn`` (-1 none, 0 the shared zero page, >0 a frame) and ``pte`` flag bits
+  (:data:`PTE_WRITE`, :data:`PTE_DIRTY`, :data:`PTE_SPECIAL`, :data:`PTE_EXCLUSIVE`);
+- ``mergeable``: VM_MERGEABLE of the VMA holding the page;
+- the rmap_item (``struct ksm_rmap_item``) for the address, if ksmd created one:
+  ``it_state`` (:data:`ITEM_ABSENT`, :data:`ITEM_NONE`, :data:`ITEM_UNSTABLE`,
+  :data:`ITEM_STABLE`), ``it_sum`` (oldchecksum; -1 = the zeroed initial value),
+  ``it_age`` and ``it_skip`` (smart scan), ``it_node`` (stable node id when STABLE).
+
+An unmapped mapping stays in its mm's ``regions`` (``dead``) until ksmd's next visit
+frees its rmap_items, as the kernel's per-mm rmap_item list outlives the VMA.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+PTE_WRITE = 1
+PTE_DIRTY = 2
+PTE_SPECIAL = 4
+PTE_EXCLUSIVE = 8
+
+ITEM_ABSENT = 0
+ITEM_NONE = 1
+ITEM_UNSTABLE = 2
+ITEM_STABLE = 3
+
+ZERO_PFN = 0
+NO_CHECKSUM = -1
+
+#: pages between two mappings of a process (the replayer's layout, never merged)
+GAP_PAGES = 16
+#: first page number of a process's first mapping (an arbitrary, page-aligned base)
+BASE_PAGE = 0x7F0000000 >> 12
+
+
+class Vma:
+    """A scenario mapping: private anonymous, ``npages`` pages from page number ``start``."""
+
+    __slots__ = (
+        "uid", "mm", "name", "start", "npages", "pfn", "pte", "mergeable", "anon_vma",
+        "dead", "it_state", "it_sum", "it_age", "it_skip", "it_node", "nitems", "shadow",
+    )
+
+    def __init__(self, uid: int, mm: MmStruct, name: str, start: int, npages: int):
+        self.uid = uid
+        self.mm = mm
+        self.name = name
+        self.start = start
+        self.npages = npages
+        self.pfn = array("i", [-1]) * npages
+        self.pte = bytearray(npages)
+        self.mergeable = bytearray(npages)
+        self.anon_vma = False
+        self.dead = False
+        self.it_state = bytearray(npages)
+        self.it_sum = array("q", [NO_CHECKSUM]) * npages
+        self.it_age = bytearray(npages)
+        self.it_skip = bytearray(npages)
+        self.it_node = array("i", [-1]) * npages
+        self.nitems = 0
+        #: what the process last wrote to each page (0: never written, reads zeros); the
+        #: invariant checker verifies that KSM never changes what a process reads
+        self.shadow = array("q", [0]) * npages
+
+    @property
+    def end(self) -> int:
+        return self.start + self.npages
+
+    def any_mergeable(self) -> bool:
+        return not self.dead and self.mergeable.find(1) >= 0
+
+    def __repr__(self) -> str:
+        state = " dead" if self.dead else ""
+        return f"<Vma {self.mm.name}.{self.name} {self.npages}p{state}>"
+
+
+class MmStruct:
+    """A process: its mappings and its KSM flags and counters (``struct mm_struct``)."""
+
+    __slots__ = (
+        "name", "pid", "regions", "vmas", "next_start", "registered", "merge_any",
+        "exiting", "ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages", "order",
+        "fork_offset_items", "fork_offset_merging",
+    )
+
+    def __init__(self, name: str, pid: int, order: int):
+        self.name = name
+        self.pid = pid
+        self.order = order
+        #: every mapping with rmap_items or PTEs, live or dead, in address order
+        self.regions: list[Vma] = []
+        #: live mappings by name, in creation (= address) order
+        self.vmas: dict[str, Vma] = {}
+        self.next_start = BASE_PAGE
+        #: MMF_VM_MERGEABLE: has an mm_slot on ksmd's list
+        self.registered = False
+        #: MMF_VM_MERGE_ANY: prctl(PR_SET_MEMORY_MERGE, 1)
+        self.merge_any = False
+        self.exiting = False
+        self.ksm_rmap_items = 0
+        self.ksm_merging_pages = 0
+        self.ksm_zero_pages = 0
+        #: 6.5/6.1: counters inherited from the parent at fork, kept for life
+        self.fork_offset_items = 0
+        self.fork_offset_merging = 0
+
+    def has_items(self) -> bool:
+        return any(v.nitems for v in self.regions)
+
+    def mergeable(self) -> bool:
+        """ksm_mergeable: any VMA currently VM_MERGEABLE (ksm_process_mergeable)."""
+        return any(v.any_mergeable() for v in self.vmas.values())
+
+    def __repr__(self) -> str:
+        return f"<MmStruct {self.name} pid={self.pid}>"

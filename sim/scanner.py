@@ -1,0 +1,279 @@
+"""ksmd: the scan cursor, smart scan and the per-page decision (ksm-model.md §3-§5).
+
+:meth:`ScannerMixin._ksm_do_scan` is the kernel's ``ksm_do_scan``: it asks
+:meth:`_scan_get_next_rmap_item` for the next page to consider, up to a budget, and hands
+each to ``cmp_and_merge_page``; a pass end returns nothing and ends the batch early, so a
+batch never spans two passes. Two orders of ``cmp_and_merge_page`` exist: 6.11+ (detach,
+checksum gate, zero page, stable tree, unstable tree) and the older one (stable tree first,
+on every scan).
+"""
+
+from __future__ import annotations
+
+from .mm import (
+    ITEM_STABLE,
+    ITEM_UNSTABLE,
+    PTE_DIRTY,
+    PTE_SPECIAL,
+    MmStruct,
+    Vma,
+)
+from .stable import StableTreeMixin
+from .state import StableNode
+
+
+def skip_age(age: int) -> int:
+    """skip_age: how many passes an item of this age may be skipped."""
+    if age <= 3:
+        return 1
+    if age <= 5:
+        return 2
+    if age <= 8:
+        return 4
+    return 8
+
+
+class ScannerMixin(StableTreeMixin):
+    # ------------------------------------------------------------ the walk
+    def _ksm_do_scan(self, budget: int | None) -> int:
+        """ksm_do_scan: up to ``budget`` pages (None: to the end of the pass).
+
+        Returns the number of pages handed to cmp_and_merge_page.
+        """
+        done = 0
+        while budget is None or done < budget:
+            got = self._scan_get_next_rmap_item()
+            if got is None:
+                break
+            vma, idx, pfn = got
+            self._cmp_and_merge_page(vma, idx, pfn)
+            self.pages_scanned += 1
+            done += 1
+        return done
+
+    def _scan_get_next_rmap_item(self) -> tuple[Vma, int, int] | None:
+        """scan_get_next_rmap_item: the next (mapping, page, pfn) to consider, or None.
+
+        None means either that no mm is registered (nothing happens) or that a full pass
+        just ended (``seqnr`` advanced and the cursor is back on the head).
+        """
+        if not self.slots:
+            return None
+        mm = self.cursor
+        if mm is None:
+            # pass start: reset the unstable tree, cursor on the first slot
+            self.unstable.clear()
+            mm = self.cursor = self.slots[0]
+            self.cursor_region = 0
+            self.cursor_page = 0
+            self.cursor_seen_mergeable = False
+        smart = self.profile.smart_scan and self.knobs.get("smart_scan", 0) == 1
+        while True:
+            got = self._walk_mm(mm, smart)
+            if got is not None:
+                return got
+            # the mm is done: remove_trailing_rmap_items happened in the walk
+            pos = self.slots.index(mm)
+            nxt = self.slots[pos + 1] if pos + 1 < len(self.slots) else None
+            if not self.cursor_seen_mergeable:
+                self._drop_slot(mm)
+            if nxt is None:
+                self.cursor = None
+                self.seqnr += 1
+                self._event("pass_end")
+                return None
+            mm = self.cursor = nxt
+            self.cursor_region = 0
+            self.cursor_page = 0
+            self.cursor_seen_mergeable = False
+
+    def _drop_slot(self, mm: MmStruct) -> None:
+        """ksmd removes an mm with no VM_MERGEABLE VMA (or an exiting one) from its list."""
+        self.slots.remove(mm)
+        mm.registered = False
+        if not self.profile.merge_any_kept_on_drop:
+            mm.merge_any = False
+        self._event("mm_dropped")
+
+    def _walk_mm(self, mm: MmStruct, smart: bool) -> tuple[Vma, int, int] | None:
+        """Walk one mm from the cursor; free items of addresses not considered."""
+        regions = mm.regions
+        exiting = mm.exiting
+        ri = self.cursor_region
+        while ri < len(regions):
+            vma = regions[ri]
+            if vma.dead or exiting:
+                state = vma.it_state
+                for i in range(vma.npages):
+                    if state[i]:
+                        self._free_item(vma, i)
+                if vma.dead:
+                    self._drop_dead_region(vma)
+                    continue
+                ri += 1
+                self.cursor_page = 0
+                continue
+            i = self.cursor_page
+            n = vma.npages
+            merg = vma.mergeable
+            pfns = vma.pfn
+            state = vma.it_state
+            if merg.find(1, i) >= 0:
+                self.cursor_seen_mergeable = True
+            anon = vma.anon_vma
+            while i < n:
+                pfn = pfns[i]
+                if pfn > 0 and merg[i] and anon:
+                    if not state[i]:
+                        self._new_item(vma, i)
+                    if smart and self._should_skip_rmap_item(vma, i, pfn):
+                        i += 1
+                        continue
+                    self.cursor_region = ri
+                    self.cursor_page = i + 1
+                    return vma, i, pfn
+                if state[i]:
+                    self._free_item(vma, i)
+                i += 1
+            ri += 1
+            self.cursor_region = ri
+            self.cursor_page = 0
+        return None
+
+    def _should_skip_rmap_item(self, vma: Vma, idx: int, pfn: int) -> bool:
+        """should_skip_rmap_item (smart scan, 6.7+)."""
+        if self.f_node[pfn] >= 0:
+            return False  # KSM pages are never skipped, their age stands still
+        age = vma.it_age[idx]
+        if age != 255:
+            vma.it_age[idx] = age + 1
+        if age < 3:
+            return False
+        if not vma.it_skip[idx]:
+            vma.it_skip[idx] = skip_age(age)
+            return False
+        self.pages_skipped += 1
+        vma.it_skip[idx] -= 1
+        self._remove_rmap_item_from_tree(vma, idx)
+        if self.log is not None:
+            self.log.event("smart_skip", (vma.uid << 32) | idx)
+        return True
+
+    # -------------------------------------------------- cmp_and_merge_page
+    def _cmp_and_merge_page(self, vma: Vma, idx: int, pfn: int) -> None:
+        """cmp_and_merge_page: the per-page decision."""
+        nid = self.f_node[pfn]
+        if nid >= 0:
+            self._ksm_page_seen(vma, idx, self.nodes[nid])
+        elif self.profile.checksum_first:
+            self._cmp_and_merge_611(vma, idx, pfn)
+        else:
+            self._cmp_and_merge_65(vma, idx, pfn)
+
+    def _ksm_page_seen(self, vma: Vma, idx: int, node: StableNode) -> None:
+        """The page is already a KSM page (§4 A)."""
+        if vma.it_state[idx] == ITEM_STABLE and vma.it_node[idx] == node.nid:
+            return
+        # reached by fork, or made KSM in place while we mapped it: stable_tree_search
+        # returns the page itself and merging it with itself succeeds (bypassing the limit)
+        self._remove_rmap_item_from_tree(vma, idx)
+        self._stable_tree_append(vma, idx, node)
+        if self.log is not None:
+            self.log.event("ksm_append", (vma.uid << 32) | idx)
+
+    def _cmp_and_merge_611(self, vma: Vma, idx: int, pfn: int) -> None:
+        self._remove_rmap_item_from_tree(vma, idx)
+        content = self.f_content[pfn]
+        if vma.it_sum[idx] != content:
+            vma.it_sum[idx] = content
+            if self.log is not None:
+                self.log.event("volatile", (vma.uid << 32) | idx)
+            return
+        if content == 0 and self.knobs["use_zero_pages"]:
+            self._merge_with_zero_page(vma, idx, pfn)
+            return
+        node = self._stable_tree_search(content)
+        if node is not None:
+            self._merge_with_ksm_page(vma, idx, pfn, node)
+            return
+        self._unstable_tree_search_insert(vma, idx, pfn, content)
+
+    def _cmp_and_merge_65(self, vma: Vma, idx: int, pfn: int) -> None:
+        content = self.f_content[pfn]
+        node = self._stable_tree_search(content)
+        self._remove_rmap_item_from_tree(vma, idx)
+        if node is not None and node.nid in self.nodes and not node.dead:
+            self._merge_with_ksm_page(vma, idx, pfn, node)
+            return
+        if vma.it_sum[idx] != content:
+            vma.it_sum[idx] = content
+            if self.log is not None:
+                self.log.event("volatile", (vma.uid << 32) | idx)
+            return
+        if content == 0 and self.knobs["use_zero_pages"]:
+            self._merge_with_zero_page(vma, idx, pfn)
+            return
+        self._unstable_tree_search_insert(vma, idx, pfn, content)
+
+    # ------------------------------------------------------------- merges
+    def _merge_with_zero_page(self, vma: Vma, idx: int, pfn: int) -> None:
+        """try_to_merge_with_zero_page -> replace_page(ZERO_PAGE): the item stays NONE."""
+        vma.pfn[idx] = 0
+        if self.profile.zero_page_series:
+            vma.pte[idx] = PTE_SPECIAL | PTE_DIRTY
+            self.ksm_zero_pages += 1
+            vma.mm.ksm_zero_pages += 1
+        else:
+            vma.pte[idx] = PTE_SPECIAL
+        self._put_frame(pfn)
+        if self.log is not None:
+            self.log.event("zero_merge", (vma.uid << 32) | idx)
+
+    def _merge_with_ksm_page(self, vma: Vma, idx: int, pfn: int, node: StableNode) -> None:
+        """try_to_merge_with_ksm_page + stable_tree_append."""
+        kpfn = node.pfn
+        vma.pfn[idx] = kpfn
+        vma.pte[idx] = 0
+        self.f_map[kpfn] += 1
+        self._put_frame(pfn)
+        self._remove_rmap_item_from_tree(vma, idx)
+        self._stable_tree_append(vma, idx, node)
+        if self.log is not None:
+            self.log.frames.add(kpfn)
+            self.log.event("merge", (vma.uid << 32) | idx)
+
+    def _unstable_tree_search_insert(self, vma: Vma, idx: int, pfn: int, content: int) -> None:
+        """unstable_tree_search_insert, then try_to_merge_two_pages on a match."""
+        key = (vma.uid << 32) | idx
+        tkey = self.unstable.get(content)
+        if tkey is None:
+            self.unstable[content] = key
+            vma.it_state[idx] = ITEM_UNSTABLE
+            self.pages_unshared += 1
+            if self.log is not None:
+                self.log.event("unstable_insert", key)
+            return
+        tv, ti = self.vma_of(tkey)
+        # get_mergeable_page: the tree item's VMA must still be mergeable, with a page
+        tpfn = tv.pfn[ti]
+        if tv.dead or tv.mm.exiting or not tv.mergeable[ti] or not tv.anon_vma or tpfn <= 0:
+            return
+        if tpfn == pfn:
+            return  # the same frame (shared after fork): never substitute
+        if self.f_content[tpfn] != content:
+            return  # the tree page changed under us (only with mid-pass writes)
+        # try_to_merge_two_pages: our page becomes a KSM page in place ...
+        vma.pte[idx] = 0
+        # ... and the tree page's PTE is replaced by one mapping it
+        tv.pfn[ti] = pfn
+        tv.pte[ti] = 0
+        self.f_map[pfn] += 1
+        self._put_frame(tpfn)
+        self._remove_rmap_item_from_tree(tv, ti)
+        node = self._stable_tree_insert(content, pfn)
+        self._stable_tree_append(tv, ti, node)
+        self._stable_tree_append(vma, idx, node)
+        if self.log is not None:
+            self.log.frames.add(pfn)
+            self.log.event("merge_new", tkey)
+            self.log.event("merge_new", key)

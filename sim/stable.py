@@ -1,0 +1,232 @@
+"""The stable tree: KSM pages, their stable nodes, chains and dups (ksm-model.md §6).
+
+The stable tree is a dictionary from content to its top-level node (a regular node or a
+chain). The kernel's tree is a red-black tree ordered by memcmp; what a walk looks at is
+modelled as the spec requires: a walk for content *c* looks at the top-level node of *c*
+and, when the tree holds exactly one top-level node, at that node (it is the root, met by
+every walk). Looking at a regular node checks its frame is alive (``ksm_get_folio``); looking
+at a chain walks its dups (``stable_node_dup``), removes dead ones, chooses one, and may
+collapse or free the chain. A removal restarts the walk, as the kernel's ``goto again``.
+"""
+
+from __future__ import annotations
+
+from .mm import ITEM_NONE, ITEM_STABLE, ITEM_UNSTABLE, Vma
+from .state import KsmState, StableNode
+
+
+class StableTreeMixin(KsmState):
+    # ------------------------------------------------------------- helpers
+    def _is_candidate(self, node: StableNode) -> bool:
+        """is_page_sharing_candidate: 0 < rmap_hlist_len < max_page_sharing."""
+        limit: int = self.knobs["max_page_sharing"]
+        return 0 < len(node.items) < limit
+
+    def _new_node(self, kind: str, content: int, pfn: int = -1) -> StableNode:
+        node = StableNode(self.next_nid, kind, content, pfn)
+        self.next_nid += 1
+        self.nodes[node.nid] = node
+        return node
+
+    # ----------------------------------------------------- item <-> tree
+    def _remove_rmap_item_from_tree(self, vma: Vma, idx: int) -> None:
+        """remove_rmap_item_from_tree: detach an item from the stable or unstable tree."""
+        state = vma.it_state[idx]
+        if state == ITEM_STABLE:
+            node = self.nodes[vma.it_node[idx]]
+            if node.dead:
+                # ksm_get_folio finds the frame gone: the whole node goes
+                self._remove_node_from_stable_tree(node)
+                return
+            node.items.discard((vma.uid << 32) | idx)
+            if node.items:
+                self.pages_sharing -= 1
+            else:
+                self.pages_shared -= 1
+            vma.mm.ksm_merging_pages -= 1
+            vma.it_state[idx] = ITEM_NONE
+            vma.it_node[idx] = -1
+        elif state == ITEM_UNSTABLE:
+            key = (vma.uid << 32) | idx
+            csum = vma.it_sum[idx]
+            if self.unstable.get(csum) == key:
+                del self.unstable[csum]
+            self.pages_unshared -= 1
+            vma.it_state[idx] = ITEM_NONE
+
+    def _stable_tree_append(self, vma: Vma, idx: int, node: StableNode) -> None:
+        """stable_tree_append: the item joins the node's rmap list (at its head)."""
+        key = (vma.uid << 32) | idx
+        if node.items:
+            self.pages_sharing += 1
+        else:
+            self.pages_shared += 1
+        node.items.add(key)
+        vma.it_state[idx] = ITEM_STABLE
+        vma.it_node[idx] = node.nid
+        vma.mm.ksm_merging_pages += 1
+
+    def _remove_node_from_stable_tree(self, node: StableNode) -> None:
+        """remove_node_from_stable_tree: drop a stale node and all its items."""
+        if node.items:
+            self.pages_shared -= 1
+            self.pages_sharing -= len(node.items) - 1
+        for key in node.items:
+            v, i = self.vma_of(key)
+            v.it_state[i] = ITEM_NONE
+            v.it_node[i] = -1
+            v.mm.ksm_merging_pages -= 1
+            if self.log is not None:
+                self.log.pages.add(key)
+        node.items.clear()
+        if node.kind == StableNode.DUP:
+            chain = node.chain
+            assert chain is not None
+            chain.dups.remove(node)
+            self.stable_node_dups -= 1
+        elif self.stable.get(node.content) is node:
+            del self.stable[node.content]
+        if node.pfn >= 0 and self.f_node[node.pfn] == node.nid:
+            self.f_node[node.pfn] = -1
+        del self.nodes[node.nid]
+        self._event("node_removed")
+
+    def _free_chain(self, chain: StableNode) -> None:
+        """free_stable_node_chain."""
+        assert not chain.dups
+        if self.stable.get(chain.content) is chain:
+            del self.stable[chain.content]
+        del self.nodes[chain.nid]
+        self.stable_node_chains -= 1
+        self._event("chain_freed")
+
+    # ------------------------------------------------------------- chains
+    def _stable_node_dup(self, chain: StableNode, prune: bool) -> StableNode | None:
+        """stable_node_dup: walk a chain's dups, drop dead ones, choose one.
+
+        Returns the chosen dup (None if the chain had no live dup: it is then freed).
+        """
+        new_rules = self.profile.new_dup_choice
+        found: StableNode | None = None
+        nr = 0
+        for dup in list(chain.dups):
+            if dup.dead:
+                self._remove_node_from_stable_tree(dup)
+                continue
+            nr += 1
+            if new_rules:
+                if found is None or (
+                    self._is_candidate(dup)
+                    and (not self._is_candidate(found) or len(dup.items) > len(found.items))
+                ):
+                    found = dup
+                    if not prune and self._is_candidate(found):
+                        break
+            elif self._is_candidate(dup) and (found is None or len(dup.items) > len(found.items)):
+                found = dup
+                if not prune:
+                    break
+        if found is not None:
+            collapse = len(chain.dups) == 1 if new_rules else (prune and nr == 1)
+            if collapse:
+                # the single dup replaces the chain as a regular node
+                self.stable[chain.content] = found
+                found.kind = StableNode.REGULAR
+                found.chain = None
+                chain.dups.clear()
+                del self.nodes[chain.nid]
+                self.stable_node_chains -= 1
+                self.stable_node_dups -= 1
+                self._event("chain_collapsed")
+            elif chain.dups[0] is not found and len(found.items) + 1 < self.knobs[
+                "max_page_sharing"
+            ]:
+                chain.dups.remove(found)
+                chain.dups.insert(0, found)
+        elif not chain.dups:
+            self._free_chain(chain)
+        return found
+
+    def _look_at(self, node: StableNode, prune: bool) -> tuple[bool, StableNode | None]:
+        """What a tree walk does with a node on its path: (restart?, chosen node or dup)."""
+        if node.kind == StableNode.CHAIN:
+            chosen = self._stable_node_dup(node, prune)
+            if chosen is None and not node.dups:
+                return True, None  # chain freed: goto again
+            return False, chosen
+        if node.dead:
+            self._remove_node_from_stable_tree(node)
+            return True, None
+        if self.profile.new_dup_choice or self._is_candidate(node):
+            return False, node
+        return False, None
+
+    def _stable_walk(
+        self, content: int, prune: bool
+    ) -> tuple[StableNode | None, StableNode | None]:
+        """A stable-tree walk for ``content``: (top node of that content, chosen dup)."""
+        while True:
+            if len(self.stable) == 1:
+                (root,) = self.stable.values()
+                if root.content != content:
+                    restart, _ = self._look_at(root, prune)
+                    if restart:
+                        continue
+            node = self.stable.get(content)
+            if node is None:
+                return None, None
+            restart, chosen = self._look_at(node, prune)
+            if restart:
+                continue
+            return self.stable.get(content), chosen
+
+    def _stable_tree_search(self, content: int) -> StableNode | None:
+        """stable_tree_search for an ordinary page: the node to merge into, or None."""
+        prune = self.knobs["stable_node_chains_prune_millisecs"] == 0
+        _, chosen = self._stable_walk(content, prune)
+        if chosen is None or not self._is_candidate(chosen):
+            return None
+        return chosen
+
+    def _stable_tree_insert(self, content: int, pfn: int) -> StableNode:
+        """stable_tree_insert: a new KSM frame gets a regular node, or a dup in a chain."""
+        top, _ = self._stable_walk(content, prune=False)
+        if top is None:
+            node = self._new_node(StableNode.REGULAR, content, pfn)
+            self.stable[content] = node
+        else:
+            if top.kind != StableNode.CHAIN:
+                chain = self._new_node(StableNode.CHAIN, content)
+                top.kind = StableNode.DUP
+                top.chain = chain
+                chain.dups.append(top)
+                self.stable[content] = chain
+                self.stable_node_chains += 1
+                self.stable_node_dups += 1
+                self._event("chain_created")
+                top = chain
+            node = self._new_node(StableNode.DUP, content, pfn)
+            node.chain = top
+            top.dups.insert(0, node)
+            self.stable_node_dups += 1
+        self.f_node[pfn] = node.nid
+        return node
+
+    def _remove_stable_node(self, node: StableNode) -> bool:
+        """remove_stable_node: True if busy (its frame is still mapped)."""
+        if node.dead:
+            self._remove_node_from_stable_tree(node)
+            return False
+        return True
+
+    def _remove_all_stable_nodes(self) -> bool:
+        """remove_all_stable_nodes: True (EBUSY) if a node's frame is still mapped."""
+        for top in list(self.stable.values()):
+            if top.kind == StableNode.CHAIN:
+                for dup in list(top.dups):
+                    if self._remove_stable_node(dup):
+                        return True
+                self._free_chain(top)
+            elif self._remove_stable_node(top):
+                return True
+        return False

@@ -1,0 +1,185 @@
+"""The simulated machine's state and its lowest-level primitives.
+
+:class:`KsmState` holds everything: page frames, processes, ksmd's mm_slot list and
+cursor (``struct ksm_scan``), the stable and unstable trees and every counter. The layers
+above it (stable tree, scanner, process operations, knobs) are mixins stacked in that order
+and composed by :class:`sim.kernel.Kernel`.
+
+Frames are columnar: ``f_content[pfn]`` (content id, 0 = all-zero bytes),
+``f_map[pfn]`` (map count: PTEs mapping it, in any process) and ``f_node[pfn]`` (the
+stable node id of a KSM frame, -1 for an ordinary anonymous page). Pfn 0 is the shared zero
+page. Freed pfns are reused lowest-first, deterministically.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from typing import Any
+
+from .changes import KEY_MASK, KEY_SHIFT, ChangeLog
+from .mm import ITEM_ABSENT, ITEM_NONE, NO_CHECKSUM, MmStruct, Vma
+from .profiles import Profile
+
+ZERO_CONTENT = 0
+
+
+class StableNode:
+    """``struct ksm_stable_node``: a regular node, a chain, or a dup inside a chain.
+
+    A regular node or dup stands for one KSM frame (``pfn``) and lists its rmap_items
+    (``items``, page keys; ``rmap_hlist_len`` is their number). A chain lists its dups,
+    head first.
+    """
+
+    __slots__ = ("nid", "kind", "content", "pfn", "items", "dups", "chain", "dead")
+
+    REGULAR = "regular"
+    CHAIN = "chain"
+    DUP = "dup"
+
+    def __init__(self, nid: int, kind: str, content: int, pfn: int = -1):
+        self.nid = nid
+        self.kind = kind
+        self.content = content
+        self.pfn = pfn
+        self.items: set[int] = set()
+        self.dups: list[StableNode] = []
+        self.chain: StableNode | None = None
+        #: the KSM frame was freed (all its mappings gone); removed when next touched
+        self.dead = False
+
+    def __repr__(self) -> str:
+        return f"<StableNode {self.nid} {self.kind} pfn={self.pfn} items={len(self.items)}>"
+
+
+class KsmState:
+    """All state of the simulated machine (see the module docstring)."""
+
+    profile: Profile
+
+    def _init_state(self, profile: Profile) -> None:
+        self.profile = profile
+        # frames
+        self.f_content = array("q", [ZERO_CONTENT])
+        self.f_map = array("i", [0])
+        self.f_node = array("i", [-1])
+        self.free_pfns: list[int] = []
+        # contents: 0 = zero, labels interned, "unique" draws fresh ids
+        self.labels: dict[str, int] = {"zero": ZERO_CONTENT}
+        self.next_content = 1
+        # processes
+        self.procs: dict[str, MmStruct] = {}
+        self.vmas_by_uid: dict[int, Vma] = {}
+        self.next_uid = 1
+        self.next_pid = 1000
+        self.next_order = 0
+        # ksmd: mm_slot list (without the head sentinel) and the ksm_scan cursor
+        self.slots: list[MmStruct] = []
+        self.cursor: MmStruct | None = None  # None: the head sentinel
+        self.cursor_region = 0
+        self.cursor_page = 0
+        self.cursor_seen_mergeable = False
+        self.seqnr = 0
+        # trees
+        self.nodes: dict[int, StableNode] = {}
+        self.stable: dict[int, StableNode] = {}
+        self.unstable: dict[int, int] = {}
+        self.next_nid = 1
+        # global counters
+        self.pages_shared = 0
+        self.pages_sharing = 0
+        self.pages_unshared = 0
+        self.ksm_rmap_items = 0
+        self.pages_scanned = 0
+        self.pages_skipped = 0
+        self.ksm_zero_pages = 0
+        self.stable_node_chains = 0
+        self.stable_node_dups = 0
+        # knobs
+        self.knobs: dict[str, Any] = {}
+        self.log: ChangeLog | None = None
+
+    # ----------------------------------------------------------------- keys
+    def vma_of(self, key: int) -> tuple[Vma, int]:
+        return self.vmas_by_uid[key >> KEY_SHIFT], key & KEY_MASK
+
+    @staticmethod
+    def key(vma: Vma, idx: int) -> int:
+        return (vma.uid << KEY_SHIFT) | idx
+
+    def _event(self, kind: str, vma: Vma | None = None, idx: int = 0) -> None:
+        if self.log is not None:
+            self.log.event(kind, -1 if vma is None else (vma.uid << KEY_SHIFT) | idx)
+
+    # --------------------------------------------------------------- frames
+    def content_id(self, label: str) -> int:
+        """Content id of a write's ``content`` (a fresh id for each "unique" page)."""
+        if label == "unique":
+            self.next_content += 1
+            return self.next_content - 1
+        cid = self.labels.get(label)
+        if cid is None:
+            cid = self.labels[label] = self.next_content
+            self.next_content += 1
+        return cid
+
+    def _alloc_frame(self, content: int) -> int:
+        if self.free_pfns:
+            pfn = heapq.heappop(self.free_pfns)
+            self.f_content[pfn] = content
+            self.f_map[pfn] = 1
+            self.f_node[pfn] = -1
+        else:
+            pfn = len(self.f_content)
+            self.f_content.append(content)
+            self.f_map.append(1)
+            self.f_node.append(-1)
+        if self.log is not None:
+            self.log.frames.add(pfn)
+        return pfn
+
+    def _put_frame(self, pfn: int) -> None:
+        """Drop one mapping of a frame; free it (and mark its stable node stale) at zero."""
+        n = self.f_map[pfn] - 1
+        self.f_map[pfn] = n
+        if self.log is not None:
+            self.log.frames.add(pfn)
+        if n == 0:
+            nid = self.f_node[pfn]
+            if nid >= 0:
+                self.nodes[nid].dead = True
+                self.f_node[pfn] = -1
+            heapq.heappush(self.free_pfns, pfn)
+
+    # ---------------------------------------------------------------- items
+    def _new_item(self, vma: Vma, idx: int) -> None:
+        """get_next_rmap_item: a zeroed rmap_item for this address."""
+        vma.it_state[idx] = ITEM_NONE
+        vma.it_sum[idx] = NO_CHECKSUM
+        vma.it_age[idx] = 0
+        vma.it_skip[idx] = 0
+        vma.it_node[idx] = -1
+        vma.nitems += 1
+        vma.mm.ksm_rmap_items += 1
+        self.ksm_rmap_items += 1
+        if self.log is not None:
+            self.log.event("item_new", (vma.uid << KEY_SHIFT) | idx)
+
+    def _free_item(self, vma: Vma, idx: int) -> None:
+        """remove_rmap_item_from_tree + free_rmap_item."""
+        self._remove_rmap_item_from_tree(vma, idx)
+        vma.it_state[idx] = ITEM_ABSENT
+        vma.nitems -= 1
+        vma.mm.ksm_rmap_items -= 1
+        self.ksm_rmap_items -= 1
+        if self.log is not None:
+            self.log.event("item_free", (vma.uid << KEY_SHIFT) | idx)
+
+    def _remove_rmap_item_from_tree(self, vma: Vma, idx: int) -> None:
+        raise NotImplementedError  # provided by the stable-tree layer
+
+    def _drop_dead_region(self, vma: Vma) -> None:
+        mm = vma.mm
+        mm.regions.remove(vma)
+        del self.vmas_by_uid[vma.uid]
