@@ -52,7 +52,7 @@ def test_cpio_writer_output_lists_with_cpio(tmp_path: Path) -> None:
 
 
 def test_job_archive_holds_the_project_packages() -> None:
-    data = qemu_initramfs.build_job(qemu_initramfs.Path(__file__).resolve().parents[2],
+    data = qemu_initramfs.build_job(Path(__file__).resolve().parents[2],
                                     {"job.json": b"{}"})
     names = set()
     buf = io.BytesIO(data)
