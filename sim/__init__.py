@@ -12,6 +12,8 @@ series) and "6.1" (see ``sim.profiles``). No I/O, no clock, no asyncio.
 - :func:`run_scenario`: a scenario in, a ``ksm-trace/1`` trace out.
 - :func:`compare_traces`: the differences between two traces (empty when they agree).
 - :func:`check_invariants`: the structural checker tests run after every step.
+- ``sim.snapshot``: read-only views for front ends (page kinds, structure, page detail
+  with "why is this page not merged (yet)?", events with their kernel paths).
 
 Layers, bottom up: ``state`` (frames, counters), ``stable`` (stable tree, chains),
 ``scanner`` (ksmd, smart scan, cmp_and_merge_page), ``process`` (fork, write, madvise...),

@@ -47,6 +47,7 @@ class Vma:
     __slots__ = (
         "uid", "mm", "name", "start", "npages", "pfn", "pte", "mergeable", "anon_vma",
         "dead", "it_state", "it_sum", "it_age", "it_skip", "it_node", "nitems", "shadow",
+        "it_skipped",
     )
 
     def __init__(self, uid: int, mm: MmStruct, name: str, start: int, npages: int):
@@ -65,6 +66,8 @@ class Vma:
         self.it_age = bytearray(npages)
         self.it_skip = bytearray(npages)
         self.it_node = array("i", [-1]) * npages
+        #: smart scan skipped the item in its last visit (for display only)
+        self.it_skipped = bytearray(npages)
         self.nitems = 0
         #: what the process last wrote to each page (0: never written, reads zeros); the
         #: invariant checker verifies that KSM never changes what a process reads

@@ -127,8 +127,10 @@ class ScannerMixin(StableTreeMixin):
                     if not state[i]:
                         self._new_item(vma, i)
                     if smart and self._should_skip_rmap_item(vma, i, pfn):
+                        vma.it_skipped[i] = 1
                         i += 1
                         continue
+                    vma.it_skipped[i] = 0
                     self.cursor_region = ri
                     self.cursor_page = i + 1
                     return vma, i, pfn

@@ -160,6 +160,7 @@ class KsmState:
         vma.it_age[idx] = 0
         vma.it_skip[idx] = 0
         vma.it_node[idx] = -1
+        vma.it_skipped[idx] = 0
         vma.nitems += 1
         vma.mm.ksm_rmap_items += 1
         self.ksm_rmap_items += 1

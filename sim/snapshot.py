@@ -1,0 +1,264 @@
+"""Read-only views of a :class:`~sim.kernel.Kernel` for front ends.
+
+- :func:`page_kinds`: one byte per page of a mapping, the cell colour classes of the page
+  grid (:data:`KIND_NAMES`);
+- :func:`structure`: processes, mappings, ksmd's list and cursor, knobs and counters (no
+  per-page data);
+- :func:`page_detail`: everything about one page (PTE bits, frame, rmap_item, stable node
+  with its sharers) and a one-line answer to "why is this page not merged (yet)?";
+- :func:`describe_events`: a change record's events as dicts with their kernel paths.
+
+Nothing here changes the kernel's state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .changes import ChangeLog, event_path
+from .mm import (
+    ITEM_NONE,
+    ITEM_STABLE,
+    ITEM_UNSTABLE,
+    PTE_DIRTY,
+    PTE_EXCLUSIVE,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    Vma,
+)
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+KIND_NONE = 0  # PTE not present
+KIND_ANON = 1  # private anonymous page, no rmap_item
+KIND_VOLATILE = 2  # has an rmap_item in no tree (new or changing checksum)
+KIND_UNSTABLE = 3  # tracked in the unstable tree
+KIND_KSM = 4  # maps a KSM page
+KIND_ZERO = 5  # the shared zero page, placed by a read fault (clean PTE)
+KIND_KSM_ZERO = 6  # the shared zero page placed by KSM, PTE marked dirty (6.6+)
+KIND_SKIPPED = 7  # smart scan skipped it in its last visit
+
+KIND_NAMES = (
+    "none", "anon", "volatile", "unstable", "ksm", "zero", "ksm_zero", "skipped",
+)
+
+
+def page_kind(k: Kernel, vma: Vma, i: int) -> int:
+    pfn = vma.pfn[i]
+    if pfn < 0:
+        return KIND_NONE
+    if pfn == 0:
+        return KIND_KSM_ZERO if vma.pte[i] & PTE_DIRTY else KIND_ZERO
+    if k.f_node[pfn] >= 0:
+        return KIND_KSM
+    st = vma.it_state[i]
+    if st == ITEM_UNSTABLE:
+        return KIND_UNSTABLE
+    if st:
+        return KIND_SKIPPED if vma.it_skipped[i] else KIND_VOLATILE
+    return KIND_ANON
+
+
+def page_kinds(k: Kernel, vma: Vma) -> bytearray:
+    """The kind of every page of a mapping, one byte each."""
+    out = bytearray(vma.npages)
+    pfns, pte, state, skipped, f_node = vma.pfn, vma.pte, vma.it_state, vma.it_skipped, k.f_node
+    for i in range(vma.npages):
+        pfn = pfns[i]
+        if pfn < 0:
+            continue
+        if pfn == 0:
+            out[i] = KIND_KSM_ZERO if pte[i] & PTE_DIRTY else KIND_ZERO
+        elif f_node[pfn] >= 0:
+            out[i] = KIND_KSM
+        else:
+            st = state[i]
+            if st == ITEM_UNSTABLE:
+                out[i] = KIND_UNSTABLE
+            elif st:
+                out[i] = KIND_SKIPPED if skipped[i] else KIND_VOLATILE
+            else:
+                out[i] = KIND_ANON
+    return out
+
+
+def structure(k: Kernel) -> dict[str, Any]:
+    """Processes, mappings, ksmd's list and cursor, knobs and counters."""
+    cursor: dict[str, Any] = {"proc": None, "vma": None, "page": None}
+    if k.cursor is not None:
+        cursor["proc"] = k.cursor.name
+        regions = k.cursor.regions
+        if k.cursor_region < len(regions):
+            v = regions[k.cursor_region]
+            cursor["vma"] = None if v.dead else v.name
+            cursor["page"] = k.cursor_page
+    procs = []
+    for name, mm in k.procs.items():
+        procs.append({
+            "name": name,
+            "pid": mm.pid,
+            "registered": mm.registered,
+            "merge_any": mm.merge_any,
+            "vmas": [
+                {"name": v.name, "uid": v.uid, "start": v.start, "npages": v.npages,
+                 "anon_vma": v.anon_vma}
+                for v in mm.vmas.values()
+            ],
+            "ksm_stat": k.ksm_stat(name),
+        })
+    return {
+        "kernel": k.version,
+        "knobs": dict(k.knobs),
+        "global": k.global_counters(),
+        "procs": procs,
+        "ksmd": {
+            "slots": [mm.name if not mm.exiting else f"{mm.name} (exiting)" for mm in k.slots],
+            "cursor": cursor,
+            "full_scans": k.seqnr,
+            "should_run": k.ksmd_should_run,
+        },
+        "stable_tree": {
+            "nodes": sum(1 for n in k.nodes.values() if n.kind != "chain"),
+            "chains": k.stable_node_chains,
+            "dups": k.stable_node_dups,
+        },
+        "unstable_tree": len(k.unstable),
+    }
+
+
+def _label(k: Kernel, content: int) -> str:
+    if content == 0:
+        return "zero"
+    for label, cid in k.labels.items():
+        if cid == content:
+            return label
+    return f"unique#{content}"
+
+
+def page_detail(k: Kernel, proc: str, vma_name: str, i: int) -> dict[str, Any]:
+    """Everything about one page, and why it is not merged (yet)."""
+    vma = k.vma(proc, vma_name)
+    if not 0 <= i < vma.npages:
+        from .errors import OpError
+
+        raise OpError(f"page {i} is outside the {vma.npages}-page mapping", "page")
+    pfn = vma.pfn[i]
+    flags = vma.pte[i]
+    detail: dict[str, Any] = {
+        "proc": proc,
+        "vma": vma_name,
+        "page": i,
+        "kind": KIND_NAMES[page_kind(k, vma, i)],
+        "mergeable": bool(vma.mergeable[i]),
+        "pte": {
+            "present": pfn >= 0,
+            "pfn": pfn if pfn >= 0 else None,
+            "writable": bool(flags & PTE_WRITE),
+            "dirty": bool(flags & PTE_DIRTY),
+            "special": bool(flags & PTE_SPECIAL),
+            "exclusive": bool(flags & PTE_EXCLUSIVE),
+        },
+        "frame": None,
+        "rmap_item": None,
+        "stable_node": None,
+    }
+    if pfn == 0:
+        detail["frame"] = {"kind": "zero page", "pfn": 0, "content": "zero"}
+    elif pfn > 0:
+        nid = k.f_node[pfn]
+        detail["frame"] = {
+            "kind": "KSM page" if nid >= 0 else "anonymous page",
+            "pfn": pfn,
+            "mapcount": k.f_map[pfn],
+            "content": _label(k, k.f_content[pfn]),
+        }
+    st = vma.it_state[i]
+    if st:
+        content = k.f_content[pfn] if pfn > 0 else 0
+        detail["rmap_item"] = {
+            "state": {ITEM_NONE: "none", ITEM_UNSTABLE: "unstable", ITEM_STABLE: "stable"}[st],
+            "checksum_stable": pfn > 0 and vma.it_sum[i] == content,
+            "age": vma.it_age[i],
+            "remaining_skips": vma.it_skip[i],
+            "skipped_last_visit": bool(vma.it_skipped[i]),
+        }
+    nid = k.f_node[pfn] if pfn > 0 else -1
+    if nid >= 0:
+        node = k.nodes[nid]
+        sharers = []
+        for key in sorted(node.items):
+            v, j = k.vma_of(key)
+            sharers.append({"proc": v.mm.name, "vma": v.name, "page": j})
+        detail["stable_node"] = {
+            "nid": nid,
+            "kind": node.kind,
+            "chain": node.chain.nid if node.chain is not None else None,
+            "rmap_hlist_len": len(node.items),
+            "mapcount": k.f_map[pfn],
+            "sharers": sharers,
+        }
+    detail["why"] = why_not_merged(k, vma, i)
+    return detail
+
+
+def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
+    """A one-line answer to "why is this page not merged (yet)?"."""
+    pfn = vma.pfn[i]
+    zero_series = k.profile.zero_page_series
+    if pfn < 0:
+        return "Not present: the page was never touched, there is nothing to merge."
+    if pfn == 0:
+        if vma.pte[i] & PTE_DIRTY:
+            return ("Merged: KSM mapped it to the shared zero page (use_zero_pages=1); the "
+                    "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages.")
+        if zero_series:
+            return ("Maps the shared zero page after a read fault: not anonymous memory, "
+                    "ksmd never looks at it.")
+        return ("Maps the shared zero page (a read fault, or KSM with use_zero_pages=1: on "
+                "this kernel the two cannot be told apart and neither is counted).")
+    nid = k.f_node[pfn]
+    if nid >= 0:
+        node = k.nodes[nid]
+        st = vma.it_state[i]
+        accounted = st == ITEM_STABLE and vma.it_node[i] == nid
+        tail = "" if accounted else " ksmd will account it when its scan reaches this page."
+        return f"Merged: shares one KSM page with {k.f_map[pfn] - 1} other mapping(s)" + (
+            f" (stable node {node.nid})." if accounted else "." + tail
+        )
+    if not vma.mergeable[i]:
+        return "Its VMA is not VM_MERGEABLE: MADV_MERGEABLE or prctl(PR_SET_MEMORY_MERGE) first."
+    if not vma.mm.registered:
+        return "Its process is not on ksmd's list yet."
+    st = vma.it_state[i]
+    content = k.f_content[pfn]
+    if not st:
+        return "ksmd has not scanned it yet: its next visit creates an rmap_item."
+    if vma.it_skipped[i]:
+        return (f"Smart scan skipped it in its last visit (age {vma.it_age[i]}): pages that "
+                "never merge are looked at less and less often.")
+    if vma.it_sum[i] != content:
+        return ("Volatile: its checksum changed since the last scan (or it was just seen for "
+                "the first time); it must stay unchanged for one pass before it is compared.")
+    if st == ITEM_UNSTABLE:
+        return ("In the unstable tree: no identical page was found in this pass yet; an "
+                "identical page scanned later would merge with it.")
+    if k.f_map[pfn] > 1:
+        return ("Shared copy-on-write with another process after fork: the unstable tree "
+                "holds one of the mappings, this one waits until they differ or merge.")
+    return ("Its checksum is stable; on its next scan it is searched in the stable tree and "
+            "the unstable tree.")
+
+
+def describe_events(k: Kernel, log: ChangeLog, limit: int | None = None) -> list[dict[str, Any]]:
+    """The events of a change record, as dicts naming the page and the kernel path."""
+    out = []
+    zero_series = k.profile.zero_page_series
+    for kind, key in log.events[:limit] if limit is not None else log.events:
+        event: dict[str, Any] = {"kind": kind, "path": event_path(kind, zero_series)}
+        if key >= 0:
+            v = k.vmas_by_uid.get(key >> 32)
+            if v is not None:
+                event.update(proc=v.mm.name, vma=v.name, page=key & 0xFFFFFFFF)
+        out.append(event)
+    return out
