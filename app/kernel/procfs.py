@@ -1,0 +1,240 @@
+"""``/proc`` readers: per-process KSM counters, page frames and flags, maps, KSM users.
+
+The ``/proc`` root is a parameter (``ProcFs(root)``) so parsing can be tested against fixture
+trees. Missing files and lines read as ``None`` (older kernels lack some of them, see
+``ksm-model.md`` §0.1); a process that vanished raises :class:`ProcessGone`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: ``/proc/kpageflags`` bits (include/uapi/linux/kernel-page-flags.h)
+KPF_DIRTY = 4
+KPF_ANON = 12
+KPF_KSM = 21
+KPF_ZERO_PAGE = 24
+
+PM_PRESENT = 1 << 63
+PM_SWAP = 1 << 62
+PM_PFN_MASK = (1 << 55) - 1
+
+#: per-process fields of a trace, in trace order
+PROC_FIELDS = (
+    "ksm_rmap_items", "ksm_zero_pages", "ksm_merging_pages", "ksm_process_profit",
+    "ksm_mergeable", "ksm_merge_any",
+)
+
+
+class ProcessGone(Exception):
+    """The process no longer exists."""
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    perms: str
+    name: str
+
+
+def parse_ksm_stat(text: str) -> dict[str, int | bool]:
+    """``ksm_rmap_items 5`` -> 5, ``ksm_mergeable: yes`` -> True (unknown lines kept)."""
+    out: dict[str, int | bool] = {}
+    for line in text.splitlines():
+        parts = line.replace(":", " ").split()
+        if len(parts) != 2:
+            continue
+        name, value = parts
+        if value in ("yes", "no"):
+            out[name] = value == "yes"
+        else:
+            try:
+                out[name] = int(value)
+            except ValueError:
+                continue
+    return out
+
+
+def parse_maps(text: str) -> list[Vma]:
+    vmas = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        lo, _, hi = parts[0].partition("-")
+        vmas.append(Vma(int(lo, 16), int(hi, 16), parts[1], parts[5] if len(parts) > 5 else ""))
+    return vmas
+
+
+def parse_smaps_ksm(text: str) -> list[tuple[int, int, int | None]]:
+    """``[(start, end, ksm_kB or None)]`` per VMA of an smaps file."""
+    out: list[tuple[int, int, int | None]] = []
+    for line in text.splitlines():
+        head = line.split(None, 1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            lo, _, hi = head.partition("-")
+            try:
+                out.append((int(lo, 16), int(hi, 16), None))
+            except ValueError:
+                continue
+        elif head == "KSM:" and out:
+            start, end, _ = out[-1]
+            out[-1] = (start, end, int(line.split()[1]))
+    return out
+
+
+def stat_fields(text: str) -> list[str]:
+    """Fields of ``/proc/PID/stat`` after the command (``[0]`` is the state letter)."""
+    return text[text.rindex(")") + 2:].split()
+
+
+class ProcFs:
+    def __init__(self, root: str | Path = "/proc") -> None:
+        self.root = Path(root)
+
+    def _read(self, pid: int | str, name: str) -> str:
+        try:
+            with open(self.root / str(pid) / name, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            if not (self.root / str(pid)).exists():
+                raise ProcessGone(pid) from None
+            raise
+        except ProcessLookupError:  # pragma: no cover - raced with exit
+            raise ProcessGone(pid) from None
+
+    def _read_optional(self, pid: int | str, name: str) -> str | None:
+        try:
+            return self._read(pid, name)
+        except FileNotFoundError:
+            return None
+
+    def pids(self) -> list[int]:
+        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit())
+
+    def comm(self, pid: int) -> str:
+        try:
+            return self._read(pid, "comm").strip()
+        except (ProcessGone, OSError):
+            return "?"
+
+    def state(self, pid: int) -> str | None:
+        """The state letter (``R``, ``S``, ``D``, ``Z``...), None if the process is gone."""
+        try:
+            return stat_fields(self._read(pid, "stat"))[0]
+        except (ProcessGone, OSError, ValueError, IndexError):
+            return None
+
+    def start_time(self, pid: int) -> int | None:
+        """Start time in clock ticks since boot (field 22): tells a reused pid apart."""
+        try:
+            return int(stat_fields(self._read(pid, "stat"))[19])
+        except (ProcessGone, OSError, ValueError, IndexError):
+            return None
+
+    def ksm_stat(self, pid: int) -> dict[str, int | bool] | None:
+        """``/proc/PID/ksm_stat`` parsed (None when the kernel has no such file)."""
+        text = self._read_optional(pid, "ksm_stat")
+        return None if text is None else parse_ksm_stat(text)
+
+    def ksm_merging_pages(self, pid: int) -> int | None:
+        text = self._read_optional(pid, "ksm_merging_pages")
+        try:
+            return None if text is None else int(text.split()[0])
+        except (ValueError, IndexError):
+            return None
+
+    def proc_fields(self, pid: int) -> tuple[dict[str, int | bool | None], dict[str, str]]:
+        """The trace's per-process fields and where a field came from when not ksm_stat."""
+        stat = self.ksm_stat(pid) or {}
+        sources: dict[str, str] = {}
+        out: dict[str, int | bool | None] = {name: stat.get(name) for name in PROC_FIELDS}
+        if out["ksm_merging_pages"] is None:  # before 6.4: only ksm_rmap_items in ksm_stat
+            out["ksm_merging_pages"] = self.ksm_merging_pages(pid)
+            if out["ksm_merging_pages"] is not None:
+                sources["ksm_merging_pages"] = "/proc/PID/ksm_merging_pages"
+        return out, sources
+
+    def maps(self, pid: int | str) -> list[Vma]:
+        return parse_maps(self._read(pid, "maps"))
+
+    def smaps_ksm(self, pid: int) -> list[tuple[int, int, int | None]]:
+        return parse_smaps_ksm(self._read(pid, "smaps"))
+
+    def has_mergeable_vma(self, pid: int) -> bool:
+        """Any VMA with VmFlags ``mg`` (for kernels whose ksm_stat lacks ksm_mergeable)."""
+        try:
+            text = self._read(pid, "smaps")
+        except (ProcessGone, OSError):
+            return False
+        return any(line.startswith("VmFlags:") and " mg" in line for line in text.splitlines())
+
+    def pagemap(self, pid: int, start: int, npages: int, page_size: int) -> list[int]:
+        """Raw pagemap entries of ``npages`` pages from virtual address ``start``."""
+        try:
+            fd = os.open(self.root / str(pid) / "pagemap", os.O_RDONLY)
+        except FileNotFoundError:
+            raise ProcessGone(pid) from None
+        try:
+            data = os.pread(fd, 8 * npages, (start // page_size) * 8)
+        finally:
+            os.close(fd)
+        if len(data) != 8 * npages:
+            raise ProcessGone(pid)
+        return list(struct.unpack(f"<{npages}Q", data))
+
+    def kpageflags(self, pfns: Iterable[int]) -> dict[int, int]:
+        """``{pfn: flags}`` from ``/proc/kpageflags``."""
+        out: dict[int, int] = {}
+        fd = os.open(self.root / "kpageflags", os.O_RDONLY)
+        try:
+            for pfn in sorted(set(pfns)):
+                data = os.pread(fd, 8, pfn * 8)
+                out[pfn] = struct.unpack("<Q", data)[0] if len(data) == 8 else 0
+        finally:
+            os.close(fd)
+        return out
+
+    def ksm_users(self, exclude: Sequence[int] = ()) -> list[dict[str, object]]:
+        """Processes (other than ``exclude``) with KSM state: mergeable memory or counters."""
+        users: list[dict[str, object]] = []
+        skip = set(exclude)
+        for pid in self.pids():
+            if pid in skip:
+                continue
+            try:
+                stat = self.ksm_stat(pid)
+            except (ProcessGone, OSError):
+                continue
+            if stat is None:
+                merging = self.ksm_merging_pages(pid)
+                if not merging:
+                    continue
+                stat = {"ksm_merging_pages": merging}
+            busy = any(v != 0 for k, v in stat.items()
+                       if not isinstance(v, bool) and k != "ksm_process_profit")
+            if "ksm_mergeable" in stat:
+                busy = busy or bool(stat["ksm_mergeable"])
+            elif not busy:
+                merging = self.ksm_merging_pages(pid)
+                busy = bool(merging) or self.has_mergeable_vma(pid)
+            if busy:
+                users.append({"pid": pid, "comm": self.comm(pid), **stat})
+        return users
+
+    def find_kthread(self, comm: str) -> int | None:
+        """The pid of the kernel thread named ``comm`` (e.g. ``ksmd``), if any."""
+        for pid in self.pids():
+            if self.comm(pid) == comm:
+                try:
+                    fields = stat_fields(self._read(pid, "stat"))
+                except (ProcessGone, OSError, ValueError):
+                    continue
+                if fields[1] in ("0", "2"):  # parent: kthreadd (2) or none
+                    return pid
+        return None
