@@ -1,0 +1,378 @@
+"""What-if sweeps: a grid of sysfs knobs x presets, run in the simulator.
+
+One *run* replays a preset with some knobs overridden, driving ksmd batch by batch
+(:meth:`sim.Kernel.scan_batch`, ``pages_to_scan`` pages each) instead of the replayer's
+one-batch-per-pass ``scan`` steps, and then lets ksmd keep running until merging settles.
+
+Definitions (also in ``docs/cpu-model.md``):
+
+- **Replay.** The preset's steps run up to its ``sweep_until`` checkpoint if it names one
+  (a story that ends by unmerging stops before that), else to the end. Every non-``scan``
+  step is applied as in :func:`sim.run_scenario`; a ``scan N`` step runs ksmd (run=1)
+  batch by batch until ``full_scans`` has advanced by N, then stops it (run=0). The state
+  at each checkpoint is therefore the same as in the scenario's trace, whatever
+  ``pages_to_scan`` is. A preset ``sysfs`` step still runs (a story that switches
+  ``smart_scan`` off does so here too).
+- **Time.** ksmd's loop is one batch, then ``sleep_millisecs``. Simulated time advances by
+  the batch's modelled CPU time plus ``sleep_millisecs`` for every batch; the operations
+  between ``scan`` steps take no time.
+- **Settled.** After the last step ksmd keeps running. The run is settled at the end of the
+  first full pass over which the merge counters did not change: ``pages_shared``,
+  ``pages_sharing``, ``ksm_zero_pages``, ``ksm_rmap_items`` (so ``general_profit``),
+  ``stable_node_chains`` and ``stable_node_dups``. ``pages_unshared`` is left out: smart scan
+  takes skipped pages out of the unstable tree, so it never stops moving. A run with no
+  registered process is settled at once (ksmd has nothing to do). **Time to settle** is the
+  simulated time at the end of the last batch that changed one of those counters (0 if none
+  did); runs that have not settled after ``max_passes`` extra passes are reported unsettled.
+- **CPU model.** Every page handed to ``cmp_and_merge_page`` whose rmap_item was created in
+  that visit costs ``first_us`` (checksum only); any other page handed over costs
+  ``later_us`` (checksum, tree searches, merging); each page smart scan skips costs
+  ``skip_us``. Defaults: 0.9, 3.5 and 0.1 us (measured, see ``bench/ksmd_costs.py``).
+
+Results are plain dataclasses; every number is an integer (times in nanoseconds) so the
+CSV is identical from run to run and machine to machine. Standard library only; the HTML
+report lives in :mod:`app.sweep_report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sim import Kernel, KnobError, Scenario, SimError, UnsupportedError
+from sim.runner import check_supported
+
+from .presets import load_preset
+
+#: knobs a sweep may vary
+SWEEP_KNOBS = (
+    "pages_to_scan", "sleep_millisecs", "use_zero_pages", "smart_scan", "max_page_sharing",
+)
+
+#: the counters whose stillness over a full pass means "settled"
+SETTLE_COUNTERS = (
+    "pages_shared", "pages_sharing", "ksm_zero_pages", "ksm_rmap_items",
+    "stable_node_chains", "stable_node_dups",
+)
+
+PAGE_SIZE = 4096
+RMAP_ITEM_SIZE = 64
+DEFAULT_MAX_PASSES = 64
+#: safety net against a grid point that never ends a pass
+MAX_BATCHES = 2_000_000
+
+
+@dataclass(frozen=True)
+class CpuCosts:
+    """Modelled ksmd CPU per page, in nanoseconds."""
+
+    first_ns: int = 900
+    later_ns: int = 3500
+    skip_ns: int = 100
+
+    @classmethod
+    def from_us(cls, first: float, later: float, skip: float) -> CpuCosts:
+        return cls(round(first * 1000), round(later * 1000), round(skip * 1000))
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run: a preset, a kernel profile and knob overrides (in grid order)."""
+
+    preset: str
+    kernel: str
+    knobs: tuple[tuple[str, int], ...]
+
+
+@dataclass
+class SweepResult:
+    preset: str
+    kernel: str
+    #: effective knob values (None where the kernel lacks the knob)
+    knobs: dict[str, int | None] = field(default_factory=dict)
+    settled: bool = False
+    settle_ns: int | None = None
+    total_ns: int = 0
+    batches: int = 0
+    passes: int = 0
+    general_profit: int = 0
+    pages_shared: int = 0
+    pages_sharing: int = 0
+    ksm_zero_pages: int = 0
+    pages_scanned: int = 0
+    pages_skipped: int = 0
+    first_pass_pages: int = 0
+    later_pass_pages: int = 0
+    cpu_ns: int = 0
+    error: str = ""
+
+
+CSV_COLUMNS = (
+    ("preset",) + ("kernel",) + SWEEP_KNOBS + (
+        "settled", "settle_ms", "total_ms", "batches", "passes", "general_profit",
+        "pages_shared", "pages_sharing", "ksm_zero_pages", "pages_scanned", "pages_skipped",
+        "first_pass_pages", "later_pass_pages", "cpu_ms", "error",
+    )
+)
+
+
+# ------------------------------------------------------------------------------ grid
+def parse_grid(specs: Iterable[str]) -> list[tuple[str, list[int]]]:
+    """``["pages_to_scan=100,1000", ...]`` -> ``[("pages_to_scan", [100, 1000]), ...]``."""
+    grid: list[tuple[str, list[int]]] = []
+    for spec in specs:
+        knob, sep, values = spec.partition("=")
+        knob = knob.strip()
+        if not sep or knob not in SWEEP_KNOBS:
+            raise ValueError(
+                f"bad --grid {spec!r}: expected KNOB=V1,V2,... with KNOB one of "
+                + ", ".join(SWEEP_KNOBS)
+            )
+        if any(k == knob for k, _ in grid):
+            raise ValueError(f"knob {knob!r} appears twice in the grid")
+        try:
+            nums = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"bad --grid {spec!r}: values must be integers") from None
+        if not nums or any(n < 0 for n in nums):
+            raise ValueError(f"bad --grid {spec!r}: give one or more integers >= 0")
+        grid.append((knob, nums))
+    return grid
+
+
+def expand_grid(
+    presets: Sequence[str], grid: Sequence[tuple[str, Sequence[int]]], kernel: str = "6.18"
+) -> list[SweepPoint]:
+    """Presets (outer loop) x the product of the knob values, in the order given."""
+    names = [k for k, _ in grid]
+    combos = list(itertools.product(*(values for _, values in grid)))
+    return [
+        SweepPoint(preset, kernel, tuple(zip(names, combo, strict=True)))
+        for preset in presets
+        for combo in combos
+    ]
+
+
+# ------------------------------------------------------------------------------ a run
+class _Driver:
+    """Runs ksmd batch by batch on one :class:`Kernel`, keeping the sweep's accounts."""
+
+    def __init__(self, k: Kernel, costs: CpuCosts) -> None:
+        self.k = k
+        self.costs = costs
+        self.now_ns = 0
+        self.last_change_ns = 0
+        self.batches = 0
+        self.passes = 0
+        self.first = 0
+        self.later = 0
+        self.cpu_ns = 0
+
+    def watched(self) -> tuple[int, ...]:
+        return tuple(int(getattr(self.k, name)) for name in SETTLE_COUNTERS)
+
+    def batch(self) -> bool:
+        """One ksmd batch; False if ksmd cannot run (no registered mm)."""
+        k = self.k
+        if not k.slots and k.cursor is None:
+            return False
+        if self.batches >= MAX_BATCHES:
+            raise SimError(f"more than {MAX_BATCHES} batches")
+        before = self.watched()
+        skipped0 = k.pages_skipped
+        seq0 = k.seqnr
+        k.take_changes()
+        handed = k.scan_batch()
+        log = k.take_changes()
+        first = sum(1 for kind, _ in log.events if kind == "item_new")
+        skipped = k.pages_skipped - skipped0
+        later = handed - first
+        cpu = first * self.costs.first_ns + later * self.costs.later_ns
+        cpu += skipped * self.costs.skip_ns
+        self.first += first
+        self.later += later
+        self.cpu_ns += cpu
+        self.batches += 1
+        self.now_ns += cpu + int(k.knobs["sleep_millisecs"]) * 1_000_000
+        if k.seqnr != seq0:
+            self.passes += 1
+        if self.watched() != before:
+            self.last_change_ns = self.now_ns
+        return True
+
+    def run_passes(self, passes: int) -> int:
+        """The scenario's ``scan``: ``passes`` full passes (fewer if ksmd cannot run)."""
+        k = self.k
+        if k.knobs["pages_to_scan"] == 0:
+            raise SimError("pages_to_scan=0: ksmd makes no progress")
+        done = 0
+        k.sysfs_write("run", 1)
+        try:
+            while done < passes:
+                seq0 = k.seqnr
+                while True:
+                    if not self.batch():
+                        return done
+                    if k.seqnr != seq0 or k.cursor is None:
+                        break
+                if k.seqnr != seq0:
+                    done += 1
+        finally:
+            k.sysfs_write("run", 0)
+        return done
+
+    def settle(self, max_passes: int) -> bool:
+        """Keep ksmd running until a full pass changes none of :data:`SETTLE_COUNTERS`."""
+        for _ in range(max_passes):
+            before = self.watched()
+            if self.run_passes(1) == 0:
+                return True  # nothing registered: nothing will ever change
+            if self.watched() == before:
+                return True
+        return False
+
+
+def _knob_values(k: Kernel) -> dict[str, int | None]:
+    return {
+        name: (int(k.knobs[name]) if name in k.knobs else None) for name in SWEEP_KNOBS
+    }
+
+
+def run_point(
+    point: SweepPoint, costs: CpuCosts | None = None, max_passes: int = DEFAULT_MAX_PASSES,
+    scenario: Scenario | None = None,
+) -> SweepResult:
+    """Run one grid point (see the module docstring for the definitions)."""
+    costs = costs or CpuCosts()
+    result = SweepResult(point.preset, point.kernel)
+    try:
+        if scenario is None:
+            scenario = load_preset(point.preset)
+        scenario = scenario.with_kernel(point.kernel)
+        check_supported(scenario, point.kernel)
+        sysfs: dict[str, Any] = dict(scenario.sysfs)
+        sysfs.update(point.knobs)
+        k = Kernel(point.kernel, sysfs, record=True)
+        result.knobs = _knob_values(k)
+        drive = _Driver(k, costs)
+        until = scenario.raw.get("sweep_until")
+        for step in scenario.steps:
+            if step.op == "checkpoint" and until is not None and step.name == until:
+                break
+            if step.op == "scan":
+                drive.run_passes(step.passes or 0)
+            elif step.op != "checkpoint":
+                try:
+                    k.apply(step)
+                except KnobError:
+                    pass  # the replayer records a failed knob write and goes on
+        result.settled = drive.settle(max_passes)
+    except UnsupportedError as exc:
+        result.error = f"unsupported: {exc}"
+        return result
+    except (SimError, ValueError) as exc:
+        result.error = str(exc)
+        return result
+    counters = k.global_counters()
+    profit = counters["general_profit"]
+    if profit is None:  # 6.1 has no general_profit: the 6.5 formula
+        profit = k.pages_sharing * PAGE_SIZE - k.ksm_rmap_items * RMAP_ITEM_SIZE
+    result.settle_ns = drive.last_change_ns if result.settled else None
+    result.total_ns = drive.now_ns
+    result.batches = drive.batches
+    result.passes = drive.passes
+    result.general_profit = int(profit)
+    result.pages_shared = k.pages_shared
+    result.pages_sharing = k.pages_sharing
+    result.ksm_zero_pages = int(counters["ksm_zero_pages"] or 0)
+    result.pages_scanned = k.pages_scanned
+    result.pages_skipped = k.pages_skipped
+    result.first_pass_pages = drive.first
+    result.later_pass_pages = drive.later
+    result.cpu_ns = drive.cpu_ns
+    return result
+
+
+def _run_indexed(
+    args: tuple[int, SweepPoint, CpuCosts, int],
+) -> tuple[int, SweepResult]:
+    index, point, costs, max_passes = args
+    return index, run_point(point, costs, max_passes)
+
+
+def run_sweep(
+    points: Sequence[SweepPoint],
+    costs: CpuCosts | None = None,
+    jobs: int | None = None,
+    max_passes: int = DEFAULT_MAX_PASSES,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SweepResult]:
+    """Run every point, on ``jobs`` processes (default: all cores); results in point order."""
+    costs = costs or CpuCosts()
+    jobs = jobs or os.cpu_count() or 1
+    total = len(points)
+    results: list[SweepResult | None] = [None] * total
+    work = [(i, p, costs, max_passes) for i, p in enumerate(points)]
+    if progress:
+        progress(0, total)
+    if jobs <= 1 or total <= 1:
+        for n, item in enumerate(work, 1):
+            i, res = _run_indexed(item)
+            results[i] = res
+            if progress:
+                progress(n, total)
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
+            futures = [pool.submit(_run_indexed, item) for item in work]
+            for n, fut in enumerate(as_completed(futures), 1):
+                i, res = fut.result()
+                results[i] = res
+                if progress:
+                    progress(n, total)
+    return [r for r in results if r is not None]
+
+
+# ------------------------------------------------------------------------------ output
+def _ms(ns: int | None) -> str:
+    if ns is None:
+        return ""
+    return f"{ns // 1_000_000}.{ns % 1_000_000:06d}"
+
+
+def result_row(r: SweepResult) -> dict[str, str]:
+    """One CSV row (every value a string; times in ms with 6 decimals, exact)."""
+    row: dict[str, str] = {"preset": r.preset, "kernel": r.kernel}
+    for knob in SWEEP_KNOBS:
+        v = r.knobs.get(knob)
+        row[knob] = "" if v is None else str(v)
+    row.update(
+        settled="1" if r.settled else "0",
+        settle_ms=_ms(r.settle_ns),
+        total_ms=_ms(r.total_ns),
+        cpu_ms=_ms(r.cpu_ns),
+        error=r.error,
+    )
+    for name in ("batches", "passes", "general_profit", "pages_shared", "pages_sharing",
+                 "ksm_zero_pages", "pages_scanned", "pages_skipped", "first_pass_pages",
+                 "later_pass_pages"):
+        row[name] = str(getattr(r, name))
+    return {col: row[col] for col in CSV_COLUMNS}
+
+
+def results_csv(results: Iterable[SweepResult]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        writer.writerow(result_row(r))
+    return buf.getvalue()
+
+
+def result_dict(r: SweepResult) -> dict[str, Any]:
+    return asdict(r)
