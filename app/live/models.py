@@ -1,0 +1,135 @@
+"""Pydantic models of the live view's JSON answers and websocket messages.
+
+Websocket ``/ws/live`` protocol (one JSON object per message, tagged by ``type``):
+
+Server -> client
+  ``sample``  every interval: ``ksm`` (every sysfs file, missing ones ``null`` and listed in
+              ``missing``, with the derived figures) and ``procs`` (the KSM users).
+  ``error``   ``detail`` says what went wrong (bad client message, a read that failed); the
+              socket stays open.
+
+Client -> server
+  ``{"type": "interval", "seconds": 2.5}``  change this socket's sampling period
+                                            (clamped to 0.05 s .. 3600 s).
+  ``{"type": "sample"}``                    send a sample now.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from . import pagemap, reader
+
+
+class DerivedFigure(BaseModel):
+    name: str
+    value: float | None
+    unit: str
+    explanation: str
+
+
+class KsmSample(BaseModel):
+    """One reading of ``/sys/kernel/mm/ksm``: ``values[name]`` is null when missing."""
+
+    time: float
+    available: bool = Field(description="False when the KSM sysfs directory does not exist")
+    values: dict[str, int | str | None]
+    missing: list[str] = Field(description="files this kernel does not have")
+    knobs: list[str] = Field(description="the writable files (shown, never written)")
+    choices: dict[str, list[str]] = Field(description="e.g. advisor_mode: [none, scan-time]")
+    errors: dict[str, str] = Field(description="files that exist but could not be read")
+    derived: list[DerivedFigure]
+
+    @classmethod
+    def of(cls, sample: reader.KsmSample) -> KsmSample:
+        derived = [DerivedFigure(**vars(d)) for d in reader.derive(sample.values)]
+        return cls(time=sample.time, available=sample.available, values=sample.values,
+                   missing=sample.missing, knobs=sample.knobs, choices=sample.choices,
+                   errors=sample.errors, derived=derived)
+
+
+class ProcKsm(BaseModel):
+    """A process's KSM counters; null where the kernel lacks the ksm_stat line."""
+
+    pid: int
+    command: str
+    ksm_rmap_items: int | None
+    ksm_zero_pages: int | None
+    ksm_merging_pages: int | None
+    ksm_process_profit: int | None
+    mergeable: bool | None
+    merge_any: bool | None
+
+
+class ProcTable(BaseModel):
+    time: float
+    procs: list[ProcKsm]
+    scanned: int = Field(description="process directories looked at")
+    vanished: int = Field(description="processes that exited while being read")
+    unreadable: int = Field(description="processes whose files were not readable")
+
+    @classmethod
+    def of(cls, table: reader.ProcTable) -> ProcTable:
+        return cls(time=table.time, procs=[ProcKsm(**vars(p)) for p in table.procs],
+                   scanned=table.scanned, vanished=table.vanished, unreadable=table.unreadable)
+
+
+class Vma(BaseModel):
+    start: str = Field(description="hex address")
+    end: str
+    perms: str
+    name: str
+    pages: int
+    first_page: int = Field(description="index of its first page among the mergeable pages")
+    ksm_kb: int | None = Field(description="smaps KSM: (6.6+), null when absent")
+
+
+class PageMap(BaseModel):
+    """A window of a process's mergeable pages, one character per page in ``cells``.
+
+    ``-`` not present, ``Z`` zero page, ``K`` KSM page, ``A`` other anonymous page, ``F``
+    present non-anonymous page. ``groups`` lists ``[index in window, group]`` for every ``K``
+    cell; the group is the page frame number, equal for PTEs that map the same KSM page.
+    """
+
+    pid: int
+    vmas: list[Vma]
+    total_pages: int
+    offset: int
+    limit: int
+    available: bool
+    reason: str | None
+    cells: str
+    groups: list[list[int]]
+    counts: dict[str, int]
+    classification: str
+
+    @classmethod
+    def of(cls, pm: pagemap.PageMap) -> PageMap:
+        vmas = [Vma(start=f"{v.start:#x}", end=f"{v.end:#x}", perms=v.perms, name=v.name,
+                    pages=v.pages, first_page=v.first_page, ksm_kb=v.ksm_kb) for v in pm.vmas]
+        return cls(pid=pm.pid, vmas=vmas, total_pages=pm.total_pages, offset=pm.offset,
+                   limit=pm.limit, available=pm.available, reason=pm.reason, cells=pm.cells,
+                   groups=pm.groups, counts=pm.counts, classification=pm.classification)
+
+
+class SampleMessage(BaseModel):
+    type: Literal["sample"] = "sample"
+    ksm: KsmSample
+    procs: ProcTable
+
+
+class ErrorMessage(BaseModel):
+    type: Literal["error"] = "error"
+    detail: str
+
+
+class IntervalRequest(BaseModel):
+    type: Literal["interval"]
+    seconds: float
+
+
+class SampleRequest(BaseModel):
+    type: Literal["sample"]
