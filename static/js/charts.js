@@ -1,0 +1,159 @@
+// Counter charts: plotly, streamed with extendTraces, with markers where events such as
+// MADV_UNMERGEABLE or run=2 happened. A pure renderer: it plots the counters it is given.
+// Points are buffered and flushed at most every FLUSH_MS so plotly never slows the grid.
+
+const GLOBAL = ["pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "ksm_zero_pages"];
+const COLOURS = {
+  pages_shared: "#2ec260",
+  pages_sharing: "#7ee2a0",
+  pages_unshared: "#388bfd",
+  pages_volatile: "#e6a817",
+  ksm_zero_pages: "#ff20c8",
+  general_profit: "#e6edf3",
+};
+const PROC_COLOURS = ["#ffd400", "#58d5ff", "#ff8a5c", "#b69cff", "#9be564", "#ff6fa8"];
+const FLUSH_MS = 250;
+const MAX_POINTS = 5000;
+
+function layout(title, ytitle, y2title, big) {
+  const f = big ? 20 : 14;
+  const l = {
+    title: { text: title, font: { size: f + 2, color: "#e6edf3" }, x: 0.01 },
+    paper_bgcolor: "#0f131a",
+    plot_bgcolor: "#0f131a",
+    font: { color: "#c9d1d9", size: f, family: "system-ui, sans-serif" },
+    margin: { l: 60, r: y2title ? 70 : 20, t: 40, b: 40 },
+    xaxis: { title: { text: "step" }, gridcolor: "#273040", zerolinecolor: "#3b4556" },
+    yaxis: { title: { text: ytitle }, gridcolor: "#273040", zerolinecolor: "#3b4556", rangemode: "tozero" },
+    legend: { orientation: "h", y: -0.25, font: { size: f - 1 } },
+    shapes: [],
+    annotations: [],
+    showlegend: true,
+  };
+  if (y2title) l.yaxis2 = { title: { text: y2title }, overlaying: "y", side: "right", showgrid: false };
+  return l;
+}
+
+export class Charts {
+  constructor(globalEl, procEl, opts = {}) {
+    this.Plotly = window.Plotly;
+    this.globalEl = globalEl;
+    this.procEl = procEl;
+    this.big = !!opts.big;
+    this.pending = null;
+    this.procIndex = new Map();
+    this.lastFlush = 0;
+    this.points = 0;
+    this.markers = [];
+    this.reset();
+  }
+
+  reset() {
+    const P = this.Plotly;
+    if (!P) return;
+    const traces = GLOBAL.map((name) => ({
+      x: [], y: [], name, mode: "lines", line: { color: COLOURS[name], width: name === "ksm_zero_pages" ? 4 : 2.5 },
+    }));
+    traces.push({ x: [], y: [], name: "general_profit (KiB)", yaxis: "y2", mode: "lines", line: { color: COLOURS.general_profit, width: 2, dash: "dot" } });
+    const config = { displayModeBar: false, responsive: true, staticPlot: false };
+    P.newPlot(this.globalEl, traces, layout("global counters", "pages", "KiB", this.big), config);
+    if (this.procEl) P.newPlot(this.procEl, [], layout("ksm_process_profit per process", "KiB", null, this.big), config);
+    this.procIndex.clear();
+    this.markers = [];
+    this.points = 0;
+    this.pending = { x: [], g: GLOBAL.map(() => []), profit: [], procs: new Map() };
+    this._publish();
+  }
+
+  setBig(big) {
+    this.big = big;
+    const f = big ? 20 : 14;
+    for (const el of [this.globalEl, this.procEl]) {
+      if (el) this.Plotly?.relayout(el, { "font.size": f, "title.font.size": f + 2, "legend.font.size": f - 1 });
+    }
+  }
+
+  /** One step's counters: global = {pages_shared: ...}, procs = {A: {ksm_process_profit: ...}} */
+  push(step, global, procs) {
+    if (!this.pending) return;
+    const p = this.pending;
+    p.x.push(step);
+    GLOBAL.forEach((name, i) => p.g[i].push(global?.[name] ?? null));
+    const gp = global?.general_profit;
+    p.profit.push(gp === null || gp === undefined ? null : gp / 1024);
+    for (const [name, stat] of Object.entries(procs || {})) {
+      if (!p.procs.has(name)) p.procs.set(name, { x: [], y: [] });
+      const v = stat?.ksm_process_profit;
+      const q = p.procs.get(name);
+      q.x.push(step);
+      q.y.push(v === null || v === undefined ? null : v / 1024);
+    }
+  }
+
+  /** An event worth a marker (MADV_UNMERGEABLE, run=2, fork, exit...) at this step. */
+  mark(step, text) {
+    this.markers.push({ step, text });
+    this._markersDirty = true;
+  }
+
+  /** Flush buffered points; call from the animation loop. */
+  flush(now = performance.now(), force = false) {
+    const P = this.Plotly;
+    const p = this.pending;
+    if (!P || !p || (!p.x.length && !this._markersDirty)) return;
+    if (!force && now - this.lastFlush < FLUSH_MS) return;
+    this.lastFlush = now;
+    if (p.x.length) {
+      const n = GLOBAL.length + 1;
+      P.extendTraces(
+        this.globalEl,
+        { x: Array.from({ length: n }, () => p.x), y: [...p.g, p.profit] },
+        Array.from({ length: n }, (_, i) => i),
+        MAX_POINTS,
+      );
+      this.points += p.x.length;
+      if (this.procEl) this._flushProcs(p.procs);
+    }
+    if (this._markersDirty) this._drawMarkers();
+    this.pending = { x: [], g: GLOBAL.map(() => []), profit: [], procs: new Map() };
+    this._publish();
+  }
+
+  _flushProcs(procs) {
+    const P = this.Plotly;
+    for (const [name, q] of procs) {
+      if (!this.procIndex.has(name)) {
+        const i = this.procIndex.size;
+        this.procIndex.set(name, i);
+        P.addTraces(this.procEl, { x: [], y: [], name, mode: "lines", line: { color: PROC_COLOURS[i % PROC_COLOURS.length], width: 3 } });
+      }
+    }
+    const names = [...procs.keys()];
+    if (!names.length) return;
+    P.extendTraces(
+      this.procEl,
+      { x: names.map((n) => procs.get(n).x), y: names.map((n) => procs.get(n).y) },
+      names.map((n) => this.procIndex.get(n)),
+      MAX_POINTS,
+    );
+  }
+
+  _drawMarkers() {
+    this._markersDirty = false;
+    const shapes = this.markers.map((m) => ({
+      type: "line", x0: m.step, x1: m.step, yref: "paper", y0: 0, y1: 1,
+      line: { color: "#ff4040", width: 2, dash: "dash" },
+    }));
+    const annotations = this.markers.map((m, i) => ({
+      x: m.step, yref: "paper", y: 1 - (i % 3) * 0.09, text: m.text, showarrow: false,
+      xanchor: "left", font: { color: "#ff8080", size: this.big ? 16 : 12 }, bgcolor: "#0f131a",
+    }));
+    this.Plotly.relayout(this.globalEl, { shapes, annotations });
+    if (this.procEl) this.Plotly.relayout(this.procEl, { shapes });
+  }
+
+  _publish() {
+    this.globalEl.dataset.points = String(this.points);
+    this.globalEl.dataset.markers = String(this.markers.length);
+  }
+}

@@ -1,0 +1,174 @@
+// Wiring of the session and compare pages: one SessionView per `.session-view` element,
+// one animation loop for all of them, the grid's clicks to the inspector and the event
+// form, the presenter keyboard, and the URL kept in step so a shared link reopens here.
+
+import { inspectFrame, inspectPage, inspectProc, refreshInspector } from "./inspector.js";
+import { bindKeys } from "./keys.js";
+import { SessionView } from "./session_view.js";
+
+const params = new URLSearchParams(location.search);
+const body = document.body;
+if (params.get("presenter") === "1") body.classList.add("presenter");
+
+const views = [...document.querySelectorAll(".session-view")].map(
+  (el) => new SessionView(el, { big: body.classList.contains("presenter") }),
+);
+const primary = views[0];
+const state = { fps: 0, frames: 0, drawn: 0, views };
+window.__ksm = state;
+
+// ------------------------------------------------------------------ grid clicks
+let selection = null;
+
+function fillSelection() {
+  if (!selection) return;
+  for (const form of document.querySelectorAll("form.inject-form")) {
+    for (const [k, v] of Object.entries(selection)) {
+      const input = form.querySelector(`[name="${k}"]`);
+      if (input) input.value = v;
+    }
+    const out = form.querySelector(".selection-text");
+    if (out) out.textContent = `${selection.proc} ${selection.vma}[${selection.pages}]`;
+  }
+}
+
+for (const view of views) {
+  const cv = view.grid.canvas;
+  cv.addEventListener("pageclick", (e) => {
+    for (const v of views) inspectPage(v, e.detail); // side by side: the same page on both
+  });
+  cv.addEventListener("procclick", (e) => { for (const v of views) inspectProc(v, e.detail.proc); });
+  cv.addEventListener("frameclick", (e) => inspectFrame(view, e.detail));
+  cv.addEventListener("selectionchange", (e) => {
+    selection = e.detail;
+    for (const v of views) if (v !== view) v.grid.selectPages(e.detail.proc, e.detail.vma, ...pagesRange(e.detail.pages), true);
+    fillSelection();
+  });
+  view.onStep((v, msg) => {
+    if (msg.type === "snapshot" || msg.type === "delta") {
+      syncTimeline(v);
+      if (v === primary) syncUrl(v.step);
+      scheduleInspectorRefresh(v);
+    }
+    if (msg.type === "state" && v === primary) setPlaying(msg.playing);
+  });
+  view.connect();
+}
+
+function pagesRange(text) {
+  const [a, b] = String(text).split("-").map(Number);
+  return [a, b ?? a];
+}
+
+document.body.addEventListener("htmx:afterSwap", () => { fillSelection(); syncTimeline(primary); });
+
+const refreshTimers = new Map();
+function scheduleInspectorRefresh(view) {
+  if (refreshTimers.has(view)) return;
+  refreshTimers.set(view, setTimeout(() => { refreshTimers.delete(view); refreshInspector(view); }, 400));
+}
+
+// ------------------------------------------------------------------ URL and timeline
+let urlTimer = null;
+function syncUrl(step) {
+  if (urlTimer) return;
+  urlTimer = setTimeout(() => {
+    urlTimer = null;
+    const u = new URL(location.href);
+    u.searchParams.set("step", String(primary.step));
+    history.replaceState(null, "", u);
+    const share = document.querySelector(".share-link");
+    if (share) share.href = u.toString();
+  }, 300);
+  void step;
+}
+
+function syncTimeline(view) {
+  if (!view) return;
+  for (const slider of document.querySelectorAll("input.timeline")) {
+    if (slider.dataset.session && slider.dataset.session !== view.id) continue;
+    if (document.activeElement === slider && slider.matches(":active")) continue;
+    slider.max = String(Math.max(view.head, view.step));
+    slider.value = String(view.step);
+    const out = slider.closest("form")?.querySelector(".timeline-out");
+    if (out) out.textContent = `${view.step} / ${view.head}`;
+  }
+}
+
+function setPlaying(playing) {
+  body.dataset.playing = String(!!playing);
+}
+
+// ------------------------------------------------------------------ keyboard
+function click(action) {
+  const b = document.querySelector(`[data-action="${action}"]:not([disabled])`);
+  if (b) b.click();
+  return !!b;
+}
+
+function nudgeSpeed(factor) {
+  const s = document.querySelector("input.speed");
+  if (!s) return;
+  const v = Math.min(Number(s.max), Math.max(Number(s.min), Number(s.value) + factor));
+  s.value = String(v);
+  s.dispatchEvent(new Event("change", { bubbles: true }));
+}
+
+const help = document.getElementById("help");
+bindKeys({
+  toggle: () => click("toggle"),
+  step: () => click("step"),
+  back: () => click("back"),
+  faster: () => nudgeSpeed(1),
+  slower: () => nudgeSpeed(-1),
+  fullscreen: () => {
+    if (document.fullscreenElement) document.exitFullscreen();
+    else document.documentElement.requestFullscreen?.().catch(() => {});
+    body.dataset.fullscreenRequested = "1";
+  },
+  presenter: () => {
+    const on = body.classList.toggle("presenter");
+    for (const v of views) v.charts?.setBig(on);
+    const u = new URL(location.href);
+    if (on) u.searchParams.set("presenter", "1"); else u.searchParams.delete("presenter");
+    history.replaceState(null, "", u);
+  },
+  view: () => toggleView(),
+  fit: () => { for (const v of views) v.grid.fit(); },
+  help: () => { if (help) { if (help.open) help.close(); else help.showModal(); } },
+  close: () => { if (help?.open) help.close(); },
+});
+
+function toggleView(to) {
+  for (const v of views) {
+    const next = to || (v.grid.view === "virtual" ? "physical" : "virtual");
+    v.grid.setView(next);
+  }
+  for (const b of document.querySelectorAll("[data-view]")) b.setAttribute("aria-pressed", String(b.dataset.view === views[0]?.grid.view));
+}
+for (const b of document.querySelectorAll("button[data-view]")) b.addEventListener("click", () => toggleView(b.dataset.view));
+for (const b of document.querySelectorAll("button[data-zoom]")) {
+  b.addEventListener("click", () => {
+    for (const v of views) {
+      const g = v.grid;
+      if (b.dataset.zoom === "fit") g.fit();
+      else g.zoomAt(b.dataset.zoom === "in" ? 1.5 : 1 / 1.5, (g.cw + g.gutter) / 2, g.ch / 2);
+    }
+  });
+}
+document.querySelector("[data-help]")?.addEventListener("click", () => help?.showModal());
+
+// ------------------------------------------------------------------ animation loop
+let windowStart = performance.now(), windowFrames = 0;
+function loop(now) {
+  state.frames++;
+  windowFrames++;
+  if (now - windowStart >= 1000) {
+    state.fps = (windowFrames * 1000) / (now - windowStart);
+    windowStart = now;
+    windowFrames = 0;
+  }
+  for (const v of views) if (v.frame(now)) state.drawn++;
+  requestAnimationFrame(loop);
+}
+requestAnimationFrame(loop);

@@ -1,0 +1,577 @@
+// The page grid: one cell per virtual page, one lane per process and VMA, on a canvas.
+// A pure renderer: it draws the kinds it is given and computes no KSM state.
+//
+// Cells live in an offscreen image at one pixel per cell (ImageData, updated only where
+// pages changed, putImageData of the dirty rectangle); each animation frame scales it onto
+// the visible canvas with zoom and pan, then draws the flashes, ksmd's cursor and the
+// selection. The physical view draws one cell per frame (pfn) with how many PTEs map it.
+
+import {
+  CURSOR_COLOUR, FLASH_COLOURS, KIND_COLOURS, KIND_NAMES, ksmShade,
+} from "./palette.js";
+
+const COLS = [8, 10, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024];
+const FLASH_MS = 700;
+const MAX_FLASHES = 60000;
+const BG = "#0b0e13";
+const KIND_RGB = KIND_NAMES.map((n) => KIND_COLOURS[n]);
+const KSM_ZERO = KIND_NAMES.indexOf("ksm_zero");
+const ZERO = KIND_NAMES.indexOf("zero");
+const KSM = KIND_NAMES.indexOf("ksm");
+
+class Layer {
+  // One pixel per cell, with a dirty rectangle.
+  constructor(w, h) {
+    this.w = w; this.h = h;
+    this.canvas = document.createElement("canvas");
+    this.canvas.width = w; this.canvas.height = h;
+    this.ctx = this.canvas.getContext("2d");
+    this.img = this.ctx.createImageData(w, h);
+    this.px = new Uint32Array(this.img.data.buffer);
+    this.clean();
+    this.markAll();
+  }
+  clean() { this.x0 = Infinity; this.y0 = Infinity; this.x1 = -1; this.y1 = -1; }
+  markAll() { this.x0 = 0; this.y0 = 0; this.x1 = this.w - 1; this.y1 = this.h - 1; }
+  set(idx, rgba) {
+    this.px[idx] = rgba;
+    const x = idx % this.w, y = (idx / this.w) | 0;
+    if (x < this.x0) this.x0 = x;
+    if (x > this.x1) this.x1 = x;
+    if (y < this.y0) this.y0 = y;
+    if (y > this.y1) this.y1 = y;
+  }
+  flush() {
+    if (this.x1 < 0) return false;
+    this.ctx.putImageData(this.img, 0, 0, this.x0, this.y0, this.x1 - this.x0 + 1, this.y1 - this.y0 + 1);
+    this.clean();
+    return true;
+  }
+}
+
+function pack(c, a = 255) {
+  return ((a << 24) | (c[2] << 16) | (c[1] << 8) | c[0]) >>> 0; // little-endian RGBA
+}
+
+const KIND_PACKED = KIND_RGB.map((c) => pack(c));
+const PHYS_ZERO = pack(KIND_COLOURS.zero);
+const PHYS_COW = pack([150, 162, 178]); // anonymous page mapped by several PTEs (fork)
+const PHYS_FREE = pack([40, 46, 56]);
+
+export class PageGrid {
+  constructor(canvas, opts = {}) {
+    this.canvas = canvas;
+    this.ctx = canvas.getContext("2d", { alpha: false });
+    this.gutter = opts.gutter ?? 150;
+    this.lanes = [];
+    this.byKey = new Map();
+    this.view = "virtual"; // or "physical"
+    this.scale = 1; this.ox = 0; this.oy = 0;
+    this.cursor = null;
+    this.selection = null;
+    this.flashes = [];
+    this.counts = new Array(KIND_NAMES.length).fill(0);
+    this.needs = true;
+    this.fitted = false;
+    this._bindPointer();
+    this._resize();
+    new ResizeObserver(() => { this._resize(); }).observe(canvas);
+  }
+
+  // ---------------------------------------------------------------- data
+  /**
+   * lanes: [{proc, vma, uid, npages, kinds: Uint8Array, pfns: Int32Array}];
+   * frames: {count, kind: Uint8Array (0 free, 1 anon, 2 KSM page, 3 zero page), mapcount: Int32Array}
+   */
+  setLayout(lanes, frames) {
+    this.lanes = lanes.map((l) => ({ ...l, kinds: l.kinds ?? new Uint8Array(l.npages), pfns: l.pfns ?? null }));
+    this.byKey.clear();
+    for (const lane of this.lanes) {
+      this.byKey.set(`${lane.proc}/${lane.vma}`, lane);
+      if (lane.uid !== undefined && lane.uid !== null) this.byKey.set(lane.uid, lane);
+    }
+    const total = this.lanes.reduce((s, l) => s + l.npages, 0);
+    this.cols = this._chooseCols(total);
+    let row = 0;
+    for (const lane of this.lanes) {
+      lane.row0 = row;
+      lane.rows = Math.max(1, Math.ceil(lane.npages / this.cols));
+      row += lane.rows + 1;
+    }
+    this.rows = Math.max(1, row - 1);
+    this.virt = new Layer(this.cols, this.rows);
+    this.vflash = new Layer(this.cols, this.rows);
+    this.vflash.px.fill(0);
+    this.flashes = [];
+    this.counts.fill(0);
+    this._setFrames(frames);
+    for (const lane of this.lanes) {
+      for (let i = 0; i < lane.npages; i++) {
+        this.counts[lane.kinds[i]]++;
+        this._paint(lane, i);
+      }
+    }
+    this.virt.markAll();
+    if (!this.fitted || this._lastTotal !== total) this.fit();
+    this._lastTotal = total;
+    this.needs = true;
+    this._publish();
+  }
+
+  lane(key) { return this.byKey.get(key); }
+
+  /** One page changed: its new kind and pfn. Returns its previous kind. */
+  setPage(lane, i, kind, pfn) {
+    if (!lane || i < 0 || i >= lane.npages) return -1;
+    const old = lane.kinds[i];
+    this.counts[old]--; this.counts[kind]++;
+    lane.kinds[i] = kind;
+    if (lane.pfns && pfn !== undefined) lane.pfns[i] = pfn;
+    this._paint(lane, i);
+    this.needs = true;
+    return old;
+  }
+
+  /** One frame changed (physical view, and the shade of the KSM cells mapping it). */
+  setFrame(pfn, kind, mapcount) {
+    if (pfn >= this.fcap) this._growFrames(pfn + 1);
+    if (pfn >= this.fcount) this.fcount = pfn + 1;
+    const wasKsm = this.fkind[pfn] === 2;
+    if (wasKsm || kind === 2) this._ksmRepaint = true;
+    this.fkind[pfn] = kind;
+    this.fmap[pfn] = mapcount;
+    this._physDirty = true;
+  }
+
+  /** Called once after a batch of setPage / setFrame calls. */
+  commit() {
+    if (this._ksmRepaint) this._repaintKsm();
+    if (this._physDirty) { this._buildPhysical(); this._physDirty = false; }
+    this._publish();
+    this.needs = true;
+  }
+
+  flash(lane, i, cls) {
+    if (!FLASH_COLOURS[cls] || !lane || i < 0 || i >= lane.npages) return;
+    const idx = this._idx(lane, i);
+    this.vflash.set(idx, pack(FLASH_COLOURS[cls]));
+    this.flashes.push({ idx, t: performance.now(), c: FLASH_COLOURS[cls] });
+    if (this.flashes.length > MAX_FLASHES) {
+      for (const f of this.flashes.splice(0, this.flashes.length - MAX_FLASHES)) this.vflash.set(f.idx, 0);
+    }
+    this.needs = true;
+  }
+
+  setCursor(cursor) {
+    const c = cursor && cursor.proc && cursor.vma ? cursor : null;
+    const same = JSON.stringify(c) === JSON.stringify(this.cursor);
+    this.cursor = c;
+    if (!c) delete this.canvas.dataset.cursor;
+    if (!same) this.needs = true;
+  }
+
+  setView(view) {
+    this.view = view;
+    this.fit();
+    this.canvas.dataset.view = view;
+  }
+
+  kindCounts() {
+    const out = {};
+    KIND_NAMES.forEach((n, k) => { out[n] = this.counts[k]; });
+    return out;
+  }
+
+  _setFrames(frames) {
+    const count = frames?.count ?? 0;
+    this.fcap = 0;
+    this.fcount = count;
+    this._growFrames(Math.max(64, count));
+    if (frames?.kind) this.fkind.set(frames.kind.subarray(0, count));
+    if (frames?.mapcount) this.fmap.set(frames.mapcount.subarray(0, count));
+    this._buildPhysical();
+  }
+
+  _growFrames(n) {
+    const cap = Math.max(n, Math.ceil(this.fcap * 1.5));
+    const k = new Uint8Array(cap), m = new Int32Array(cap);
+    if (this.fkind) { k.set(this.fkind.subarray(0, this.fcap)); m.set(this.fmap.subarray(0, this.fcap)); }
+    this.fkind = k; this.fmap = m; this.fcap = cap;
+  }
+
+  // ------------------------------------------------------------ geometry
+  _chooseCols(total) {
+    const r = this.canvas.getBoundingClientRect();
+    const w = Math.max(200, (r.width || 800) - this.gutter - 16);
+    const h = Math.max(150, (r.height || 500) - 16);
+    let best = COLS[0], bestScale = 0;
+    for (const c of COLS) {
+      let rows = 0;
+      for (const l of this.lanes) rows += Math.ceil(l.npages / c) + 1;
+      const s = Math.min(w / c, h / Math.max(1, rows - 1));
+      if (s > bestScale * 1.0001) { best = c; bestScale = s; }
+    }
+    return total ? best : 16;
+  }
+
+  _idx(lane, i) {
+    return (lane.row0 + ((i / this.cols) | 0)) * this.cols + (i % this.cols);
+  }
+
+  _layer() { return this.view === "virtual" ? this.virt : this.phys; }
+
+  fit() {
+    const layer = this._layer();
+    if (!layer) return;
+    const w = this.cw - this.gutter - 16, h = this.ch - 16;
+    let s = Math.min(w / layer.w, h / layer.h);
+    if (s >= 2) s = Math.floor(s);
+    this.scale = Math.max(0.05, s);
+    this.ox = this.gutter + 8;
+    this.oy = 8;
+    this.fitted = true;
+    this.needs = true;
+  }
+
+  _resize() {
+    const r = this.canvas.getBoundingClientRect();
+    const dpr = window.devicePixelRatio || 1;
+    this.cw = Math.max(1, Math.round(r.width));
+    this.ch = Math.max(1, Math.round(r.height));
+    this.canvas.width = Math.round(this.cw * dpr);
+    this.canvas.height = Math.round(this.ch * dpr);
+    this.dpr = dpr;
+    if (this.lanes.length) this.fit();
+    this.needs = true;
+  }
+
+  zoomAt(factor, sx, sy) {
+    const s = Math.min(200, Math.max(0.05, this.scale * factor));
+    const cx = (sx - this.ox) / this.scale, cy = (sy - this.oy) / this.scale;
+    this.scale = s;
+    this.ox = sx - cx * s;
+    this.oy = sy - cy * s;
+    this.needs = true;
+  }
+
+  /** screen point -> {lane, page} (virtual) or {pfn} (physical) or {proc} (gutter) */
+  hit(sx, sy) {
+    const layer = this._layer();
+    if (!layer) return null;
+    const x = Math.floor((sx - this.ox) / this.scale), y = Math.floor((sy - this.oy) / this.scale);
+    if (this.view === "physical") {
+      if (sx < this.gutter || x < 0 || y < 0 || x >= layer.w || y >= layer.h) return null;
+      const pfn = y * layer.w + x;
+      return pfn < this.fcount ? { pfn } : null;
+    }
+    for (const lane of this.lanes) {
+      if (y >= lane.row0 && y < lane.row0 + lane.rows) {
+        if (sx < this.gutter) return { lane, proc: lane.proc };
+        if (x < 0 || x >= this.cols) return null;
+        const page = (y - lane.row0) * this.cols + x;
+        return page < lane.npages ? { lane, page } : null;
+      }
+    }
+    if (sx < this.gutter) {
+      // a label drawn above its lane when lanes are short
+      for (const lane of this.lanes) {
+        const top = this.oy + lane.row0 * this.scale;
+        if (sy >= top - 4 && sy < top + Math.max(22, lane.rows * this.scale)) return { lane, proc: lane.proc };
+      }
+    }
+    return null;
+  }
+
+  // ------------------------------------------------------------- painting
+  _paint(lane, i) {
+    const k = lane.kinds[i];
+    let c = KIND_PACKED[k];
+    if (k === KSM && lane.pfns) c = pack(ksmShade(this.fmap[lane.pfns[i]] || 2));
+    this.virt.set(this._idx(lane, i), c);
+  }
+
+  _repaintKsm() {
+    this._ksmRepaint = false;
+    for (const lane of this.lanes) {
+      if (!lane.pfns) continue;
+      const kinds = lane.kinds, pfns = lane.pfns;
+      for (let i = 0; i < lane.npages; i++) {
+        if (kinds[i] !== KSM) continue;
+        const c = pack(ksmShade(this.fmap[pfns[i]] || 2));
+        const idx = this._idx(lane, i);
+        if (this.virt.px[idx] !== c) this.virt.set(idx, c);
+      }
+    }
+  }
+
+  _buildPhysical() {
+    // one cell per frame, pfn order, the zero page (pfn 0) first
+    const n = Math.max(1, this.fcount);
+    this.physCount = this.fcount;
+    let cols = COLS[COLS.length - 1];
+    const r = this.canvas.getBoundingClientRect();
+    const aspect = Math.max(0.3, ((r.width || 800) - this.gutter) / (r.height || 500));
+    for (const c of COLS) { if (c * c / aspect >= n) { cols = c; break; } }
+    const rows = Math.max(1, Math.ceil(n / cols));
+    if (!this.phys || this.phys.w !== cols || this.phys.h !== rows) {
+      this.phys = new Layer(cols, rows);
+      if (this.view === "physical") this.fit();
+    }
+    const px = this.phys.px;
+    px.fill(pack(KIND_COLOURS.none));
+    for (let pfn = 0; pfn < this.fcount; pfn++) {
+      const k = this.fkind[pfn], m = this.fmap[pfn];
+      if (k === 0 && m === 0) continue;
+      let c;
+      if (k === 3 || pfn === 0) c = PHYS_ZERO;
+      else if (k === 2) c = pack(ksmShade(m));
+      else if (m > 1) c = PHYS_COW;
+      else if (m === 1) c = KIND_PACKED[1];
+      else c = PHYS_FREE;
+      px[pfn] = c;
+    }
+    this.phys.markAll();
+    this.needs = true;
+  }
+
+  _publish() {
+    const d = this.canvas.dataset;
+    d.kindCounts = JSON.stringify(this.kindCounts());
+    d.pages = String(this.lanes.reduce((s, l) => s + l.npages, 0));
+    d.frames = String(this.fcount || 0);
+  }
+
+  /** Draw if anything changed; returns true when it drew. */
+  draw(now = performance.now()) {
+    const layer = this._layer();
+    if (this.flashes.length) this._fadeFlashes(now);
+    if (!layer) return false;
+    const dirtyCells = this.virt.flush() | (this.phys ? this.phys.flush() : false) | this.vflash.flush();
+    if (!this.needs && !dirtyCells) return false;
+    this.needs = false;
+    const ctx = this.ctx, s = this.scale;
+    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
+    ctx.fillStyle = BG;
+    ctx.fillRect(0, 0, this.cw, this.ch);
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(this.gutter, 0, this.cw - this.gutter, this.ch);
+    ctx.clip();
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(layer.canvas, this.ox, this.oy, layer.w * s, layer.h * s);
+    if (this.view === "virtual" && this.flashes.length) ctx.drawImage(this.vflash.canvas, this.ox, this.oy, layer.w * s, layer.h * s);
+    if (s >= 6) this._gridLines(layer, s);
+    if (this.view === "virtual") {
+      this._laneGaps(s);
+      this._drawCursor(s);
+      this._drawSelection(s);
+    } else if (s >= 22) {
+      this._mapCounts(layer, s);
+    }
+    ctx.restore();
+    this._labels(s);
+    return true;
+  }
+
+  _fadeFlashes(now) {
+    const keep = [];
+    for (const f of this.flashes) {
+      const age = now - f.t;
+      if (age >= FLASH_MS) { this.vflash.set(f.idx, 0); continue; }
+      const a = Math.round(255 * (1 - age / FLASH_MS) ** 1.5);
+      this.vflash.set(f.idx, pack(f.c, a));
+      keep.push(f);
+    }
+    this.flashes = keep;
+    this.needs = true;
+  }
+
+  _visible(layer, s) {
+    const x0 = Math.max(0, Math.floor((this.gutter - this.ox) / s));
+    const x1 = Math.min(layer.w, Math.ceil((this.cw - this.ox) / s));
+    const y0 = Math.max(0, Math.floor(-this.oy / s));
+    const y1 = Math.min(layer.h, Math.ceil((this.ch - this.oy) / s));
+    return [x0, x1, y0, y1];
+  }
+
+  _gridLines(layer, s) {
+    const ctx = this.ctx;
+    const [x0, x1, y0, y1] = this._visible(layer, s);
+    ctx.strokeStyle = BG;
+    ctx.lineWidth = Math.min(3, Math.max(1, s / 8));
+    ctx.beginPath();
+    for (let x = x0; x <= x1; x++) { const X = this.ox + x * s; ctx.moveTo(X, this.oy + y0 * s); ctx.lineTo(X, this.oy + y1 * s); }
+    for (let y = y0; y <= y1; y++) { const Y = this.oy + y * s; ctx.moveTo(this.ox + x0 * s, Y); ctx.lineTo(this.ox + x1 * s, Y); }
+    ctx.stroke();
+  }
+
+  _laneGaps(s) {
+    // the gap row between lanes: a faint rule
+    const ctx = this.ctx;
+    ctx.fillStyle = "#2d3440";
+    for (const lane of this.lanes.slice(1)) {
+      const y = this.oy + (lane.row0 - 0.5) * s;
+      ctx.fillRect(this.ox, y - 0.5, this.cols * s, 1);
+    }
+  }
+
+  _cellRect(lane, i, s) {
+    return [this.ox + (i % this.cols) * s, this.oy + (lane.row0 + ((i / this.cols) | 0)) * s];
+  }
+
+  _drawCursor(s) {
+    const c = this.cursor;
+    if (!c) return;
+    const lane = this.byKey.get(`${c.proc}/${c.vma}`);
+    if (!lane || c.page === null || c.page === undefined || c.page >= lane.npages) return;
+    const [x, y] = this._cellRect(lane, c.page, s);
+    const ctx = this.ctx;
+    const pad = Math.max(3, s * 0.35);
+    ctx.lineWidth = Math.max(2, Math.min(5, s / 4));
+    ctx.strokeStyle = "#000";
+    ctx.strokeRect(x - pad - 1, y - pad - 1, s + 2 * pad + 2, s + 2 * pad + 2);
+    ctx.strokeStyle = CURSOR_COLOUR;
+    ctx.strokeRect(x - pad, y - pad, s + 2 * pad, s + 2 * pad);
+    ctx.font = "bold 14px system-ui, sans-serif";
+    ctx.fillStyle = CURSOR_COLOUR;
+    ctx.textBaseline = "bottom";
+    ctx.fillText("ksmd", x - pad, y - pad - 2);
+    this.canvas.dataset.cursor = `${c.proc}/${c.vma}/${c.page}`;
+  }
+
+  _drawSelection(s) {
+    const sel = this.selection;
+    if (!sel) return;
+    const lane = sel.lane;
+    const ctx = this.ctx;
+    ctx.save();
+    ctx.setLineDash([6, 4]);
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = "#ffffff";
+    let i = sel.a;
+    while (i <= sel.b) {
+      const rowEnd = Math.min(sel.b, (Math.floor(i / this.cols) + 1) * this.cols - 1);
+      const [x, y] = this._cellRect(lane, i, s);
+      ctx.strokeRect(x, y, (rowEnd - i + 1) * s, s);
+      i = rowEnd + 1;
+    }
+    ctx.restore();
+  }
+
+  _mapCounts(layer, s) {
+    const ctx = this.ctx;
+    const [x0, x1, y0, y1] = this._visible(layer, s);
+    ctx.font = `bold ${Math.min(18, Math.floor(s * 0.55))}px system-ui, sans-serif`;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    for (let y = y0; y < y1; y++) {
+      for (let x = x0; x < x1; x++) {
+        const pfn = y * layer.w + x;
+        if (pfn >= this.fcount) break;
+        const n = this.fmap[pfn];
+        if (!n) continue;
+        ctx.fillStyle = "#000";
+        ctx.fillText(String(n), this.ox + (x + 0.5) * s, this.oy + (y + 0.5) * s);
+      }
+    }
+    ctx.textAlign = "start";
+  }
+
+  _labels(s) {
+    const ctx = this.ctx;
+    ctx.fillStyle = "#0f131a";
+    ctx.fillRect(0, 0, this.gutter, this.ch);
+    ctx.fillStyle = "#e6edf3";
+    ctx.textBaseline = "top";
+    const big = Math.round(Math.min(22, Math.max(13, this.gutter / 8)));
+    if (this.view === "physical") {
+      ctx.font = `bold ${big}px system-ui, sans-serif`;
+      ctx.fillText("frames", 10, 10);
+      ctx.font = `${big - 4}px system-ui, sans-serif`;
+      ctx.fillStyle = "#9aa4b2";
+      let used = 0;
+      for (let p = 0; p < this.fcount; p++) if (this.fmap[p] > 0) used++;
+      ctx.fillText(`${used} mapped`, 10, 14 + big);
+      ctx.fillText("number = PTEs", 10, 18 + 2 * big);
+      return;
+    }
+    let lastBottom = -Infinity;
+    for (const lane of this.lanes) {
+      let y = this.oy + lane.row0 * s;
+      const h = lane.rows * s;
+      if (y + h < 0 || y > this.ch) continue;
+      y = Math.max(y, Math.min(4, y + h - 2 * big), lastBottom + 2);
+      ctx.font = `bold ${big}px system-ui, sans-serif`;
+      ctx.fillStyle = "#e6edf3";
+      ctx.fillText(lane.proc, 10, y);
+      const w = ctx.measureText(lane.proc).width;
+      ctx.font = `${big - 3}px ui-monospace, "DejaVu Sans Mono", monospace`;
+      ctx.fillStyle = "#9aa4b2";
+      ctx.fillText(lane.vma, 16 + w, y + 2);
+      ctx.fillText(`${lane.npages} pages`, 10, y + big + 3);
+      lastBottom = y + 2 * big + 4;
+    }
+  }
+
+  // -------------------------------------------------------------- pointer
+  _bindPointer() {
+    const cv = this.canvas;
+    let drag = null;
+    const pos = (e) => { const r = cv.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
+    cv.addEventListener("wheel", (e) => {
+      e.preventDefault();
+      const [x, y] = pos(e);
+      this.zoomAt(e.deltaY < 0 ? 1.2 : 1 / 1.2, x, y);
+    }, { passive: false });
+    cv.addEventListener("pointerdown", (e) => {
+      const [x, y] = pos(e);
+      const h = this.hit(x, y);
+      drag = { x, y, ox: this.ox, oy: this.oy, moved: false, select: e.shiftKey && h && h.page !== undefined, start: h };
+      if (drag.select) this._select(h.lane, h.page, h.page);
+      cv.setPointerCapture(e.pointerId);
+    });
+    cv.addEventListener("pointermove", (e) => {
+      if (!drag) return;
+      const [x, y] = pos(e);
+      if (Math.abs(x - drag.x) + Math.abs(y - drag.y) > 4) drag.moved = true;
+      if (drag.select) {
+        const h = this.hit(x, y);
+        if (h && h.lane === drag.start.lane && h.page !== undefined) this._select(h.lane, drag.start.page, h.page);
+      } else if (drag.moved) {
+        this.ox = drag.ox + x - drag.x; this.oy = drag.oy + y - drag.y; this.needs = true;
+      }
+    });
+    cv.addEventListener("pointerup", (e) => {
+      if (!drag) return;
+      const d = drag; drag = null;
+      if (d.select || d.moved) return;
+      const [x, y] = pos(e);
+      const h = this.hit(x, y);
+      if (!h) return;
+      if (h.pfn !== undefined) cv.dispatchEvent(new CustomEvent("frameclick", { detail: { pfn: h.pfn, kind: this.fkind[h.pfn], mapcount: this.fmap[h.pfn] } }));
+      else if (h.page !== undefined) {
+        if (e.altKey || e.ctrlKey || e.metaKey) this._select(h.lane, h.page, h.page);
+        cv.dispatchEvent(new CustomEvent("pageclick", { detail: { proc: h.lane.proc, vma: h.lane.vma, page: h.page } }));
+      } else if (h.proc) cv.dispatchEvent(new CustomEvent("procclick", { detail: { proc: h.proc } }));
+    });
+    cv.addEventListener("dblclick", () => this.fit());
+  }
+
+  _select(lane, a, b, silent = false) {
+    if (a > b) [a, b] = [b, a];
+    this.selection = { lane, a, b };
+    this.needs = true;
+    this.canvas.dataset.selection = `${lane.proc}/${lane.vma}/${a}-${b}`;
+    if (silent) return;
+    this.canvas.dispatchEvent(new CustomEvent("selectionchange", {
+      detail: { proc: lane.proc, vma: lane.vma, pages: a === b ? String(a) : `${a}-${b}` },
+    }));
+  }
+
+  selectPages(proc, vma, a, b, silent = false) {
+    const lane = this.byKey.get(`${proc}/${vma}`);
+    if (lane) this._select(lane, a, b, silent);
+  }
+}
+
+export { KIND_NAMES, KSM_ZERO, ZERO };

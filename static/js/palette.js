@@ -1,0 +1,60 @@
+// Colours of the page kinds (sim/snapshot.py KIND_NAMES order) and of the flashes.
+// One place, so the canvas, the legend and the tests agree.
+
+export const KIND_NAMES = ["none", "anon", "volatile", "unstable", "ksm", "zero", "ksm_zero", "skipped"];
+
+export const KIND_COLOURS = {
+  none: [30, 35, 43],        // not present: almost the background
+  anon: [92, 104, 120],      // private anonymous page
+  volatile: [230, 168, 23],  // rmap_item, checksum changing
+  unstable: [56, 139, 253],  // tracked in the unstable tree
+  ksm: [46, 194, 96],        // maps a KSM page (shaded by sharing count)
+  zero: [225, 228, 232],     // zero page from a read fault (clean PTE)
+  ksm_zero: [255, 32, 200],  // zero page placed by KSM, PTE marked dirty: the star
+  skipped: [168, 96, 50],    // smart scan skipped it
+};
+
+export const KIND_LABELS = {
+  none: "not present",
+  anon: "private anon",
+  volatile: "volatile (checksum changing)",
+  unstable: "unstable tree",
+  ksm: "KSM page (darker = more sharers)",
+  zero: "zero page (read fault)",
+  ksm_zero: "KSM-placed zero page (dirty PTE)",
+  skipped: "skipped by smart scan",
+};
+
+// event kinds (sim/changes.py EVENT_PATHS) -> flash class
+export const FLASH_OF_EVENT = {
+  merge: "merge", merge_new: "merge", ksm_append: "merge",
+  zero_merge: "zero_merge",
+  unshare: "unshare", unshare_zero: "unshare", unmerge_all: "unshare",
+  cow: "cow", cow_zero: "cow",
+};
+
+export const FLASH_COLOURS = {
+  merge: [255, 255, 255],
+  zero_merge: [255, 170, 240],
+  unshare: [255, 64, 64],
+  cow: [255, 150, 20],
+};
+
+export const FLASH_LABELS = {
+  merge: "merge",
+  zero_merge: "zero-merge",
+  unshare: "unshare",
+  cow: "copy-on-write",
+};
+
+export const CURSOR_COLOUR = "#ffd400";
+
+export function rgb(c) {
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
+// A KSM cell's shade: brighter for few sharers, darker green-teal as sharing grows.
+export function ksmShade(sharers) {
+  const t = Math.min(1, Math.log2(Math.max(2, sharers)) / 8); // 2 -> 0.125, 256 -> 1
+  return [Math.round(70 - 50 * t), Math.round(215 - 80 * t), Math.round(110 + 40 * t)];
+}

@@ -1,0 +1,251 @@
+// One session on screen: its websocket, its grid, charts and counters panel.
+// The wiring between the messages (docs/protocol.md) and the pure renderers; the state it
+// keeps is what it was sent, never computed.
+
+import { Charts } from "./charts.js";
+import { Counters } from "./counters.js";
+import { PageGrid } from "./page_grid.js";
+import { KIND_NAMES } from "./palette.js";
+import { b64bytes, b64int32, frameRecords, pageRecords } from "./protocol.js";
+
+const K = Object.fromEntries(KIND_NAMES.map((n, i) => [n, i]));
+const MERGED = new Set([K.ksm, K.ksm_zero]);
+
+/** The flash of a page whose kind changed in a step (events of the step break ties). */
+function flashClass(old, kind, counts) {
+  if (kind === K.ksm && old !== K.ksm) return "merge";
+  if (kind === K.ksm_zero && old !== K.ksm_zero) return "zero_merge";
+  if (kind === K.zero && old !== K.zero && old !== K.none && counts.zero_merge) return "zero_merge";
+  const wasShared = MERGED.has(old) || (old === K.zero && kind !== K.none);
+  if (wasShared && !MERGED.has(kind) && kind !== K.none) {
+    const cow = (counts.cow || 0) + (counts.cow_zero || 0);
+    const unshare = (counts.unshare || 0) + (counts.unshare_zero || 0) + (counts.unmerge_all || 0);
+    return cow > unshare ? "cow" : "unshare";
+  }
+  return null;
+}
+
+/** Chart markers: the step's events that a talk points at. */
+function markerOf(msg) {
+  const c = msg.event_counts || {};
+  if (c.unmerge_all) return "run=2";
+  if (c.unshare || c.unshare_zero) return "unmerge";
+  return null;
+}
+
+/** counters.csv: step, global counters, then <proc>.<ksm_stat field> columns. */
+function parseCsv(text) {
+  const lines = text.trim().split(/\r?\n/);
+  if (lines.length < 2) return [];
+  const head = lines[0].split(",");
+  return lines.slice(1).map((line) => {
+    const cells = line.split(",");
+    const row = { step: Number(cells[0]), global: {}, procs: {} };
+    head.forEach((h, i) => {
+      if (i === 0) return;
+      const v = cells[i] === "" || cells[i] === undefined ? null : Number(cells[i]);
+      const dot = h.lastIndexOf(".");
+      if (dot < 0) row.global[h] = v;
+      else {
+        const p = h.slice(0, dot);
+        (row.procs[p] ||= {})[h.slice(dot + 1)] = v;
+      }
+    });
+    return row;
+  });
+}
+
+export class SessionView {
+  constructor(root, opts = {}) {
+    this.root = root;
+    this.id = root.dataset.session;
+    this.kernel = root.dataset.kernel;
+    this.opts = opts;
+    this.grid = new PageGrid(root.querySelector("canvas.page-grid"), { gutter: opts.big ? 190 : 150 });
+    const g = root.querySelector(".chart-global"), p = root.querySelector(".chart-procs");
+    this.charts = g && window.Plotly ? new Charts(g, p, { big: opts.big }) : null;
+    this.counters = new Counters(root.querySelector(".counters"));
+    this.summaryEl = root.querySelector(".what-happened");
+    this.stepEl = root.querySelector(".step-no");
+    this.step = 0;
+    this.head = 0;
+    this.playing = false;
+    this.procNames = [];
+    this.lastAck = -1;
+    this.retry = 0;
+    this.listeners = [];
+  }
+
+  onStep(fn) { this.listeners.push(fn); }
+
+  connect() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const token = new URLSearchParams(location.search).get("token");
+    const url = `${proto}//${location.host}/ws/sessions/${encodeURIComponent(this.id)}${token ? `?token=${encodeURIComponent(token)}` : ""}`;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => { this.retry = 0; this._status("live"); };
+    ws.onmessage = (ev) => this.handle(JSON.parse(ev.data));
+    ws.onclose = () => {
+      if (this.gone) return;
+      this._status("reconnecting…");
+      this.retry = Math.min(this.retry + 1, 6);
+      setTimeout(() => this.connect(), 250 * 2 ** this.retry);
+    };
+  }
+
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  handle(msg) {
+    switch (msg.type) {
+      case "snapshot": this.applySnapshot(msg); break;
+      case "delta": this.applyDelta(msg); break;
+      case "state": this.applyState(msg); break;
+      case "end": this.applyEnd(msg); break;
+      case "error": this.showError(msg); break;
+      default: throw new Error(`unknown message type ${msg.type}`);
+    }
+  }
+
+  applySnapshot(msg) {
+    const kinds = msg.kinds || KIND_NAMES;
+    if (kinds.join() !== KIND_NAMES.join()) throw new Error(`unexpected kinds ${kinds}`);
+    const lanes = [];
+    for (const proc of msg.procs) {
+      for (const v of proc.vmas) {
+        lanes.push({ proc: proc.name, vma: v.name, uid: v.uid, npages: v.npages, kinds: b64bytes(v.kind), pfns: b64int32(v.pfn).slice() });
+      }
+    }
+    const frames = msg.frames ? { count: msg.frames.count, kind: b64bytes(msg.frames.kind), mapcount: b64int32(msg.frames.mapcount) } : null;
+    this.grid.setLayout(lanes, frames);
+    this.grid.setCursor(msg.ksmd?.cursor);
+    this.global = { ...msg.global };
+    this.procStats = Object.fromEntries(msg.procs.map((p) => [p.name, { ...p.ksm_stat }]));
+    this.knobs = { ...msg.knobs };
+    const names = msg.procs.map((p) => p.name);
+    if (this.charts && this.procNames.length && names.join() !== this.procNames.join()) {
+      const added = names.filter((n) => !this.procNames.includes(n));
+      const gone = this.procNames.filter((n) => !names.includes(n));
+      if (added.length) this.charts.mark(msg.step, `+${added.join(",")}`);
+      if (gone.length) this.charts.mark(msg.step, `exit ${gone.join(",")}`);
+    }
+    const jump = this.seen === undefined || msg.step !== this.step + 1;
+    this.procNames = names;
+    this.seen = true;
+    this._afterStep(msg);
+    if (jump && this.charts) this._reloadCharts(msg.step);
+  }
+
+  applyDelta(msg) {
+    const counts = msg.event_counts || {};
+    const grid = this.grid;
+    for (const pg of msg.pages || []) {
+      const lane = grid.lane(pg.uid);
+      if (!lane) continue;
+      for (const [i, pfn, , , kind] of pageRecords(pg.d, pg.n)) {
+        const old = grid.setPage(lane, i, kind, pfn);
+        const f = flashClass(old, kind, counts);
+        if (f) grid.flash(lane, i, f);
+      }
+    }
+    if (msg.frames && msg.frames.n) {
+      for (const [pfn, kind, mapcount] of frameRecords(msg.frames.d, msg.frames.n)) grid.setFrame(pfn, kind, mapcount);
+    }
+    grid.commit();
+    if (msg.ksmd) grid.setCursor(msg.ksmd.cursor);
+    Object.assign(this.global, msg.global || {});
+    for (const [p, stat] of Object.entries(msg.ksm_stat || {})) this.procStats[p] = { ...(this.procStats[p] || {}), ...stat };
+    Object.assign(this.knobs, msg.knobs || {});
+    this._afterStep(msg);
+  }
+
+  _afterStep(msg) {
+    this.step = msg.step;
+    this.head = msg.head;
+    if (this.summaryEl) {
+      this.summaryEl.textContent = msg.summary || "";
+      this.summaryEl.dataset.step = String(msg.step);
+    }
+    if (this.stepEl) this.stepEl.textContent = String(msg.step);
+    this.root.dataset.step = String(msg.step);
+    this.root.dataset.head = String(msg.head);
+    this.counters.update(this.global, this.procStats, this.kernel);
+    if (this.chartBuffer) this.chartBuffer.push([msg.step, { ...this.global }, structuredClone(this.procStats)]);
+    else if (this.charts) {
+      this.charts.push(msg.step, this.global, this.procStats);
+      const m = markerOf(msg);
+      if (m) this.charts.mark(msg.step, m);
+    }
+    for (const fn of this.listeners) fn(this, msg);
+    this.pendingAck = msg.step;
+  }
+
+  applyState(msg) {
+    this.playing = !!msg.playing;
+    this.root.dataset.playing = String(this.playing);
+    for (const fn of this.listeners) fn(this, msg);
+    document.body.dispatchEvent(new CustomEvent("ksm:state", { detail: { session: this.id, ...msg } }));
+  }
+
+  applyEnd(msg) {
+    this.playing = false;
+    this.root.dataset.playing = "false";
+    this.root.dataset.end = msg.reason || "end";
+    if (msg.reason === "deleted" || msg.reason === "expired") {
+      this.gone = true;
+      this._status(`session ${msg.reason}: reload the link to start it again`);
+    } else {
+      this._status("at the end: inject an op or write run=1 to go on");
+    }
+    document.body.dispatchEvent(new CustomEvent("ksm:state", { detail: { session: this.id, playing: false } }));
+  }
+
+  showError(msg) {
+    const el = this.root.querySelector(".ws-error") || document.querySelector(".ws-error");
+    if (el) {
+      el.textContent = msg.knob ? `${msg.knob}: ${msg.errno || ""} ${msg.message}` : msg.message;
+      el.hidden = false;
+      clearTimeout(this._errTimer);
+      this._errTimer = setTimeout(() => { el.hidden = true; }, 6000);
+    }
+  }
+
+  /** After a jump (connect, back, seek, reset): the history from counters.csv. */
+  async _reloadCharts(step) {
+    this.chartBuffer = [];
+    let rows = [];
+    try {
+      const r = await fetch(`/api/sessions/${encodeURIComponent(this.id)}/counters.csv`);
+      if (r.ok) rows = parseCsv(await r.text());
+    } catch (e) { /* keep the live points only */ }
+    const buffered = this.chartBuffer;
+    this.chartBuffer = null;
+    this.charts.reset();
+    let last = -1;
+    for (const row of rows) {
+      if (row.step > step) break;
+      this.charts.push(row.step, row.global, row.procs);
+      last = row.step;
+    }
+    for (const [s, g, p] of buffered) if (s > last) this.charts.push(s, g, p);
+    this.charts.flush(performance.now(), true);
+  }
+
+  _status(text) {
+    const el = this.root.querySelector(".conn-status");
+    if (el) el.textContent = text;
+  }
+
+  /** One animation frame: draw, flush charts, then tell the server what we drew. */
+  frame(now) {
+    const drew = this.grid.draw(now);
+    if (this.charts) this.charts.flush(now);
+    if (this.pendingAck !== undefined && this.pendingAck !== this.lastAck) {
+      this.lastAck = this.pendingAck;
+      this.send({ type: "ack", step: this.lastAck });
+    }
+    return drew;
+  }
+}
