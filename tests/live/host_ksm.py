@@ -48,6 +48,7 @@ def ksm_host(knobs: dict[str, int | str], lock_timeout: float = 900) -> Iterator
         finally:
             problems = guard.restore()
             assert not problems, f"knobs not restored: {problems}"
+            assert sysfs.knobs() == guard.saved
 
 
 @contextmanager

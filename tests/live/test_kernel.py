@@ -45,7 +45,6 @@ def test_live_view_sees_ksm_pages_and_zero_pages() -> None:
     assert os.geteuid() == 0, "the kernel tests need root"
     assert Path("/sys/kernel/mm/ksm/run").exists(), "this kernel has no KSM"
     with ksm_host(MERGE_KNOBS) as sysfs:
-        saved_run = None
         w = _start_worker()  # fork before TestClient starts its threads
         try:
             client = TestClient(create_live_app(LiveSettings(live_interval=0.2)))
@@ -84,7 +83,4 @@ def test_live_view_sees_ksm_pages_and_zero_pages() -> None:
             assert window["cells"] == "ZZZZZZAAAA"
         finally:
             w.kill()
-            saved_run = sysfs.read("run")
-    assert saved_run == 1
-    assert Path("/sys/kernel/mm/ksm/run").read_text().strip() != "1" or \
-        pytest.fail("ksmd left running")
+    # ksm_host restored every knob (run last) and checked them, still under the lock
