@@ -1,0 +1,17 @@
+"""KSM Lab dashboard backend: the simulator over HTTP and websockets.
+
+DOC: Overview
+
+- :mod:`app.server.app`: ``create_app(settings)``, the FastAPI application (routers, static
+  files, vendored JS, the pages router and the live view when present).
+- :mod:`app.server.timeline`: a session's timeline: recorded actions, branches, sparse
+  ``sim.Kernel`` checkpoints, deterministic replay.
+- :mod:`app.server.encode`: snapshots and compact deltas of a kernel (``docs/protocol.md``).
+- :mod:`app.server.messages`: the websocket messages, pydantic models tagged by ``type``.
+- :mod:`app.server.sessions`: sessions, compare groups, play loops, the session manager
+  (the Python API the HTML pages use).
+- :mod:`app.server.viewers`: one websocket viewer with its bounded send queue.
+- :mod:`app.server.routes`: thin REST and websocket handlers.
+
+Dependency direction: ``app.server -> sim``; ``sim`` never imports this package.
+"""

@@ -1,0 +1,146 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Routers: health and presets, sessions (and compare), controls, exports, the websocket; the
+HTML pages router ``app.server.pages.router`` and the live view ``app.live.routes.router``
+when those modules exist. Static files from ``static/``; ``/static/vendor/plotly.min.js``
+from the installed plotly package and ``/static/vendor/htmx.min.js`` from ``static/node_modules``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.config import Settings, get_settings
+
+from .errors import ApiError
+from .routes import controls, exports, health, sessions, ws
+from .sessions import SessionManager
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def plotly_js() -> Path:
+    import plotly  # type: ignore[import-untyped]
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def htmx_js(settings: Settings) -> Path:
+    return settings.static_dir / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._reject(send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": {"field": "body", "message": f"request body over {self.limit} bytes"}},
+            status_code=413,
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:  # pragma: no cover - a response never reads
+    return {"type": "http.disconnect"}
+
+
+def _optional_router(module: str) -> Any:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+    return getattr(mod, "router", None)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    manager = SessionManager(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager.start()
+        yield
+        await manager.stop()
+
+    app = FastAPI(
+        title="KSM Lab",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Linux KSM, simulated: sessions, timelines and live page grids. "
+        "Websocket protocol: docs/protocol.md.",
+    )
+    app.state.settings = settings
+    app.state.manager = manager
+    app.dependency_overrides[get_settings] = lambda: settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    async def vendor_plotly() -> FileResponse:
+        return FileResponse(plotly_js(), media_type="text/javascript")
+
+    @app.get("/static/vendor/htmx.min.js", include_in_schema=False)
+    async def vendor_htmx() -> FileResponse:
+        path = htmx_js(settings)
+        if not path.is_file():
+            raise ApiError(404, "htmx", "run `npm ci --prefix static` to install htmx")
+        return FileResponse(path, media_type="text/javascript")
+
+    for router in (health.router, sessions.router, controls.router, exports.router, ws.router):
+        app.include_router(router)
+    for module in ("app.server.pages", "app.live.routes"):
+        extra = _optional_router(module)
+        if extra is not None:
+            app.include_router(extra)
+    if settings.static_dir.is_dir():
+        app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,49 @@
+"""``ksmlab serve``: the dashboard server (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="serve the dashboard (FastAPI + uvicorn)")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument(
+        "--live-only",
+        action="store_true",
+        help="serve only the read-only live view of this host's KSM",
+    )
+    p.set_defaults(func=run)
+
+
+def uvicorn_options(settings: Any) -> dict[str, Any]:
+    """What every server of this app passes to uvicorn (also used by the tests and bench)."""
+    return {
+        "ws_per_message_deflate": False,
+        "ws_max_size": settings.ws_max_message_bytes * 16,
+        "log_level": "warning",
+        "lifespan": "on",
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.config import get_settings
+
+    settings = get_settings()
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    if args.live_only:
+        from app.live.routes import create_live_app
+
+        uvicorn.run(create_live_app(), host=host, port=port, log_level="info")
+        return 0
+    from .app import create_app
+
+    opts = uvicorn_options(settings)
+    opts["log_level"] = "info"
+    uvicorn.run(create_app(settings), host=host, port=port, **opts)
+    return 0

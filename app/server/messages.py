@@ -1,0 +1,217 @@
+"""Websocket messages: every frame is one of these pydantic models, tagged by ``type``.
+
+Server to client: :class:`Snapshot`, :class:`Delta`, :class:`State`, :class:`End`,
+:class:`Error`. Client to server: :data:`ClientMessage` (``step``, ``back``, ``seek``,
+``play``, ``pause``, ``speed``, ``reset``, ``inject``, ``knob``, ``ack``), parsed by
+:func:`parse_client_message`. ``docs/protocol.md`` explains each field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Event = tuple[str, str | None, str | None, int | None]
+"""``[kind, proc, vma, page]`` (proc/vma/page null for a global event)."""
+
+StableNodeRow = tuple[int, str, int, int, int]
+"""``[nid, kind, pfn, rmap_hlist_len, chain nid or -1]``."""
+
+
+class _Step(BaseModel):
+    """Fields shared by ``snapshot`` and ``delta``."""
+
+    session: str
+    step: int
+    head: int
+    branch: int
+    ts: float = Field(description="server clock at the step, ms since the epoch")
+    summary: str = ""
+    events: list[Event] = Field(default_factory=list)
+    event_counts: dict[str, int] = Field(default_factory=dict)
+
+
+class VmaView(BaseModel):
+    name: str
+    uid: int
+    start: int
+    npages: int
+    mergeable: list[tuple[int, int]]
+    pfn: str = Field(description="b64 int32 LE per page")
+    pte: str = Field(description="b64 u8 PTE flags per page")
+    kind: str = Field(description="b64 u8 page kind per page")
+    item: str = Field(description="b64 u8 rmap_item state per page")
+
+
+class ProcView(BaseModel):
+    name: str
+    pid: int
+    registered: bool
+    merge_any: bool
+    ksm_stat: dict[str, int | bool | None]
+    vmas: list[VmaView]
+
+
+class FramesView(BaseModel):
+    count: int
+    kind: str
+    mapcount: str
+
+
+class Snapshot(_Step):
+    type: Literal["snapshot"] = "snapshot"
+    kernel: str
+    knobs: dict[str, Any]
+    global_: dict[str, int | None] = Field(serialization_alias="global")
+    procs: list[ProcView]
+    frames: FramesView
+    stable_nodes: list[StableNodeRow]
+    ksmd: dict[str, Any]
+    unstable_tree: int
+    kinds: list[str]
+    paths: dict[str, str]
+
+
+class PageRecords(BaseModel):
+    uid: int
+    n: int
+    d: str
+
+
+class FrameRecords(BaseModel):
+    count: int
+    n: int
+    d: str
+
+
+class StableNodeChanges(BaseModel):
+    upsert: list[StableNodeRow] = Field(default_factory=list)
+    removed: list[int] = Field(default_factory=list)
+
+
+class Delta(_Step):
+    type: Literal["delta"] = "delta"
+    global_: dict[str, int | None] = Field(serialization_alias="global")
+    ksm_stat: dict[str, dict[str, int | bool | None]]
+    pages: list[PageRecords]
+    mergeable: dict[str, list[tuple[int, int]]]
+    frames: FrameRecords
+    stable_nodes: StableNodeChanges
+    ksmd: dict[str, Any] | None
+    unstable_tree: int
+    knobs: dict[str, Any]
+
+
+class State(BaseModel):
+    type: Literal["state"] = "state"
+    session: str
+    step: int
+    head: int
+    branch: int
+    branches: int
+    playing: bool
+    speed: float
+    realtime: bool
+    at_end: bool
+    group: str | None = None
+
+
+class End(BaseModel):
+    type: Literal["end"] = "end"
+    session: str
+    step: int
+    reason: Literal["end", "deleted", "expired"] = "end"
+
+
+class Error(BaseModel):
+    type: Literal["error"] = "error"
+    message: str
+    field: str | None = None
+    knob: str | None = None
+    errno: str | None = None
+
+
+ServerMessage = Snapshot | Delta | State | End | Error
+
+
+# ------------------------------------------------------------------ client messages
+class _Client(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepMsg(_Client):
+    type: Literal["step"]
+    n: int = Field(1, ge=1)
+    grain: Literal["batch", "page", "pass"] = "batch"
+
+
+class BackMsg(_Client):
+    type: Literal["back"]
+    n: int = Field(1, ge=1)
+
+
+class SeekMsg(_Client):
+    type: Literal["seek"]
+    step: int = Field(ge=0)
+    branch: int | None = Field(None, ge=0)
+
+
+class PlayMsg(_Client):
+    type: Literal["play"]
+
+
+class PauseMsg(_Client):
+    type: Literal["pause"]
+
+
+class ResetMsg(_Client):
+    type: Literal["reset"]
+
+
+class SpeedMsg(_Client):
+    type: Literal["speed"]
+    batches_per_second: float | None = Field(None, gt=0)
+    realtime: bool = False
+
+
+class InjectMsg(_Client):
+    type: Literal["inject"]
+    op: dict[str, Any]
+
+
+class KnobMsg(_Client):
+    type: Literal["knob"]
+    knob: str
+    value: int | str
+
+
+class AckMsg(_Client):
+    type: Literal["ack"]
+    step: int
+
+
+ClientMessage = Annotated[
+    StepMsg
+    | BackMsg
+    | SeekMsg
+    | PlayMsg
+    | PauseMsg
+    | ResetMsg
+    | SpeedMsg
+    | InjectMsg
+    | KnobMsg
+    | AckMsg,
+    Field(discriminator="type"),
+]
+
+_client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """Validate one client frame (raises pydantic.ValidationError)."""
+    return _client_adapter.validate_json(text)
+
+
+def dump(message: ServerMessage) -> str:
+    return message.model_dump_json(by_alias=True)

@@ -1,0 +1,1 @@
+"""Thin HTTP and websocket handlers, one router per resource."""

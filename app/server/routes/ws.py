@@ -1,0 +1,80 @@
+"""``/ws/sessions/{id}``: a snapshot on connect, then deltas; controls as client messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket
+from pydantic import ValidationError
+
+from .. import messages as m
+from ..errors import ApiError, translate
+from ..viewers import Viewer
+
+router = APIRouter()
+
+
+@router.websocket("/ws/sessions/{session_id}")
+async def watch_session(ws: WebSocket, session_id: str) -> None:
+    manager = ws.app.state.manager
+    settings = manager.settings
+    await ws.accept()
+    session = manager.sessions.get(session_id)
+    if session is None:
+        await ws.send_text(m.dump(m.Error(message=f"no session {session_id!r}", field="session")))
+        await ws.close(4404)
+        return
+    if len(session.viewers) >= settings.max_viewers:
+        await ws.send_text(
+            m.dump(
+                m.Error(
+                    message=f"at most {settings.max_viewers} viewers per session", field="viewers"
+                )
+            )
+        )
+        await ws.close(4429)
+        return
+    viewer = Viewer(ws, settings.ws_queue, session.resync_frames)
+    viewer.reset(session.resync_frames())
+    session.viewers.add(viewer)
+    session.touch()
+    viewer.task = asyncio.get_running_loop().create_task(viewer.run())
+    try:
+        while True:
+            frame = await ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                break
+            data = frame.get("text")
+            if data is None:
+                data = frame.get("bytes") or b""
+            if len(data) > settings.ws_max_message_bytes:
+                viewer.push(
+                    m.dump(
+                        m.Error(
+                            message=f"message larger than {settings.ws_max_message_bytes} bytes",
+                            field="message",
+                        )
+                    )
+                )
+                continue
+            try:
+                msg = m.parse_client_message(data)
+            except ValidationError as exc:
+                viewer.push(m.dump(translate(exc).message_model()))
+                continue
+            if manager.sessions.get(session_id) is not session:
+                break
+            try:
+                manager.control(session, msg, viewer)
+            except ApiError as exc:
+                viewer.push(m.dump(exc.message_model()))
+    except Exception:  # the peer vanished mid-frame
+        pass
+    finally:
+        session.viewers.discard(viewer)
+        session.touch()
+        if viewer.task is not None and not viewer.closing:
+            viewer.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await viewer.task

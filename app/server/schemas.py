@@ -1,0 +1,86 @@
+"""REST request and response bodies (the websocket messages are in ``messages``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Kernel = Literal["6.18", "6.12", "6.5", "6.1"]
+
+
+class SessionInfo(BaseModel):
+    id: str
+    name: str
+    kernel: str
+    preset: str | None
+    group: str | None = Field(description="compare group id, if the session is in one")
+    step: int
+    head: int = Field(description="last computed step of the current branch")
+    branch: int
+    branches: int
+    playing: bool
+    speed: float = Field(description="batches per second while playing")
+    realtime: bool
+    at_end: bool
+    pages: int
+    viewers: int
+    summary: str = Field(description='the "what just happened" line of the current step')
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str | None = None
+    scenario: dict[str, Any] | None = None
+    kernel: Kernel | None = None
+    knobs: dict[str, int | str] = Field(default_factory=dict)
+
+
+def _default_pair() -> list[Kernel]:
+    return ["6.5", "6.18"]
+
+
+class CreateCompare(CreateSession):
+    kernels: list[Kernel] = Field(default_factory=_default_pair, min_length=2, max_length=2)
+
+
+class CompareInfo(BaseModel):
+    group: str
+    sessions: list[SessionInfo]
+
+
+class StepBody(BaseModel):
+    n: int = Field(1, ge=1)
+    grain: Literal["batch", "page", "pass"] = "batch"
+
+
+class BackBody(BaseModel):
+    n: int = Field(1, ge=1)
+
+
+class SeekBody(BaseModel):
+    step: int = Field(ge=0)
+    branch: int | None = Field(None, ge=0)
+
+
+class SpeedBody(BaseModel):
+    batches_per_second: float | None = Field(None, gt=0)
+    realtime: bool = False
+
+
+class KnobBody(BaseModel):
+    knob: str = Field(min_length=1, max_length=64)
+    value: int | str
+
+
+class BranchInfo(BaseModel):
+    id: int
+    parent: int | None
+    base_step: int
+    head: int
+
+
+class Health(BaseModel):
+    status: str
+    sessions: int

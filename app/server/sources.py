@@ -1,0 +1,116 @@
+"""Where a session's scenario comes from: a preset, or an uploaded JSON/YAML document.
+
+Also the size checks made before anything runs: steps in the scenario, and the most pages
+mapped at any one time (forks count their copies), against the configured limits.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from app.config import Settings
+from app.presets import UnknownPresetError, list_presets, load_preset
+from sim import ScenarioError, parse_scenario
+from sim.runner import check_supported
+from sim.scenario import KERNELS, Scenario
+
+from .errors import ApiError, translate
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+def decode_document(data: bytes, yaml_ok: bool, field: str = "scenario") -> Any:
+    """A JSON (or YAML) document from bytes; 422 naming ``field`` if it is not one."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(422, field, "not UTF-8 text") from None
+    if yaml_ok:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ApiError(422, field, f"invalid YAML: {exc}".splitlines()[0]) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, field, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+
+
+def presets(settings: Settings) -> list[dict[str, Any]]:
+    return [p.to_dict() for p in list_presets(settings.presets_dir)]
+
+
+def resolve(
+    settings: Settings,
+    preset: str | None,
+    scenario: Any,
+    kernel: str | None,
+    knobs: dict[str, Any] | None,
+) -> Scenario:
+    """The scenario to run, on ``kernel`` with ``knobs`` added to its ``sysfs``."""
+    if (preset is None) == (scenario is None):
+        raise ApiError(422, "preset", "give exactly one of 'preset' or 'scenario'")
+    if kernel is not None and kernel not in KERNELS:
+        raise ApiError(422, "kernel", f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})")
+    try:
+        if preset is not None:
+            sc = load_preset(preset, None, settings.presets_dir)
+        else:
+            if isinstance(scenario, dict) and isinstance(scenario.get("steps"), list):
+                if len(scenario["steps"]) > settings.max_scenario_steps:
+                    raise ApiError(
+                        413, "scenario.steps", f"at most {settings.max_scenario_steps} steps"
+                    )
+            sc = parse_scenario(scenario)
+    except UnknownPresetError as exc:
+        raise ApiError(404, "preset", exc.message) from None
+    except ScenarioError as exc:
+        raise translate(exc, "" if preset else "scenario") from None
+    if kernel is not None:
+        sc = sc.with_kernel(kernel)
+    if knobs:
+        for name, value in knobs.items():
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ApiError(422, f"knobs.{name}", "expected an integer or a string")
+        raw = dict(sc.raw)
+        raw["sysfs"] = {**sc.sysfs, **knobs}
+        sc = Scenario(sc.name, sc.description, sc.kernel, raw["sysfs"], sc.steps, raw)
+    try:
+        check_supported(sc, sc.kernel)
+    except ScenarioError as exc:  # pragma: no cover - UnsupportedError is not one
+        raise translate(exc) from None
+    except Exception as exc:
+        raise translate(exc, "kernel") from None
+    pages = max_live_pages(sc)
+    if pages > settings.max_pages:
+        raise ApiError(
+            413,
+            "pages",
+            f"the scenario maps up to {pages} pages at once; "
+            f"this server allows {settings.max_pages} per session",
+        )
+    return sc
+
+
+def max_live_pages(sc: Scenario) -> int:
+    """The most pages mapped at any one time while the scenario runs."""
+    procs: dict[str, dict[str, int]] = {}
+    live = best = 0
+    for step in sc.steps:
+        if step.op == "spawn" and step.proc:
+            procs[step.proc] = {}
+        elif step.op == "fork" and step.proc and step.child:
+            procs[step.child] = dict(procs.get(step.proc, {}))
+            live += sum(procs[step.child].values())
+        elif step.op == "exit" and step.proc:
+            live -= sum(procs.pop(step.proc, {}).values())
+        elif step.op == "mmap" and step.proc and step.vma:
+            procs.setdefault(step.proc, {})[step.vma] = step.count or 0
+            live += step.count or 0
+        elif step.op == "munmap" and step.proc and step.vma:
+            live -= procs.get(step.proc, {}).pop(step.vma, 0)
+        best = max(best, live)
+    return best
