@@ -71,20 +71,29 @@ def parse_maps(text: str) -> list[Vma]:
     return vmas
 
 
-def parse_smaps_ksm(text: str) -> list[tuple[int, int, int | None]]:
-    """``[(start, end, ksm_kB or None)]`` per VMA of an smaps file."""
-    out: list[tuple[int, int, int | None]] = []
+@dataclass
+class SmapsVma:
+    start: int
+    end: int
+    ksm_kb: int | None = None  # the ``KSM:`` line (6.6+), None when absent
+    mergeable: bool = False  # VmFlags ``mg``
+
+
+def parse_smaps(text: str) -> list[SmapsVma]:
+    """Per VMA of an smaps file: range, ``KSM:`` kB and whether VmFlags has ``mg``."""
+    out: list[SmapsVma] = []
     for line in text.splitlines():
         head = line.split(None, 1)[0] if line else ""
         if "-" in head and not head.endswith(":"):
             lo, _, hi = head.partition("-")
             try:
-                out.append((int(lo, 16), int(hi, 16), None))
+                out.append(SmapsVma(int(lo, 16), int(hi, 16)))
             except ValueError:
                 continue
         elif head == "KSM:" and out:
-            start, end, _ = out[-1]
-            out[-1] = (start, end, int(line.split()[1]))
+            out[-1].ksm_kb = int(line.split()[1])
+        elif head == "VmFlags:" and out:
+            out[-1].mergeable = "mg" in line.split()[1:]
     return out
 
 
@@ -163,16 +172,15 @@ class ProcFs:
     def maps(self, pid: int | str) -> list[Vma]:
         return parse_maps(self._read(pid, "maps"))
 
-    def smaps_ksm(self, pid: int) -> list[tuple[int, int, int | None]]:
-        return parse_smaps_ksm(self._read(pid, "smaps"))
+    def smaps(self, pid: int) -> list[SmapsVma]:
+        return parse_smaps(self._read(pid, "smaps"))
 
     def has_mergeable_vma(self, pid: int) -> bool:
         """Any VMA with VmFlags ``mg`` (for kernels whose ksm_stat lacks ksm_mergeable)."""
         try:
-            text = self._read(pid, "smaps")
+            return any(v.mergeable for v in self.smaps(pid))
         except (ProcessGone, OSError):
             return False
-        return any(line.startswith("VmFlags:") and " mg" in line for line in text.splitlines())
 
     def pagemap(self, pid: int, start: int, npages: int, page_size: int) -> list[int]:
         """Raw pagemap entries of ``npages`` pages from virtual address ``start``."""

@@ -84,7 +84,8 @@ from .worker import PAGE, WorkerError, WorkerHandle, spawn_worker
 REPLAYER = "ksmlab-replay/1"
 TRACE_FORMAT = "ksm-trace/1"
 SCAN_PAGES = 1_000_000_000  # pages_to_scan during a scan: a batch always ends with its pass
-WAKE_SLEEP_MS = (3_600_000, 3_600_001, 3_600_002)  # ksmd sleeps an hour between passes
+WAKE_SLEEP_MS = (3_600_000, 3_600_001, 3_600_002, 3_600_003)  # an hour between passes
+NUDGE_SECONDS = 0.05  # ksmd asleep this long after a wake-up without a pass: wake it again
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXPECTED_FILES = tuple(sorted(set(COUNTERS) | set(DEFAULT_KNOBS) | {"advisor_mode"}))
 
@@ -147,6 +148,7 @@ class KernelSession:
         self.features: dict[str, Any] = {}
         self.classification: dict[str, Any] = {}
         self.ksmd: int | None = None
+        self.last_sleep: KnobValue | None = None  # the last sleep_millisecs a scan wrote
         self.thp_off = False
         self._lock: Any = None
         self._old_handlers: dict[int, Any] = {}
@@ -537,35 +539,50 @@ class _Replay:
         fs0 = before["full_scans"] or 0
         target = fs0 + step.passes
         ksmd = self.s.ksmd if self.s.ksmd and self.proc.comm(self.s.ksmd) == "ksmd" else None
-        sleeps = [v for v in WAKE_SLEEP_MS if v != saved["sleep_millisecs"]][:2]
+        # ksmd may still be in its timed wait with the value the previous scan left: the
+        # first value written here must differ from it, or that wait never ends
+        sleeps = [v for v in WAKE_SLEEP_MS if v not in (saved["sleep_millisecs"],
+                                                        self.s.last_sleep)][:2]
         cfg = self.s.config
         stall = cfg.stall_seconds if ksmd else max(1.0, 5 * cfg.scan_sleep_ms / 1000)
         t0 = time.monotonic()
         gave_up = False
-        wakes = 0
+        wakes = nudges = 0
+        current: KnobValue = sleeps[0] if ksmd else cfg.scan_sleep_ms
+
+        def wake() -> None:
+            nonlocal current
+            current = sleeps[1] if current == sleeps[0] else sleeps[0]
+            s.write("sleep_millisecs", current)  # a new value ends ksmd's timed wait
+            self.s.last_sleep = current
+
         try:
             try:
                 s.write("pages_to_scan", SCAN_PAGES)
             except OSError as exc:
                 self.warnings.append(f"step {step.index}: pages_to_scan={SCAN_PAGES}: "
                                      f"{errno_name(exc)} (a batch may not be a whole pass)")
-            current = sleeps[0] if ksmd else cfg.scan_sleep_ms
             s.write("sleep_millisecs", current)
+            self.s.last_sleep = current
             s.write("run", 1)
             last, last_change, need_wake = fs0, time.monotonic(), False
             while True:
+                # ksmd's state first, then the counter: "asleep" with an unchanged counter
+                # then means no pass ran since the last wake-up (only we wake it)
+                state = self.proc.state(ksmd) if ksmd else "S"
                 fs = s.read_int("full_scans") or 0
                 now = time.monotonic()
                 if fs >= target:
                     break
                 if fs != last:
                     last, last_change, need_wake = fs, now, ksmd is not None
-                state = self.proc.state(ksmd) if ksmd else "S"
-                if need_wake and state == "S":
-                    current = sleeps[1] if current == sleeps[0] else sleeps[0]
-                    s.write("sleep_millisecs", current)  # wakes ksmd for one more pass
+                if ksmd and state == "S" and need_wake:
+                    wake()  # exactly one more pass
                     need_wake, last_change = False, now
                     wakes += 1
+                elif ksmd and state == "S" and not nudges and now - last_change > NUDGE_SECONDS:
+                    wake()  # a lost wake-up? harmless if ksmd waits for a registered mm
+                    nudges, last_change = 1, now
                 elif state == "S" and now - last_change > stall:
                     gave_up = True
                     break
@@ -587,6 +604,7 @@ class _Replay:
             "pages_scanned": None if ps0 is None or ps1 is None else ps1 - ps0,
             "seconds": round(time.monotonic() - t0, 3),
             "wakes": wakes,
+            **({"nudges": nudges} if nudges else {}),
             **({"gave_up": True} if gave_up else {}),
         })
 
@@ -648,15 +666,21 @@ class _Replay:
         return out
 
     def check_smaps(self, p: _Proc, counts: dict[str, int], where: str) -> None:
-        if not p.maps:
-            return
-        vmas = self.proc.smaps_ksm(p.handle.pid)
-        if any(kb is None for _, _, kb in vmas):
+        """K tokens against smaps ``KSM:``; no VMA but scenario mappings may be mergeable."""
+        vmas = self.proc.smaps(p.handle.pid)
+        spans = [(a, a + n * PAGE) for a, n in p.maps.values()]
+        strays = [v for v in vmas if v.mergeable
+                  and not any(lo <= v.start < hi for lo, hi in spans)]
+        if strays:
+            self.warnings.append(f"checkpoint {where!r}: {p.name} has mergeable VMAs that are "
+                                 f"not scenario mappings: "
+                                 + ", ".join(f"{v.start:#x}-{v.end:#x}" for v in strays[:4]))
+        if not p.maps or any(v.ksm_kb is None for v in vmas):
             return  # no KSM: line before 6.6
         self.smaps_checks += 1
         for vma, (addr, count) in p.maps.items():
             end = addr + count * PAGE
-            kb = sum(k or 0 for lo, _, k in vmas if addr <= lo < end)
+            kb = sum(v.ksm_kb or 0 for v in vmas if addr <= v.start < end)
             if kb * 1024 != counts[vma] * PAGE:
                 self.warnings.append(f"checkpoint {where!r}: {p.name}.{vma}: {counts[vma]} K "
                                      f"pages but smaps says KSM: {kb} kB")

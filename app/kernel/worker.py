@@ -22,7 +22,12 @@ other label writes SHA-256(label) repeated, so equal labels are byte-identical p
 
 Merge-any: ``prctl(PR_SET_MEMORY_MERGE, 1)`` makes the interpreter's own VMAs (heap, stack,
 libraries) mergeable too. ``clean`` (sent before every scan and checkpoint) MADV_UNMERGEABLEs
-every VMA that is not a scenario mapping, until ``/proc/self/maps`` is stable.
+every VMA that is not a scenario mapping, until ``/proc/self/maps`` is stable. A merge-any
+process also marks every VMA it creates later, and (6.12+) a VMA created after ksmd dropped
+the process registers it again, so a worker must not create VMAs of its own once it runs:
+it receives into a preallocated buffer, reads ``/proc/self/maps`` into another, writes page
+by page from small cached patterns, and glibc's malloc is told never to use ``mmap`` for a
+chunk nor to trim (and later regrow) the heap, after growing the heap once at start.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from functools import cache
 from typing import Any, NoReturn
 
 from . import libc
-from .procfs import ProcFs, parse_maps
+from .procfs import ProcFs
 from .sysfs import errno_name
 
 PAGE = libc.PAGE_SIZE
@@ -49,8 +54,11 @@ BASE = 0x1000_0000_0000  # 16 TiB: far from the heap (low) and the mmap area (ne
 GAP_PAGES = 16
 USER_TOP = 1 << 47
 MAGIC = 0x6B736D6C61622D75  # "ksmlab-u"
-MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 1 << 16
+MAPS_BUFFER = 4 << 20
 REPLY_TIMEOUT = 120.0
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+HEAP_RESERVE = 16 << 20
 
 
 class WorkerError(Exception):
@@ -75,13 +83,29 @@ def unique_page(serial: int) -> bytes:
     return struct.pack("<QQ", MAGIC, serial) * (PAGE // 16)
 
 
-def page_bytes(content: str, serial: int, npages: int) -> bytes:
-    """The bytes of ``npages`` consecutive pages written with ``content``."""
+def page_bytes(content: str, serial: int) -> bytes:
+    """The bytes of one page written with ``content`` (``serial`` for ``unique``)."""
     if content == "zero":
-        return bytes(PAGE * npages)
+        return bytes(PAGE)
     if content == "unique":
-        return b"".join(unique_page(serial + i) for i in range(npages))
-    return label_page(content) * npages
+        return unique_page(serial)
+    return label_page(content)
+
+
+def _quiet_malloc() -> None:
+    """No mmap'd malloc chunks, no heap trimming; grow the heap once now (see module doc)."""
+    try:
+        c = ctypes.CDLL(None)
+        c.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        c.malloc.restype = ctypes.c_void_p
+        c.malloc.argtypes = [ctypes.c_size_t]
+        c.free.argtypes = [ctypes.c_void_p]
+        c.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        c.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        c.mallopt(M_TOP_PAD, 1 << 20)
+        c.free(c.malloc(HEAP_RESERVE))  # brk grows now, and stays (no trimming)
+    except (OSError, AttributeError):
+        pass  # not glibc: best effort
 
 
 # --------------------------------------------------------------------------------------
@@ -96,6 +120,9 @@ class _Worker:
         self.maps: dict[str, tuple[int, int]] = {}  # name -> (address, pages)
         self.next_addr = BASE
         self.merge_any = False  # ever set in this process (or inherited)
+        self.inbox = bytearray(MAX_MESSAGE)
+        self.maps_buf = bytearray(MAPS_BUFFER)
+        self.unique = ctypes.create_string_buffer(PAGE)
 
     def send(self, msg: dict[str, Any]) -> None:
         self.sock.send(json.dumps(msg).encode())
@@ -106,14 +133,17 @@ class _Worker:
             "write": self.op_write, "read": self.op_read, "madvise": self.op_madvise,
             "prctl": self.op_prctl, "clean": self.op_clean,
         }
+        anc_size = socket.CMSG_SPACE(2 * 4)
+        view = memoryview(self.inbox)
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 2)
+                n, anc, _, _ = self.sock.recvmsg_into([view], anc_size)
             except OSError:
                 return
-            if not data:
+            if not n:
                 return  # the controller is gone
-            req = json.loads(data)
+            fds = _fds(anc)
+            req = json.loads(self.inbox[:n])
             op = req.get("op")
             if op == "exit":
                 os._exit(0)
@@ -180,11 +210,16 @@ class _Worker:
         content = str(req["content"])
         serial = int(req.get("serial", 0))
         for lo, hi in ranges:
-            if content == "zero":
-                ctypes.memset(addr + lo * PAGE, 0, (hi - lo) * PAGE)
-            else:
-                libc.write_bytes(addr + lo * PAGE, page_bytes(content, serial, hi - lo))
-            serial += hi - lo
+            for page in range(lo, hi):
+                where = addr + page * PAGE
+                if content == "zero":
+                    ctypes.memset(where, 0, PAGE)
+                elif content == "unique":
+                    _fill_unique(self.unique, serial)
+                    ctypes.memmove(where, self.unique, PAGE)
+                else:
+                    libc.write_bytes(where, label_page(content))
+                serial += 1
         return {}
 
     def op_read(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -209,11 +244,33 @@ class _Worker:
         return {}
 
     def _own_vmas(self) -> list[tuple[int, int]]:
-        with open("/proc/self/maps", encoding="ascii") as f:
-            vmas = parse_maps(f.read())
+        """Non-scenario VMAs from /proc/self/maps, read into the preallocated buffer."""
+        buf = self.maps_buf
+        fd = os.open("/proc/self/maps", os.O_RDONLY)
+        try:
+            size = 0
+            view = memoryview(buf)
+            while size < len(buf):
+                got = os.readv(fd, [view[size:]])
+                if not got:
+                    break
+                size += got
+        finally:
+            os.close(fd)
         spans = [(a, a + n * PAGE) for a, n in self.maps.values()]
-        return [(v.start, v.end) for v in vmas
-                if v.start < USER_TOP and not any(lo <= v.start < hi for lo, hi in spans)]
+        out = []
+        pos = 0
+        while pos < size:
+            end = buf.find(b"\n", pos, size)
+            end = size if end < 0 else end
+            dash = buf.find(b"-", pos, end)
+            space = buf.find(b" ", pos, end)
+            if dash > 0 and space > dash:
+                start, stop = int(buf[pos:dash], 16), int(buf[dash + 1:space], 16)
+                if start < USER_TOP and not any(lo <= start < hi for lo, hi in spans):
+                    out.append((start, stop))
+            pos = end + 1
+        return out
 
     def op_clean(self, req: dict[str, Any]) -> dict[str, Any]:
         """MADV_UNMERGEABLE every non-scenario VMA (merge-any processes only)."""
@@ -235,6 +292,23 @@ class _Worker:
         return {"rounds": rounds}
 
 
+def _fill_unique(buf: Any, serial: int) -> None:
+    struct.pack_into("<QQ", buf, 0, MAGIC, serial)
+    filled = 16
+    while filled < PAGE:  # double the filled prefix: no allocation
+        n = min(filled, PAGE - filled)
+        ctypes.memmove(ctypes.addressof(buf) + filled, buf, n)
+        filled += n
+
+
+def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) // 4 * 4]))
+    return fds
+
+
 def _become_worker(keep_fd: int, controller: int) -> None:
     """In a freshly forked worker: own signals, no inherited descriptors, die with parent."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -249,6 +323,7 @@ def _become_worker(keep_fd: int, controller: int) -> None:
         pass
     if os.getppid() != controller:
         os._exit(1)
+    _quiet_malloc()
 
 
 def _worker_main(sock: socket.socket, name: str, thp_off: bool, controller: int) -> NoReturn:

@@ -1,0 +1,533 @@
+"""Differential fuzzing: random scenarios, run in the simulator and on the real kernel.
+
+``generate(seed, index, kernel)`` makes a random, valid, bounded ``ksm-scenario/1`` document
+(deterministic for ``(seed, index)``) using every op of the format: spawn, fork, exit, mmap,
+munmap, write (zero, labels, unique), read, madvise (both advices, page sub-ranges), prctl
+(not on 6.1), sysfs (use_zero_pages, smart_scan, stable_node_chains_prune_millisecs=0,
+run=2, max_page_sharing right after a run=2), scan and checkpoint.
+
+It stays away from what ``ksm-model.md`` §6 calls nondeterministic on the real kernel:
+
+* *general* scenarios keep ``max_page_sharing`` at 256 and have fewer than 256 pages in all,
+  so no stable-node chain can form;
+* *chain* scenarios (small ``max_page_sharing``) pin ``stable_node_chains_prune_millisecs=0``
+  and have exactly one content that can reach the stable tree (label ``A``; ``unique``
+  pages never merge; zero pages only with ``use_zero_pages=1`` for the whole scenario, which
+  sends them to the zero page instead), so the tree holds at most one top-level node.
+
+Every scenario is replayed on the kernel (one :class:`~.replayer.KernelSession` for the
+whole run, or inside a qemu guest with ``kernel``) and run with ``sim.run_scenario``; a
+disagreement is saved to ``out/NNNN/``: ``scenario.json``, ``kernel.json``, ``sim.json``,
+``diff.txt`` and the shrunk versions (``shrunk.json``, ``shrunk-kernel.json``,
+``shrunk-sim.json``, ``shrunk-diff.txt``): greedily fewer steps, then fewer pages, while it
+still disagrees the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from sim.scenario import parse_pages, parse_scenario
+
+Doc = dict[str, Any]
+#: replays scenario documents on a kernel: one ``(trace or None, error or None)`` each
+KernelRunner = Callable[[Sequence[Doc]], list[tuple[Doc | None, str | None]]]
+
+LABELS = ("A", "B", "C")
+MAX_PROCS = 4
+MAX_MAPS = 3
+MAX_MAP_PAGES = 16  # 4 procs x 3 maps x 16 = 192 < 256: no chain in general scenarios
+
+
+# --------------------------------------------------------------------------------------
+# generation
+
+
+@dataclass
+class _Gen:
+    rng: random.Random
+    kernel: str
+    chain: bool
+    steps: list[Doc] = field(default_factory=list)
+    procs: dict[str, dict[str, int]] = field(default_factory=dict)  # live: vma -> pages
+    registered: set[str] = field(default_factory=set)  # a guess, to avoid idle scans
+    n_procs: int = 0
+    n_maps: int = 0
+    n_checkpoints: int = 0
+    zero_ok: bool = False  # chain scenarios: zero pages only with use_zero_pages=1 throughout
+
+    def add(self, step: Doc) -> None:
+        self.steps.append(step)
+
+    def pick_proc(self) -> str:
+        return self.rng.choice(sorted(self.procs))
+
+    def pick_vma(self) -> tuple[str, str] | None:
+        cands = [(p, v) for p, maps in sorted(self.procs.items()) for v in sorted(maps)]
+        return self.rng.choice(cands) if cands else None
+
+    def pages(self, count: int) -> Any:
+        """A page selection: whole mapping (omitted), one page, a range or a list."""
+        r = self.rng.random()
+        if r < 0.35 or count == 1:
+            return None
+        if r < 0.55:
+            return self.rng.randrange(count)
+        lo = self.rng.randrange(count)
+        hi = self.rng.randrange(lo, count)
+        if r < 0.85:
+            return f"{lo}-{hi}"
+        other = self.rng.randrange(count)
+        return [f"{lo}-{hi}", other]
+
+    def content(self) -> str:
+        if self.chain:
+            return self.rng.choice(["A", "A", "unique"] + (["zero"] if self.zero_ok else []))
+        return self.rng.choice(["zero", "zero", "unique", *LABELS, "A"])
+
+    # -- ops
+
+    def spawn(self) -> None:
+        name = f"P{self.n_procs}"
+        self.n_procs += 1
+        self.procs[name] = {}
+        self.add({"op": "spawn", "proc": name})
+
+    def fork(self) -> None:
+        parent = self.pick_proc()
+        child = f"P{self.n_procs}"
+        self.n_procs += 1
+        self.procs[child] = dict(self.procs[parent])
+        if parent in self.registered:
+            self.registered.add(child)
+        self.add({"op": "fork", "proc": parent, "child": child})
+
+    def exit(self) -> None:
+        proc = self.pick_proc()
+        del self.procs[proc]
+        self.registered.discard(proc)
+        self.add({"op": "exit", "proc": proc})
+
+    def mmap_room(self) -> list[str]:
+        return sorted(p for p, maps in self.procs.items() if len(maps) < MAX_MAPS)
+
+    def mmap(self) -> None:
+        proc = self.rng.choice(self.mmap_room())
+        vma = f"m{self.n_maps}"
+        self.n_maps += 1
+        count = self.rng.choice([1, 2, 3, 4, 6, 8, 10, 12, 16])
+        self.procs[proc][vma] = count
+        self.add({"op": "mmap", "proc": proc, "vma": vma, "pages": count})
+
+    def munmap(self) -> None:
+        pv = self.pick_vma()
+        if pv:
+            del self.procs[pv[0]][pv[1]]
+            self.add({"op": "munmap", "proc": pv[0], "vma": pv[1]})
+
+    def _paged(self, op: str, **extra: Any) -> None:
+        pv = self.pick_vma()
+        if not pv:
+            return
+        step: Doc = {"op": op, "proc": pv[0], "vma": pv[1], **extra}
+        sel = self.pages(self.procs[pv[0]][pv[1]])
+        if sel is not None:
+            step["pages"] = sel
+        self.add(step)
+        if op == "madvise" and extra["advice"] == "MADV_MERGEABLE":
+            self.registered.add(pv[0])
+
+    def write(self) -> None:
+        self._paged("write", content=self.content())
+
+    def read(self) -> None:
+        self._paged("read")
+
+    def madvise(self) -> None:
+        advice = "MADV_MERGEABLE" if self.rng.random() < 0.8 else "MADV_UNMERGEABLE"
+        self._paged("madvise", advice=advice)
+
+    def prctl(self) -> None:
+        proc = self.pick_proc()
+        value = 1 if self.rng.random() < 0.75 else 0
+        if value:
+            self.registered.add(proc)
+        self.add({"op": "prctl", "proc": proc, "value": value})
+
+    def sysfs(self) -> None:
+        r = self.rng.random()
+        if r < 0.3:
+            self.add({"op": "sysfs", "knob": "run", "value": 2})
+            if self.chain and self.rng.random() < 0.5:
+                self.add({"op": "sysfs", "knob": "max_page_sharing",
+                          "value": self.rng.choice([2, 3, 4, 5])})
+        elif r < 0.55 and not self.chain:
+            self.add({"op": "sysfs", "knob": "use_zero_pages", "value": self.rng.randrange(2)})
+        elif r < 0.8:
+            self.add({"op": "sysfs", "knob": "smart_scan", "value": self.rng.randrange(2)})
+        else:
+            self.add({"op": "sysfs", "knob": "stable_node_chains_prune_millisecs", "value": 0})
+
+    def scan(self) -> None:
+        self.add({"op": "scan", "passes": self.rng.choice([1, 1, 2, 2, 3])})
+
+    def checkpoint(self) -> None:
+        self.add({"op": "checkpoint", "name": f"c{self.n_checkpoints}"})
+        self.n_checkpoints += 1
+
+
+def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
+    """The ``index``-th random scenario of ``seed`` (the same document every time)."""
+    rng = random.Random(f"ksmlab-fuzz:{seed}:{index}")
+    chain = rng.random() < 0.25
+    g = _Gen(rng, kernel, chain)
+    sysfs: dict[str, int] = {}
+    if rng.random() < 0.5:
+        sysfs["use_zero_pages"] = 1
+    if rng.random() < 0.3:
+        sysfs["smart_scan"] = 0
+    if chain:
+        sysfs["max_page_sharing"] = rng.choice([2, 3, 4])
+        sysfs["stable_node_chains_prune_millisecs"] = 0
+        g.zero_ok = sysfs.get("use_zero_pages") == 1
+    g.spawn()
+    g.mmap()
+    n_steps = rng.randrange(8, 36)
+    while len(g.steps) < n_steps:
+        if not g.procs:
+            g.spawn()
+            continue
+        nmaps = sum(len(m) for m in g.procs.values())
+        choices: list[tuple[Callable[[], None], float]] = [
+            (g.write, 6 if nmaps else 0),
+            (g.madvise, 4 if nmaps else 0),
+            (g.read, 1.5 if nmaps else 0),
+            (g.scan, 4 if g.registered else 0.3),
+            (g.checkpoint, 2),
+            (g.mmap, 2 if g.mmap_room() else 0),
+            (g.spawn, 1 if len(g.procs) < MAX_PROCS else 0),
+            (g.fork, 1 if len(g.procs) < MAX_PROCS else 0),
+            (g.exit, 0.6 if len(g.procs) > 1 else 0.1),
+            (g.munmap, 0.5 if nmaps else 0),
+            (g.sysfs, 1.2),
+            (g.prctl, 0.8 if kernel != "6.1" else 0),
+        ]
+        ops, weights = zip(*choices, strict=True)
+        rng.choices(ops, weights)[0]()
+    g.scan()
+    g.checkpoint()
+    return {
+        "format": "ksm-scenario/1",
+        "name": f"fuzz-{seed}-{index}",
+        "description": f"random scenario {index} of seed {seed}"
+                       + (" (chains: one mergeable content, prune 0)" if chain else ""),
+        "kernel": kernel,
+        "sysfs": sysfs,
+        "steps": g.steps,
+    }
+
+
+def op_kinds(doc: Doc) -> set[str]:
+    """Distinct op kinds of a scenario (write contents, advices, knobs told apart)."""
+    kinds = set()
+    for s in doc["steps"]:
+        op = s["op"]
+        if op == "write":
+            c = s["content"]
+            kinds.add(f"write:{c if c in ('zero', 'unique') else 'label'}")
+        elif op == "madvise":
+            kinds.add(f"madvise:{s['advice']}")
+        elif op == "sysfs":
+            kinds.add(f"sysfs:{s['knob']}")
+        elif op == "prctl":
+            kinds.add(f"prctl:{s['value']}")
+        else:
+            kinds.add(op)
+    return kinds
+
+
+# --------------------------------------------------------------------------------------
+# running and comparing
+
+
+@dataclass
+class Outcome:
+    kind: str  # "agree", "diff", "sim-error", "kernel-error"
+    kernel: Doc | None
+    sim: Doc | None
+    diffs: list[str]
+
+    @property
+    def agrees(self) -> bool:
+        return self.kind == "agree"
+
+
+def run_sim(doc: Doc) -> tuple[Doc | None, str | None]:
+    from sim import run_scenario
+
+    try:
+        return run_scenario(parse_scenario(doc)), None
+    except Exception as exc:  # noqa: BLE001 - a simulator crash is a finding
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def judge(doc: Doc, kernel: tuple[Doc | None, str | None]) -> Outcome:
+    from sim.trace import compare_traces
+
+    ktrace, kerr = kernel
+    strace, serr = run_sim(doc)
+    if ktrace is None:
+        return Outcome("kernel-error", None, strace, [f"kernel: {kerr}"])
+    if strace is None:
+        return Outcome("sim-error", ktrace, None, [f"simulator: {serr}"])
+    diffs = compare_traces(ktrace, strace)
+    return Outcome("diff" if diffs else "agree", ktrace, strace, diffs)
+
+
+def host_runner(session: Any) -> KernelRunner:
+    """Replays on this machine's kernel, in an open :class:`~.replayer.KernelSession`."""
+    from .replayer import ReplayFailed, Unsupported
+
+    def run(docs: Sequence[Doc]) -> list[tuple[Doc | None, str | None]]:
+        out: list[tuple[Doc | None, str | None]] = []
+        for doc in docs:
+            try:
+                out.append((session.replay(parse_scenario(doc)), None))
+            except (ReplayFailed, Unsupported) as exc:
+                out.append((None, f"{type(exc).__name__}: {exc}"))
+        return out
+
+    return run
+
+
+def guest_runner(version: str) -> KernelRunner:
+    """Replays in a qemu guest booted on Debian's ``version`` kernel (one boot per batch)."""
+    from . import qemu
+
+    def run(docs: Sequence[Doc]) -> list[tuple[Doc | None, str | None]]:
+        results = qemu.replay_many_in_guest(list(docs), version)
+        return [(r.trace, None) if r.status == 0 and r.trace is not None
+                else (None, f"status {r.status}: {r.stderr.strip()[-300:]}") for r in results]
+
+    return run
+
+
+# --------------------------------------------------------------------------------------
+# shrinking
+
+
+def _valid(doc: Doc) -> bool:
+    try:
+        parse_scenario(doc)
+    except Exception:  # noqa: BLE001 - an invalid candidate is simply skipped
+        return False
+    return any(s["op"] == "checkpoint" for s in doc["steps"])
+
+
+def _without(doc: Doc, index: int) -> Doc:
+    steps = [s for i, s in enumerate(doc["steps"]) if i != index]
+    return {**doc, "steps": steps}
+
+
+def _page_count(doc: Doc) -> int:
+    return sum(int(s["pages"]) for s in doc["steps"] if s["op"] == "mmap")
+
+
+def _shrink_mapping(doc: Doc, index: int) -> Doc | None:
+    """Halve the mmap at ``index``; clip (or drop) the page selections that used it."""
+    mm = doc["steps"][index]
+    new = max(1, int(mm["pages"]) // 2)
+    if new == int(mm["pages"]):
+        return None
+    steps: list[Doc] = []
+    owners = {mm["proc"]}
+    for i, s in enumerate(doc["steps"]):
+        s = dict(s)
+        if i == index:
+            s["pages"] = new
+        elif i > index and s["op"] == "fork" and s["proc"] in owners:
+            owners.add(s["child"])
+        elif (i > index and s.get("vma") == mm["vma"] and s.get("proc") in owners
+              and "pages" in s and s["op"] != "mmap"):
+            try:
+                ranges = parse_pages(s["pages"], 1 << 30)
+            except Exception:  # noqa: BLE001
+                return None
+            clipped = [(lo, min(hi, new)) for lo, hi in ranges if lo < new]
+            if not clipped:
+                continue
+            s["pages"] = [f"{lo}-{hi - 1}" for lo, hi in clipped]
+        steps.append(s)
+    return {**doc, "steps": steps}
+
+
+def shrink(
+    doc: Doc, still: Callable[[Sequence[Doc]], list[bool]], batch: bool = False,
+    budget: int = 400,
+) -> Doc:
+    """Greedily drop steps, then halve mappings, while ``still`` says it disagrees.
+
+    ``batch`` evaluates every candidate of a round at once (one qemu boot per round);
+    otherwise candidates are tried one by one. ``budget`` bounds the number of replays.
+    """
+    spent = 0
+
+    def candidates(cur: Doc) -> list[Doc]:
+        out = []
+        for i in reversed(range(len(cur["steps"]))):
+            c = _without(cur, i)
+            if _valid(c):
+                out.append(c)
+        for i, s in enumerate(cur["steps"]):
+            if s["op"] == "mmap":
+                c2 = _shrink_mapping(cur, i)
+                if c2 is not None and _valid(c2):
+                    out.append(c2)
+        return out
+
+    cur = doc
+    progress = True
+    while progress and spent < budget:
+        progress = False
+        cands = candidates(cur)
+        if batch:
+            cands = cands[: budget - spent]
+            spent += len(cands)
+            good = [c for c, ok in zip(cands, still(cands), strict=True) if ok]
+            if good:
+                cur = min(good, key=lambda d: (len(d["steps"]), _page_count(d)))
+                progress = True
+            continue
+        for c in cands:
+            if spent >= budget:
+                break
+            spent += 1
+            if still([c])[0]:
+                cur = c
+                progress = True
+                break
+    return cur
+
+
+# --------------------------------------------------------------------------------------
+# the fuzz run
+
+
+@dataclass
+class FuzzResult:
+    agree: int = 0
+    disagree: int = 0
+    kinds: set[str] = field(default_factory=set)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        return f"{self.agree} agree, {self.disagree} disagree"
+
+
+def _dump(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def save_failure(out: Path, index: int, doc: Doc, outcome: Outcome, small: Doc,
+                 small_outcome: Outcome) -> Path:
+    d = out / f"{index:04d}"
+    d.mkdir(parents=True, exist_ok=True)
+    _dump(d / "scenario.json", doc)
+    if outcome.kernel is not None:
+        _dump(d / "kernel.json", outcome.kernel)
+    if outcome.sim is not None:
+        _dump(d / "sim.json", outcome.sim)
+    (d / "diff.txt").write_text("\n".join(outcome.diffs) + "\n", encoding="utf-8")
+    _dump(d / "shrunk.json", small)
+    if small_outcome.kernel is not None:
+        _dump(d / "shrunk-kernel.json", small_outcome.kernel)
+    if small_outcome.sim is not None:
+        _dump(d / "shrunk-sim.json", small_outcome.sim)
+    (d / "shrunk-diff.txt").write_text("\n".join(small_outcome.diffs) + "\n", encoding="utf-8")
+    return d
+
+
+class Progress:
+    """A one-line progress bar on a terminal (nothing otherwise)."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.t0 = time.monotonic()
+
+    def show(self, done: int, result: FuzzResult, note: str = "") -> None:
+        if not self.tty:
+            return
+        width = 30
+        fill = int(width * done / max(1, self.total))
+        rate = done / max(1e-9, time.monotonic() - self.t0)
+        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}  "
+                          f"{result.agree} agree, {result.disagree} disagree  "
+                          f"{rate:.1f}/s {note[:30]:<30}")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def fuzz(
+    runner: KernelRunner, *, count: int, seed: int, out: Path | None, kernel: str = "6.18",
+    batch: bool = False, shrink_budget: int = 400,
+    on_failure: Callable[[int, Outcome, Path | None], None] | None = None,
+    progress: Progress | None = None,
+) -> FuzzResult:
+    """Generate ``count`` scenarios, compare kernel and simulator, save disagreements."""
+    result = FuzzResult()
+    docs = [generate(seed, i, kernel) for i in range(count)]
+    for doc in docs:
+        result.kinds |= op_kinds(doc)
+    chunk = count if batch else 1
+    done = 0
+    for start in range(0, count, chunk):
+        part = docs[start:start + chunk]
+        for offset, (doc, ktrace) in enumerate(zip(part, runner(part), strict=True)):
+            index = start + offset
+            outcome = judge(doc, ktrace)
+            done += 1
+            if outcome.agrees:
+                result.agree += 1
+            else:
+                result.disagree += 1
+                if progress:
+                    progress.show(done, result, f"shrinking #{index}")
+                kind = outcome.kind
+
+                def still(cands: Sequence[Doc], kind: str = kind) -> list[bool]:
+                    return [judge(c, k).kind == kind for c, k in zip(cands, runner(cands),
+                                                                        strict=True)]
+
+                small = shrink(doc, still, batch=batch, budget=shrink_budget)
+                small_outcome = judge(small, runner([small])[0])
+                where = save_failure(out, index, doc, outcome, small, small_outcome) \
+                    if out is not None else None
+                result.failures.append({"index": index, "name": doc["name"], "kind": kind,
+                                        "dir": str(where) if where else None,
+                                        "shrunk_steps": len(small["steps"]),
+                                        "diffs": small_outcome.diffs[:10]})
+                if on_failure:
+                    on_failure(index, small_outcome, where)
+            if progress:
+                progress.show(done, result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _dump(out / "summary.json", {"seed": seed, "count": count, "kernel": kernel,
+                                     "agree": result.agree, "disagree": result.disagree,
+                                     "op_kinds": sorted(result.kinds),
+                                     "failures": result.failures})
+    return result
