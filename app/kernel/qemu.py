@@ -41,6 +41,7 @@ image), :mod:`.qemu_boot` (one qemu run, serial frames), :mod:`.guest_runner` (i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -105,7 +106,7 @@ def base_image() -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob("base-*.cpio"):
         old.unlink(missing_ok=True)
-    tmp = path.with_suffix(".part")
+    tmp = path.with_suffix(f".{os.getpid()}.part")
     tmp.write_bytes(data)
     tmp.replace(path)
     return data

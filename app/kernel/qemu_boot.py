@@ -1,7 +1,9 @@
 """One boot of the qemu guest: start qemu, read frames from the second serial port, stop it.
 
 qemu runs in its own process group and is killed (SIGKILL to the group) on every way out:
-normal end, timeout, an exception or a signal in the caller. The guest's RAM is not
+normal end, timeout, an exception, SIGTERM/SIGHUP of the caller; and if the caller dies
+anyway (SIGKILL), by the kernel (``PR_SET_PDEATHSIG``; tied to the calling thread, so call
+from a thread that outlives the call). The guest's RAM is not
 MADV_MERGEABLE on the host (``-machine pc,mem-merge=off``): the host's KSM gets no new user
 while a guest runs (checked: :attr:`Boot.host_mergeable_kb` from qemu's ``smaps``).
 
@@ -16,16 +18,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,8 @@ from typing import Any
 MEMORY_MB = 512
 CPUS = 2
 APPEND = "console=ttyS0 quiet panic=-1"
+_PR_SET_PDEATHSIG = 1
+_TMP_PREFIX = "ksmlab-qemu-"
 _FRAME = re.compile(
     r"KSMLAB-FRAME (\w+) (-?\d+) (\d+) ([0-9a-f]{64})\r?\n([A-Za-z0-9+/=\r\n]*?)KSMLAB-END \2\r?\n"
 )
@@ -111,6 +118,53 @@ def _mergeable_kb(pid: int) -> int | None:
     return total
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """qemu gets SIGKILL if the process that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Terminated(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM/SIGHUP become an exception while qemu runs, so that ``finally`` kills it
+    (only in the main thread, and only where no handler of the caller is installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated(f"signal {signum}")
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            saved[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+def _remove_stale_dirs() -> None:
+    """Remove the temporary folders of boots whose owner died without cleaning up."""
+    for d in Path(tempfile.gettempdir()).glob(f"{_TMP_PREFIX}*"):
+        try:
+            os.kill(int(Path(d, "owner").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         try:
@@ -139,7 +193,9 @@ def boot(
     a guest that hangs on power-off does not hold the caller.
     """
     result = Boot()
-    with tempfile.TemporaryDirectory(prefix="ksmlab-qemu-") as tmp:
+    _remove_stale_dirs()
+    with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX) as tmp:
+        Path(tmp, "owner").write_text(str(os.getpid()))
         initrd, payload, console = Path(tmp, "initrd"), Path(tmp, "ttyS1"), Path(tmp, "ttyS0")
         with initrd.open("wb") as f:
             for part in initrd_parts:
@@ -149,10 +205,12 @@ def boot(
         t0 = time.monotonic()
         with console.open("wb") as out:
             proc = subprocess.Popen(result.command, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         try:
-            _watch(proc, payload, result, t0, (boot_timeout, frame_timeout), on_frame,
-                   expected)
+            with _signals_raise():
+                _watch(proc, payload, result, t0, (boot_timeout, frame_timeout), on_frame,
+                       expected)
         finally:
             _kill_group(proc)
             result.seconds = round(time.monotonic() - t0, 3)

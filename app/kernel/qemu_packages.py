@@ -113,7 +113,7 @@ def _unpack_vmlinuz(deb: Path, dest: Path) -> Path:
                     src = tar.extractfile(member)
                     assert src is not None
                     found = dest / Path(name).name
-                    tmp = found.with_suffix(".part")
+                    tmp = found.with_suffix(f".{os.getpid()}.part")
                     tmp.write_bytes(src.read())
                     tmp.replace(found)
                     break

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,3 +69,58 @@ def test_replay_in_guest_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFix
     assert "invalid JSON" in capsys.readouterr().err
     assert qemu.replay_in_guest(bad, "5.4", tmp_path / "t.json") == 2
     assert "no qemu kernel for '5.4'" in capsys.readouterr().err
+
+
+_HANG = """
+import sys
+from pathlib import Path
+from app.kernel import qemu
+fake = Path(sys.argv[1]).read_bytes()
+qemu.replay_many_in_guest([{"name": "hang"}], "6.1", timeout=600,
+                          replayer="guest_fake_replayer",
+                          extra_files={"guest_fake_replayer.py": fake})
+"""
+
+
+def _qemu_pids(tmpdir: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(tmpdir).encode() in cmdline and b"qemu-system" in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_qemu_dies_with_its_caller(sig: signal.Signals) -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    caller = subprocess.Popen([sys.executable, "-c", _HANG,
+                               str(Path(__file__).with_name("guest_fake_replayer.py"))],
+                              env=env, cwd=root)
+    try:
+        deadline = time.monotonic() + 60
+        tmpdir = None
+        while tmpdir is None and time.monotonic() < deadline:
+            for d in Path(tempfile.gettempdir()).glob("ksmlab-qemu-*"):
+                with contextlib.suppress(OSError, ValueError):
+                    if int((d / "owner").read_text()) == caller.pid and _qemu_pids(d):
+                        tmpdir = d
+            time.sleep(0.2)
+        assert tmpdir is not None, "qemu did not start"
+        time.sleep(2)
+        caller.send_signal(sig)
+        caller.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _qemu_pids(tmpdir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _qemu_pids(tmpdir) == []
+        if sig == signal.SIGTERM:
+            assert not tmpdir.exists()
+    finally:
+        caller.kill()
+        caller.wait()
