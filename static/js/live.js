@@ -51,7 +51,7 @@ function initChart(ksm) {
     margin: { t: 30, r: 70, b: 40, l: 60 },
     xaxis: { type: "date" },
     yaxis: { title: { text: "pages" }, rangemode: "tozero" },
-    yaxis2: { title: { text: "bytes" }, overlaying: "y", side: "right" },
+    yaxis2: { title: { text: "bytes" }, overlaying: "y", side: "right", tickformat: ",.0f" },
     legend: { orientation: "h" },
     title: {
       text: missing.length ? `missing on this kernel: ${missing.join(", ")}` : "",
@@ -192,7 +192,8 @@ function drawPageMap(pm) {
     return;
   }
   const group = new Map(pm.groups.map(([i, g]) => [i, g]));
-  const size = pm.limit > 16384 ? 3 : pm.limit > 4096 ? 5 : 9;
+  // cells as big as fit about 400 px of height (3 to 16 px)
+  const size = Math.max(3, Math.min(16, Math.floor(Math.sqrt((canvas.width * 400) / Math.max(1, pm.limit)))));
   const cols = Math.floor(canvas.width / size);
   const label = 16;
   // lanes: one per VMA that intersects the window

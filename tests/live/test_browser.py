@@ -1,0 +1,159 @@
+"""The live page in headless Chromium (Playwright), served by a real uvicorn server.
+
+Skips without ``/usr/bin/chromium`` or Playwright, unless ``KSMLAB_BROWSER_TESTS=1`` (CI),
+where their absence is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from app.live.routes import create_live_app
+from app.live.settings import LiveSettings
+
+from .conftest import WORKER_PID, Tree
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def _require_browser() -> Any:
+    required = os.environ.get("KSMLAB_BROWSER_TESTS") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            pytest.fail("KSMLAB_BROWSER_TESTS=1 but Playwright for Python is not installed")
+        pytest.skip("Playwright for Python is not installed")
+    if not Path(CHROMIUM).exists():
+        if required:
+            pytest.fail(f"KSMLAB_BROWSER_TESTS=1 but {CHROMIUM} is missing")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class _Server:
+    def __init__(self, settings: LiveSettings) -> None:
+        self.port = _free_port()
+        config = uvicorn.Config(create_live_app(settings), host="127.0.0.1", port=self.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    sync_playwright = _require_browser()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.js_errors = errors
+        try:
+            yield page
+        finally:
+            browser.close()
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def _add_process(tree: Tree, pid: int, merging: int) -> None:
+    """A second KSM user, so that sorting has something to do."""
+    src, dst = tree.proc_root / str(WORKER_PID), tree.proc_root / str(pid)
+    shutil.copytree(src, dst)
+    (dst / "comm").write_text("other\n")
+    (dst / "ksm_stat").write_text(
+        f"ksm_rmap_items 10\nksm_zero_pages 0\nksm_merging_pages {merging}\n"
+        f"ksm_process_profit {merging * 4096 - 640}\nksm_merge_any: yes\nksm_mergeable: yes\n")
+
+
+def test_live_page_shows_chart_table_and_page_map(host_tree: Tree, browser_page: Any,
+                                                  tmp_path: Path) -> None:
+    _add_process(host_tree, 4242, merging=5)
+    settings = LiveSettings(sys_root=host_tree.sys_root, proc_root=host_tree.proc_root,
+                            live_interval=0.2)
+    page = browser_page
+    with _Server(settings) as url:
+        page.goto(f"{url}/live")
+        # the counters chart: plotly drew it and it grows with the samples
+        page.wait_for_selector("#counters-chart .main-svg")
+        page.wait_for_function(
+            "Number(document.querySelector('#counters-chart').dataset.points) >= 3")
+        legend = page.locator("#counters-chart .legendtext").all_text_contents()
+        assert {"pages_shared", "pages_sharing", "ksm_zero_pages", "general_profit"} <= set(legend)
+        # the process table, sorted by ksm_merging_pages (descending) by default
+        page.wait_for_selector(f"#procs-table tbody tr[data-pid='{WORKER_PID}']")
+        pids = page.locator("#procs-table tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.pid)")
+        assert pids == [str(WORKER_PID), "4242"]
+        page.click("#procs-table th[data-key='pid']")  # numbers sort descending first
+        page.click("#procs-table th[data-key='pid']")
+        pids = page.locator("#procs-table tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.pid)")
+        assert pids == ["4242", str(WORKER_PID)]
+        row = page.locator(f"#procs-table tbody tr[data-pid='{WORKER_PID}'] td")
+        assert row.all_inner_texts()[:6] == [
+            str(WORKER_PID), "python", "80", "32", "64", "388096"]
+        assert page.locator("#derived-list dt[data-name='sharing_ratio']").inner_text() == (
+            "sharing ratio: 31 sharers per KSM page")
+        # the page map of the chosen process
+        page.click(f"#procs-table tbody tr[data-pid='{WORKER_PID}']")
+        page.wait_for_function("document.querySelector('#page-map').dataset.k === '64'")
+        canvas = page.locator("#page-map")
+        assert canvas.get_attribute("data-z") == "32"
+        assert canvas.get_attribute("data-cells") == "K" * 64 + "Z" * 32 + "A" * 16 + "-" * 16
+        assert page.locator("#page-map-reason").is_hidden()
+        shot = tmp_path / "live.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+
+
+def test_old_kernel_shows_missing_and_an_unavailable_map(old_tree: Tree,
+                                                         browser_page: Any) -> None:
+    (old_tree.proc_root / "kpageflags").unlink()
+    settings = LiveSettings(sys_root=old_tree.sys_root, proc_root=old_tree.proc_root,
+                            live_interval=0.2)
+    page = browser_page
+    with _Server(settings) as url:
+        page.goto(f"{url}/live")
+        page.wait_for_selector("#counters-chart .main-svg")
+        row = page.locator("#ksm-files tr[data-file='ksm_zero_pages'] td")
+        assert row.nth(1).inner_text() == "missing"
+        title = page.locator("#counters-chart .gtitle").text_content() or ""
+        assert "ksm_zero_pages" in title and "general_profit" in title
+        cells = page.locator(f"#procs-table tbody tr[data-pid='{WORKER_PID}'] td")
+        assert cells.nth(3).inner_text() == "missing"  # ksm_zero_pages
+        assert cells.nth(4).inner_text() == "64"
+        page.click(f"#procs-table tbody tr[data-pid='{WORKER_PID}']")
+        page.wait_for_selector("#page-map-reason:not([hidden])")
+        assert "kpageflags does not exist" in page.locator("#page-map-reason").inner_text()
