@@ -39,8 +39,9 @@ def check_invariants(k: Kernel) -> None:
                 if pfn > 0:
                     maps[pfn] += 1
                     if k.f_content[pfn] != vma.shadow[i]:
-                        _fail(f"{vma!r}[{i}] reads content {k.f_content[pfn]}, "
-                              f"wrote {vma.shadow[i]}")
+                        _fail(
+                            f"{vma!r}[{i}] reads content {k.f_content[pfn]}, wrote {vma.shadow[i]}"
+                        )
                     if k.f_node[pfn] >= 0 and vma.pte[i] & PTE_WRITE:
                         _fail(f"{vma!r}[{i}] maps KSM frame {pfn} writable")
                 elif vma.shadow[i] != 0:
@@ -106,7 +107,7 @@ def check_invariants(k: Kernel) -> None:
             dups += 1
         elif k.stable.get(node.content) is not node:
             _fail(f"regular node {nid} is not in the stable tree")
-        if node.items != node_items.get(nid, set()):
+        if set(node.items) != node_items.get(nid, set()) or len(set(node.items)) != len(node.items):
             _fail(f"node {nid}: items {len(node.items)} != {len(node_items.get(nid, ()))}")
         if node.items:
             shared += 1
@@ -126,8 +127,10 @@ def check_invariants(k: Kernel) -> None:
         want_items = per_mm[mm.name] + mm.fork_offset_items
         want_merging = merging[mm.name] + mm.fork_offset_merging
         if (mm.ksm_rmap_items, mm.ksm_merging_pages) != (want_items, want_merging):
-            _fail(f"{mm.name}: rmap_items/merging {mm.ksm_rmap_items}/"
-                  f"{mm.ksm_merging_pages} != {want_items}/{want_merging}")
+            _fail(
+                f"{mm.name}: rmap_items/merging {mm.ksm_rmap_items}/"
+                f"{mm.ksm_merging_pages} != {want_items}/{want_merging}"
+            )
 
     # ksmd's list
     if len(set(map(id, k.slots))) != len(k.slots):

@@ -178,8 +178,7 @@ class Kernel(KnobsMixin):
         for proc, mm in self.procs.items():
             procs[proc] = self.ksm_stat(proc)
             pages[proc] = {
-                vma.name: " ".join(self.page_tokens(vma, numbering))
-                for vma in mm.vmas.values()
+                vma.name: " ".join(self.page_tokens(vma, numbering)) for vma in mm.vmas.values()
             }
         return {"name": name, "global": self.global_counters(), "procs": procs, "pages": pages}
 

@@ -108,9 +108,17 @@ class KnobsMixin(ProcessMixin):
         """Write a knob as ``echo value > /sys/kernel/mm/ksm/<knob>`` would."""
         if knob not in self.profile.knobs:
             counters = (
-                "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
-                "full_scans", "stable_node_chains", "stable_node_dups", "general_profit",
-                "pages_scanned", "ksm_zero_pages", "pages_skipped",
+                "pages_shared",
+                "pages_sharing",
+                "pages_unshared",
+                "pages_volatile",
+                "full_scans",
+                "stable_node_chains",
+                "stable_node_dups",
+                "general_profit",
+                "pages_scanned",
+                "ksm_zero_pages",
+                "pages_skipped",
             )
             if knob in counters:
                 raise KnobError(knob, "EACCES", "read-only file")

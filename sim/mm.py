@@ -45,8 +45,23 @@ class Vma:
     """A scenario mapping: private anonymous, ``npages`` pages from page number ``start``."""
 
     __slots__ = (
-        "uid", "mm", "name", "start", "npages", "pfn", "pte", "mergeable", "anon_vma",
-        "dead", "it_state", "it_sum", "it_age", "it_skip", "it_node", "nitems", "shadow",
+        "uid",
+        "mm",
+        "name",
+        "start",
+        "npages",
+        "pfn",
+        "pte",
+        "mergeable",
+        "anon_vma",
+        "dead",
+        "it_state",
+        "it_sum",
+        "it_age",
+        "it_skip",
+        "it_node",
+        "nitems",
+        "shadow",
         "it_skipped",
     )
 
@@ -62,7 +77,7 @@ class Vma:
         self.anon_vma = False
         self.dead = False
         self.it_state = bytearray(npages)
-        self.it_sum = array("q", [NO_CHECKSUM]) * npages
+        self.it_sum = array("i", [NO_CHECKSUM]) * npages
         self.it_age = bytearray(npages)
         self.it_skip = bytearray(npages)
         self.it_node = array("i", [-1]) * npages
@@ -71,7 +86,7 @@ class Vma:
         self.nitems = 0
         #: what the process last wrote to each page (0: never written, reads zeros); the
         #: invariant checker verifies that KSM never changes what a process reads
-        self.shadow = array("q", [0]) * npages
+        self.shadow = array("i", [0]) * npages
 
     @property
     def end(self) -> int:
@@ -89,9 +104,20 @@ class MmStruct:
     """A process: its mappings and its KSM flags and counters (``struct mm_struct``)."""
 
     __slots__ = (
-        "name", "pid", "regions", "vmas", "next_start", "registered", "merge_any",
-        "exiting", "ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages", "order",
-        "fork_offset_items", "fork_offset_merging",
+        "name",
+        "pid",
+        "regions",
+        "vmas",
+        "next_start",
+        "registered",
+        "merge_any",
+        "exiting",
+        "ksm_rmap_items",
+        "ksm_merging_pages",
+        "ksm_zero_pages",
+        "order",
+        "fork_offset_items",
+        "fork_offset_merging",
     )
 
     def __init__(self, name: str, pid: int, order: int):

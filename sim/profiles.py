@@ -11,8 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GLOBAL_FILES_61 = (
-    "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "full_scans",
-    "stable_node_chains", "stable_node_dups",
+    "pages_shared",
+    "pages_sharing",
+    "pages_unshared",
+    "pages_volatile",
+    "full_scans",
+    "stable_node_chains",
+    "stable_node_dups",
 )
 
 
@@ -43,14 +48,23 @@ class Profile:
     @property
     def knobs(self) -> tuple[str, ...]:
         base = (
-            "run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "max_page_sharing",
-            "merge_across_nodes", "stable_node_chains_prune_millisecs",
+            "run",
+            "pages_to_scan",
+            "sleep_millisecs",
+            "use_zero_pages",
+            "max_page_sharing",
+            "merge_across_nodes",
+            "stable_node_chains_prune_millisecs",
         )
         if not self.smart_scan:
             return base
         return base + (
-            "smart_scan", "advisor_mode", "advisor_max_cpu", "advisor_min_pages_to_scan",
-            "advisor_max_pages_to_scan", "advisor_target_scan_time",
+            "smart_scan",
+            "advisor_mode",
+            "advisor_max_cpu",
+            "advisor_min_pages_to_scan",
+            "advisor_max_pages_to_scan",
+            "advisor_target_scan_time",
         )
 
     @property

@@ -41,8 +41,9 @@ def run_scenario(
         try:
             k.apply(step)
         except KnobError as exc:
-            step_errors.append({"step": step.index, "knob": exc.knob, "errno": exc.errno,
-                                "error": exc.reason})
+            step_errors.append(
+                {"step": step.index, "knob": exc.knob, "errno": exc.errno, "error": exc.reason}
+            )
         if check:
             from .invariants import check_invariants
 

@@ -117,9 +117,7 @@ def parse_pages(spec: Any, count: int, step: int | None = None) -> Ranges:
         if lo < 0 or hi < lo:
             raise ScenarioError(f"bad page range {item!r}", step, "pages")
         if hi >= count:
-            raise ScenarioError(
-                f"page {hi} is outside the {count}-page mapping", step, "pages"
-            )
+            raise ScenarioError(f"page {hi} is outside the {count}-page mapping", step, "pages")
         ranges.append((lo, hi + 1))
     ranges.sort()
     merged: list[tuple[int, int]] = []
@@ -178,9 +176,7 @@ def _parse_step(raw: Any, index: int, names: _Names) -> Step:
         raise ScenarioError("a step must be an object", index)
     op = raw.get("op")
     if op not in OP_FIELDS:
-        raise ScenarioError(
-            f"unknown op {op!r} (known: {', '.join(OP_FIELDS)})", index, "op"
-        )
+        raise ScenarioError(f"unknown op {op!r} (known: {', '.join(OP_FIELDS)})", index, "op")
     required, optional = OP_FIELDS[op]
     for key in raw:
         if key != "op" and key not in required and key not in optional:
@@ -282,15 +278,17 @@ def parse_scenario(doc: Any) -> Scenario:
         raise ScenarioError("expected a string", field="description")
     kernel = doc.get("kernel", DEFAULT_KERNEL)
     if kernel not in KERNELS:
-        raise ScenarioError(f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})",
-                            field="kernel")
+        raise ScenarioError(
+            f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})", field="kernel"
+        )
     sysfs = doc.get("sysfs", {})
     if not isinstance(sysfs, dict):
         raise ScenarioError("expected an object of knob: value", field="sysfs")
     for knob, value in sysfs.items():
         if not isinstance(value, (int, str)) or isinstance(value, bool):
-            raise ScenarioError(f"knob {knob!r}: expected an integer or a string",
-                                field=f"sysfs.{knob}")
+            raise ScenarioError(
+                f"knob {knob!r}: expected an integer or a string", field=f"sysfs.{knob}"
+            )
     steps_raw = doc.get("steps")
     if not isinstance(steps_raw, list):
         raise ScenarioError("expected a list of steps", field="steps")

@@ -40,7 +40,14 @@ KIND_KSM_ZERO = 6  # the shared zero page placed by KSM, PTE marked dirty (6.6+)
 KIND_SKIPPED = 7  # smart scan skipped it in its last visit
 
 KIND_NAMES = (
-    "none", "anon", "volatile", "unstable", "ksm", "zero", "ksm_zero", "skipped",
+    "none",
+    "anon",
+    "volatile",
+    "unstable",
+    "ksm",
+    "zero",
+    "ksm_zero",
+    "skipped",
 )
 
 
@@ -95,18 +102,25 @@ def structure(k: Kernel) -> dict[str, Any]:
             cursor["page"] = k.cursor_page
     procs = []
     for name, mm in k.procs.items():
-        procs.append({
-            "name": name,
-            "pid": mm.pid,
-            "registered": mm.registered,
-            "merge_any": mm.merge_any,
-            "vmas": [
-                {"name": v.name, "uid": v.uid, "start": v.start, "npages": v.npages,
-                 "anon_vma": v.anon_vma}
-                for v in mm.vmas.values()
-            ],
-            "ksm_stat": k.ksm_stat(name),
-        })
+        procs.append(
+            {
+                "name": name,
+                "pid": mm.pid,
+                "registered": mm.registered,
+                "merge_any": mm.merge_any,
+                "vmas": [
+                    {
+                        "name": v.name,
+                        "uid": v.uid,
+                        "start": v.start,
+                        "npages": v.npages,
+                        "anon_vma": v.anon_vma,
+                    }
+                    for v in mm.vmas.values()
+                ],
+                "ksm_stat": k.ksm_stat(name),
+            }
+        )
     return {
         "kernel": k.version,
         "knobs": dict(k.knobs),
@@ -210,13 +224,19 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
         return "Not present: the page was never touched, there is nothing to merge."
     if pfn == 0:
         if vma.pte[i] & PTE_DIRTY:
-            return ("Merged: KSM mapped it to the shared zero page (use_zero_pages=1); the "
-                    "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages.")
+            return (
+                "Merged: KSM mapped it to the shared zero page (use_zero_pages=1); the "
+                "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages."
+            )
         if zero_series:
-            return ("Maps the shared zero page after a read fault: not anonymous memory, "
-                    "ksmd never looks at it.")
-        return ("Maps the shared zero page (a read fault, or KSM with use_zero_pages=1: on "
-                "this kernel the two cannot be told apart and neither is counted).")
+            return (
+                "Maps the shared zero page after a read fault: not anonymous memory, "
+                "ksmd never looks at it."
+            )
+        return (
+            "Maps the shared zero page (a read fault, or KSM with use_zero_pages=1: on "
+            "this kernel the two cannot be told apart and neither is counted)."
+        )
     nid = k.f_node[pfn]
     if nid >= 0:
         node = k.nodes[nid]
@@ -235,19 +255,29 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
     if not st:
         return "ksmd has not scanned it yet: its next visit creates an rmap_item."
     if vma.it_skipped[i]:
-        return (f"Smart scan skipped it in its last visit (age {vma.it_age[i]}): pages that "
-                "never merge are looked at less and less often.")
+        return (
+            f"Smart scan skipped it in its last visit (age {vma.it_age[i]}): pages that "
+            "never merge are looked at less and less often."
+        )
     if vma.it_sum[i] != content:
-        return ("Volatile: its checksum changed since the last scan (or it was just seen for "
-                "the first time); it must stay unchanged for one pass before it is compared.")
+        return (
+            "Volatile: its checksum changed since the last scan (or it was just seen for "
+            "the first time); it must stay unchanged for one pass before it is compared."
+        )
     if st == ITEM_UNSTABLE:
-        return ("In the unstable tree: no identical page was found in this pass yet; an "
-                "identical page scanned later would merge with it.")
+        return (
+            "In the unstable tree: no identical page was found in this pass yet; an "
+            "identical page scanned later would merge with it."
+        )
     if k.f_map[pfn] > 1:
-        return ("Shared copy-on-write with another process after fork: the unstable tree "
-                "holds one of the mappings, this one waits until they differ or merge.")
-    return ("Its checksum is stable; on its next scan it is searched in the stable tree and "
-            "the unstable tree.")
+        return (
+            "Shared copy-on-write with another process after fork: the unstable tree "
+            "holds one of the mappings, this one waits until they differ or merge."
+        )
+    return (
+        "Its checksum is stable; on its next scan it is searched in the stable tree and "
+        "the unstable tree."
+    )
 
 
 def describe_events(k: Kernel, log: ChangeLog, limit: int | None = None) -> list[dict[str, Any]]:

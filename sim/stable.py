@@ -38,7 +38,7 @@ class StableTreeMixin(KsmState):
                 # ksm_get_folio finds the frame gone: the whole node goes
                 self._remove_node_from_stable_tree(node)
                 return
-            node.items.discard((vma.uid << 32) | idx)
+            node.items.remove((vma.uid << 32) | idx)
             if node.items:
                 self.pages_sharing -= 1
             else:
@@ -61,7 +61,7 @@ class StableTreeMixin(KsmState):
             self.pages_sharing += 1
         else:
             self.pages_shared += 1
-        node.items.add(key)
+        node.items.append(key)
         vma.it_state[idx] = ITEM_STABLE
         vma.it_node[idx] = node.nid
         vma.mm.ksm_merging_pages += 1
@@ -138,9 +138,9 @@ class StableTreeMixin(KsmState):
                 self.stable_node_chains -= 1
                 self.stable_node_dups -= 1
                 self._event("chain_collapsed")
-            elif chain.dups[0] is not found and len(found.items) + 1 < self.knobs[
-                "max_page_sharing"
-            ]:
+            elif (
+                chain.dups[0] is not found and len(found.items) + 1 < self.knobs["max_page_sharing"]
+            ):
                 chain.dups.remove(found)
                 chain.dups.insert(0, found)
         elif not chain.dups:

@@ -13,15 +13,17 @@ page. Freed pfns are reused lowest-first, deterministically.
 
 from __future__ import annotations
 
-import heapq
 from array import array
 from typing import Any
 
 from .changes import KEY_MASK, KEY_SHIFT, ChangeLog
+from .errors import OpError
 from .mm import ITEM_ABSENT, ITEM_NONE, NO_CHECKSUM, MmStruct, Vma
 from .profiles import Profile
 
 ZERO_CONTENT = 0
+#: content ids are stored as 32-bit signed integers
+MAX_CONTENT = (1 << 31) - 1
 
 
 class StableNode:
@@ -43,7 +45,8 @@ class StableNode:
         self.kind = kind
         self.content = content
         self.pfn = pfn
-        self.items: set[int] = set()
+        #: page keys of the rmap_items on this node (rmap_hlist)
+        self.items: list[int] = []
         self.dups: list[StableNode] = []
         self.chain: StableNode | None = None
         #: the KSM frame was freed (all its mappings gone); removed when next touched
@@ -61,10 +64,11 @@ class KsmState:
     def _init_state(self, profile: Profile) -> None:
         self.profile = profile
         # frames
-        self.f_content = array("q", [ZERO_CONTENT])
+        self.f_content = array("i", [ZERO_CONTENT])
         self.f_map = array("i", [0])
         self.f_node = array("i", [-1])
-        self.free_pfns: list[int] = []
+        #: freed pfns, reused last-freed first (deterministic)
+        self.free_pfns = array("i")
         # contents: 0 = zero, labels interned, "unique" draws fresh ids
         self.labels: dict[str, int] = {"zero": ZERO_CONTENT}
         self.next_content = 1
@@ -115,6 +119,8 @@ class KsmState:
     # --------------------------------------------------------------- frames
     def content_id(self, label: str) -> int:
         """Content id of a write's ``content`` (a fresh id for each "unique" page)."""
+        if self.next_content >= MAX_CONTENT:
+            raise OpError("this session has written more distinct contents than it can track")
         if label == "unique":
             self.next_content += 1
             return self.next_content - 1
@@ -126,7 +132,7 @@ class KsmState:
 
     def _alloc_frame(self, content: int) -> int:
         if self.free_pfns:
-            pfn = heapq.heappop(self.free_pfns)
+            pfn = self.free_pfns.pop()
             self.f_content[pfn] = content
             self.f_map[pfn] = 1
             self.f_node[pfn] = -1
@@ -150,7 +156,7 @@ class KsmState:
             if nid >= 0:
                 self.nodes[nid].dead = True
                 self.f_node[pfn] = -1
-            heapq.heappush(self.free_pfns, pfn)
+            self.free_pfns.append(pfn)
 
     # ---------------------------------------------------------------- items
     def _new_item(self, vma: Vma, idx: int) -> None:

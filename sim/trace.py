@@ -16,13 +16,25 @@ from .errors import ScenarioError
 
 FORMAT = "ksm-trace/1"
 GLOBAL_FIELDS = (
-    "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "ksm_zero_pages",
-    "general_profit", "stable_node_chains", "stable_node_dups", "full_scans",
-    "pages_scanned", "pages_skipped",
+    "pages_shared",
+    "pages_sharing",
+    "pages_unshared",
+    "pages_volatile",
+    "ksm_zero_pages",
+    "general_profit",
+    "stable_node_chains",
+    "stable_node_dups",
+    "full_scans",
+    "pages_scanned",
+    "pages_skipped",
 )
 PROC_FIELDS = (
-    "ksm_rmap_items", "ksm_zero_pages", "ksm_merging_pages", "ksm_process_profit",
-    "ksm_mergeable", "ksm_merge_any",
+    "ksm_rmap_items",
+    "ksm_zero_pages",
+    "ksm_merging_pages",
+    "ksm_process_profit",
+    "ksm_mergeable",
+    "ksm_merge_any",
 )
 
 

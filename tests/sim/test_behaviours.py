@@ -19,11 +19,18 @@ OLD = ("6.5", "6.1")
 def test_b1_fresh_boot_values() -> None:
     k = Kernel("6.18")
     expected = {
-        "run": "0", "pages_to_scan": "100", "sleep_millisecs": "20", "use_zero_pages": "0",
-        "max_page_sharing": "256", "merge_across_nodes": "1",
-        "stable_node_chains_prune_millisecs": "2000", "smart_scan": "1",
-        "advisor_mode": "[none] scan-time", "advisor_max_cpu": "70",
-        "advisor_min_pages_to_scan": "500", "advisor_max_pages_to_scan": "30000",
+        "run": "0",
+        "pages_to_scan": "100",
+        "sleep_millisecs": "20",
+        "use_zero_pages": "0",
+        "max_page_sharing": "256",
+        "merge_across_nodes": "1",
+        "stable_node_chains_prune_millisecs": "2000",
+        "smart_scan": "1",
+        "advisor_mode": "[none] scan-time",
+        "advisor_max_cpu": "70",
+        "advisor_min_pages_to_scan": "500",
+        "advisor_max_pages_to_scan": "30000",
         "advisor_target_scan_time": "200",
     }
     assert {knob: k.sysfs_read(knob) for knob in expected} == expected
@@ -67,9 +74,16 @@ def test_b34_merge_across_nodes_busy_and_einval() -> None:
 
 @pytest.mark.parametrize(
     ("knob", "value"),
-    [("run", 3), ("pages_to_scan", "-1"), ("sleep_millisecs", "abc"),
-     ("use_zero_pages", "maybe"), ("stable_node_chains_prune_millisecs", "-5"),
-     ("smart_scan", 2), ("advisor_target_scan_time", 0), ("advisor_mode", "fast")],
+    [
+        ("run", 3),
+        ("pages_to_scan", "-1"),
+        ("sleep_millisecs", "abc"),
+        ("use_zero_pages", "maybe"),
+        ("stable_node_chains_prune_millisecs", "-5"),
+        ("smart_scan", 2),
+        ("advisor_target_scan_time", 0),
+        ("advisor_mode", "fast"),
+    ],
 )
 def test_b35_invalid_knob_writes_are_einval(knob: str, value: object) -> None:
     k = Kernel("6.18")
@@ -149,7 +163,11 @@ def test_b7_unique_pages_stay_unshared() -> None:
 def test_b8_read_faulted_pages_are_never_scanned() -> None:
     lab = Lab()
     lab.area("P", "m", 20, ("10-19", "unique"))
-    lab.read("P", "m", lab.pages("P", "m", "0-9"), )
+    lab.read(
+        "P",
+        "m",
+        lab.pages("P", "m", "0-9"),
+    )
     lab.scan(3)
     assert lab.kinds("P", "m") == "Z" * 10 + "A" * 10
     assert lab.stat("P", "ksm_rmap_items") == 10
@@ -437,8 +455,13 @@ def test_batches_smaller_than_a_pass() -> None:
 # --------------------------------------------------------------- chains, B32, B62-B64
 @pytest.mark.parametrize(
     ("m", "n", "shared", "sharing", "unshared", "chains", "dups"),
-    [(2, 5, 2, 2, 1, 1, 2), (2, 6, 3, 3, 0, 1, 3), (256, 512, 2, 510, 0, 1, 2),
-     (256, 257, 1, 255, 1, 0, 0), (3, 7, 2, 4, 1, 1, 2)],
+    [
+        (2, 5, 2, 2, 1, 1, 2),
+        (2, 6, 3, 3, 0, 1, 3),
+        (256, 512, 2, 510, 0, 1, 2),
+        (256, 257, 1, 255, 1, 0, 0),
+        (3, 7, 2, 4, 1, 1, 2),
+    ],
 )
 def test_b32_closed_form_for_identical_pages(
     m: int, n: int, shared: int, sharing: int, unshared: int, chains: int, dups: int
@@ -447,8 +470,16 @@ def test_b32_closed_form_for_identical_pages(
         lab = Lab(kernel, max_page_sharing=m)
         lab.area("P", "m", n, (None, "A"))
         lab.scan(2)
-        got = [lab.g(x) for x in ("pages_shared", "pages_sharing", "pages_unshared",
-                                  "stable_node_chains", "stable_node_dups")]
+        got = [
+            lab.g(x)
+            for x in (
+                "pages_shared",
+                "pages_sharing",
+                "pages_unshared",
+                "stable_node_chains",
+                "stable_node_dups",
+            )
+        ]
         assert got == [shared, sharing, unshared, chains, dups], kernel
 
 
@@ -487,8 +518,10 @@ def test_b64_dead_dup_replaced_by_a_new_one() -> None:
     lab = Lab(max_page_sharing=3, stable_node_chains_prune_millisecs=0, smart_scan=0)
     lab.area("P", "m", 6, (None, "A"))
     lab.scan(2)
-    assert [lab.g(x) for x in ("pages_shared", "pages_sharing",
-                               "stable_node_chains", "stable_node_dups")] == [2, 4, 1, 2]
+    assert [
+        lab.g(x)
+        for x in ("pages_shared", "pages_sharing", "stable_node_chains", "stable_node_dups")
+    ] == [2, 4, 1, 2]
     first = lab.tokens("P", "m")[0]
     dead = [i for i, t in enumerate(lab.tokens("P", "m")) if t == first]
     for i in dead:
@@ -811,8 +844,9 @@ def test_b66_b67_profile_61_interface() -> None:
         assert g[name] is None
     s = k.ksm_stat("P")
     assert s["ksm_rmap_items"] == 8 and s["ksm_merging_pages"] == 0
-    assert [s[n] for n in ("ksm_zero_pages", "ksm_process_profit", "ksm_merge_any",
-                           "ksm_mergeable")] == [None] * 4
+    assert [
+        s[n] for n in ("ksm_zero_pages", "ksm_process_profit", "ksm_merge_any", "ksm_mergeable")
+    ] == [None] * 4
     with pytest.raises(UnsupportedError):
         k.prctl("P", 1)
 

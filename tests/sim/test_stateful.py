@@ -99,8 +99,14 @@ class KsmMachine(RuleBasedStateMachine):
 
     @rule(
         knob=st.sampled_from(
-            ["use_zero_pages", "max_page_sharing", "smart_scan",
-             "stable_node_chains_prune_millisecs", "run", "pages_to_scan"]
+            [
+                "use_zero_pages",
+                "max_page_sharing",
+                "smart_scan",
+                "stable_node_chains_prune_millisecs",
+                "run",
+                "pages_to_scan",
+            ]
         ),
         value=st.integers(0, 4),
     )
@@ -142,7 +148,9 @@ class KsmMachine(RuleBasedStateMachine):
 
 
 SETTINGS = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
