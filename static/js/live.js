@@ -39,13 +39,17 @@ function setStatus(state, text) {
 const chart = { traces: null, points: 0 };
 
 function initChart(ksm) {
-  const present = (n) => n in ksm.values && ksm.values[n] !== null;
-  const names = [...PAGE_COUNTERS.filter(present), ...BYTE_COUNTERS.filter(present)];
-  const missing = [...PAGE_COUNTERS, ...BYTE_COUNTERS].filter((n) => !present(n));
+  // every numeric file is a trace; the page counters and general_profit show by default,
+  // the others (knobs, cumulative counters) are one legend click away
+  const numeric = Object.keys(ksm.values).filter((n) => typeof ksm.values[n] === "number");
+  const shown = [...PAGE_COUNTERS, ...BYTE_COUNTERS];
+  const names = [...shown.filter((n) => numeric.includes(n)),
+    ...numeric.filter((n) => !shown.includes(n))];
   chart.traces = names;
   const data = names.map((n) => ({
     x: [], y: [], name: n, mode: "lines", type: "scatter",
     yaxis: BYTE_COUNTERS.includes(n) ? "y2" : "y",
+    visible: shown.includes(n) ? true : "legendonly",
   }));
   const layout = {
     margin: { t: 30, r: 70, b: 40, l: 60 },
@@ -54,7 +58,7 @@ function initChart(ksm) {
     yaxis2: { title: { text: "bytes" }, overlaying: "y", side: "right", tickformat: ",.0f" },
     legend: { orientation: "h" },
     title: {
-      text: missing.length ? `missing on this kernel: ${missing.join(", ")}` : "",
+      text: ksm.missing.length ? `missing on this kernel: ${ksm.missing.join(", ")}` : "",
       font: { size: 12 },
     },
   };
@@ -68,7 +72,7 @@ function extendChart(ksm) {
   const idx = chart.traces.map((_, i) => i);
   const update = {
     x: chart.traces.map(() => [t]),
-    y: chart.traces.map((n) => [ksm.values[n]]),
+    y: chart.traces.map((n) => [typeof ksm.values[n] === "number" ? ksm.values[n] : null]),
   };
   Plotly.extendTraces("counters-chart", update, idx, MAX_POINTS);
   chart.points += 1;
