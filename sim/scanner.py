@@ -64,8 +64,7 @@ class ScannerMixin(StableTreeMixin):
             # pass start: reset the unstable tree, cursor on the first slot
             self.unstable.clear()
             mm = self.cursor = self.slots[0]
-            self.cursor_region = 0
-            self.cursor_page = 0
+            self.cursor_addr = 0
             self.cursor_seen_mergeable = False
         smart = self.profile.smart_scan and self.knobs.get("smart_scan", 0) == 1
         while True:
@@ -75,16 +74,16 @@ class ScannerMixin(StableTreeMixin):
             # the mm is done: remove_trailing_rmap_items happened in the walk
             pos = self.slots.index(mm)
             nxt = self.slots[pos + 1] if pos + 1 < len(self.slots) else None
-            if not self.cursor_seen_mergeable:
+            if not self.cursor_seen_mergeable or mm.exiting:
                 self._drop_slot(mm)
             if nxt is None:
                 self.cursor = None
+                self.cursor_addr = 0
                 self.seqnr += 1
                 self._event("pass_end")
                 return None
             mm = self.cursor = nxt
-            self.cursor_region = 0
-            self.cursor_page = 0
+            self.cursor_addr = 0
             self.cursor_seen_mergeable = False
 
     def _drop_slot(self, mm: MmStruct) -> None:
@@ -96,24 +95,25 @@ class ScannerMixin(StableTreeMixin):
         self._event("mm_dropped")
 
     def _walk_mm(self, mm: MmStruct, smart: bool) -> tuple[Vma, int, int] | None:
-        """Walk one mm from the cursor; free items of addresses not considered."""
-        regions = mm.regions
+        """Walk one mm from the cursor address; free items of addresses not considered.
+
+        ``cursor_addr`` is a page number like the kernel's ``ksm_scan.address``, so that
+        mappings unmapped or created between two batches do not move the cursor.
+        """
         exiting = mm.exiting
-        ri = self.cursor_region
-        while ri < len(regions):
-            vma = regions[ri]
+        for vma in list(mm.regions):
+            if vma.end <= self.cursor_addr:
+                continue
+            i = max(0, self.cursor_addr - vma.start)
             if vma.dead or exiting:
                 state = vma.it_state
-                for i in range(vma.npages):
-                    if state[i]:
-                        self._free_item(vma, i)
-                if vma.dead:
+                for j in range(i, vma.npages):
+                    if state[j]:
+                        self._free_item(vma, j)
+                if vma.dead and not vma.nitems:
                     self._drop_dead_region(vma)
-                    continue
-                ri += 1
-                self.cursor_page = 0
+                self.cursor_addr = vma.end
                 continue
-            i = self.cursor_page
             n = vma.npages
             merg = vma.mergeable
             pfns = vma.pfn
@@ -131,15 +131,12 @@ class ScannerMixin(StableTreeMixin):
                         i += 1
                         continue
                     vma.it_skipped[i] = 0
-                    self.cursor_region = ri
-                    self.cursor_page = i + 1
+                    self.cursor_addr = vma.start + i + 1
                     return vma, i, pfn
                 if state[i]:
                     self._free_item(vma, i)
                 i += 1
-            ri += 1
-            self.cursor_region = ri
-            self.cursor_page = 0
+            self.cursor_addr = vma.end
         return None
 
     def _should_skip_rmap_item(self, vma: Vma, idx: int, pfn: int) -> bool:

@@ -95,11 +95,11 @@ def structure(k: Kernel) -> dict[str, Any]:
     cursor: dict[str, Any] = {"proc": None, "vma": None, "page": None}
     if k.cursor is not None:
         cursor["proc"] = k.cursor.name
-        regions = k.cursor.regions
-        if k.cursor_region < len(regions):
-            v = regions[k.cursor_region]
-            cursor["vma"] = None if v.dead else v.name
-            cursor["page"] = k.cursor_page
+        for v in k.cursor.regions:
+            if not v.dead and v.start <= k.cursor_addr < v.end:
+                cursor["vma"] = v.name
+                cursor["page"] = k.cursor_addr - v.start
+                break
     procs = []
     for name, mm in k.procs.items():
         procs.append(

@@ -81,8 +81,8 @@ class KsmState:
         # ksmd: mm_slot list (without the head sentinel) and the ksm_scan cursor
         self.slots: list[MmStruct] = []
         self.cursor: MmStruct | None = None  # None: the head sentinel
-        self.cursor_region = 0
-        self.cursor_page = 0
+        #: ksm_scan.address: the next page number to look at in the cursor's mm
+        self.cursor_addr = 0
         self.cursor_seen_mergeable = False
         self.seqnr = 0
         # trees
