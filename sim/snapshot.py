@@ -261,8 +261,8 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
         )
     if vma.it_sum[i] != content:
         return (
-            "Volatile: its checksum changed since the last scan (or it was just seen for "
-            "the first time); it must stay unchanged for one pass before it is compared."
+            "Volatile: its content changed since ksmd recorded its checksum; it must "
+            "stay unchanged for one pass before it is compared with other pages."
         )
     if st == ITEM_UNSTABLE:
         return (
@@ -275,8 +275,8 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
             "holds one of the mappings, this one waits until they differ or merge."
         )
     return (
-        "Its checksum is stable; on its next scan it is searched in the stable tree and "
-        "the unstable tree."
+        "Waiting for its next scan: the checksum recorded at its last scan must still "
+        "match (the checksum gate), then it is looked up in the stable and unstable trees."
     )
 
 

@@ -59,6 +59,8 @@ def test_volatile_and_skipped_kinds() -> None:
     k.madvise("A", "m", None, "MADV_MERGEABLE")
     k.scan(1)
     assert list(page_kinds(k, k.vma("A", "m"))) == [KIND_VOLATILE] * 2
+    assert "checksum gate" in page_detail(k, "A", "m", 0)["why"]
+    k.write("A", "m", ((0, 1),), "unique")
     assert "Volatile" in page_detail(k, "A", "m", 0)["why"]
     k.scan(4)
     assert list(page_kinds(k, k.vma("A", "m"))) == [KIND_SKIPPED] * 2
