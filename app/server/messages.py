@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter
 
 Event = tuple[str, str | None, str | None, int | None]
 """``[kind, proc, vma, page]`` (proc/vma/page null for a global event)."""
@@ -63,7 +63,9 @@ class Snapshot(_Step):
     type: Literal["snapshot"] = "snapshot"
     kernel: str
     knobs: dict[str, Any]
-    global_: dict[str, int | None] = Field(serialization_alias="global")
+    global_: dict[str, int | None] = Field(
+        validation_alias=AliasChoices("global", "global_"), serialization_alias="global"
+    )
     procs: list[ProcView]
     frames: FramesView
     stable_nodes: list[StableNodeRow]
@@ -92,7 +94,9 @@ class StableNodeChanges(BaseModel):
 
 class Delta(_Step):
     type: Literal["delta"] = "delta"
-    global_: dict[str, int | None] = Field(serialization_alias="global")
+    global_: dict[str, int | None] = Field(
+        validation_alias=AliasChoices("global", "global_"), serialization_alias="global"
+    )
     ksm_stat: dict[str, dict[str, int | bool | None]]
     pages: list[PageRecords]
     mergeable: dict[str, list[tuple[int, int]]]

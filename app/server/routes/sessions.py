@@ -110,6 +110,12 @@ async def list_branches(session: SessionDep) -> list[BranchInfo]:
     return [BranchInfo(**b.info()) for b in session.timeline.branches]
 
 
+@router.get("/sessions/{session_id}/snapshot")
+async def read_snapshot(session: SessionDep) -> Response:
+    """The websocket's ``snapshot`` message for the current step."""
+    return Response(session.snapshot_text(), media_type="application/json")
+
+
 @router.get("/sessions/{session_id}/state")
 async def read_state(session: SessionDep) -> dict[str, Any]:
     return session.state_view()
