@@ -141,3 +141,16 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KSMLAB_LIVE_INTERVAL", "2.5")
     s = LiveSettings()
     assert (str(s.sys_root), str(s.proc_root), s.live_interval) == ("/x/sys", "/x/proc", 2.5)
+
+
+def test_the_dashboard_includes_the_live_view(host_tree: Tree) -> None:
+    """``app.server.app.create_app`` includes ``app.live.routes.router`` when present."""
+    server_app = pytest.importorskip("app.server.app")
+    app = server_app.create_app()
+    app.dependency_overrides[get_live_settings] = lambda: LiveSettings(
+        sys_root=host_tree.sys_root, proc_root=host_tree.proc_root)
+    with TestClient(app) as client:
+        assert client.get("/live").status_code == 200
+        assert client.get("/api/live/ksm").json()["values"]["pages_shared"] == 2
+        with client.websocket_connect("/ws/live") as ws:
+            assert ws.receive_json()["procs"]["procs"][0]["pid"] == WORKER_PID
