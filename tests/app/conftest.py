@@ -59,13 +59,15 @@ class LiveServer:
         self.thread.join(10)
 
 
-TEST_SETTINGS = dict(max_sessions=400, max_pages=200_000, max_body_bytes=64 * 1024,
-                     ws_queue=16, idle_expiry_seconds=600, checkpoint_interval=8)
+TEST_SETTINGS: dict[str, Any] = {
+    "max_sessions": 400, "max_pages": 200_000, "max_body_bytes": 64 * 1024, "ws_queue": 16,
+    "idle_expiry_seconds": 600, "checkpoint_interval": 8,
+}
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[LiveServer]:
-    with LiveServer(Settings(**TEST_SETTINGS)) as live:  # type: ignore[arg-type]
+    with LiveServer(Settings(**TEST_SETTINGS)) as live:
         yield live
 
 
