@@ -3,9 +3,10 @@
 ``presets [--json]`` lists the shipped scenario stories (name, title, kernels).
 
 ``sweep [--presets a,b] [--grid KNOB=V1,V2 ...] [--kernel V] [--out DIR] [--jobs N]
-[--max-passes N] [--costs FIRST,LATER,SKIP]`` runs every preset under every combination of
-the grid's knob values in the simulator, on all cores, and writes ``DIR/sweep.csv`` (rows in
-grid order, identical from run to run) and ``DIR/sweep.html`` (self-contained plotly report).
+[--max-passes N] [--costs FIRST,LATER,SKIP] [--png FILE]`` runs every preset under every
+combination of the grid's knob values in the simulator, on all cores, and writes
+``DIR/sweep.csv`` (rows in grid order, identical from run to run), ``DIR/sweep.html``
+(self-contained plotly report) and, with ``--png``, one plot as a PNG (headless chromium).
 Definitions of "settled" and of the CPU model: :mod:`app.sweep`, ``docs/cpu-model.md``.
 """
 
@@ -132,6 +133,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 render_report(results, [k for k, _ in grid], costs, command),
                 encoding="utf-8",
             )
+        if args.png:
+            from .sweep_report import figure_page, screenshot
+
+            png = Path(args.png)
+            png.unlink(missing_ok=True)
+            why = screenshot(figure_page(results, [k for k, _ in grid], args.png_figure), png)
+            if why:
+                _err(f"ksmlab sweep: no PNG: {why}")
+            else:
+                _out(f"plot: {png}")
     except OSError as exc:
         _err(f"ksmlab sweep: cannot write {args.out}: {exc.strerror}")
         return 2
@@ -167,4 +178,9 @@ def register(sub: Any) -> None:
     s.add_argument("--costs", metavar="FIRST,LATER,SKIP",
                    help="per-page ksmd CPU in us (default 0.9,3.5,0.1; see docs/cpu-model.md)")
     s.add_argument("--no-html", action="store_true", help="write only the CSV")
+    s.add_argument("--png", metavar="FILE",
+                   help="also save one plot as a PNG (headless chromium screenshot)")
+    s.add_argument("--png-figure", default="time-to-settle",
+                   choices=("profit-vs-cpu", "time-to-settle", "settle-vs-cpu-share"),
+                   help="which plot --png saves (default time-to-settle)")
     s.set_defaults(func=cmd_sweep)

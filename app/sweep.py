@@ -24,6 +24,8 @@ Definitions (also in ``docs/cpu-model.md``):
   registered process is settled at once (ksmd has nothing to do). **Time to settle** is the
   simulated time at the end of the last batch that changed one of those counters (0 if none
   did); runs that have not settled after ``max_passes`` extra passes are reported unsettled.
+- **CPU share.** Modelled CPU divided by simulated time: what ``top`` would show for ksmd
+  while it runs (``pages_to_scan`` and ``sleep_millisecs`` trade it against time to settle).
 - **CPU model.** Every page handed to ``cmp_and_merge_page`` whose rmap_item was created in
   that visit costs ``first_us`` (checksum only); any other page handed over costs
   ``later_us`` (checksum, tree searches, merging); each page smart scan skips costs
@@ -117,7 +119,7 @@ CSV_COLUMNS = (
     ("preset",) + ("kernel",) + SWEEP_KNOBS + (
         "settled", "settle_ms", "total_ms", "batches", "passes", "general_profit",
         "pages_shared", "pages_sharing", "ksm_zero_pages", "pages_scanned", "pages_skipped",
-        "first_pass_pages", "later_pass_pages", "cpu_ms", "error",
+        "first_pass_pages", "later_pass_pages", "cpu_ms", "cpu_share_pct", "error",
     )
 )
 
@@ -345,6 +347,19 @@ def _ms(ns: int | None) -> str:
     return f"{ns // 1_000_000}.{ns % 1_000_000:06d}"
 
 
+def _pct(part: int, whole: int) -> str:
+    """``part / whole`` in percent with 3 decimals, from integers (exact, reproducible)."""
+    if whole <= 0:
+        return ""
+    milli = part * 100_000 // whole
+    return f"{milli // 1000}.{milli % 1000:03d}"
+
+
+def cpu_share(r: SweepResult) -> float | None:
+    """ksmd's modelled CPU share over the run (CPU / (CPU + sleeps)), in percent."""
+    return None if r.total_ns <= 0 else 100.0 * r.cpu_ns / r.total_ns
+
+
 def result_row(r: SweepResult) -> dict[str, str]:
     """One CSV row (every value a string; times in ms with 6 decimals, exact)."""
     row: dict[str, str] = {"preset": r.preset, "kernel": r.kernel}
@@ -356,6 +371,7 @@ def result_row(r: SweepResult) -> dict[str, str]:
         settle_ms=_ms(r.settle_ns),
         total_ms=_ms(r.total_ns),
         cpu_ms=_ms(r.cpu_ns),
+        cpu_share_pct=_pct(r.cpu_ns, r.total_ns),
         error=r.error,
     )
     for name in ("batches", "passes", "general_profit", "pages_shared", "pages_sharing",

@@ -9,12 +9,16 @@ of every run.
 from __future__ import annotations
 
 import html
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import plotly.io as pio  # type: ignore[import-untyped]
 
-from .sweep import CSV_COLUMNS, SWEEP_KNOBS, CpuCosts, SweepResult, result_row
+from .sweep import CSV_COLUMNS, SWEEP_KNOBS, CpuCosts, SweepResult, cpu_share, result_row
 
 MIB = 1024 * 1024
 
@@ -63,25 +67,63 @@ def settle_figure(results: Sequence[SweepResult], grid_knobs: Sequence[str]) -> 
         groups.setdefault(key, []).append(r)
     data = []
     xs_all: list[int] = []
+    ys: list[float] = []
     for key, rows in groups.items():
         rows = sorted(rows, key=lambda r: r.knobs.get(xknob) or 0)
         xs = [r.knobs.get(xknob) or 0 for r in rows]
         xs_all += xs
+        ys += [r.settle_ns / 1e9 for r in rows if r.settle_ns is not None]
         data.append({
             "type": "scatter", "mode": "lines+markers", "name": key,
             "x": xs,
             "y": [None if r.settle_ns is None else r.settle_ns / 1e9 for r in rows],
         })
     log_x = bool(xs_all) and min(xs_all) > 0 and max(xs_all) >= 10 * min(xs_all)
+    log_y = bool(ys) and min(ys) > 0 and max(ys) >= 10 * min(ys)
     return {
         "data": data,
         "layout": {
             "title": {"text": f"Time until merging settles vs {xknob}"},
             "xaxis": {"title": {"text": xknob}, "type": "log" if log_x else "linear"},
-            "yaxis": {"title": {"text": "simulated time to settle (s)"}},
+            "yaxis": {"title": {"text": "simulated time to settle (s)"},
+                      "type": "log" if log_y else "linear"},
             "height": 520, "template": "plotly_white",
         },
     }
+
+
+def tradeoff_figure(results: Sequence[SweepResult], grid_knobs: Sequence[str]) -> dict[str, Any]:
+    """Time to settle against ksmd's CPU share: what pages_to_scan / sleep_millisecs buy."""
+    data = []
+    for preset in dict.fromkeys(r.preset for r in results):
+        rows = [r for r in results if r.preset == preset and not r.error
+                and r.settle_ns is not None]
+        if not rows:
+            continue
+        data.append({
+            "type": "scatter", "mode": "markers", "name": preset,
+            "x": [cpu_share(r) for r in rows],
+            "y": [(r.settle_ns or 0) / 1e9 for r in rows],
+            "text": [f"{preset}<br>{_label(r, grid_knobs)}" for r in rows],
+            "hoverinfo": "text+x+y", "marker": {"size": 9},
+        })
+    return {
+        "data": data,
+        "layout": {
+            "title": {"text": "Time to settle vs ksmd CPU share while running"},
+            "xaxis": {"title": {"text": "ksmd CPU share (%, modelled CPU / simulated time)"},
+                      "type": "log"},
+            "yaxis": {"title": {"text": "simulated time to settle (s)"}, "type": "log"},
+            "height": 520, "template": "plotly_white",
+        },
+    }
+
+
+FIGURES = {
+    "profit-vs-cpu": profit_cpu_figure,
+    "time-to-settle": settle_figure,
+    "settle-vs-cpu-share": tradeoff_figure,
+}
 
 
 def _table(results: Sequence[SweepResult]) -> str:
@@ -104,6 +146,8 @@ def render_report(
                        full_html=False, div_id="profit-vs-cpu", config=config)
     fig2 = pio.to_html(settle_figure(results, grid_knobs), include_plotlyjs=False,
                        full_html=False, div_id="time-to-settle", config=config)
+    fig3 = pio.to_html(tradeoff_figure(results, grid_knobs), include_plotlyjs=False,
+                       full_html=False, div_id="settle-vs-cpu-share", config=config)
     knobs = ", ".join(k for k in SWEEP_KNOBS if k in grid_knobs) or "none"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -126,7 +170,48 @@ them. Modelled CPU per page: {costs.first_ns / 1000:g} us on its first scan,
 skips it (docs/cpu-model.md).</p>
 {fig1}
 {fig2}
+{fig3}
 <h2>Runs</h2>
 {_table(results)}
 </body></html>
 """
+
+
+def figure_page(results: Sequence[SweepResult], grid_knobs: Sequence[str], figure: str) -> str:
+    """A page holding one figure only (for a static screenshot)."""
+    fig = FIGURES[figure](results, grid_knobs)
+    fig["layout"].update(width=1000, height=560)
+    body = pio.to_html(fig, include_plotlyjs=True, full_html=False, div_id=figure,
+                       config={"displayModeBar": False, "staticPlot": True})
+    return ('<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
+            f'<body style="margin:0;background:#fff">{body}</body></html>')
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def screenshot(page_html: str, png: Path, size: tuple[int, int] = (1000, 560)) -> str | None:
+    """Render a page with headless chromium into a PNG; returns why not, or None if done.
+
+    (kaleido, plotly's own image exporter, is not a project dependency.)
+    """
+    browser = find_chromium()
+    if browser is None:
+        return "no chromium found (install chromium, or open the HTML report instead)"
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "figure.html"
+        page.write_text(page_html, encoding="utf-8")
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=5000",
+               f"--user-data-dir={tmp}/profile", f"--screenshot={png.resolve()}",
+               page.as_uri()]
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"chromium failed: {exc}"
+    return None if png.exists() else "chromium wrote no screenshot"
