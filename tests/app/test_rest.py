@@ -1,0 +1,184 @@
+"""REST: sessions, limits, controls, errors, exports (real server; TestClient for settings)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import yaml
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.server.app import create_app
+
+from .conftest import new_session
+
+SMALL = {"name": "small", "sysfs": {"pages_to_scan": 10}, "steps": [
+    {"op": "spawn", "proc": "A"}, {"op": "mmap", "proc": "A", "vma": "heap", "pages": 20},
+    {"op": "write", "proc": "A", "vma": "heap", "content": "X"},
+    {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
+    {"op": "checkpoint", "name": "advised"},
+    {"op": "scan", "passes": 2}, {"op": "checkpoint", "name": "merged"}]}
+
+
+def test_health_docs_presets_and_vendor_js(http):
+    assert http.get("/healthz").json()["status"] == "ok"
+    assert http.get("/docs").status_code == 200
+    paths = http.get("/openapi.json").json()["paths"]
+    assert "/api/sessions/{session_id}/step" in paths and "/api/compare" in paths
+    presets = http.get("/api/presets").json()
+    assert "zero-pages-unmerge" in [p["name"] for p in presets]
+    js = http.get("/static/vendor/plotly.min.js")
+    assert js.status_code == 200 and len(js.content) > 1_000_000
+
+
+def test_create_from_preset_json_yaml_form_and_upload(http):
+    a = new_session(http, preset="smart-scan", kernel="6.1", knobs={"pages_to_scan": 50})
+    assert (a["kernel"], a["preset"]) == ("6.1", "smart-scan")
+    snap = http.get(f"/api/sessions/{a['id']}/snapshot").json()
+    assert snap["knobs"]["pages_to_scan"] == 50
+    b = http.post("/api/sessions", json=SMALL, params={"kernel": "6.5"})
+    assert b.status_code == 201 and b.json()["kernel"] == "6.5"
+    c = http.post("/api/sessions", content=yaml.safe_dump(SMALL),
+                  headers={"Content-Type": "application/yaml"})
+    assert c.status_code == 201 and c.json()["name"] == "small"
+    d = http.post("/api/sessions", data={"preset": "vm-host", "kernel": "6.12",
+                                          "knob.pages_to_scan": "300"})
+    assert d.status_code == 201, d.text
+    assert http.get(f"/api/sessions/{d.json()['id']}/snapshot").json()["knobs"][
+        "pages_to_scan"] == 300
+    e = http.post("/api/sessions", data={"kernel": "6.18"},
+                  files={"scenario": ("s.yaml", yaml.safe_dump(SMALL), "application/yaml")})
+    assert e.status_code == 201, e.text
+    ids = {s["id"] for s in http.get("/api/sessions").json()}
+    assert {a["id"], b.json()["id"], c.json()["id"], d.json()["id"], e.json()["id"]} <= ids
+
+
+def test_bad_sessions_give_4xx_naming_the_field(http):
+    cases = [
+        ({"preset": "no-such-preset"}, 404, "preset"),
+        ({"preset": "vm-host", "kernel": "5.0"}, 422, "kernel"),
+        ({}, 422, "preset"),
+        ({"scenario": {**SMALL, "steps": [{"op": "spawn", "proc": "A"},
+                                          {"op": "read", "proc": "A", "vma": "x"}]}},
+         422, "scenario.steps[1].vma"),
+        ({"scenario": {**SMALL, "steps": [{"op": "spawn", "proc": "A"},
+                                          {"op": "mmap", "proc": "A", "vma": "h",
+                                           "pages": 300_000}]}}, 413, "pages"),
+        ({"preset": "prctl-merge-any", "kernel": "6.1"}, 422, "kernel"),
+        ({"preset": "vm-host", "knobs": {"pages_to_scan": "lots"}}, 409, "knob"),
+    ]
+    for body, status, field in cases:
+        r = http.post("/api/sessions", json=body)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["detail"]["field"] == field, r.text
+    r = http.post("/api/sessions", content=b"{not json", headers={"Content-Type":
+                                                                   "application/json"})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "body"
+    r = http.post("/api/sessions", content=b"steps: [", headers={"Content-Type": "text/yaml"})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "scenario"
+    huge = {"scenario": {"steps": [{"op": "spawn", "proc": f"P{i}"} for i in range(5000)]}}
+    r = http.post("/api/sessions", content=json.dumps(huge),
+                  headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"]["field"] == "body"
+    assert http.get("/api/sessions/nope").status_code == 404
+    assert http.get("/healthz").status_code == 200
+
+
+def test_controls_accept_json_and_forms(http):
+    sid = new_session(http, scenario=SMALL)["id"]
+    r = http.post(f"/api/sessions/{sid}/step", data={"n": "3"})
+    assert r.status_code == 200 and r.json()["step"] == 3
+    r = http.post(f"/api/sessions/{sid}/step", json={"n": 2, "grain": "page"})
+    assert r.json()["step"] == 5
+    assert http.post(f"/api/sessions/{sid}/back", data={"n": "2"}).json()["step"] == 3
+    r = http.post(f"/api/sessions/{sid}/speed", data={"realtime": "true"})
+    assert r.json()["realtime"] is True
+    r = http.post(f"/api/sessions/{sid}/speed", json={"batches_per_second": 50})
+    assert (r.json()["speed"], r.json()["realtime"]) == (50, False)
+    assert http.post(f"/api/sessions/{sid}/play").json()["playing"] is True
+    time.sleep(0.3)
+    info = http.post(f"/api/sessions/{sid}/pause").json()
+    assert info["playing"] is False and info["at_end"] is True
+    r = http.post(f"/api/sessions/{sid}/inject", data={
+        "op": "madvise", "proc": "A", "vma": "heap", "pages": "0-4,7", "advice":
+        "MADV_UNMERGEABLE"})
+    assert r.status_code == 200, r.text
+    assert "break_ksm" in r.json()["summary"]
+    assert http.post(f"/api/sessions/{sid}/reset").json()["step"] == 0
+
+
+def test_bad_controls_give_4xx_naming_the_field(http):
+    sid = new_session(http, scenario=SMALL)["id"]
+    http.post(f"/api/sessions/{sid}/step", json={"n": 30}).raise_for_status()
+    r = http.post(f"/api/sessions/{sid}/knob", json={"knob": "max_page_sharing", "value": 5})
+    assert r.status_code == 409
+    assert r.json()["detail"] | {"message": ""} == {
+        "field": "knob", "knob": "max_page_sharing", "errno": "EBUSY", "message": ""}
+    cases = [
+        ("knob", {"knob": "pages_shared", "value": 1}, 409, "knob"),
+        ("inject", {"op": "write", "proc": "A", "vma": "heap", "pages": 99, "content": "Z"},
+         422, "pages"),
+        ("inject", {"op": "fly"}, 422, "op"),
+        ("inject", {"op": "mmap", "proc": "A", "vma": "big", "pages": 250_000}, 413, "pages"),
+        ("step", {"n": 0}, 422, "n"),
+        ("step", {"grain": "year"}, 422, "grain"),
+        ("seek", {"step": 10_000}, 422, "step"),
+        ("seek", {"step": 1, "branch": 9}, 422, "branch"),
+        ("speed", {}, 422, "batches_per_second"),
+        ("back", {"n": "x"}, 422, "n"),
+    ]
+    for verb, body, status, field in cases:
+        r = http.post(f"/api/sessions/{sid}/{verb}", json=body)
+        assert r.status_code == status, (verb, body, r.text)
+        assert r.json()["detail"]["field"] == field, (verb, r.text)
+    assert http.get(f"/api/sessions/{sid}").json()["branches"] == 1
+
+
+def test_trace_and_counters_export(http):
+    sid = new_session(http, scenario=SMALL)["id"]
+    http.post(f"/api/sessions/{sid}/step", json={"n": 40}).raise_for_status()
+    info = http.get(f"/api/sessions/{sid}").json()
+    trace = http.get(f"/api/sessions/{sid}/trace").json()
+    assert trace["format"] == "ksm-trace/1"
+    names = [c["name"] for c in trace["checkpoints"]]
+    assert names == ["advised", "merged", f"step {info['step']}"]
+    merged = trace["checkpoints"][1]
+    assert merged["global"]["pages_sharing"] == 19 and merged["pages"]["A"]["heap"].count("K0") == 20
+    r = http.get(f"/api/sessions/{sid}/counters.csv")
+    assert r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(rows) == info["step"] + 1
+    assert rows[-1]["pages_sharing"] == "19" and rows[-1]["A.ksm_merging_pages"] == "20"
+
+
+def test_compare_creates_a_lockstep_pair(http):
+    r = http.post("/api/compare", data={"preset": "zero-pages-unmerge"})
+    assert r.status_code == 201, r.text
+    a, b = r.json()["sessions"]
+    assert (a["kernel"], b["kernel"], a["group"]) == ("6.5", "6.18", r.json()["group"])
+    http.post(f"/api/sessions/{a['id']}/step", json={"n": 4}).raise_for_status()
+    assert http.get(f"/api/sessions/{b['id']}").json()["step"] == 4
+    r = http.post("/api/compare", json={"preset": "vm-host", "kernels": ["6.1", "6.12"]})
+    assert [s["kernel"] for s in r.json()["sessions"]] == ["6.1", "6.12"]
+
+
+def test_session_limit_and_idle_expiry():
+    settings = Settings(max_sessions=2, idle_expiry_seconds=0.3, expiry_check_seconds=0.1)
+    with TestClient(create_app(settings)) as client:
+        for _ in range(2):
+            assert client.post("/api/sessions", json={"preset": "vm-host"}).status_code == 201
+        r = client.post("/api/sessions", json={"preset": "vm-host"})
+        assert r.status_code == 429 and r.json()["detail"]["field"] == "sessions"
+        time.sleep(0.8)
+        assert client.get("/api/sessions").json() == []
+        assert client.post("/api/sessions", json={"preset": "vm-host"}).status_code == 201
+
+
+def test_delete_then_404(http):
+    sid = new_session(http, preset="vm-host")["id"]
+    assert http.delete(f"/api/sessions/{sid}").status_code == 204
+    assert http.get(f"/api/sessions/{sid}").status_code == 404
+    assert http.post(f"/api/sessions/{sid}/step").status_code == 404
