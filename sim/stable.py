@@ -107,23 +107,27 @@ class StableTreeMixin(KsmState):
         Returns the chosen dup (None if the chain had no live dup: it is then freed).
         """
         new_rules = self.profile.new_dup_choice
+        limit: int = self.knobs["max_page_sharing"]
         found: StableNode | None = None
+        found_len = 0
+        found_cand = False
         nr = 0
         for dup in list(chain.dups):
             if dup.dead:
                 self._remove_node_from_stable_tree(dup)
                 continue
             nr += 1
+            n = len(dup.items)
+            cand = 0 < n < limit
             if new_rules:
-                if found is None or (
-                    self._is_candidate(dup)
-                    and (not self._is_candidate(found) or len(dup.items) > len(found.items))
-                ):
-                    found = dup
-                    if not prune and self._is_candidate(found):
+                # the first live dup even if full; then a candidate, the fullest first
+                if found is None or (cand and (not found_cand or n > found_len)):
+                    found, found_len, found_cand = dup, n, cand
+                    if not prune and cand:
                         break
-            elif self._is_candidate(dup) and (found is None or len(dup.items) > len(found.items)):
-                found = dup
+            elif cand and (found is None or n > found_len):
+                # 6.5: only candidates can be chosen
+                found, found_len, found_cand = dup, n, cand
                 if not prune:
                     break
         if found is not None:
