@@ -146,7 +146,8 @@ def test_trace_and_counters_export(http):
     names = [c["name"] for c in trace["checkpoints"]]
     assert names == ["advised", "merged", f"step {info['step']}"]
     merged = trace["checkpoints"][1]
-    assert merged["global"]["pages_sharing"] == 19 and merged["pages"]["A"]["heap"].count("K0") == 20
+    assert merged["global"]["pages_sharing"] == 19
+    assert merged["pages"]["A"]["heap"].count("K0") == 20
     r = http.get(f"/api/sessions/{sid}/counters.csv")
     assert r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
