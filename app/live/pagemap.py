@@ -25,6 +25,7 @@ answer says why. Nothing here writes.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import struct
@@ -183,16 +184,14 @@ def read_kpageflags(proc_root: Path, pfns: set[int]) -> dict[int, int]:
 def _ksm_bit_unreliable(vmas: list[MergeableVma], present: list[tuple[int, int]],
                         flags: dict[int, int], offset: int) -> bool:
     """More KPF_KSM pages in a VMA than its smaps ``KSM:`` line counts (6.10-era kernels)."""
-    for vma in vmas:
-        if vma.ksm_kb is None:
-            continue
-        lo, hi = vma.first_page - offset, vma.first_page + vma.pages - offset
-        ksm = sum(1 for i, e in present if lo <= i < hi
-                  and flags.get(e & PM_PFN_MASK, 0) >> KPF_KSM & 1
-                  and not flags.get(e & PM_PFN_MASK, 0) >> KPF_ZERO_PAGE & 1)
-        if ksm * PAGE_SIZE > vma.ksm_kb * 1024:
-            return True
-    return False
+    starts = [v.first_page - offset for v in vmas]  # window-relative, ascending
+    ksm_pages = [0] * len(vmas)
+    for index, entry in present:
+        f = flags.get(entry & PM_PFN_MASK, 0)
+        if f >> KPF_KSM & 1 and not f >> KPF_ZERO_PAGE & 1:
+            ksm_pages[bisect.bisect_right(starts, index) - 1] += 1
+    return any(vma.ksm_kb is not None and n * PAGE_SIZE > vma.ksm_kb * 1024
+               for vma, n in zip(vmas, ksm_pages, strict=True))
 
 
 def classify(vmas: list[MergeableVma], present: list[tuple[int, int]], flags: dict[int, int],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,22 @@ def test_reader_never_writes(host_tree: Tree) -> None:
     before = snapshot(host_tree.root)
     pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
     assert snapshot(host_tree.root) == before
+
+
+def test_several_vmas_form_one_sequence(host_tree: Tree) -> None:
+    """Split the worker's VMA in two, the second moved to another address."""
+    smaps_path = host_tree.proc_root / str(WORKER_PID) / "smaps"
+    second = 0x300000000
+    extra = f"{second:x}-{second + 64 * 4096:x} rw-p 00000000 00:00 0 \nKSM: 0 kB\n" \
+             "VmFlags: rd wr mr mw me ac nh mg \n"
+    text = smaps_path.read_text().replace("200000000-200080000", "200000000-200040000")
+    smaps_path.write_text(text + extra)
+    with open(host_tree.proc_root / str(WORKER_PID) / "pagemap", "r+b") as f:
+        f.seek(second // pagemap.PAGE_SIZE * 8)
+        f.write(struct.pack("<64Q", *host_tree.pagemap[64:]))
+    pm = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
+    assert [(v.start, v.first_page, v.pages) for v in pm.vmas] == [
+        (0x200000000, 0, 64), (second, 64, 64)]
+    assert pm.cells == EXPECTED and pm.classification == "KPF_KSM"
+    window = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 60, 10)
+    assert window.cells == "KKKKZZZZZZ"  # a window across the two VMAs
