@@ -117,7 +117,7 @@ class ReplayConfig:
     force: bool = False
     lock_timeout: float | None = None  # None: wait for another replay as long as it takes
     scan_sleep_ms: int = 100  # only when ksmd's thread cannot be found
-    stall_seconds: float = 0.5  # ksmd asleep this long without a pass: nothing to scan
+    stall_seconds: float = 0.25  # ksmd asleep this long after a wake-up: nothing to scan
     log: Callable[[str], None] | None = None
 
 

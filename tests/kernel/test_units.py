@@ -1,0 +1,146 @@
+"""Parsing, page contents, fuzz generation and shrinking (no root, no kernel)."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.kernel import fuzz, worker
+from app.kernel.procfs import ProcFs, parse_ksm_stat, parse_maps, parse_smaps
+from sim.scenario import parse_scenario
+
+KSM_STAT_618 = """ksm_rmap_items 200
+ksm_zero_pages 100
+ksm_merging_pages 100
+ksm_process_profit 806400
+ksm_merge_any: no
+ksm_mergeable: yes
+"""
+
+
+def test_parse_ksm_stat() -> None:
+    assert parse_ksm_stat(KSM_STAT_618) == {
+        "ksm_rmap_items": 200, "ksm_zero_pages": 100, "ksm_merging_pages": 100,
+        "ksm_process_profit": 806400, "ksm_merge_any": False, "ksm_mergeable": True}
+    assert parse_ksm_stat("ksm_process_profit -7680\n") == {"ksm_process_profit": -7680}
+
+
+def test_parse_maps_and_smaps() -> None:
+    maps = parse_maps("100000000000-10000000a000 rw-p 00000000 00:00 0 \n"
+                      "7ffd1000-7ffd2000 rw-p 00000000 00:00 0     [stack]\n")
+    assert [(v.start, v.end, v.name) for v in maps] == [
+        (0x100000000000, 0x10000000A000, ""), (0x7FFD1000, 0x7FFD2000, "[stack]")]
+    smaps = parse_smaps(
+        "100000000000-100000004000 rw-p 00000000 00:00 0 \nSize: 16 kB\nKSM:   8 kB\n"
+        "VmFlags: rd wr mr mw me ac nh mg \n"
+        "7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]\nVmFlags: rd wr mr mw me gd ac \n")
+    assert [(v.start, v.ksm_kb, v.mergeable) for v in smaps] == [
+        (0x100000000000, 8, True), (0x7FFD1000, None, False)]
+
+
+def _proc_tree(root: Path, procs: dict[int, dict[str, str]]) -> ProcFs:
+    for pid, files in procs.items():
+        d = root / str(pid)
+        d.mkdir(parents=True)
+        for name, text in files.items():
+            (d / name).write_text(text)
+    return ProcFs(root)
+
+
+def test_ksm_users_and_old_kernel_fields(tmp_path: Path) -> None:
+    idle = "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit 0\n" \
+           "ksm_merge_any: no\nksm_mergeable: no\n"
+    proc = _proc_tree(tmp_path, {
+        1: {"ksm_stat": idle, "comm": "init\n"},
+        20: {"ksm_stat": idle.replace("ksm_mergeable: no", "ksm_mergeable: yes"),
+             "comm": "qemu\n"},
+        30: {"ksm_stat": KSM_STAT_618, "comm": "other\n"},
+        40: {"ksm_stat": "ksm_rmap_items 0\n", "ksm_merging_pages": "0\n", "comm": "old\n",
+             "smaps": "1000-2000 rw-p 0 00:00 0\nVmFlags: rd wr mg \n"},
+        50: {"ksm_stat": "ksm_rmap_items 7\n", "ksm_merging_pages": "3\n", "comm": "old2\n"},
+    })
+    users = {u["pid"]: u["comm"] for u in proc.ksm_users()}
+    assert users == {20: "qemu", 30: "other", 40: "old", 50: "old2"}
+    assert [u["pid"] for u in proc.ksm_users(exclude=[20, 30, 40])] == [50]
+    fields, sources = proc.proc_fields(50)  # 6.1: one ksm_stat line
+    assert fields == {"ksm_rmap_items": 7, "ksm_zero_pages": None, "ksm_merging_pages": 3,
+                      "ksm_process_profit": None, "ksm_mergeable": None, "ksm_merge_any": None}
+    assert sources == {"ksm_merging_pages": "/proc/PID/ksm_merging_pages"}
+
+
+def test_page_contents() -> None:
+    page = worker.PAGE
+    buf = ctypes.create_string_buffer(page)
+    worker._fill_unique(buf, 12345)
+    assert buf.raw == worker.unique_page(12345)
+    assert worker.unique_page(1) != worker.unique_page(2)
+    assert worker.label_page("A") == worker.page_bytes("A", 0)
+    assert worker.label_page("A") != worker.label_page("A#3")
+    assert len({worker.label_page("A"), worker.unique_page(0), bytes(page)}) == 3
+    assert worker.page_bytes("zero", 0) == bytes(page)
+
+
+def test_generation_is_deterministic_valid_and_covers_every_op() -> None:
+    kinds: set[str] = set()
+    for i in range(200):
+        doc = fuzz.generate(7, i)
+        assert doc == fuzz.generate(7, i)
+        parse_scenario(doc)
+        kinds |= fuzz.op_kinds(doc)
+    assert kinds >= {
+        "spawn", "fork", "exit", "mmap", "munmap", "write:zero", "write:unique",
+        "write:label", "read", "madvise:MADV_MERGEABLE", "madvise:MADV_UNMERGEABLE",
+        "prctl:1", "prctl:0", "sysfs:use_zero_pages", "sysfs:max_page_sharing",
+        "sysfs:smart_scan", "sysfs:stable_node_chains_prune_millisecs", "sysfs:run", "scan",
+        "checkpoint"}
+    assert not any("prctl" in k for i in range(100) for k in fuzz.op_kinds(
+        fuzz.generate(7, i, kernel="6.1")))
+
+
+def test_chain_scenarios_have_one_mergeable_content_and_prune_zero() -> None:
+    chains = [d for d in (fuzz.generate(3, i) for i in range(200))
+              if "max_page_sharing" in d["sysfs"]]
+    assert chains
+    for doc in chains:
+        assert doc["sysfs"]["stable_node_chains_prune_millisecs"] == 0
+        contents = {s["content"] for s in doc["steps"] if s["op"] == "write"}
+        assert contents <= {"A", "unique", "zero"}
+        if "zero" in contents:
+            assert doc["sysfs"].get("use_zero_pages") == 1
+        assert not any(s["op"] == "sysfs" and s["knob"] == "use_zero_pages"
+                       for s in doc["steps"])
+
+
+def test_shrink_keeps_the_failure_and_drops_the_rest() -> None:
+    doc = fuzz.generate(11, 4)
+    doc["steps"].insert(2, {"op": "write", "proc": "P0", "vma": "m0", "content": "BUG"})
+    calls = 0
+
+    def still(cands: Sequence[dict[str, Any]]) -> list[bool]:
+        nonlocal calls
+        calls += len(cands)
+        return [any(s.get("content") == "BUG" for s in c["steps"]) for c in cands]
+
+    for batch in (False, True):
+        small = fuzz.shrink(doc, still, batch=batch)
+        ops = [s["op"] for s in small["steps"]]
+        assert ops == ["spawn", "mmap", "write", "checkpoint"], ops
+        assert small["steps"][1]["pages"] == 1
+    assert calls < 2000
+
+
+def test_shrunk_mapping_clips_page_selections() -> None:
+    doc = {"format": "ksm-scenario/1", "name": "x", "steps": [
+        {"op": "spawn", "proc": "P"}, {"op": "mmap", "proc": "P", "vma": "m", "pages": 16},
+        {"op": "fork", "proc": "P", "child": "C"},
+        {"op": "write", "proc": "C", "vma": "m", "content": "A", "pages": ["2-12", 15]},
+        {"op": "read", "proc": "P", "vma": "m", "pages": 14},
+        {"op": "checkpoint", "name": "c"}]}
+    small = fuzz._shrink_mapping(doc, 1)
+    assert small is not None
+    parse_scenario(small)
+    assert small["steps"][1]["pages"] == 8
+    assert small["steps"][3]["pages"] == ["2-7"]
+    assert [s["op"] for s in small["steps"]] == ["spawn", "mmap", "fork", "write", "checkpoint"]
