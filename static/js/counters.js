@@ -5,6 +5,7 @@ const GLOBAL = [
   "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "ksm_zero_pages",
   "general_profit", "full_scans", "pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups",
 ];
+const MINOR = new Set(["pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_merge_any"]);
 const PROC = ["ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages", "ksm_process_profit", "ksm_mergeable", "ksm_merge_any"];
 
 function fmt(v) {
@@ -67,12 +68,11 @@ export class Counters {
       tr.appendChild(th);
     };
     head(`/sys/kernel/mm/ksm (${kernel})`);
-    for (const k of GLOBAL) row(k, `g.${k}`, k === "ksm_zero_pages" ? "star" : "");
+    for (const k of GLOBAL) row(k, `g.${k}`, k === "ksm_zero_pages" ? "star" : MINOR.has(k) ? "minor" : "");
     for (const p of names) {
       head(`/proc/${p}/ksm_stat`);
       for (const k of PROC) {
-        const tr = row(k, `${p}.${k}`, k === "ksm_zero_pages" ? "star" : "");
-        void tr;
+        row(k, `${p}.${k}`, k === "ksm_zero_pages" ? "star" : MINOR.has(k) ? "minor" : "");
       }
       const last = t.rows[t.rows.length - PROC.length - 1];
       last.classList.add("proc-head");

@@ -100,10 +100,16 @@ function setPlaying(playing) {
 }
 
 // ------------------------------------------------------------------ keyboard
+// Keys post the same htmx request as the buttons (not button.click(): the controls partial
+// may be in the middle of a swap, and a detached form would submit natively).
 function click(action) {
-  const b = document.querySelector(`[data-action="${action}"]:not([disabled])`);
-  if (b) b.click();
-  return !!b;
+  const b = document.querySelector(`#controls [data-action="${action}"]:not([disabled])`);
+  const form = b?.closest("form");
+  if (!b || !form || !window.htmx) return false;
+  window.htmx.ajax("POST", form.getAttribute("hx-post"), {
+    source: form, target: "#controls", swap: "outerHTML", values: { action: b.value },
+  });
+  return true;
 }
 
 function nudgeSpeed(factor) {

@@ -363,13 +363,13 @@ export class PageGrid {
     if (s >= 6) this._gridLines(layer, s);
     if (this.view === "virtual") {
       this._laneGaps(s);
-      this._drawCursor(s);
       this._drawSelection(s);
     } else if (s >= 22) {
       this._mapCounts(layer, s);
     }
     ctx.restore();
     this._labels(s);
+    if (this.view === "virtual") this._drawCursor(s);
     return true;
   }
 
@@ -442,19 +442,27 @@ export class PageGrid {
   _drawSelection(s) {
     const sel = this.selection;
     if (!sel) return;
-    const lane = sel.lane;
+    const lane = sel.lane, C = this.cols;
+    const c0 = sel.a % C, r0 = Math.floor(sel.a / C), c1 = sel.b % C, r1 = Math.floor(sel.b / C);
+    const X = (c) => this.ox + c * s, Y = (r) => this.oy + (lane.row0 + r) * s;
+    const pts = r0 === r1
+      ? [[c0, r0], [c1 + 1, r0], [c1 + 1, r0 + 1], [c0, r0 + 1]]
+      : [[c0, r0], [C, r0], [C, r1], [c1 + 1, r1], [c1 + 1, r1 + 1], [0, r1 + 1], [0, r0 + 1], [c0, r0 + 1]];
     const ctx = this.ctx;
     ctx.save();
-    ctx.setLineDash([6, 4]);
+    ctx.beginPath();
+    pts.forEach(([c, r], i) => (i ? ctx.lineTo(X(c), Y(r)) : ctx.moveTo(X(c), Y(r))));
+    ctx.closePath();
+    ctx.fillStyle = "rgba(255,255,255,0.10)";
+    ctx.fill();
+    ctx.setLineDash([8, 5]);
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "#000";
+    ctx.stroke();
+    ctx.lineDashOffset = 6;
     ctx.lineWidth = 2;
     ctx.strokeStyle = "#ffffff";
-    let i = sel.a;
-    while (i <= sel.b) {
-      const rowEnd = Math.min(sel.b, (Math.floor(i / this.cols) + 1) * this.cols - 1);
-      const [x, y] = this._cellRect(lane, i, s);
-      ctx.strokeRect(x, y, (rowEnd - i + 1) * s, s);
-      i = rowEnd + 1;
-    }
+    ctx.stroke();
     ctx.restore();
   }
 
