@@ -127,3 +127,20 @@ def test_presets_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(lines) >= 9
     assert lines[0].startswith("zero-pages-unmerge ")
     assert "[6.18, 6.12, 6.5]" in next(x for x in lines if x.startswith("prctl-merge-any"))
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    from app.presets_cli import Progress
+
+    tty, pipe = _Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = Progress(stream)
+        for done in range(4):
+            bar(done, 3)
+    assert "3/3 runs" in tty.getvalue() and tty.getvalue().endswith("\n")
+    assert pipe.getvalue() == ""
