@@ -13,6 +13,9 @@ const COLOURS = {
 };
 const PROC_COLOURS = ["#ffd400", "#58d5ff", "#ff8a5c", "#b69cff", "#9be564", "#ff6fa8"];
 const FLUSH_MS = 250;
+// A plotly redraw is one long task (tens of ms for a figure); the interval between two
+// flushes grows with it so charts never take more than about 1/BUDGET of the main thread.
+const BUDGET = 30;
 const MAX_POINTS = 5000;
 
 function layout(title, ytitle, y2title, big) {
@@ -101,8 +104,9 @@ export class Charts {
     const P = this.Plotly;
     const p = this.pending;
     if (!P || !p || (!p.x.length && !this._markersDirty)) return;
-    if (!force && now - this.lastFlush < FLUSH_MS) return;
+    if (!force && now - this.lastFlush < Math.max(FLUSH_MS, BUDGET * (this.cost || 0))) return;
     this.lastFlush = now;
+    const t0 = performance.now();
     if (p.x.length) {
       const n = GLOBAL.length + 1;
       P.extendTraces(
@@ -117,6 +121,8 @@ export class Charts {
     if (this._markersDirty) this._drawMarkers();
     this.pending = { x: [], g: GLOBAL.map(() => []), profit: [], procs: new Map() };
     this._publish();
+    const took = performance.now() - t0;
+    this.cost = this.cost ? 0.7 * this.cost + 0.3 * took : took;
   }
 
   _flushProcs(procs) {

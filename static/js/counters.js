@@ -36,9 +36,8 @@ export class Counters {
     if (td.textContent !== text) {
       td.textContent = text;
       td.classList.toggle("absent", v === null || v === undefined);
-      td.classList.remove("changed");
-      void td.offsetWidth; // restart the highlight
-      td.classList.add("changed");
+      // a brief highlight, without forcing a layout
+      td.animate([{ backgroundColor: "#4d4410" }, { backgroundColor: "transparent" }], { duration: 900, easing: "ease-out" });
     }
   }
 

@@ -14,7 +14,7 @@ const views = [...document.querySelectorAll(".session-view")].map(
   (el) => new SessionView(el, { big: body.classList.contains("presenter") }),
 );
 const primary = views[0];
-const state = { fps: 0, frames: 0, drawn: 0, views };
+const state = { fps: 0, frames: 0, drawn: 0, views, drawMs: 0, msgMs: 0, messages: 0 };
 window.__ksm = state;
 
 // ------------------------------------------------------------------ grid clicks
@@ -174,7 +174,9 @@ function loop(now) {
     windowStart = now;
     windowFrames = 0;
   }
+  const t0 = performance.now();
   for (const v of views) if (v.frame(now)) state.drawn++;
+  state.drawMs += performance.now() - t0;
   requestAnimationFrame(loop);
 }
 requestAnimationFrame(loop);

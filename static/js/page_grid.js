@@ -11,8 +11,11 @@ import {
 } from "./palette.js";
 
 const COLS = [8, 10, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024];
-const FLASH_MS = 700;
-const MAX_FLASHES = 60000;
+// A flash recolours the cells in the cell image itself (no extra layer to draw each frame):
+// full flash colour, then half way back, then the cell's own colour again.
+const FLASH_STAGES = [0, 260, 520]; // ms: flash colour, blend, restored
+const MAX_FLASH_BATCHES = 8;
+const KSM_REPAINT_MS = 1000;
 const BG = "#0b0e13";
 const KIND_RGB = KIND_NAMES.map((n) => KIND_COLOURS[n]);
 const KSM_ZERO = KIND_NAMES.indexOf("ksm_zero");
@@ -53,6 +56,12 @@ function pack(c, a = 255) {
   return ((a << 24) | (c[2] << 16) | (c[1] << 8) | c[0]) >>> 0; // little-endian RGBA
 }
 
+function mix(c, packed) {
+  // half way between a flash colour and a packed cell colour
+  const r = packed & 255, g = (packed >>> 8) & 255, b = (packed >>> 16) & 255;
+  return pack([(c[0] + r) >> 1, (c[1] + g) >> 1, (c[2] + b) >> 1]);
+}
+
 const KIND_PACKED = KIND_RGB.map((c) => pack(c));
 const PHYS_ZERO = pack(KIND_COLOURS.zero);
 const PHYS_COW = pack([150, 162, 178]); // anonymous page mapped by several PTEs (fork)
@@ -69,7 +78,9 @@ export class PageGrid {
     this.scale = 1; this.ox = 0; this.oy = 0;
     this.cursor = null;
     this.selection = null;
-    this.flashes = [];
+    this.flashes = []; // batches: {t, stage, lanes: [], pages: [], colours: []}
+    this.batch = null;
+    this.shades = new Map();
     this.counts = new Array(KIND_NAMES.length).fill(0);
     this.needs = true;
     this.fitted = false;
@@ -100,9 +111,8 @@ export class PageGrid {
     }
     this.rows = Math.max(1, row - 1);
     this.virt = new Layer(this.cols, this.rows);
-    this.vflash = new Layer(this.cols, this.rows);
-    this.vflash.px.fill(0);
     this.flashes = [];
+    this.batch = null;
     this.counts.fill(0);
     this._setFrames(frames);
     for (const lane of this.lanes) {
@@ -140,26 +150,55 @@ export class PageGrid {
     if (wasKsm || kind === 2) this._ksmRepaint = true;
     this.fkind[pfn] = kind;
     this.fmap[pfn] = mapcount;
-    this._physDirty = true;
+    if (this.phys && pfn < this.phys.w * this.phys.h) this.phys.set(pfn, this._frameColour(pfn));
+    else this._physDirty = true;
   }
 
   /** Called once after a batch of setPage / setFrame calls. */
   commit() {
-    if (this._ksmRepaint) this._repaintKsm();
+    this.batch = null;
+    const now = performance.now();
+    if (this._ksmRepaint && now - (this._lastKsmRepaint || 0) >= KSM_REPAINT_MS) {
+      this._lastKsmRepaint = now;
+      this._repaintKsm();
+    }
     if (this._physDirty) { this._buildPhysical(); this._physDirty = false; }
     this._publish();
     this.needs = true;
   }
 
+  /** Flash a cell (merge, zero_merge, unshare, cow); one batch per step. */
   flash(lane, i, cls) {
-    if (!FLASH_COLOURS[cls] || !lane || i < 0 || i >= lane.npages) return;
-    const idx = this._idx(lane, i);
-    this.vflash.set(idx, pack(FLASH_COLOURS[cls]));
-    this.flashes.push({ idx, t: performance.now(), c: FLASH_COLOURS[cls] });
-    if (this.flashes.length > MAX_FLASHES) {
-      for (const f of this.flashes.splice(0, this.flashes.length - MAX_FLASHES)) this.vflash.set(f.idx, 0);
+    const c = FLASH_COLOURS[cls];
+    if (!c || !lane || i < 0 || i >= lane.npages) return;
+    if (!this.batch) {
+      this.batch = { t: performance.now(), stage: 0, lanes: [], pages: [], colours: [] };
+      this.flashes.push(this.batch);
+      if (this.flashes.length > MAX_FLASH_BATCHES) this._endFlash(this.flashes.shift());
     }
+    this.batch.lanes.push(lane);
+    this.batch.pages.push(i);
+    this.batch.colours.push(c);
+    this.virt.set(this._idx(lane, i), pack(c));
     this.needs = true;
+  }
+
+  _flashStages(now) {
+    while (this.flashes.length && now - this.flashes[0].t >= FLASH_STAGES[2]) this._endFlash(this.flashes.shift());
+    for (const b of this.flashes) {
+      if (b.stage === 0 && now - b.t >= FLASH_STAGES[1]) {
+        b.stage = 1;
+        for (let j = 0; j < b.pages.length; j++) {
+          const lane = b.lanes[j], i = b.pages[j], idx = this._idx(lane, i);
+          this.virt.set(idx, mix(b.colours[j], this._cellColour(lane, i)));
+        }
+      }
+    }
+  }
+
+  _endFlash(b) {
+    for (let j = 0; j < b.pages.length; j++) this._paint(b.lanes[j], b.pages[j]);
+    if (this.batch === b) this.batch = null;
   }
 
   setCursor(cursor) {
@@ -283,23 +322,43 @@ export class PageGrid {
   }
 
   // ------------------------------------------------------------- painting
-  _paint(lane, i) {
+  _shade(m) {
+    let c = this.shades.get(m);
+    if (c === undefined) { c = pack(ksmShade(m)); this.shades.set(m, c); }
+    return c;
+  }
+
+  _cellColour(lane, i) {
     const k = lane.kinds[i];
-    let c = KIND_PACKED[k];
-    if (k === KSM && lane.pfns) c = pack(ksmShade(this.fmap[lane.pfns[i]] || 2));
-    this.virt.set(this._idx(lane, i), c);
+    if (k === KSM && lane.pfns) return this._shade(this.fmap[lane.pfns[i]] || 2);
+    return KIND_PACKED[k];
+  }
+
+  _paint(lane, i) {
+    this.virt.set(this._idx(lane, i), this._cellColour(lane, i));
+  }
+
+  _frameColour(pfn) {
+    const k = this.fkind[pfn], m = this.fmap[pfn];
+    if (k === 3 || (pfn === 0 && m > 0)) return PHYS_ZERO;
+    if (k === 2) return this._shade(m);
+    if (m > 1) return PHYS_COW;
+    if (m === 1) return KIND_PACKED[1];
+    return k === 0 ? KIND_PACKED[0] : PHYS_FREE;
   }
 
   _repaintKsm() {
     this._ksmRepaint = false;
+    const flashing = new Set();
+    for (const b of this.flashes) for (let j = 0; j < b.pages.length; j++) flashing.add(this._idx(b.lanes[j], b.pages[j]));
     for (const lane of this.lanes) {
       if (!lane.pfns) continue;
-      const kinds = lane.kinds, pfns = lane.pfns;
+      const kinds = lane.kinds, pfns = lane.pfns, px = this.virt.px;
       for (let i = 0; i < lane.npages; i++) {
         if (kinds[i] !== KSM) continue;
-        const c = pack(ksmShade(this.fmap[pfns[i]] || 2));
+        const c = this._shade(this.fmap[pfns[i]] || 2);
         const idx = this._idx(lane, i);
-        if (this.virt.px[idx] !== c) this.virt.set(idx, c);
+        if (px[idx] !== c && !flashing.has(idx)) this.virt.set(idx, c);
       }
     }
   }
@@ -318,18 +377,8 @@ export class PageGrid {
       if (this.view === "physical") this.fit();
     }
     const px = this.phys.px;
-    px.fill(pack(KIND_COLOURS.none));
-    for (let pfn = 0; pfn < this.fcount; pfn++) {
-      const k = this.fkind[pfn], m = this.fmap[pfn];
-      if (k === 0 && m === 0) continue;
-      let c;
-      if (k === 3 || pfn === 0) c = PHYS_ZERO;
-      else if (k === 2) c = pack(ksmShade(m));
-      else if (m > 1) c = PHYS_COW;
-      else if (m === 1) c = KIND_PACKED[1];
-      else c = PHYS_FREE;
-      px[pfn] = c;
-    }
+    px.fill(KIND_PACKED[0]);
+    for (let pfn = 0; pfn < this.fcount; pfn++) px[pfn] = this._frameColour(pfn);
     this.phys.markAll();
     this.needs = true;
   }
@@ -344,9 +393,10 @@ export class PageGrid {
   /** Draw if anything changed; returns true when it drew. */
   draw(now = performance.now()) {
     const layer = this._layer();
-    if (this.flashes.length) this._fadeFlashes(now);
     if (!layer) return false;
-    const dirtyCells = this.virt.flush() | (this.phys ? this.phys.flush() : false) | this.vflash.flush();
+    if (this.flashes.length) this._flashStages(now);
+    // only the layer on screen is uploaded; the other keeps its dirty rectangle
+    const dirtyCells = layer.flush();
     if (!this.needs && !dirtyCells) return false;
     this.needs = false;
     const ctx = this.ctx, s = this.scale;
@@ -359,7 +409,6 @@ export class PageGrid {
     ctx.clip();
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(layer.canvas, this.ox, this.oy, layer.w * s, layer.h * s);
-    if (this.view === "virtual" && this.flashes.length) ctx.drawImage(this.vflash.canvas, this.ox, this.oy, layer.w * s, layer.h * s);
     if (s >= 6) this._gridLines(layer, s);
     if (this.view === "virtual") {
       this._laneGaps(s);
@@ -371,19 +420,6 @@ export class PageGrid {
     this._labels(s);
     if (this.view === "virtual") this._drawCursor(s);
     return true;
-  }
-
-  _fadeFlashes(now) {
-    const keep = [];
-    for (const f of this.flashes) {
-      const age = now - f.t;
-      if (age >= FLASH_MS) { this.vflash.set(f.idx, 0); continue; }
-      const a = Math.round(255 * (1 - age / FLASH_MS) ** 1.5);
-      this.vflash.set(f.idx, pack(f.c, a));
-      keep.push(f);
-    }
-    this.flashes = keep;
-    this.needs = true;
   }
 
   _visible(layer, s) {
@@ -453,8 +489,6 @@ export class PageGrid {
     ctx.beginPath();
     pts.forEach(([c, r], i) => (i ? ctx.lineTo(X(c), Y(r)) : ctx.moveTo(X(c), Y(r))));
     ctx.closePath();
-    ctx.fillStyle = "rgba(255,255,255,0.10)";
-    ctx.fill();
     ctx.setLineDash([8, 5]);
     ctx.lineWidth = 3;
     ctx.strokeStyle = "#000";

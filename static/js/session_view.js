@@ -85,7 +85,12 @@ export class SessionView {
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.onopen = () => { this.retry = 0; this._status("live"); };
-    ws.onmessage = (ev) => this.handle(JSON.parse(ev.data));
+    ws.onmessage = (ev) => {
+      const t0 = performance.now();
+      this.handle(JSON.parse(ev.data));
+      const st = window.__ksm;
+      if (st) { st.msgMs += performance.now() - t0; st.messages++; }
+    };
     ws.onclose = () => {
       if (this.gone) return;
       this._status("reconnecting…");
@@ -241,7 +246,11 @@ export class SessionView {
   /** One animation frame: draw, flush charts, then tell the server what we drew. */
   frame(now) {
     const drew = this.grid.draw(now);
-    if (this.charts) this.charts.flush(now);
+    if (this.charts) {
+      const t0 = performance.now();
+      this.charts.flush(now);
+      if (window.__ksm) window.__ksm.chartMs = (window.__ksm.chartMs || 0) + performance.now() - t0;
+    }
     if (this.pendingAck !== undefined && this.pendingAck !== this.lastAck) {
       this.lastAck = this.pendingAck;
       this.send({ type: "ack", step: this.lastAck });

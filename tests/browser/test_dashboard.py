@@ -122,7 +122,9 @@ def test_zero_pages_grid_and_inspector(page: Any, live_server: Any, screenshot: 
     wait_count(page, view, "ksm_zero", "===", 100)
 
 
-def test_keyboard_and_charts_grow_while_playing(page: Any, live_server: Any, screenshot: Any) -> None:
+def test_keyboard_and_charts_grow_while_playing(
+    page: Any, live_server: Any, screenshot: Any
+) -> None:
     view = open_session(page, live_server.url, f"preset={PRESET}&kernel=6.18")
     chart = ".session-view .chart-global"
     page.wait_for_selector(f"{chart}[data-points]")
@@ -141,8 +143,10 @@ def test_keyboard_and_charts_grow_while_playing(page: Any, live_server: Any, scr
         timeout=TIMEOUT,
     )
     page.keyboard.press(" ")
-    page.wait_for_function("() => document.querySelector('.session-view').dataset.playing === 'false'",
-                           timeout=TIMEOUT)
+    page.wait_for_function(
+        "() => document.querySelector('.session-view').dataset.playing === 'false'",
+        timeout=TIMEOUT,
+    )
     page.wait_for_timeout(300)
     step = int(page.get_attribute(view, "data-step") or 0)
     assert step >= 5
@@ -195,12 +199,12 @@ def test_side_by_side_unmergeable_6_5_vs_6_18(page: Any, live_server: Any, scree
 
     # select the whole mapping on the grid (shift + drag), then MADV_UNMERGEABLE
     ends = page.evaluate(
-        f"""() => {{ const v = window.__ksm.views.find(v => v.kernel === '6.18');
+        """() => { const v = window.__ksm.views.find(v => v.kernel === '6.18');
                    const g = v.grid; const lane = g.lane('A/heap');
-                   const r = g.canvas.getBoundingClientRect();
-                   const at = (i) => {{ const [x, y] = g._cellRect(lane, i, g.scale);
-                                        return [r.left + x + g.scale / 2, r.top + y + g.scale / 2]; }};
-                   return [at(0), at(lane.npages - 1)]; }}"""
+                   const r = g.canvas.getBoundingClientRect(), h = g.scale / 2;
+                   const at = (i) => { const [x, y] = g._cellRect(lane, i, g.scale);
+                                       return [r.left + x + h, r.top + y + h]; };
+                   return [at(0), at(lane.npages - 1)]; }"""
     )
     page.keyboard.down("Shift")
     page.mouse.move(*ends[0])

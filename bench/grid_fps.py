@@ -1,0 +1,162 @@
+"""Frame rate of the page grid in headless Chromium while a 262,144-page session plays.
+
+Starts the dashboard (the backend's ``create_app``) with uvicorn on a free port, creates a
+session of four 65,536-page processes (zero-filled, shared and unique pages, all
+MADV_MERGEABLE, ksmd running with ``pages_to_scan`` 2048), opens its page in Debian's
+Chromium, presses play and counts animation frames (``requestAnimationFrame`` callbacks,
+each of which draws the changed cells) for ``--seconds``. Prints frames per second, the
+steps the page received and drew per second, and the lowest one-second frame rate.
+
+    uv run python bench/grid_fps.py [--seconds 10] [--speed 60]
+
+Target (issue 5): at least 55 fps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PROCS = 4
+PAGES = 65_536  # per process: 262,144 in all
+
+
+def scenario() -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    q = PAGES // 4
+    for i in range(PROCS):
+        p = f"vm{i}"
+        steps += [
+            {"op": "spawn", "proc": p},
+            {"op": "mmap", "proc": p, "vma": "ram", "pages": PAGES},
+            {"op": "write", "proc": p, "vma": "ram", "content": "zero", "pages": f"0-{q - 1}"},
+            {"op": "write", "proc": p, "vma": "ram", "content": "kernel",
+             "pages": f"{q}-{2 * q - 1}"},
+            {"op": "write", "proc": p, "vma": "ram", "content": f"lib{i % 2}",
+             "pages": f"{2 * q}-{3 * q - 1}"},
+            {"op": "write", "proc": p, "vma": "ram", "content": "unique",
+             "pages": f"{3 * q}-{PAGES - 1}"},
+            {"op": "madvise", "proc": p, "vma": "ram", "advice": "MADV_MERGEABLE"},
+        ]
+    steps.append({"op": "sysfs", "knob": "run", "value": 1})
+    return {
+        "format": "ksm-scenario/1",
+        "name": "grid-fps-262144",
+        "description": "four 65,536-page guests for the grid frame-rate bench",
+        "kernel": "6.18",
+        "sysfs": {"use_zero_pages": 1, "pages_to_scan": 2048},
+        "steps": steps,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def post(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body or {}).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read() or b"null")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--speed", type=float, default=60.0, help="batches per second")
+    ap.add_argument("--chromium", default=CHROMIUM)
+    args = ap.parse_args()
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from app.config import Settings
+    from app.server.app import create_app
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(port=port)), host="127.0.0.1",
+                                           port=port, log_level="warning",
+                                           ws_max_size=64 << 20))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        info = post(f"{base}/api/sessions", {"scenario": scenario()})
+        sid = info["id"]
+        # the scenario's set-up steps (spawn, mmap, write, madvise, run=1), then ksmd runs
+        post(f"{base}/api/sessions/{sid}/step", {"n": len(scenario()["steps"])})
+        post(f"{base}/api/sessions/{sid}/speed", {"batches_per_second": args.speed})
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{base}/session?sid={sid}")
+            page.wait_for_function(
+                "() => Number(document.querySelector('canvas.page-grid').dataset.pages) === "
+                f"{PROCS * PAGES}", timeout=120_000)
+            page.wait_for_timeout(1000)
+            start_step = int(page.get_attribute(".session-view", "data-step") or 0)
+            post(f"{base}/api/sessions/{sid}/play")
+            page.wait_for_timeout(500)
+            t0 = time.monotonic()
+            f0 = page.evaluate("() => window.__ksm.frames")
+            s0 = int(page.get_attribute(".session-view", "data-step") or 0)
+            per_second = []
+            last_f, last_t = f0, t0
+            while time.monotonic() - t0 < args.seconds:
+                page.wait_for_timeout(1000)
+                f, t = page.evaluate("() => window.__ksm.frames"), time.monotonic()
+                per_second.append((f - last_f) / (t - last_t))
+                last_f, last_t = f, t
+            f1 = page.evaluate("() => window.__ksm.frames")
+            cost = page.evaluate(
+                "() => [window.__ksm.drawMs, window.__ksm.msgMs, window.__ksm.messages, "
+                "window.__ksm.chartMs || 0]")
+            s1 = int(page.get_attribute(".session-view", "data-step") or 0)
+            elapsed = time.monotonic() - t0
+            post(f"{base}/api/sessions/{sid}/pause")
+            counts = json.loads(page.get_attribute("canvas.page-grid", "data-kind-counts") or "{}")
+            browser.close()
+        fps = (f1 - f0) / elapsed
+        print(f"pages: {PROCS * PAGES:,} ({PROCS} processes x {PAGES:,}), "
+              f"pages_to_scan 2048, play speed {args.speed:g} batches/s")
+        print(f"steps drawn: {s1 - s0} in {elapsed:.1f} s ({(s1 - s0) / elapsed:.1f}/s), "
+              f"from step {start_step}")
+        print(f"grid after: {counts}")
+        print(f"main thread: drawing {cost[0] / max(1, f1):.2f} ms per frame "
+              f"(charts {cost[3] / max(1, f1):.2f}), "
+              f"messages {cost[1] / max(1, cost[2]):.2f} ms each ({cost[2]} messages)")
+        print(f"frame rate: {fps:.1f} fps (lowest one-second window {min(per_second):.1f} fps)")
+        print("target: >= 55 fps: " + ("met" if fps >= 55 else "NOT met"))
+        return 0 if fps >= 55 else 1
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
