@@ -186,7 +186,7 @@ class _Gen:
 def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
     """The ``index``-th random scenario of ``seed`` (the same document every time)."""
     rng = random.Random(f"ksmlab-fuzz:{seed}:{index}")
-    chain = rng.random() < 0.25
+    chain = rng.random() < 0.35
     g = _Gen(rng, kernel, chain)
     sysfs: dict[str, int] = {}
     if rng.random() < 0.5:
@@ -199,7 +199,7 @@ def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
         g.zero_ok = sysfs.get("use_zero_pages") == 1
     g.spawn()
     g.mmap()
-    n_steps = rng.randrange(8, 36)
+    n_steps = rng.randrange(10, 48)
     while len(g.steps) < n_steps:
         if not g.procs:
             g.spawn()
@@ -372,7 +372,7 @@ def shrink(
     doc: Doc, still: Callable[[Sequence[Doc]], list[bool]], batch: bool = False,
     budget: int = 400,
 ) -> Doc:
-    """Greedily drop steps, then halve mappings, while ``still`` says it disagrees.
+    """Greedily drop steps, halve mappings, drop initial knobs while it still disagrees.
 
     ``batch`` evaluates every candidate of a round at once (one qemu boot per round);
     otherwise candidates are tried one by one. ``budget`` bounds the number of replays.
@@ -390,6 +390,8 @@ def shrink(
                 c2 = _shrink_mapping(cur, i)
                 if c2 is not None and _valid(c2):
                     out.append(c2)
+        for knob in sorted(cur.get("sysfs", {})):  # back to the default value
+            out.append({**cur, "sysfs": {k: v for k, v in cur["sysfs"].items() if k != knob}})
         return out
 
     cur = doc
@@ -402,7 +404,8 @@ def shrink(
             spent += len(cands)
             good = [c for c, ok in zip(cands, still(cands), strict=True) if ok]
             if good:
-                cur = min(good, key=lambda d: (len(d["steps"]), _page_count(d)))
+                cur = min(good, key=lambda d: (len(d["steps"]), _page_count(d),
+                                               len(d.get("sysfs", {}))))
                 progress = True
             continue
         for c in cands:

@@ -40,6 +40,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,8 +173,11 @@ class KernelSession:
         self._lock = host_lock(self.config.lock_file, self.config.lock_timeout, self._say)
         self._lock.__enter__()
         try:
-            for sig in SIGNALS:
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            if threading.current_thread() is threading.main_thread():
+                for sig in SIGNALS:
+                    self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            else:  # only the main thread may handle signals: the caller must clean up
+                self.warnings.append("not the main thread: no SIGTERM/SIGINT/SIGHUP handlers")
             self._open = True
             found, problems = restore_from_state_file(
                 self.config.state_file, self.sysfs.root, self.kill_recorded)

@@ -263,3 +263,22 @@ def test_unsupported_prctl_exits_4_before_touching_anything(
     assert len(err) == 1 and "unsupported on this kernel" in err[0]
     assert not state.exists() and not (tmp_path / "t.json").exists()
     assert kernel.knobs() == before
+
+
+def test_replay_from_a_worker_thread(kernel: KsmSysfs, shared: Path) -> None:
+    """A server thread can replay too (no signal handlers there; the restore still runs)."""
+    import threading
+
+    name = "two-processes-identical.json"
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        out["trace"] = replay_scenario(load_scenario(shared / "scenarios" / name),
+                                       ReplayConfig())
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    trace = out["trace"]
+    assert compare_traces(load_trace(shared / "traces" / name), trace) == []
+    assert trace["meta"]["restore_problems"] == {}

@@ -115,6 +115,7 @@ def test_chain_scenarios_have_one_mergeable_content_and_prune_zero() -> None:
 
 def test_shrink_keeps_the_failure_and_drops_the_rest() -> None:
     doc = fuzz.generate(11, 4)
+    doc["sysfs"] = {"smart_scan": 0, "use_zero_pages": 1}
     doc["steps"].insert(2, {"op": "write", "proc": "P0", "vma": "m0", "content": "BUG"})
     calls = 0
 
@@ -128,6 +129,7 @@ def test_shrink_keeps_the_failure_and_drops_the_rest() -> None:
         ops = [s["op"] for s in small["steps"]]
         assert ops == ["spawn", "mmap", "write", "checkpoint"], ops
         assert small["steps"][1]["pages"] == 1
+        assert small["sysfs"] == {}
     assert calls < 2000
 
 
