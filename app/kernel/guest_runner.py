@@ -2,11 +2,14 @@
 
 ``/init`` runs ``python3.11 -S -m app.kernel.guest_runner /ksmlab/job``. ``job.json`` there
 lists the scenario files of the job (``{"scenarios": ["0000.json", ...], "timeout": s,
-"replayer": module}``, or
-``{"probe": true}`` for a boot check). Each scenario is replayed by the project's kernel
-replayer, ``python3.11 -m app.kernel.replayer SCENARIO --trace OUT``, as a child process
-(a replay cannot leave state behind for the next one), and its result is written at once to
-the second serial port as one frame::
+"replayer": module, "fork": true}``, or ``{"probe": true}`` for a boot check). Each scenario
+is replayed by the project's kernel replayer as if by ``python3.11 -m app.kernel.replayer
+SCENARIO --trace OUT``, in a child process of its own (a replay cannot leave state behind
+for the next one): the runner imports the replayer once and forks a child that calls its
+``main(argv)`` (a fresh interpreter would re-import it, ~3 s per replay under TCG); a
+module without ``main`` (or ``"fork": false``) is run with ``python3.11 -m``. A replay that
+exceeds ``timeout`` gets SIGTERM (its process group), then SIGKILL, and status 124.
+Its result is written at once to the second serial port as one frame::
 
     KSMLAB-FRAME <kind> <index> <length> <sha256 of the payload>
     <payload: zlib-compressed JSON, base64, 76 columns>
@@ -22,15 +25,20 @@ interleave with frames.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import traceback
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 PORT = "/dev/ttyS1"
 REPLAYER = "app.kernel.replayer"
@@ -92,19 +100,100 @@ def _probe() -> dict[str, Any]:
     return {"status": 0, "trace": None, "stderr": "", "ksm": knobs, "seconds": 0.0}
 
 
-def _replay(job: Path, name: str, timeout: float, module: str) -> dict[str, Any]:
-    out = Path("/tmp") / f"trace-{name}"
-    out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-S", "-m", module, str(job / name), "--trace", str(out)]
-    t0 = time.monotonic()
+ReplayMain = Callable[[list[str]], Any]
+
+
+def _load_main(module: str) -> ReplayMain | None:
+    """The replayer's ``main(argv)``, imported once here so that every forked replay starts
+    with it loaded (importing it costs ~2.5 s under TCG); None: replay by ``python3 -m``."""
     try:
-        env = dict(os.environ, PYTHONPATH=f"/ksmlab:{job}")
+        main = getattr(importlib.import_module(module), "main", None)
+    except Exception:  # noqa: BLE001 - the ``-m`` run then reports the error itself
+        return None
+    return main if callable(main) else None
+
+
+def _child(main: ReplayMain, argv: list[str], stderr: Path) -> NoReturn:
+    status = 3
+    try:
+        os.setpgid(0, 0)
+        fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.argv = [REPLAYER, *argv]
+        code = main(argv)
+        status = code if isinstance(code, int) else (0 if code is None else 1)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported as the replay's stderr
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status & 0xFF)
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    """The child's exit status, or None after ``timeout`` (then it is stopped: SIGTERM to its
+    process group, so the replayer restores the knobs, SIGKILL 5 s later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 30.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return None
+            time.sleep(0.05)
+    return None
+
+
+def _run_forked(main: ReplayMain, argv: list[str], timeout: float) -> tuple[int, str]:
+    stderr = Path("/tmp/replay-stderr")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(main, argv, stderr)
+    status = _wait(pid, timeout)
+    text = stderr.read_text(errors="replace") if stderr.exists() else ""
+    if status is None:
+        return 124, text + f"\nguest: replay timed out after {timeout:.0f} s"
+    return status, text
+
+
+def _run_exec(module: str, argv: list[str], job: Path, timeout: float) -> tuple[int, str]:
+    cmd = [sys.executable, "-S", "-m", module, *argv]
+    env = dict(os.environ, PYTHONPATH=f"/ksmlab:{job}")
+    try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               cwd="/ksmlab", env=env, check=False)
-        status, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        status, stderr = 124, err + f"\nguest: replay timed out after {timeout:.0f} s"
+        return 124, err + f"\nguest: replay timed out after {timeout:.0f} s"
+    return proc.returncode, proc.stderr
+
+
+def _replay(job: Path, name: str, timeout: float, module: str,
+            main: ReplayMain | None) -> dict[str, Any]:
+    out = Path("/tmp") / f"trace-{name}"
+    out.unlink(missing_ok=True)
+    argv = [str(job / name), "--trace", str(out)]
+    t0 = time.monotonic()
+    if main is not None:
+        status, stderr = _run_forked(main, argv, timeout)
+    else:
+        status, stderr = _run_exec(module, argv, job, timeout)
     trace = None
     if out.exists():
         try:
@@ -112,7 +201,7 @@ def _replay(job: Path, name: str, timeout: float, module: str) -> dict[str, Any]
         except ValueError as exc:
             stderr += f"\nguest: trace is not JSON: {exc}"
     return {"status": status, "trace": trace, "stderr": stderr[-20000:],
-            "seconds": round(time.monotonic() - t0, 3)}
+            "seconds": round(time.monotonic() - t0, 3), "forked": main is not None}
 
 
 def main(argv: list[str]) -> int:
@@ -127,8 +216,11 @@ def main(argv: list[str]) -> int:
     else:
         timeout = float(spec.get("timeout", 300))
         module = str(spec.get("replayer", REPLAYER))
+        sys.path[:0] = ["/ksmlab", str(job)]
+        os.chdir("/ksmlab")
+        replay_main = _load_main(module) if spec.get("fork", True) else None
         for index, name in enumerate(spec["scenarios"]):
-            port.frame("result", index, _replay(job, name, timeout, module))
+            port.frame("result", index, _replay(job, name, timeout, module, replay_main))
             results += 1
     port.frame("done", results, {"uptime": float(Path("/proc/uptime").read_text().split()[0])})
     port.drain()

@@ -182,11 +182,13 @@ def replay_many_in_guest(
     timeout: float = SCENARIO_TIMEOUT,
     replayer: str = REPLAYER,
     extra_files: dict[str, bytes] | None = None,
+    fork: bool = True,
 ) -> list[GuestResult]:
     """Replay every scenario in one guest boot (more if the guest dies); see the module doc.
 
-    ``replayer`` (a module run as ``python3 -m``) and ``extra_files`` (put in the guest's
-    job folder, which is on its ``PYTHONPATH``) exist for the tests of this pipeline.
+    For the tests of this pipeline: ``replayer`` (the module with ``main(argv)``),
+    ``extra_files`` (put in the guest's job folder, which is on its ``sys.path``), ``fork``
+    (False: a fresh ``python3 -m replayer`` per scenario instead of a forked child).
     """
     docs = [_load(s) for s in scenarios]
     results: dict[int, GuestResult] = {}
@@ -196,7 +198,8 @@ def replay_many_in_guest(
         job = dict(extra_files or {})
         job.update({name: docs[i] for i, name in names.items()})
         job["job.json"] = json.dumps(
-            {"scenarios": list(names.values()), "timeout": timeout, "replayer": replayer}
+            {"scenarios": list(names.values()), "timeout": timeout, "replayer": replayer,
+             "fork": fork}
         ).encode()
         hello: list[dict[str, Any]] = []
         batch: dict[int, GuestResult] = {}

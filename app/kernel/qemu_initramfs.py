@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import py_compile
 import re
 import stat
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +42,7 @@ _STDLIB_SKIP = {
 _DYNLOAD = (
     "_ctypes", "_json", "mmap", "termios", "resource", "_contextvars", "_queue", "_typing",
     "_multiprocessing", "_posixshmem", "_uuid", "_decimal", "_bz2", "_lzma", "_zoneinfo",
-    "_asyncio", "_multibytecodec",
+    "_asyncio", "_multibytecodec", "_lsprof",
 )
 PROJECT_DIRS = ("sim", "app/kernel")
 PROJECT_FILES = ("app/__init__.py",)
@@ -222,11 +225,32 @@ def _project_files(root: Path) -> Iterable[tuple[Path, str]]:
         yield root / f, f
 
 
+def _byte_code(host: Path, rel: str, tmp: Path) -> bytes | None:
+    """``rel``'s byte code for the guest's python3.11 (unchecked-hash pyc: valid whatever the
+    file times), or None when this interpreter is not a 3.11 (the guest then compiles)."""
+    if sys.version_info[:2] != (3, 11):
+        return None
+    out = tmp / "x.pyc"
+    try:
+        py_compile.compile(str(host), cfile=str(out), dfile=f"/ksmlab/{rel}", doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    except py_compile.PyCompileError:
+        return None
+    return out.read_bytes()
+
+
 def build_job(root: Path, job_files: dict[str, bytes]) -> bytes:
-    """The per-boot archive: the project's packages under /ksmlab, the job under /ksmlab/job."""
+    """The per-boot archive: the project's packages under /ksmlab (with byte code: compiling
+    them in the guest would cost seconds per replayer start under TCG), the job under
+    /ksmlab/job."""
     w = CpioWriter()
-    for host, rel in _project_files(root):
-        w.add_file(f"ksmlab/{rel}", host.read_bytes())
+    with tempfile.TemporaryDirectory(prefix="ksmlab-pyc-") as tmp:
+        for host, rel in _project_files(root):
+            w.add_file(f"ksmlab/{rel}", host.read_bytes())
+            code = _byte_code(host, rel, Path(tmp))
+            if code is not None:
+                pyc = Path(rel).parent / "__pycache__" / f"{Path(rel).stem}.cpython-311.pyc"
+                w.add_file(f"ksmlab/{pyc}", code)
     for name, data in job_files.items():
         w.add_file(f"ksmlab/job/{name}", data)
     return w.to_bytes()
