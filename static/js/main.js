@@ -61,6 +61,10 @@ function pagesRange(text) {
 }
 
 document.body.addEventListener("htmx:afterSwap", () => { fillSelection(); syncTimeline(primary); });
+// an injected event (HX-Trigger from the inject partial) gets a marker on the charts
+document.body.addEventListener("ksm:injected", (e) => {
+  for (const v of views) v.charts?.mark(e.detail.step, e.detail.op);
+});
 
 const refreshTimers = new Map();
 function scheduleInspectorRefresh(view) {
@@ -134,7 +138,10 @@ bindKeys({
   },
   presenter: () => {
     const on = body.classList.toggle("presenter");
-    for (const v of views) v.charts?.setBig(on);
+    for (const v of views) {
+      v.charts?.setBig(on);
+      v.grid.setBig(on);
+    }
     const u = new URL(location.href);
     if (on) u.searchParams.set("presenter", "1"); else u.searchParams.delete("presenter");
     history.replaceState(null, "", u);

@@ -114,6 +114,8 @@ export class PageGrid {
     this.flashes = [];
     this.batch = null;
     this.counts.fill(0);
+    this.zeroPtes = 0;
+    for (const lane of this.lanes) if (lane.pfns) for (let i = 0; i < lane.npages; i++) if (lane.pfns[i] === 0) this.zeroPtes++;
     this._setFrames(frames);
     for (const lane of this.lanes) {
       for (let i = 0; i < lane.npages; i++) {
@@ -136,7 +138,11 @@ export class PageGrid {
     const old = lane.kinds[i];
     this.counts[old]--; this.counts[kind]++;
     lane.kinds[i] = kind;
-    if (lane.pfns && pfn !== undefined) lane.pfns[i] = pfn;
+    if (lane.pfns && pfn !== undefined) {
+      if (lane.pfns[i] === 0) this.zeroPtes--;
+      if (pfn === 0) this.zeroPtes++;
+      lane.pfns[i] = pfn;
+    }
     this._paint(lane, i);
     this.needs = true;
     return old;
@@ -157,6 +163,7 @@ export class PageGrid {
   /** Called once after a batch of setPage / setFrame calls. */
   commit() {
     this.batch = null;
+    if (this.phys && this.fcount > 0 && this.phys.px[0] !== this._frameColour(0)) this.phys.set(0, this._frameColour(0));
     const now = performance.now();
     if (this._ksmRepaint && now - (this._lastKsmRepaint || 0) >= KSM_REPAINT_MS) {
       this._lastKsmRepaint = now;
@@ -209,10 +216,21 @@ export class PageGrid {
     if (!same) this.needs = true;
   }
 
+  /** Presenter mode: a wider label gutter and larger labels. */
+  setBig(big) {
+    this.gutter = big ? 190 : 150;
+    this.fit();
+  }
+
   setView(view) {
     this.view = view;
     this.fit();
     this.canvas.dataset.view = view;
+  }
+
+  /** PTEs mapping a frame; for the zero page, the PTEs with pfn 0 that we were sent. */
+  mapcount(pfn) {
+    return pfn === 0 ? Math.max(this.fmap[0] || 0, this.zeroPtes || 0) : this.fmap[pfn];
   }
 
   kindCounts() {
@@ -340,7 +358,11 @@ export class PageGrid {
 
   _frameColour(pfn) {
     const k = this.fkind[pfn], m = this.fmap[pfn];
-    if (k === 3 || (pfn === 0 && m > 0)) return PHYS_ZERO;
+    if (pfn === 0) {
+      if (this.counts[KSM_ZERO] > 0) return KIND_PACKED[KSM_ZERO]; // some PTEs are KSM-placed
+      return this.zeroPtes > 0 || m > 0 ? PHYS_ZERO : KIND_PACKED[0];
+    }
+    if (k === 3) return PHYS_ZERO;
     if (k === 2) return this._shade(m);
     if (m > 1) return PHYS_COW;
     if (m === 1) return KIND_PACKED[1];
@@ -468,7 +490,7 @@ export class PageGrid {
     ctx.strokeRect(x - pad - 1, y - pad - 1, s + 2 * pad + 2, s + 2 * pad + 2);
     ctx.strokeStyle = CURSOR_COLOUR;
     ctx.strokeRect(x - pad, y - pad, s + 2 * pad, s + 2 * pad);
-    ctx.font = "bold 14px system-ui, sans-serif";
+    ctx.font = `bold ${Math.round(this.gutter / 10)}px system-ui, sans-serif`;
     ctx.fillStyle = CURSOR_COLOUR;
     ctx.textBaseline = "bottom";
     ctx.fillText("ksmd", x - pad, y - pad - 2);
@@ -510,7 +532,7 @@ export class PageGrid {
       for (let x = x0; x < x1; x++) {
         const pfn = y * layer.w + x;
         if (pfn >= this.fcount) break;
-        const n = this.fmap[pfn];
+        const n = this.mapcount(pfn);
         if (!n) continue;
         ctx.fillStyle = "#000";
         ctx.fillText(String(n), this.ox + (x + 0.5) * s, this.oy + (y + 0.5) * s);
@@ -532,7 +554,7 @@ export class PageGrid {
       ctx.font = `${big - 4}px system-ui, sans-serif`;
       ctx.fillStyle = "#9aa4b2";
       let used = 0;
-      for (let p = 0; p < this.fcount; p++) if (this.fmap[p] > 0) used++;
+      for (let p = 0; p < this.fcount; p++) if (this.mapcount(p) > 0) used++;
       ctx.fillText(`${used} mapped`, 10, 14 + big);
       ctx.fillText("number = PTEs", 10, 18 + 2 * big);
       return;
@@ -590,7 +612,7 @@ export class PageGrid {
       const [x, y] = pos(e);
       const h = this.hit(x, y);
       if (!h) return;
-      if (h.pfn !== undefined) cv.dispatchEvent(new CustomEvent("frameclick", { detail: { pfn: h.pfn, kind: this.fkind[h.pfn], mapcount: this.fmap[h.pfn] } }));
+      if (h.pfn !== undefined) cv.dispatchEvent(new CustomEvent("frameclick", { detail: { pfn: h.pfn, kind: h.pfn === 0 ? 3 : this.fkind[h.pfn], mapcount: this.mapcount(h.pfn) } }));
       else if (h.page !== undefined) {
         if (e.altKey || e.ctrlKey || e.metaKey) this._select(h.lane, h.page, h.page);
         cv.dispatchEvent(new CustomEvent("pageclick", { detail: { proc: h.lane.proc, vma: h.lane.vma, page: h.page } }));

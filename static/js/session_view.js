@@ -91,10 +91,11 @@ export class SessionView {
       const st = window.__ksm;
       if (st) { st.msgMs += performance.now() - t0; st.messages++; }
     };
-    ws.onclose = () => {
+    ws.onclose = async () => {
       if (this.gone) return;
       this._status("reconnecting…");
       this.retry = Math.min(this.retry + 1, 6);
+      if (await this._isGone()) return;
       setTimeout(() => this.connect(), 250 * 2 ** this.retry);
     };
   }
@@ -199,8 +200,7 @@ export class SessionView {
     this.root.dataset.playing = "false";
     this.root.dataset.end = msg.reason || "end";
     if (msg.reason === "deleted" || msg.reason === "expired") {
-      this.gone = true;
-      this._status(`session ${msg.reason}: reload the link to start it again`);
+      this._isGone();
     } else {
       this._status("at the end: inject an op or write run=1 to go on");
     }
@@ -236,6 +236,29 @@ export class SessionView {
     }
     for (const [s, g, p] of buffered) if (s > last) this.charts.push(s, g, p);
     this.charts.flush(performance.now(), true);
+  }
+
+  /** After a lost connection: is the session still on the server (a restart drops it)? */
+  async _isGone() {
+    try {
+      const r = await fetch(`/api/sessions/${encodeURIComponent(this.id)}`);
+      if (r.status !== 404) return false;
+    } catch (e) {
+      return false; // the server is down: keep trying
+    }
+    this.gone = true;
+    this.root.dataset.end = "gone";
+    const u = new URL(location.href);
+    for (const k of ["sid", "a", "b"]) u.searchParams.delete(k);
+    const el = this.root.querySelector(".conn-status");
+    if (el) {
+      el.textContent = "this session is gone from the server: ";
+      const a = document.createElement("a");
+      a.href = u.toString();
+      a.textContent = "rebuild it from the link";
+      el.appendChild(a);
+    }
+    return true;
   }
 
   _status(text) {

@@ -109,6 +109,17 @@ def test_zero_pages_grid_and_inspector(page: Any, live_server: Any, screenshot: 
     assert "dirty" in page.inner_text(".inspector .why")
     screenshot(page, "inspector-ksm-zero-page")
 
+    # the physical view: one cell per frame, with how many PTEs map it
+    page.keyboard.press("v")
+    page.wait_for_timeout(300)
+    screenshot(page, "physical-view")
+    page.keyboard.press("v")
+    # presenter mode: large type, for the back of the room
+    page.keyboard.press("p")
+    page.wait_for_timeout(600)
+    screenshot(page, "presenter-mode")
+    page.keyboard.press("p")
+
     # the URL carries the step, so the link reopens here
     page.wait_for_function("() => new URL(location.href).searchParams.get('step') !== null")
     step = page.get_attribute(view, "data-step")
@@ -166,15 +177,13 @@ def test_keyboard_and_charts_grow_while_playing(
                            timeout=TIMEOUT)
     page.keyboard.press("v")
     assert page.get_attribute(f"{view} canvas.page-grid", "data-view") == "physical"
-    page.wait_for_timeout(300)
-    screenshot(page, "physical-view")
     page.keyboard.press("v")
+    assert page.get_attribute(f"{view} canvas.page-grid", "data-view") == "virtual"
     page.keyboard.press("p")
     assert page.evaluate("() => document.body.classList.contains('presenter')")
+    assert "presenter=1" in page.evaluate("() => location.href")
     page.keyboard.press("f")
     assert page.evaluate("() => document.body.dataset.fullscreenRequested") == "1"
-    page.wait_for_timeout(600)
-    screenshot(page, "presenter-mode")
 
 
 def test_side_by_side_unmergeable_6_5_vs_6_18(page: Any, live_server: Any, screenshot: Any) -> None:
