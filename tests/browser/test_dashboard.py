@@ -245,3 +245,54 @@ def test_bad_knob_shows_inline_error(page: Any, live_server: Any, screenshot: An
     page.click("form.knobs-form button[type=submit]")
     page.wait_for_selector("form.knobs-form .error", timeout=TIMEOUT)
     assert "pages_to_scan" in page.inner_text("form.knobs-form")
+
+
+def test_upload_scenario_and_inspect_a_process(page: Any, live_server: Any) -> None:
+    page.goto(live_server.url + "/")
+    bad = {"name": "bad.json", "mimeType": "application/json", "buffer": b'{"format": 1}'}
+    page.set_input_files("#upload input[type=file]", bad)
+    page.click("#upload button[type=submit]")
+    page.wait_for_selector("#upload .error", timeout=TIMEOUT)  # inline, the page stays
+    doc = {
+        "format": "ksm-scenario/1", "name": "two-readers", "kernel": "6.18",
+        "steps": [
+            {"op": "spawn", "proc": "P"},
+            {"op": "mmap", "proc": "P", "vma": "buf", "pages": 64},
+            {"op": "read", "proc": "P", "vma": "buf", "pages": "0-31"},
+        ],
+    }
+    good = {"name": "two-readers.json", "mimeType": "application/json",
+            "buffer": json.dumps(doc).encode()}
+    page.set_input_files("#upload input[type=file]", good)
+    page.click("#upload button[type=submit]")
+    page.wait_for_selector(".session-view[data-session]", timeout=TIMEOUT)
+    view = ".session-view"
+    step_until(page, view, "zero", 32)
+    assert counts(page, view)["ksm_zero"] == 0  # a read fault maps the zero page, clean PTE
+    # click the process name in the grid's gutter: its ksm_stat
+    xy = page.evaluate(
+        """() => { const g = window.__ksm.views[0].grid; const lane = g.lane('P/buf');
+                   const r = g.canvas.getBoundingClientRect();
+                   return [r.left + 20, r.top + g.oy + lane.row0 * g.scale + 8]; }"""
+    )
+    page.mouse.click(*xy)
+    page.wait_for_selector(".inspector .inspect-proc[data-proc='P']", timeout=TIMEOUT)
+    assert "ksm_rmap_items" in page.inner_text(".inspector")
+
+
+def test_deleted_session_says_so_and_its_link_rebuilds_it(page: Any, live_server: Any) -> None:
+    import urllib.request
+
+    view = open_session(page, live_server.url, f"preset={PRESET}&kernel=6.18&step=3")
+    page.wait_for_function(f"() => document.querySelector('{view}').dataset.step === '3'",
+                           timeout=TIMEOUT)
+    sid = page.get_attribute(view, "data-session")
+    req = urllib.request.Request(f"{live_server.url}/api/sessions/{sid}", method="DELETE")
+    urllib.request.urlopen(req, timeout=10).close()
+    page.wait_for_selector(f"{view}[data-end='gone'] .conn-status a", timeout=TIMEOUT)
+    page.click(f"{view} .conn-status a")
+    page.wait_for_function(
+        f"() => {{ const v = document.querySelector('{view}');"
+        f" return v && v.dataset.session !== '{sid}' && v.dataset.step === '3'; }}",
+        timeout=TIMEOUT,
+    )
