@@ -440,6 +440,13 @@ export class PageGrid {
     }
     ctx.restore();
     this._labels(s);
+    if (!this.lanes.length) {
+      ctx.fillStyle = "#9aa4b2";
+      ctx.font = `${Math.round(this.gutter / 8)}px system-ui, sans-serif`;
+      ctx.textAlign = "center";
+      ctx.fillText("no mappings yet: step forward (→)", (this.cw + this.gutter) / 2, this.ch / 2);
+      ctx.textAlign = "start";
+    }
     if (this.view === "virtual") this._drawCursor(s);
     return true;
   }
