@@ -16,7 +16,8 @@ Its result is written at once to the second serial port as one frame::
     KSMLAB-END <index>
 
 ``kind`` is ``hello`` (index -1: uname, uptime), ``result`` (``{"status", "trace",
-"stderr", "seconds"}``) or ``done`` (index = number of results). The host
+"stderr", "seconds"}``), ``done`` (index = number of results) or ``error`` (index -1: the
+runner itself failed; ``{"traceback"}``). The host
 (:mod:`app.kernel.qemu_serial`) checks length and digest of every frame; a frame that fails
 the check is ignored as if missing. Console messages of the kernel go to ttyS0 and cannot
 interleave with frames.
@@ -205,8 +206,17 @@ def _replay(job: Path, name: str, timeout: float, module: str,
 
 
 def main(argv: list[str]) -> int:
-    job = Path(argv[1] if len(argv) > 1 else "/ksmlab/job")
     port = _Port(PORT)
+    try:
+        return _main(argv, port)
+    except BaseException:
+        port.frame("error", -1, {"traceback": traceback.format_exc()[-5000:]})
+        port.drain()
+        raise
+
+
+def _main(argv: list[str], port: _Port) -> int:
+    job = Path(argv[1] if len(argv) > 1 else "/ksmlab/job")
     port.frame("hello", -1, _hello())
     spec = json.loads((job / "job.json").read_text())
     results = 0

@@ -162,6 +162,13 @@ def _failure(result: Boot) -> str:
     return f"guest ended (qemu status {result.returncode}) early; console: {' | '.join(tail)}"
 
 
+def _raise_runner_error(result: Boot, version: str) -> None:
+    for frame in result.get("error"):
+        lines = str(frame.payload.get("traceback", "")).strip().splitlines()
+        raise QemuError(f"kernel {version}: the guest runner failed: "
+                        f"{lines[-1] if lines else '?'}")
+
+
 def _load(source: dict[str, Any] | str | Path) -> bytes:
     if isinstance(source, dict):
         return json.dumps(source).encode()
@@ -217,6 +224,7 @@ def replay_many_in_guest(
                     on_result(first + frame.index, r)
 
         kernel, result = _boot_job(version, job, len(names), frame_seen, timeout)
+        _raise_runner_error(result, version)
         meta = _guest_meta(kernel, result, hello[0] if hello else None)
         for r in batch.values():
             if r.trace is not None:
@@ -265,6 +273,7 @@ def probe_guest(version: str) -> dict[str, Any]:
     """Boot once without replaying: ``{"hello": uname etc., "ksm": knobs, "boot": timings}``."""
     job = {"job.json": json.dumps({"probe": True}).encode()}
     kernel, result = _boot_job(version, job, 1)
+    _raise_runner_error(result, version)
     hello = [f.payload for f in result.get("hello")]
     res = [f.payload for f in result.get("result")]
     if not hello or not res:

@@ -81,3 +81,34 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("KSMLAB_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert qemu_packages.cache_dir() == tmp_path / "x" / "ksmlab"
+
+
+def test_missing_qemu_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from app.kernel import qemu
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    scenario = tmp_path / "s.json"
+    scenario.write_text(json.dumps({"format": "ksm-scenario/1", "name": "s", "steps": []}))
+    assert qemu.replay_in_guest(scenario, "6.1", tmp_path / "t.json") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "qemu-system-x86_64 not found: apt-get install qemu-system-x86" in err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_uncached_kernel_without_apt_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    monkeypatch.setenv("KSMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(qemu_packages.MissingPiece, match="not cached in .* and no apt-get"):
+        qemu_packages.ensure_kernel("6.12")
+    with pytest.raises(qemu_packages.MissingPiece, match="qemu-setup.sh"):
+        qemu_packages.ensure_kernel("6.12", fetch=False)
+
+
+def test_missing_busybox_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setattr(qemu_initramfs, "BUSYBOX", tmp_path / "busybox")
+    with pytest.raises(qemu_initramfs.InitramfsError, match="apt-get install busybox-static"):
+        qemu_initramfs.base_key()

@@ -128,3 +128,10 @@ def test_qemu_dies_with_its_caller(sig: signal.Signals) -> None:
     finally:
         caller.kill()
         caller.wait()
+
+
+def test_a_failing_guest_runner_is_one_error() -> None:
+    kernel, result = qemu._boot_job("6.1", {"job.json": b"{not json"}, 1)
+    assert result.get("hello") and result.seconds < 60
+    with pytest.raises(qemu.QemuError, match="the guest runner failed: .*JSONDecodeError"):
+        qemu._raise_runner_error(result, "6.1")
