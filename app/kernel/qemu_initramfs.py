@@ -200,6 +200,7 @@ def build_base() -> bytes:
             depth = applet.count("/")
             w.add_symlink(applet, "../" * depth + "bin/busybox")
     w.add_file("init", INIT_SCRIPT.encode(), 0o755)
+    w.add_symlink("usr/bin/python3", "python3.11")
     for path in _base_sources():
         if path == BUSYBOX:
             continue

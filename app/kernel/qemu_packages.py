@@ -97,32 +97,39 @@ def _download(debs: Path, package: str, wanted: str) -> Path:
                        f"or {SETUP_HINT})")
 
 
-def _unpack_vmlinuz(deb: Path, dest: Path) -> Path:
-    """Extract ``boot/vmlinuz-*`` from the .deb's data (``dpkg-deb --fsys-tarfile``)."""
-    if not shutil.which("dpkg-deb"):
-        raise MissingPiece("dpkg-deb not found: apt-get install dpkg")
-    dest.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+def _read_vmlinuz(deb: Path) -> tuple[str, bytes] | None:
+    """Name and bytes of ``boot/vmlinuz-*`` in the .deb (``dpkg-deb --fsys-tarfile``)."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
-    found: Path | None = None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
                 if name.startswith("boot/vmlinuz-") and member.isfile():
                     src = tar.extractfile(member)
-                    assert src is not None
-                    found = dest / Path(name).name
-                    tmp = found.with_suffix(f".{os.getpid()}.part")
-                    tmp.write_bytes(src.read())
-                    tmp.replace(found)
-                    break
+                    return (Path(name).name, src.read()) if src else None
+    except (tarfile.TarError, OSError):
+        return None
     finally:
         proc.stdout.close()
         proc.kill()
         proc.wait()
-    if found is None:
-        raise MissingPiece(f"{deb} holds no boot/vmlinuz-*: delete it and fetch again")
+    return None
+
+
+def _unpack_vmlinuz(deb: Path, dest: Path) -> Path:
+    if not shutil.which("dpkg-deb"):
+        raise MissingPiece("dpkg-deb not found: apt-get install dpkg")
+    got = _read_vmlinuz(deb)
+    if got is None:
+        raise MissingPiece(f"{deb} is damaged or holds no boot/vmlinuz-*: delete it and run "
+                           f"{SETUP_HINT}")
+    dest.mkdir(parents=True, exist_ok=True)
+    found = dest / got[0]
+    tmp = found.with_suffix(f".{os.getpid()}.part")
+    tmp.write_bytes(got[1])
+    tmp.replace(found)
     return found
 
 

@@ -112,3 +112,14 @@ def test_missing_busybox_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(qemu_initramfs, "BUSYBOX", tmp_path / "busybox")
     with pytest.raises(qemu_initramfs.InitramfsError, match="apt-get install busybox-static"):
         qemu_initramfs.base_key()
+
+
+def test_damaged_kernel_deb_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb not installed")
+    monkeypatch.setenv("KSMLAB_CACHE", str(tmp_path))
+    package, version = qemu_packages.KERNEL_PACKAGES["6.1"]
+    (tmp_path / "debs").mkdir()
+    (tmp_path / "debs" / f"{package}_{version}_amd64.deb").write_bytes(b"!<arch>\nbroken")
+    with pytest.raises(qemu_packages.MissingPiece, match="is damaged"):
+        qemu_packages.ensure_kernel("6.1", fetch=False)
