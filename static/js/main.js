@@ -52,7 +52,41 @@ for (const view of views) {
     }
     if (msg.type === "state" && v === primary) setPlaying(msg.playing);
   });
-  view.connect();
+  connect(view);
+}
+
+// ------------------------------------------------------------------ websocket
+function connect(view) {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const token = params.get("token");
+  const ws = new WebSocket(`${proto}//${location.host}/ws/sessions/${encodeURIComponent(view.id)}${token ? `?token=${encodeURIComponent(token)}` : ""}`);
+  view.ws = ws;
+  ws.onopen = () => { view.retry = 0; view._status("live"); };
+  ws.onmessage = (ev) => {
+    const t0 = performance.now();
+    dispatch(view, JSON.parse(ev.data));
+    state.msgMs += performance.now() - t0;
+    state.messages++;
+  };
+  ws.onclose = async () => {
+    if (view.gone) return;
+    view._status("reconnecting…");
+    view.retry = Math.min(view.retry + 1, 6);
+    if (await view._isGone()) return;
+    setTimeout(() => connect(view), 250 * 2 ** view.retry);
+  };
+}
+
+/** Every server message type of docs/protocol.md; anything else is a bug. */
+function dispatch(view, msg) {
+  switch (msg.type) {
+    case "snapshot": view.applySnapshot(msg); break;
+    case "delta": view.applyDelta(msg); break;
+    case "state": view.applyState(msg); break;
+    case "end": view.applyEnd(msg); break;
+    case "error": view.showError(msg); break;
+    default: throw new Error(`unknown message type ${msg.type}`);
+  }
 }
 
 function pagesRange(text) {

@@ -1,6 +1,6 @@
-// One session on screen: its websocket, its grid, charts and counters panel.
-// The wiring between the messages (docs/protocol.md) and the pure renderers; the state it
-// keeps is what it was sent, never computed.
+// One session on screen: its grid, charts and counters panel, fed by main.js with the
+// messages of its websocket (docs/protocol.md). The state it keeps is what it was sent,
+// never computed.
 
 import { Charts } from "./charts.js";
 import { Counters } from "./counters.js";
@@ -78,41 +78,8 @@ export class SessionView {
 
   onStep(fn) { this.listeners.push(fn); }
 
-  connect() {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const token = new URLSearchParams(location.search).get("token");
-    const url = `${proto}//${location.host}/ws/sessions/${encodeURIComponent(this.id)}${token ? `?token=${encodeURIComponent(token)}` : ""}`;
-    const ws = new WebSocket(url);
-    this.ws = ws;
-    ws.onopen = () => { this.retry = 0; this._status("live"); };
-    ws.onmessage = (ev) => {
-      const t0 = performance.now();
-      this.handle(JSON.parse(ev.data));
-      const st = window.__ksm;
-      if (st) { st.msgMs += performance.now() - t0; st.messages++; }
-    };
-    ws.onclose = async () => {
-      if (this.gone) return;
-      this._status("reconnecting…");
-      this.retry = Math.min(this.retry + 1, 6);
-      if (await this._isGone()) return;
-      setTimeout(() => this.connect(), 250 * 2 ** this.retry);
-    };
-  }
-
   send(msg) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
-  }
-
-  handle(msg) {
-    switch (msg.type) {
-      case "snapshot": this.applySnapshot(msg); break;
-      case "delta": this.applyDelta(msg); break;
-      case "state": this.applyState(msg); break;
-      case "end": this.applyEnd(msg); break;
-      case "error": this.showError(msg); break;
-      default: throw new Error(`unknown message type ${msg.type}`);
-    }
   }
 
   applySnapshot(msg) {
