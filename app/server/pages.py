@@ -54,7 +54,7 @@ LEGEND = (
     ("volatile", "volatile"),
     ("unstable", "unstable tree"),
     ("ksm", "KSM page (darker: more sharers)"),
-    ("zero", "zero page, read fault"),
+    ("zero", "zero page, clean PTE (read fault; KSM before 6.6)"),
     ("ksm_zero", "KSM-placed zero page (dirty PTE)"),
     ("skipped", "skipped by smart scan"),
 )

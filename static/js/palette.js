@@ -20,7 +20,7 @@ export const KIND_LABELS = {
   volatile: "volatile (checksum changing)",
   unstable: "unstable tree",
   ksm: "KSM page (darker = more sharers)",
-  zero: "zero page (read fault)",
+  zero: "zero page, clean PTE (read fault; KSM before 6.6)",
   ksm_zero: "KSM-placed zero page (dirty PTE)",
   skipped: "skipped by smart scan",
 };

@@ -206,6 +206,22 @@ def test_side_by_side_unmergeable_6_5_vs_6_18(page: Any, live_server: Any, scree
     assert pixels(page, left, ZERO_RGB) > 100
     screenshot(page, "compare-6.5-vs-6.18-merged")
 
+    # one click inspects the same page on both kernels: dirty bit 0 on 6.5, 1 on 6.18
+    xy = page.evaluate(
+        """() => { const g = window.__ksm.views[1].grid; const lane = g.lane('A/heap');
+                   const [x, y] = g._cellRect(lane, 5, g.scale);
+                   const r = g.canvas.getBoundingClientRect();
+                   return [r.left + x + g.scale / 2, r.top + y + g.scale / 2]; }"""
+    )
+    page.mouse.click(*xy)
+    page.wait_for_selector(f"{right} .inspect-page[data-kind='ksm_zero']", timeout=TIMEOUT)
+    page.wait_for_selector(f"{left} .inspect-page[data-kind='zero']", timeout=TIMEOUT)
+    assert page.get_attribute(f"{right} .inspect-page", "data-dirty") == "true"
+    assert page.get_attribute(f"{left} .inspect-page", "data-dirty") == "false"
+    page.locator(f"{right} .inspector").scroll_into_view_if_needed()
+    screenshot(page, "compare-inspector-dirty-bit")
+    page.evaluate("() => window.scrollTo(0, 0)")
+
     # select the whole mapping on the grid (shift + drag), then MADV_UNMERGEABLE
     ends = page.evaluate(
         """() => { const v = window.__ksm.views.find(v => v.kernel === '6.18');
