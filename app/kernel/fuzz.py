@@ -332,8 +332,11 @@ def _valid(doc: Doc) -> bool:
 
 
 def _without(doc: Doc, index: int) -> Doc:
-    steps = [s for i, s in enumerate(doc["steps"]) if i != index]
-    return {**doc, "steps": steps}
+    return _drop(doc, {index})
+
+
+def _drop(doc: Doc, indexes: set[int]) -> Doc:
+    return {**doc, "steps": [s for i, s in enumerate(doc["steps"]) if i not in indexes]}
 
 
 def _page_count(doc: Doc) -> int:
@@ -374,22 +377,27 @@ def shrink(
 ) -> Doc:
     """Greedily drop steps, halve mappings, drop initial knobs while it still disagrees.
 
-    ``batch`` evaluates every candidate of a round at once (one qemu boot per round);
-    otherwise candidates are tried one by one. ``budget`` bounds the number of replays.
+    One by one (``batch=False``): every step, last to first, is dropped if the rest still
+    disagrees; then each mapping is halved and each initial knob dropped; rounds repeat
+    until nothing changes. ``batch=True`` (one qemu boot per round) evaluates a round's
+    candidates at once and keeps all the successful step removals together if that still
+    disagrees (the largest valid combination of them), else the smallest one. ``budget``
+    bounds the number of replays.
     """
     spent = 0
 
-    def candidates(cur: Doc) -> list[Doc]:
+    def ok(cands: list[Doc]) -> list[bool]:
+        nonlocal spent
+        spent += len(cands)
+        return still(cands)
+
+    def others(cur: Doc) -> list[Doc]:
         out = []
-        for i in reversed(range(len(cur["steps"]))):
-            c = _without(cur, i)
-            if _valid(c):
-                out.append(c)
         for i, s in enumerate(cur["steps"]):
             if s["op"] == "mmap":
-                c2 = _shrink_mapping(cur, i)
-                if c2 is not None and _valid(c2):
-                    out.append(c2)
+                c = _shrink_mapping(cur, i)
+                if c is not None and _valid(c):
+                    out.append(c)
         for knob in sorted(cur.get("sysfs", {})):  # back to the default value
             out.append({**cur, "sysfs": {k: v for k, v in cur["sysfs"].items() if k != knob}})
         return out
@@ -398,24 +406,36 @@ def shrink(
     progress = True
     while progress and spent < budget:
         progress = False
-        cands = candidates(cur)
         if batch:
-            cands = cands[: budget - spent]
-            spent += len(cands)
-            good = [c for c, ok in zip(cands, still(cands), strict=True) if ok]
+            drops = [i for i in range(len(cur["steps"])) if _valid(_without(cur, i))]
+            cands = [_without(cur, i) for i in drops] + others(cur)
+            cands = cands[: max(0, budget - spent)]
+            good = [c for c, g in zip(cands, ok(cands), strict=True) if g]
+            dropped = {i for i, c in zip(drops, cands, strict=False) if c in good}
+            chosen: set[int] = set()
+            for i in sorted(dropped, reverse=True):  # the largest valid combination
+                if _valid(_drop(cur, chosen | {i})):
+                    chosen.add(i)
+            if len(chosen) > 1 and ok([_drop(cur, chosen)])[0]:
+                cur, progress = _drop(cur, chosen), True
+                continue
             if good:
                 cur = min(good, key=lambda d: (len(d["steps"]), _page_count(d),
                                                len(d.get("sysfs", {}))))
                 progress = True
             continue
-        for c in cands:
+        i = len(cur["steps"]) - 1
+        while i >= 0 and spent < budget:
+            c = _without(cur, i)
+            if _valid(c) and ok([c])[0]:
+                cur, progress = c, True
+            i -= 1
+        for c in others(cur):
             if spent >= budget:
                 break
-            spent += 1
-            if still([c])[0]:
-                cur = c
-                progress = True
-                break
+            if ok([c])[0]:
+                cur, progress = c, True
+                break  # the other candidates were computed for the old document
     return cur
 
 

@@ -108,14 +108,25 @@ class ProcFs:
 
     def _read(self, pid: int | str, name: str) -> str:
         try:
-            with open(self.root / str(pid) / name, encoding="utf-8", errors="replace") as f:
-                return f.read()
+            fd = os.open(self.root / str(pid) / name, os.O_RDONLY)
         except FileNotFoundError:
             if not (self.root / str(pid)).exists():
                 raise ProcessGone(pid) from None
             raise
         except ProcessLookupError:  # pragma: no cover - raced with exit
             raise ProcessGone(pid) from None
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except ProcessLookupError:  # pragma: no cover - raced with exit
+            raise ProcessGone(pid) from None
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
     def _read_optional(self, pid: int | str, name: str) -> str | None:
         try:
@@ -217,20 +228,18 @@ class ProcFs:
                 continue
             try:
                 stat = self.ksm_stat(pid)
+                if stat is None:  # before 6.1: no ksm_stat
+                    stat = {"ksm_merging_pages": self.ksm_merging_pages(pid) or 0}
+                if not stat:
+                    continue  # no mm: a kernel thread, or exiting
+                busy = any(v != 0 for k, v in stat.items()
+                           if not isinstance(v, bool) and k != "ksm_process_profit")
+                if "ksm_mergeable" in stat:
+                    busy = busy or bool(stat["ksm_mergeable"])
+                elif not busy:  # before 6.14: look for VmFlags "mg"
+                    busy = bool(self.ksm_merging_pages(pid)) or self.has_mergeable_vma(pid)
             except (ProcessGone, OSError):
                 continue
-            if stat is None:
-                merging = self.ksm_merging_pages(pid)
-                if not merging:
-                    continue
-                stat = {"ksm_merging_pages": merging}
-            busy = any(v != 0 for k, v in stat.items()
-                       if not isinstance(v, bool) and k != "ksm_process_profit")
-            if "ksm_mergeable" in stat:
-                busy = busy or bool(stat["ksm_mergeable"])
-            elif not busy:
-                merging = self.ksm_merging_pages(pid)
-                busy = bool(merging) or self.has_mergeable_vma(pid)
             if busy:
                 users.append({"pid": pid, "comm": self.comm(pid), **stat})
         return users

@@ -370,6 +370,10 @@ class _Replay:
             self.clean_start()
             for step in self.scenario.steps:
                 self.do(step)
+            others = self.proc.ksm_users(exclude=[os.getpid(), *self.s.workers])
+            if others:  # started during the replay: the counters may be polluted
+                self.warnings.append("another process used KSM during the replay: " + ", ".join(
+                    f"pid {u['pid']} ({u['comm']})" for u in others))
         finally:
             self.s.kill_workers()
         classification = dict(self.s.classification)

@@ -45,12 +45,13 @@ def test_public_scenario_reproduces_its_trace(kernel: KsmSysfs, shared: Path,
                                               path: Path) -> None:
     expected = load_trace(shared / "traces" / path.name)
     trace = replay_scenario(load_scenario(path), ReplayConfig())
-    assert compare_traces(expected, trace) == []
     meta = trace["meta"]
+    context = {k: meta[k] for k in ("warnings", "scans", "step_errors", "isolation")}
+    assert compare_traces(expected, trace) == [], json.dumps(context, indent=1)
     assert meta["restore_problems"] == {}
     assert meta["warnings"] == []
     assert meta["isolation"]["alone"]
-    assert meta["run_seconds"] < 3
+    assert meta["run_seconds"] < 10  # ~0.05-0.1 s on an idle host; CI machines may be busy
     assert trace["source"] == f"kernel {os.uname().release}"
 
 
