@@ -119,6 +119,12 @@ def main() -> int:
                 "() => Number(document.querySelector('canvas.page-grid').dataset.pages) === "
                 f"{PROCS * PAGES}", timeout=120_000)
             page.wait_for_timeout(1000)
+            page.evaluate("() => { const s = window.__ksm; s.maxFrameMs = s.maxChartMs = "
+                          "s.maxMsgMs = 0; }")
+            page.evaluate(
+                "() => { window.__long = []; new PerformanceObserver((l) => { for (const e of "
+                "l.getEntries()) window.__long.push(Math.round(e.duration)); })"
+                ".observe({ type: 'longtask', buffered: false }); }")
             start_step = int(page.get_attribute(".session-view", "data-step") or 0)
             post(f"{base}/api/sessions/{sid}/play")
             page.wait_for_timeout(500)
@@ -139,6 +145,10 @@ def main() -> int:
             s1 = int(page.get_attribute(".session-view", "data-step") or 0)
             elapsed = time.monotonic() - t0
             post(f"{base}/api/sessions/{sid}/pause")
+            long_tasks = page.evaluate("() => window.__long")
+            snapshots = page.evaluate("() => window.__ksm.snapshots || 0")
+            worst = page.evaluate(
+                "() => [window.__ksm.maxFrameMs, window.__ksm.maxChartMs, window.__ksm.maxMsgMs]")
             counts = json.loads(page.get_attribute("canvas.page-grid", "data-kind-counts") or "{}")
             browser.close()
         fps = (f1 - f0) / elapsed
@@ -150,6 +160,9 @@ def main() -> int:
         print(f"main thread: drawing {cost[0] / max(1, f1):.2f} ms per frame "
               f"(charts {cost[3] / max(1, f1):.2f}), "
               f"messages {cost[1] / max(1, cost[2]):.2f} ms each ({cost[2]} messages)")
+        print(f"long tasks (> 50 ms) while playing: {sorted(long_tasks, reverse=True)[:10]}, "
+              f"snapshots received: {snapshots}; worst frame {worst[0]:.0f} ms "
+              f"(charts {worst[1]:.0f} ms), worst message {worst[2]:.0f} ms")
         print(f"frame rate: {fps:.1f} fps (lowest one-second window {min(per_second):.1f} fps)")
         print("target: >= 55 fps: " + ("met" if fps >= 55 else "NOT met"))
         return 0 if fps >= 55 else 1

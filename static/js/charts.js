@@ -15,7 +15,7 @@ const PROC_COLOURS = ["#ffd400", "#58d5ff", "#ff8a5c", "#b69cff", "#9be564", "#f
 const FLUSH_MS = 250;
 // A plotly redraw is one long task (tens of ms for a figure); the interval between two
 // flushes grows with it so charts never take more than about 1/BUDGET of the main thread.
-const BUDGET = 30;
+const BUDGET = 40;
 const MAX_POINTS = 5000;
 
 function layout(title, ytitle, y2title, big) {
@@ -99,27 +99,38 @@ export class Charts {
     this._markersDirty = true;
   }
 
-  /** Flush buffered points; call from the animation loop. */
+  /**
+   * Flush buffered points; call from the animation loop. The two figures take turns (one
+   * plotly redraw per call), so one call never blocks the page for two redraws.
+   */
   flush(now = performance.now(), force = false) {
     const P = this.Plotly;
     const p = this.pending;
-    if (!P || !p || (!p.x.length && !this._markersDirty)) return;
+    if (!P || !p) return;
+    const procsDue = this.procEl && p.procs.size > 0;
+    if (!p.x.length && !procsDue && !this._markersDirty) return;
     if (!force && now - this.lastFlush < Math.max(FLUSH_MS, BUDGET * (this.cost || 0))) return;
     this.lastFlush = now;
     const t0 = performance.now();
-    if (p.x.length) {
-      const n = GLOBAL.length + 1;
-      P.extendTraces(
-        this.globalEl,
-        { x: Array.from({ length: n }, () => p.x), y: [...p.g, p.profit] },
-        Array.from({ length: n }, (_, i) => i),
-        MAX_POINTS,
-      );
-      this.points += p.x.length;
-      if (this.procEl) this._flushProcs(p.procs);
+    const procTurn = procsDue && (this._turn = !this._turn);
+    if (force || !procTurn) {
+      if (p.x.length) {
+        const n = GLOBAL.length + 1;
+        P.extendTraces(
+          this.globalEl,
+          { x: Array.from({ length: n }, () => p.x), y: [...p.g, p.profit] },
+          Array.from({ length: n }, (_, i) => i),
+          MAX_POINTS,
+        );
+        this.points += p.x.length;
+      }
+      if (this._markersDirty) this._drawMarkers();
+      p.x = []; p.g = GLOBAL.map(() => []); p.profit = [];
     }
-    if (this._markersDirty) this._drawMarkers();
-    this.pending = { x: [], g: GLOBAL.map(() => []), profit: [], procs: new Map() };
+    if (this.procEl && (force || procTurn)) {
+      this._flushProcs(p.procs);
+      p.procs = new Map();
+    }
     this._publish();
     const took = performance.now() - t0;
     this.cost = this.cost ? 0.7 * this.cost + 0.3 * took : took;

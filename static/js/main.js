@@ -65,7 +65,9 @@ function connect(view) {
   ws.onmessage = (ev) => {
     const t0 = performance.now();
     dispatch(view, JSON.parse(ev.data));
-    state.msgMs += performance.now() - t0;
+    const took = performance.now() - t0;
+    state.msgMs += took;
+    state.maxMsgMs = Math.max(state.maxMsgMs || 0, took);
     state.messages++;
   };
   ws.onclose = async () => {
@@ -80,7 +82,7 @@ function connect(view) {
 /** Every server message type of docs/protocol.md; anything else is a bug. */
 function dispatch(view, msg) {
   switch (msg.type) {
-    case "snapshot": view.applySnapshot(msg); break;
+    case "snapshot": state.snapshots = (state.snapshots || 0) + 1; view.applySnapshot(msg); break;
     case "delta": view.applyDelta(msg); break;
     case "state": view.applyState(msg); break;
     case "end": view.applyEnd(msg); break;
@@ -217,7 +219,9 @@ function loop(now) {
   }
   const t0 = performance.now();
   for (const v of views) if (v.frame(now)) state.drawn++;
-  state.drawMs += performance.now() - t0;
+  const took = performance.now() - t0;
+  state.drawMs += took;
+  state.maxFrameMs = Math.max(state.maxFrameMs || 0, took);
   requestAnimationFrame(loop);
 }
 requestAnimationFrame(loop);

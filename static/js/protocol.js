@@ -56,3 +56,19 @@ export function* frameRecords(b64, n) {
     yield [pfn, kind, mapcount];
   }
 }
+
+/** Page records without allocating: fn(index, pfn, pte, item, kind) for each. */
+export function forEachPage(b64, n, fn) {
+  const b = b64bytes(b64);
+  let p = 0, idx = -1, pfn = 0;
+  for (let j = 0; j < n && p < b.length; j++) {
+    let v = 0, shift = 0, x;
+    do { x = b[p++]; v += (x & 0x7f) * 2 ** shift; shift += 7; } while (x & 0x80);
+    idx += v + 1;
+    v = 0; shift = 0;
+    do { x = b[p++]; v += (x & 0x7f) * 2 ** shift; shift += 7; } while (x & 0x80);
+    pfn += v % 2 ? -(v + 1) / 2 : v / 2;
+    const flags = b[p++];
+    fn(idx, pfn, flags & 15, flags >> 4, b[p++]);
+  }
+}

@@ -6,7 +6,7 @@ import { Charts } from "./charts.js";
 import { Counters } from "./counters.js";
 import { PageGrid } from "./page_grid.js";
 import { KIND_NAMES } from "./palette.js";
-import { b64bytes, b64int32, frameRecords, pageRecords } from "./protocol.js";
+import { b64bytes, b64int32, forEachPage, frameRecords } from "./protocol.js";
 
 const K = Object.fromEntries(KIND_NAMES.map((n, i) => [n, i]));
 const MERGED = new Set([K.ksm, K.ksm_zero]);
@@ -117,11 +117,13 @@ export class SessionView {
     for (const pg of msg.pages || []) {
       const lane = grid.lane(pg.uid);
       if (!lane) continue;
-      for (const [i, pfn, , , kind] of pageRecords(pg.d, pg.n)) {
+      forEachPage(pg.d, pg.n, (i, pfn, pte, item, kind) => {
         const old = grid.setPage(lane, i, kind, pfn);
-        const f = flashClass(old, kind, counts);
-        if (f) grid.flash(lane, i, f);
-      }
+        if (old !== kind) {
+          const f = flashClass(old, kind, counts);
+          if (f) grid.flash(lane, i, f);
+        }
+      });
     }
     if (msg.frames && msg.frames.n) {
       for (const [pfn, kind, mapcount] of frameRecords(msg.frames.d, msg.frames.n)) grid.setFrame(pfn, kind, mapcount);
@@ -239,7 +241,8 @@ export class SessionView {
     if (this.charts) {
       const t0 = performance.now();
       this.charts.flush(now);
-      if (window.__ksm) window.__ksm.chartMs = (window.__ksm.chartMs || 0) + performance.now() - t0;
+      const st = window.__ksm, took = performance.now() - t0;
+      if (st) { st.chartMs = (st.chartMs || 0) + took; st.maxChartMs = Math.max(st.maxChartMs || 0, took); }
     }
     if (this.pendingAck !== undefined && this.pendingAck !== this.lastAck) {
       this.lastAck = this.pendingAck;
