@@ -16,6 +16,7 @@ const FLUSH_MS = 250;
 // A plotly redraw is one long task (tens of ms for a figure); the interval between two
 // flushes grows with it so charts never take more than about 1/BUDGET of the main thread.
 const BUDGET = 40;
+const MAX_INTERVAL = 2500;
 const MAX_POINTS = 5000;
 
 function layout(title, ytitle, y2title, big) {
@@ -46,6 +47,7 @@ export class Charts {
     this.pending = null;
     this.procIndex = new Map();
     this.lastFlush = 0;
+    this.lastPush = 0;
     this.points = 0;
     this.markers = [];
     this.reset();
@@ -80,6 +82,7 @@ export class Charts {
   push(step, global, procs) {
     if (!this.pending) return;
     const p = this.pending;
+    this.lastPush = performance.now();
     p.x.push(step);
     GLOBAL.forEach((name, i) => p.g[i].push(global?.[name] ?? null));
     const gp = global?.general_profit;
@@ -109,7 +112,10 @@ export class Charts {
     if (!P || !p) return;
     const procsDue = this.procEl && p.procs.size > 0;
     if (!p.x.length && !procsDue && !this._markersDirty) return;
-    if (!force && now - this.lastFlush < Math.max(FLUSH_MS, BUDGET * (this.cost || 0))) return;
+    // while points stream in, wait the budgeted interval; once they stop, draw at once
+    const interval = Math.min(MAX_INTERVAL, Math.max(FLUSH_MS, BUDGET * (this.cost || 0)));
+    const streaming = now - this.lastPush < 300;
+    if (!force && streaming && now - this.lastFlush < interval) return;
     this.lastFlush = now;
     const t0 = performance.now();
     const procTurn = procsDue && (this._turn = !this._turn);
@@ -133,7 +139,7 @@ export class Charts {
     }
     this._publish();
     const took = performance.now() - t0;
-    this.cost = this.cost ? 0.7 * this.cost + 0.3 * took : took;
+    if (!force) this.cost = this.cost ? 0.7 * this.cost + 0.3 * took : took;
   }
 
   _flushProcs(procs) {

@@ -532,7 +532,6 @@ export class PageGrid {
   _mapCounts(layer, s) {
     const ctx = this.ctx;
     const [x0, x1, y0, y1] = this._visible(layer, s);
-    ctx.font = `bold ${Math.min(18, Math.floor(s * 0.55))}px system-ui, sans-serif`;
     ctx.textAlign = "center";
     ctx.textBaseline = "middle";
     for (let y = y0; y < y1; y++) {
@@ -541,8 +540,10 @@ export class PageGrid {
         if (pfn >= this.fcount) break;
         const n = this.mapcount(pfn);
         if (!n) continue;
+        const text = String(n);
+        ctx.font = `bold ${Math.min(18, Math.floor(s * 0.55), Math.floor((s * 1.5) / text.length))}px system-ui, sans-serif`;
         ctx.fillStyle = "#000";
-        ctx.fillText(String(n), this.ox + (x + 0.5) * s, this.oy + (y + 0.5) * s);
+        ctx.fillText(text, this.ox + (x + 0.5) * s, this.oy + (y + 0.5) * s);
       }
     }
     ctx.textAlign = "start";
