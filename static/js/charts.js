@@ -98,7 +98,11 @@ export class Charts {
 
   /** An event worth a marker (MADV_UNMERGEABLE, run=2, fork, exit...) at this step. */
   mark(step, text) {
-    this.markers.push({ step, text });
+    const same = this.markers.find((m) => m.step === step);
+    if (same) {
+      if (text.length <= same.text.length) return;
+      same.text = text; // the op that caused it names it better than "unmerge"
+    } else this.markers.push({ step, text });
     this._markersDirty = true;
   }
 

@@ -253,6 +253,8 @@ def test_side_by_side_unmergeable_6_5_vs_6_18(page: Any, live_server: Any, scree
     page.evaluate("() => window.scrollTo(0, 0)")
     page.wait_for_timeout(300)
     screenshot(page, "compare-6.5-vs-6.18-after-unmergeable")
+    page.wait_for_timeout(600)  # the charts draw once the steps stop
+    screenshot(page, "compare-full-page", full_page=True)
 
 
 def test_bad_knob_shows_inline_error(page: Any, live_server: Any, screenshot: Any) -> None:
