@@ -271,6 +271,7 @@ def session_context(session: Session, **extra: Any) -> dict[str, Any]:
         "speed_index": speed,
         "speed_label": label,
         "knobs": dict(session.kernel.knobs),
+        "branch_list": [b.info() for b in session.timeline.branches],
         "form": {},
         "sel_text": "",
     }
@@ -290,7 +291,8 @@ async def get_controls(sid: str, request: Request, manager: ManagerDep) -> HTMLR
     return controls(manager, request, manager.get(sid))
 
 
-CONTROL_ACTIONS = ("play", "pause", "step", "pass", "back", "reset", "speed", "seek", "fork")
+CONTROL_ACTIONS = ("play", "pause", "step", "pass", "back", "reset", "speed", "seek", "branch",
+                   "fork")
 
 
 @router.post("/ui/sessions/{sid}/controls", response_class=HTMLResponse)
@@ -321,6 +323,12 @@ async def post_controls(sid: str, request: Request, manager: ManagerDep) -> Resp
             if not 0 <= i < len(SPEEDS):
                 raise ApiError(422, "speed", f"choose a speed stop 0..{len(SPEEDS) - 1}")
             msg = m.SpeedMsg(type="speed", batches_per_second=SPEEDS[i])
+        elif action == "branch":
+            b = _int(str(form.get("branch")), -1)
+            branches = session.timeline.branches
+            if not 0 <= b < len(branches):
+                raise ApiError(422, "branch", f"choose a branch 0..{len(branches) - 1}")
+            msg = m.SeekMsg(type="seek", step=branches[b].head, branch=b)
         elif action == "seek":
             step = _int(str(form.get("seek")), -1)
             if step < 0:
