@@ -291,8 +291,8 @@ async def get_controls(sid: str, request: Request, manager: ManagerDep) -> HTMLR
     return controls(manager, request, manager.get(sid))
 
 
-CONTROL_ACTIONS = ("play", "pause", "step", "pass", "back", "reset", "speed", "seek", "branch",
-                   "fork")
+CONTROL_ACTIONS = ("play", "pause", "step", "pass", "back", "reset", "speed", "realtime", "seek",
+                   "branch", "fork")
 
 
 @router.post("/ui/sessions/{sid}/controls", response_class=HTMLResponse)
@@ -323,6 +323,8 @@ async def post_controls(sid: str, request: Request, manager: ManagerDep) -> Resp
             if not 0 <= i < len(SPEEDS):
                 raise ApiError(422, "speed", f"choose a speed stop 0..{len(SPEEDS) - 1}")
             msg = m.SpeedMsg(type="speed", batches_per_second=SPEEDS[i])
+        elif action == "realtime":
+            msg = m.SpeedMsg(type="speed", batches_per_second=None, realtime=True)
         elif action == "branch":
             b = _int(str(form.get("branch")), -1)
             branches = session.timeline.branches

@@ -84,6 +84,9 @@ def test_controls_partial_steps_and_targets_itself(client: TestClient) -> None:
     r = client.post(f"/ui/sessions/{sid}/controls", data={"action": "speed", "speed": "99"},
                     headers=HX)
     assert r.status_code == 422 and 'class="error"' in r.text and "speed" in r.text
+    r = client.post(f"/ui/sessions/{sid}/controls", data={"action": "realtime"}, headers=HX)
+    assert r.status_code == 200 and "real time" in r.text
+    assert client.get(f"/api/sessions/{sid}").json()["realtime"] is True
     r = client.post(f"/ui/sessions/{sid}/controls", data={"action": "fork"}, headers=HX)
     assert r.headers["HX-Redirect"].startswith("/session?sid=")
 
