@@ -32,18 +32,3 @@ export function bindKeys(actions) {
     document.body.dataset.lastKey = action;
   });
 }
-
-export const HELP = [
-  ["Space", "play / pause"],
-  ["→  or  PageDown", "one step"],
-  ["←  or  PageUp", "one step back"],
-  ["+  /  −", "faster / slower"],
-  ["f", "fullscreen"],
-  ["p", "presenter mode (large type)"],
-  ["v", "virtual / physical view"],
-  ["0", "fit the grid"],
-  ["?", "this help"],
-  ["click", "inspect a page, or a process name"],
-  ["shift + drag", "select pages for an event"],
-  ["wheel / drag", "zoom / pan"],
-];
