@@ -80,6 +80,19 @@ class BodyLimit:
         await response({"type": "http"}, _no_receive, send)
 
 
+class WsProtocolCapture:
+    """ASGI middleware: keep the server's websocket protocol object in the scope, for the
+    broadcast fast path (:mod:`app.server.fastsend`)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope["ksmlab.ws_protocol"] = getattr(send, "__self__", None)
+        await self.app(scope, receive, send)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -143,4 +156,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(WsProtocolCapture)
     return app

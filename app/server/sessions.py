@@ -32,6 +32,7 @@ from sim.snapshot import page_detail, structure
 from . import messages as m
 from .encode import describe
 from .errors import ApiError, translate
+from .fastsend import text_frame
 from .schemas import SessionInfo
 from .timeline import LimitError, Machine, StepResult, Timeline, validate_op
 from .viewers import Viewer
@@ -191,8 +192,11 @@ class Session:
 
     # ------------------------------------------------------------ publishing
     def broadcast(self, frame: str) -> None:
+        if not self.viewers:
+            return
+        wire = text_frame(frame)
         for v in self.viewers:
-            v.push(frame)
+            v.push(frame, wire)
 
     def broadcast_snapshot(self) -> None:
         frames = [self.snapshot_text(), m.dump(self.state_message())]

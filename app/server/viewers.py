@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from .fastsend import RawWriter, text_frame
+
 
 class _Socket(Protocol):
     async def send_text(self, data: str) -> None: ...
@@ -25,8 +27,13 @@ class _Socket(Protocol):
 class Viewer:
     """A websocket and its bounded queue of serialised frames."""
 
-    def __init__(self, ws: _Socket, maxlen: int, resync: Callable[[], list[str]]):
+    def __init__(
+        self, ws: _Socket, maxlen: int, resync: Callable[[], list[str]],
+        raw: RawWriter | None = None,
+    ):
         self.ws = ws
+        self.raw = raw
+        self.sending = False
         self.maxlen = maxlen
         self.queue: deque[str] = deque()
         self._resync_frames = resync
@@ -34,14 +41,24 @@ class Viewer:
         self.need_resync = False
         self.resyncs = 0
         self.sent = 0
+        self.direct = 0
         self.acked = -1
         self.max_queue = 0
         self.closing = False
         self.task: asyncio.Task[None] | None = None
 
-    def push(self, frame: str) -> None:
-        """Queue one frame; on overflow drop the queue and resync later."""
+    def push(self, frame: str, wire: bytes | None = None) -> None:
+        """Send or queue one frame; on overflow drop the queue and resync later.
+
+        ``wire``: the frame already encoded by :func:`~app.server.fastsend.text_frame`,
+        written directly when nothing is queued and the transport takes it.
+        """
         if self.need_resync:
+            return
+        if self.raw is not None and not self.queue and not self.sending and self.raw.ready():
+            self.raw.write(wire if wire is not None else text_frame(frame))
+            self.sent += 1
+            self.direct += 1
             return
         if len(self.queue) >= self.maxlen:
             self.queue.clear()
@@ -80,7 +97,11 @@ class Viewer:
                         self.queue.clear()
                         self.queue.extend(self._resync_frames())
                     frame = self.queue.popleft()
-                    await self.ws.send_text(frame)
+                    self.sending = True
+                    try:
+                        await self.ws.send_text(frame)
+                    finally:
+                        self.sending = False
                     self.sent += 1
                 if self.closing:
                     with contextlib.suppress(Exception):
@@ -96,5 +117,6 @@ class Viewer:
             "limit": self.maxlen,
             "resyncs": self.resyncs,
             "sent": self.sent,
+            "direct": self.direct,
             "acked": self.acked,
         }

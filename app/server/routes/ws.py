@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from .. import messages as m
 from ..errors import ApiError, translate
+from ..fastsend import RawWriter
 from ..viewers import Viewer
 
 router = APIRouter()
@@ -35,7 +36,8 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
         )
         await ws.close(4429)
         return
-    viewer = Viewer(ws, settings.ws_queue, session.resync_frames)
+    raw = RawWriter.of(ws.scope.get("ksmlab.ws_protocol"))
+    viewer = Viewer(ws, settings.ws_queue, session.resync_frames, raw)
     viewer.reset(session.resync_frames())
     session.viewers.add(viewer)
     session.touch()
