@@ -26,16 +26,36 @@ function layout(title, ytitle, y2title, big) {
     paper_bgcolor: "#0f131a",
     plot_bgcolor: "#0f131a",
     font: { color: "#c9d1d9", size: f, family: "system-ui, sans-serif" },
-    margin: { l: 60, r: y2title ? 70 : 20, t: 40, b: 30 },
+    margin: { l: 60, r: y2title ? 70 : 20, t: 40, b: 28 },
     xaxis: { gridcolor: "#273040", zerolinecolor: "#3b4556" },
     yaxis: { title: { text: ytitle }, gridcolor: "#273040", zerolinecolor: "#3b4556", rangemode: "tozero" },
-    legend: { orientation: "h", y: -0.12, yanchor: "top", font: { size: f - 1 } },
     shapes: [],
     annotations: [],
-    showlegend: true,
+    showlegend: false, // an HTML legend (see legendOf): plotly's costs most of a redraw
   };
   if (y2title) l.yaxis2 = { title: { text: y2title }, overlaying: "y", side: "right", showgrid: false };
   return l;
+}
+
+/** A static HTML legend beside a figure: [[name, colour, dashed]]. */
+function legendOf(el) {
+  let box = el.nextElementSibling;
+  if (!box || !box.classList.contains("chart-legend")) {
+    box = document.createElement("div");
+    box.className = "chart-legend";
+    el.insertAdjacentElement("afterend", box);
+  }
+  return {
+    set(items) {
+      box.replaceChildren(...items.map(([name, colour, dashed]) => {
+        const span = document.createElement("span");
+        const sw = document.createElement("i");
+        sw.style.borderTop = `${name === "ksm_zero_pages" ? 5 : 3}px ${dashed ? "dotted" : "solid"} ${colour}`;
+        span.append(sw, name);
+        return span;
+      }));
+    },
+  };
 }
 
 export class Charts {
@@ -62,7 +82,14 @@ export class Charts {
     traces.push({ x: [], y: [], name: "general_profit (KiB)", yaxis: "y2", mode: "lines", line: { color: COLOURS.general_profit, width: 2, dash: "dot" } });
     const config = { displayModeBar: false, responsive: true, staticPlot: false };
     P.newPlot(this.globalEl, traces, layout("global counters", "pages", "KiB", this.big), config);
-    if (this.procEl) P.newPlot(this.procEl, [], layout("ksm_process_profit per process", "KiB", null, this.big), config);
+    legendOf(this.globalEl).set([
+      ...GLOBAL.map((n) => [n, COLOURS[n], false]),
+      ["general_profit (KiB, right axis)", COLOURS.general_profit, true],
+    ]);
+    if (this.procEl) {
+      P.newPlot(this.procEl, [], layout("ksm_process_profit per process", "KiB", null, this.big), config);
+      legendOf(this.procEl).set([]);
+    }
     this.procIndex.clear();
     this.markers = [];
     this.points = 0;
@@ -153,6 +180,7 @@ export class Charts {
         const i = this.procIndex.size;
         this.procIndex.set(name, i);
         P.addTraces(this.procEl, { x: [], y: [], name, mode: "lines", line: { color: PROC_COLOURS[i % PROC_COLOURS.length], width: 3 } });
+        legendOf(this.procEl).set([...this.procIndex.keys()].map((n, j) => [n, PROC_COLOURS[j % PROC_COLOURS.length], false]));
       }
     }
     const names = [...procs.keys()];
