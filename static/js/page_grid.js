@@ -117,6 +117,7 @@ export class PageGrid {
     this.zeroPtes = 0;
     for (const lane of this.lanes) if (lane.pfns) for (let i = 0; i < lane.npages; i++) if (lane.pfns[i] === 0) this.zeroPtes++;
     this._setFrames(frames);
+    this._version = (this._version || 0) + 1;
     for (const lane of this.lanes) {
       for (let i = 0; i < lane.npages; i++) {
         this.counts[lane.kinds[i]]++;
@@ -163,6 +164,7 @@ export class PageGrid {
   /** Called once after a batch of setPage / setFrame calls. */
   commit() {
     this.batch = null;
+    this._version = (this._version || 0) + 1;
     if (this.phys && this.fcount > 0 && this.phys.px[0] !== this._frameColour(0)) this.phys.set(0, this._frameColour(0));
     const now = performance.now();
     if (this._ksmRepaint && now - (this._lastKsmRepaint || 0) >= KSM_REPAINT_MS) {
@@ -561,9 +563,12 @@ export class PageGrid {
       ctx.fillText("frames", 10, 10);
       ctx.font = `${big - 4}px system-ui, sans-serif`;
       ctx.fillStyle = "#9aa4b2";
-      let used = 0;
-      for (let p = 0; p < this.fcount; p++) if (this.mapcount(p) > 0) used++;
-      ctx.fillText(`${used} mapped`, 10, 14 + big);
+      if (this._usedAt !== this._version) {
+        this._usedAt = this._version;
+        this._used = 0;
+        for (let p = 0; p < this.fcount; p++) if (this.mapcount(p) > 0) this._used++;
+      }
+      ctx.fillText(`${this._used} mapped`, 10, 14 + big);
       ctx.fillText("number = PTEs", 10, 18 + 2 * big);
       return;
     }

@@ -88,7 +88,7 @@ export class SessionView {
     const lanes = [];
     for (const proc of msg.procs) {
       for (const v of proc.vmas) {
-        lanes.push({ proc: proc.name, vma: v.name, uid: v.uid, npages: v.npages, kinds: b64bytes(v.kind), pfns: b64int32(v.pfn).slice() });
+        lanes.push({ proc: proc.name, vma: v.name, uid: v.uid, npages: v.npages, kinds: b64bytes(v.kind), pfns: b64int32(v.pfn) });
       }
     }
     const frames = msg.frames ? { count: msg.frames.count, kind: b64bytes(msg.frames.kind), mapcount: b64int32(msg.frames.mapcount) } : null;
