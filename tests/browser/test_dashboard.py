@@ -143,6 +143,7 @@ def test_keyboard_and_charts_grow_while_playing(
     # ? opens the help overlay, Escape closes it
     page.keyboard.press("?")
     assert page.evaluate("() => document.getElementById('help').open")
+    screenshot(page, "help-overlay")
     page.keyboard.press("Escape")
     assert not page.evaluate("() => document.getElementById('help').open")
 
