@@ -23,6 +23,10 @@ export class Counters {
 
   update(global, procStats, kernel) {
     if (!this.el) return;
+    // highlight changes when stepping by hand; while playing everything changes anyway
+    const now = performance.now();
+    this.highlight = now - (this.last || 0) > 400;
+    this.last = now;
     const names = Object.keys(procStats || {});
     if (!this.table || names.join() !== this.procs) this._build(names, kernel);
     for (const k of GLOBAL) this._set(`g.${k}`, global?.[k]);
@@ -37,7 +41,7 @@ export class Counters {
       td.textContent = text;
       td.classList.toggle("absent", v === null || v === undefined);
       // a brief highlight, without forcing a layout
-      td.animate([{ backgroundColor: "#4d4410" }, { backgroundColor: "transparent" }], { duration: 900, easing: "ease-out" });
+      if (this.highlight) td.animate([{ backgroundColor: "#4d4410" }, { backgroundColor: "transparent" }], { duration: 900, easing: "ease-out" });
     }
   }
 
