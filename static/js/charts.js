@@ -16,7 +16,7 @@ const FLUSH_MS = 250;
 // A plotly redraw is one long task (tens of ms for a figure); the interval between two
 // flushes grows with it so charts never take more than about 1/BUDGET of the main thread.
 const BUDGET = 40;
-const MAX_INTERVAL = 2500;
+const MAX_INTERVAL = 4000;
 const MAX_POINTS = 5000;
 
 function layout(title, ytitle, y2title, big) {
