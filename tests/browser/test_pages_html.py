@@ -182,3 +182,14 @@ def test_injecting_in_the_past_forks_and_the_branch_can_be_chosen(client: TestCl
     assert r.status_code == 200
     info = client.get(f"/api/sessions/{sid}").json()
     assert info["branch"] == 0 and info["step"] == 5
+
+
+def test_inspector_lists_the_stable_node_and_its_sharers(client: TestClient) -> None:
+    sid, _ = open_session(client, f"preset={PRESET}&kernel=6.18")
+    for _ in range(60):
+        if client.get(f"/api/sessions/{sid}/state").json()["global"]["pages_sharing"]:
+            break
+        client.post(f"/api/sessions/{sid}/step", json={"n": 1})
+    r = client.get(f"/ui/sessions/{sid}/pages/A/heap/150")
+    assert 'data-kind="ksm"' in r.text and "stable node" in r.text
+    assert r.text.count("<li>A heap[") >= 2  # its sharers
