@@ -56,8 +56,9 @@ def register(subparsers: Any) -> None:
                     help="replay in a qemu guest on Debian's kernel VERSION (6.1, 6.12)")
     fz.add_argument("--force", action="store_true",
                     help="run even if another process uses KSM")
-    fz.add_argument("--shrink-budget", type=int, default=400,
-                    help="most replays spent shrinking one disagreement (400)")
+    fz.add_argument("--shrink-budget", type=int, default=None,
+                    help="most replays spent shrinking one disagreement (400 on the host, "
+                         "120 in a qemu guest; 0: do not shrink)")
     fz.add_argument("--lock-timeout", type=float, default=None, help=argparse.SUPPRESS)
     fz.set_defaults(func=cmd_fuzz)
 
@@ -97,13 +98,20 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         _err("fuzz", "--count must be at least 1")
         return replayer.EXIT_REFUSED
     progress = fuzz.Progress(args.count)
+    budget = args.shrink_budget
+
+    def on_found(index: int, outcome: fuzz.Outcome) -> None:
+        if progress.tty:
+            progress.stream.write("\n")
+        first = outcome.diffs[0] if outcome.diffs else outcome.kind
+        sys.stderr.write(f"  #{index} disagrees ({outcome.kind}): {first}; shrinking\n")
 
     def on_failure(index: int, outcome: fuzz.Outcome, where: Path | None) -> None:
         if progress.tty:
             progress.stream.write("\n")
         first = outcome.diffs[0] if outcome.diffs else outcome.kind
-        sys.stderr.write(f"  #{index} disagrees ({outcome.kind}): {first}"
-                         + (f"  -> {where}" if where else "") + "\n")
+        sys.stderr.write(f"  #{index} shrunk: {first}" + (f"  -> {where}" if where else "")
+                         + "\n")
 
     if args.kernel:
         qemu = _qemu()
@@ -114,8 +122,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         try:
             result = fuzz.fuzz(fuzz.guest_runner(args.kernel), count=args.count,
                                seed=args.seed, out=args.out, kernel=args.kernel, batch=True,
-                               shrink_budget=args.shrink_budget, on_failure=on_failure,
-                               progress=progress)
+                               shrink_budget=120 if budget is None else budget,
+                               on_found=on_found, on_failure=on_failure, progress=progress)
         except Exception as exc:
             if type(exc).__name__ in ("QemuError", "MissingPiece"):
                 progress.end()
@@ -131,7 +139,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                 kernel = _host_profile()
                 result = fuzz.fuzz(fuzz.host_runner(session), count=args.count,
                                    seed=args.seed, out=args.out, kernel=kernel,
-                                   shrink_budget=args.shrink_budget, on_failure=on_failure,
+                                   shrink_budget=400 if budget is None else budget,
+                                   on_found=on_found, on_failure=on_failure,
                                    progress=progress)
             if session.restore_problems:
                 _err("fuzz", f"knobs not restored: {session.restore_problems}")

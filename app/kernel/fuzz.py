@@ -508,6 +508,7 @@ def fuzz(
     runner: KernelRunner, *, count: int, seed: int, out: Path | None, kernel: str = "6.18",
     batch: bool = False, shrink_budget: int = 400,
     on_failure: Callable[[int, Outcome, Path | None], None] | None = None,
+    on_found: Callable[[int, Outcome], None] | None = None,
     progress: Progress | None = None,
 ) -> FuzzResult:
     """Generate ``count`` scenarios, compare kernel and simulator, save disagreements."""
@@ -527,6 +528,8 @@ def fuzz(
                 result.agree += 1
             else:
                 result.disagree += 1
+                if on_found:
+                    on_found(index, outcome)
                 if progress:
                     progress.show(done, result, f"shrinking #{index}")
                 kind = outcome.kind
@@ -536,7 +539,7 @@ def fuzz(
                                                                         strict=True)]
 
                 small = shrink(doc, still, batch=batch, budget=shrink_budget)
-                small_outcome = judge(small, runner([small])[0])
+                small_outcome = outcome if small is doc else judge(small, runner([small])[0])
                 where = save_failure(out, index, doc, outcome, small, small_outcome) \
                     if out is not None else None
                 result.failures.append({"index": index, "name": doc["name"], "kind": kind,

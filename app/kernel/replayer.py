@@ -88,6 +88,7 @@ SCAN_PAGES = 1_000_000_000  # pages_to_scan during a scan: a batch always ends w
 WAKE_SLEEP_MS = (3_600_000, 3_600_001, 3_600_002, 3_600_003)  # an hour between passes
 NUDGE_SECONDS = 0.05  # ksmd asleep this long after a wake-up without a pass: wake it again
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 EXPECTED_FILES = tuple(sorted(set(COUNTERS) | set(DEFAULT_KNOBS) | {"advisor_mode"}))
 
 EXIT_OK, EXIT_DIFFER, EXIT_REFUSED, EXIT_FAILED, EXIT_UNSUPPORTED = 0, 1, 2, 3, 4
@@ -234,12 +235,8 @@ class KernelSession:
 
     def probe(self) -> None:
         names = set(self.sysfs.names())
-        thp_path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-        try:
-            thp = str(KsmSysfs(thp_path.parent).read("enabled"))
-        except OSError:
-            thp = "never"
-        thp = thp if thp_path.exists() else "never"
+        enabled = KsmSysfs(THP_DIR).read("enabled")  # "[madvise]" -> "madvise"
+        thp = "never" if enabled is None else str(enabled)
         self.thp_off = thp != "never"
         stat = self.proc.ksm_stat(os.getpid())
         self.features = {

@@ -311,8 +311,10 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def _become_worker(keep_fd: int, controller: int) -> None:
     """In a freshly forked worker: own signals, no inherited descriptors, die with parent."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    stop = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in stop:
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)  # the controller blocks them around fork
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked children are reaped by the kernel
     gc.disable()  # objects inherited from the controller must never be finalized here
     os.closerange(3, keep_fd)
