@@ -118,7 +118,11 @@ function syncUrl(step) {
     u.searchParams.set("step", String(primary.step));
     history.replaceState(null, "", u);
     const share = document.querySelector(".share-link");
-    if (share) share.href = u.toString();
+    if (share) {
+      // a shared link rebuilds the state from preset, kernel, knobs and step: no live session id
+      for (const k of ["sid", "a", "b", "token"]) u.searchParams.delete(k);
+      share.href = u.toString();
+    }
   }, 300);
   void step;
 }

@@ -125,9 +125,20 @@ def test_zero_pages_grid_and_inspector(page: Any, live_server: Any, screenshot: 
     step = page.get_attribute(view, "data-step")
     link = page.evaluate("() => location.href")
     assert f"step={step}" in link and f"preset={PRESET}" in link and "kernel=6.18" in link
+    share = page.get_attribute(".share-link", "href") or ""
+    assert f"step={step}" in share and "sid=" not in share
     page.goto(link)
     page.wait_for_function(
         f"() => document.querySelector('.session-view').dataset.step === '{step}'",
+        timeout=TIMEOUT,
+    )
+    wait_count(page, view, "ksm_zero", "===", 100)
+    # the share link (no live session id) rebuilds the same step in a new session
+    sid = page.get_attribute(view, "data-session")
+    page.goto(live_server.url + share if share.startswith("/") else share)
+    page.wait_for_function(
+        f"() => {{ const v = document.querySelector('.session-view');"
+        f" return v && v.dataset.session !== '{sid}' && v.dataset.step === '{step}'; }}",
         timeout=TIMEOUT,
     )
     wait_count(page, view, "ksm_zero", "===", 100)
