@@ -419,6 +419,10 @@ export class PageGrid {
     const layer = this._layer();
     if (!layer) return false;
     if (this.flashes.length) this._flashStages(now);
+    if (this._ksmRepaint && now - (this._lastKsmRepaint || 0) >= KSM_REPAINT_MS) {
+      this._lastKsmRepaint = now;
+      this._repaintKsm();
+    }
     // only the layer on screen is uploaded; the other keeps its dirty rectangle
     const dirtyCells = layer.flush();
     if (!this.needs && !dirtyCells) return false;

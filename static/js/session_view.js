@@ -114,6 +114,10 @@ export class SessionView {
   applyDelta(msg) {
     const counts = msg.event_counts || {};
     const grid = this.grid;
+    // frames first, so a page that now maps a KSM page is shaded by its new map count
+    if (msg.frames && msg.frames.n) {
+      for (const [pfn, kind, mapcount] of frameRecords(msg.frames.d, msg.frames.n)) grid.setFrame(pfn, kind, mapcount);
+    }
     for (const pg of msg.pages || []) {
       const lane = grid.lane(pg.uid);
       if (!lane) continue;
@@ -124,9 +128,6 @@ export class SessionView {
           if (f) grid.flash(lane, i, f);
         }
       });
-    }
-    if (msg.frames && msg.frames.n) {
-      for (const [pfn, kind, mapcount] of frameRecords(msg.frames.d, msg.frames.n)) grid.setFrame(pfn, kind, mapcount);
     }
     grid.commit();
     if (msg.ksmd) grid.setCursor(msg.ksmd.cursor);
