@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import logging
 import secrets
 import time
 from typing import Any
@@ -36,6 +37,8 @@ from .fastsend import text_frame
 from .schemas import SessionInfo
 from .timeline import LimitError, Machine, StepResult, Timeline, validate_op
 from .viewers import Viewer
+
+log = logging.getLogger("ksmlab.server")
 
 #: a `step` with more steps than this sends one snapshot at the end instead of deltas
 MAX_STREAMED_STEPS = 8
@@ -301,8 +304,11 @@ class Group:
                 t0 = loop.time()
                 try:
                     moved = self.step(1, "batch")
-                except LimitError as exc:
-                    err = translate(exc).message_model()
+                except Exception as exc:  # a limit, or a bug: stop playing, tell the viewers
+                    if not isinstance(exc, LimitError):
+                        log.exception("play loop failed")
+                    err = (translate(exc).message_model() if isinstance(exc, LimitError)
+                           else m.Error(message=f"internal error: {exc!r}"))
                     for s in self.sessions:
                         s.broadcast(m.dump(err))
                     moved = False

@@ -183,3 +183,10 @@ def test_delete_then_404(http):
     assert http.delete(f"/api/sessions/{sid}").status_code == 204
     assert http.get(f"/api/sessions/{sid}").status_code == 404
     assert http.post(f"/api/sessions/{sid}/step").status_code == 404
+
+
+def test_ksmlab_serve_is_registered():
+    from app.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--port", "0", "--live-only"])
+    assert (args.command, args.port, args.live_only, args.host) == ("serve", 0, True, None)

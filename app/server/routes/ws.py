@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
@@ -14,6 +15,7 @@ from ..fastsend import RawWriter
 from ..viewers import Viewer
 
 router = APIRouter()
+log = logging.getLogger("ksmlab.server")
 
 
 @router.websocket("/ws/sessions/{session_id}")
@@ -71,6 +73,9 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
                 manager.control(session, msg, viewer)
             except ApiError as exc:
                 viewer.push(m.dump(exc.message_model()))
+            except Exception as exc:  # a bug: say so, keep the socket and the server
+                log.exception("control %s on session %s failed", msg.type, session_id)
+                viewer.push(m.dump(m.Error(message=f"internal error: {exc!r}", field="type")))
     except Exception:  # the peer vanished mid-frame
         pass
     finally:
