@@ -4,8 +4,11 @@ Starts the dashboard (the backend's ``create_app``) with uvicorn on a free port,
 session of four 65,536-page processes (zero-filled, shared and unique pages, all
 MADV_MERGEABLE, ksmd running with ``pages_to_scan`` 2048), opens its page in Debian's
 Chromium, presses play and counts animation frames (``requestAnimationFrame`` callbacks,
-each of which draws the changed cells) for ``--seconds``. Prints frames per second, the
-steps the page received and drew per second, and the lowest one-second frame rate.
+each of which draws the changed cells) for ``--seconds``, twice: at the top of the page
+(the grid; the counter charts below the fold are not redrawn), then scrolled so that the
+plotly charts are on screen and redrawn while it plays. Prints frames per second, the
+lowest one-second frame rate, the steps drawn per second and where the main thread's time
+went.
 
     uv run python bench/grid_fps.py [--seconds 10] [--speed 60]
 
@@ -83,6 +86,40 @@ def post(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(r.read() or b"null")
 
 
+def measure(page: Any, seconds: float) -> dict[str, Any]:
+    """Animation frames per second while the session plays, and where the time went."""
+    page.evaluate(
+        "() => { const s = window.__ksm; s.maxFrameMs = s.maxChartMs = s.maxMsgMs = 0;"
+        " s.drawMs = s.msgMs = s.chartMs = 0; s.messages = 0; s.frames0 = s.frames;"
+        " window.__long = []; if (!window.__obs) { window.__obs = new PerformanceObserver((l) =>"
+        " { for (const e of l.getEntries()) window.__long.push(Math.round(e.duration)); });"
+        " window.__obs.observe({ type: 'longtask' }); } }")
+    step0 = int(page.get_attribute(".session-view", "data-step") or 0)
+    t0 = time.monotonic()
+    f0 = page.evaluate("() => window.__ksm.frames")
+    lows = []
+    last_f, last_t = f0, t0
+    while time.monotonic() - t0 < seconds:
+        page.wait_for_timeout(1000)
+        f, t = page.evaluate("() => window.__ksm.frames"), time.monotonic()
+        lows.append((f - last_f) / (t - last_t))
+        last_f, last_t = f, t
+    elapsed = time.monotonic() - t0
+    s = page.evaluate("() => window.__ksm")
+    frames = max(1, s["frames"] - f0)
+    return {
+        "fps": frames / elapsed,
+        "low": min(lows),
+        "elapsed": elapsed,
+        "steps": int(page.get_attribute(".session-view", "data-step") or 0) - step0,
+        "draw": s["drawMs"] / frames,
+        "chart": s.get("chartMs", 0) / frames,
+        "msg": s["msgMs"] / max(1, s["messages"]),
+        "worst": s["maxFrameMs"],
+        "long": sorted(page.evaluate("() => window.__long"), reverse=True)[:6],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -119,52 +156,30 @@ def main() -> int:
                 "() => Number(document.querySelector('canvas.page-grid').dataset.pages) === "
                 f"{PROCS * PAGES}", timeout=120_000)
             page.wait_for_timeout(1000)
-            page.evaluate("() => { const s = window.__ksm; s.maxFrameMs = s.maxChartMs = "
-                          "s.maxMsgMs = 0; }")
-            page.evaluate(
-                "() => { window.__long = []; new PerformanceObserver((l) => { for (const e of "
-                "l.getEntries()) window.__long.push(Math.round(e.duration)); })"
-                ".observe({ type: 'longtask', buffered: false }); }")
-            start_step = int(page.get_attribute(".session-view", "data-step") or 0)
             post(f"{base}/api/sessions/{sid}/play")
             page.wait_for_timeout(500)
-            t0 = time.monotonic()
-            f0 = page.evaluate("() => window.__ksm.frames")
-            s0 = int(page.get_attribute(".session-view", "data-step") or 0)
-            per_second = []
-            last_f, last_t = f0, t0
-            while time.monotonic() - t0 < args.seconds:
-                page.wait_for_timeout(1000)
-                f, t = page.evaluate("() => window.__ksm.frames"), time.monotonic()
-                per_second.append((f - last_f) / (t - last_t))
-                last_f, last_t = f, t
-            f1 = page.evaluate("() => window.__ksm.frames")
-            cost = page.evaluate(
-                "() => [window.__ksm.drawMs, window.__ksm.msgMs, window.__ksm.messages, "
-                "window.__ksm.chartMs || 0]")
-            s1 = int(page.get_attribute(".session-view", "data-step") or 0)
-            elapsed = time.monotonic() - t0
+            top = measure(page, args.seconds)
+            # the same, scrolled so that the counter charts are on screen and redrawn too
+            page.evaluate("() => { const c = document.querySelector('.charts');"
+                          " window.scrollTo(0, c.getBoundingClientRect().top + scrollY - 420); }")
+            page.wait_for_timeout(500)
+            charts = measure(page, args.seconds)
             post(f"{base}/api/sessions/{sid}/pause")
-            long_tasks = page.evaluate("() => window.__long")
-            snapshots = page.evaluate("() => window.__ksm.snapshots || 0")
-            worst = page.evaluate(
-                "() => [window.__ksm.maxFrameMs, window.__ksm.maxChartMs, window.__ksm.maxMsgMs]")
             counts = json.loads(page.get_attribute("canvas.page-grid", "data-kind-counts") or "{}")
             browser.close()
-        fps = (f1 - f0) / elapsed
         print(f"pages: {PROCS * PAGES:,} ({PROCS} processes x {PAGES:,}), "
-              f"pages_to_scan 2048, play speed {args.speed:g} batches/s")
-        print(f"steps drawn: {s1 - s0} in {elapsed:.1f} s ({(s1 - s0) / elapsed:.1f}/s), "
-              f"from step {start_step}")
-        print(f"grid after: {counts}")
-        print(f"main thread: drawing {cost[0] / max(1, f1):.2f} ms per frame "
-              f"(charts {cost[3] / max(1, f1):.2f}), "
-              f"messages {cost[1] / max(1, cost[2]):.2f} ms each ({cost[2]} messages)")
-        print(f"long tasks (> 50 ms) while playing: {sorted(long_tasks, reverse=True)[:10]}, "
-              f"snapshots received: {snapshots}; worst frame {worst[0]:.0f} ms "
-              f"(charts {worst[1]:.0f} ms), worst message {worst[2]:.0f} ms")
-        print(f"frame rate: {fps:.1f} fps (lowest one-second window {min(per_second):.1f} fps)")
-        print("target: >= 55 fps: " + ("met" if fps >= 55 else "NOT met"))
+              f"pages_to_scan 2048, play speed {args.speed:g} batches/s asked")
+        print(f"grid at the end: {counts}")
+        for name, r in (("grid (charts below the fold)", top), ("grid + charts on screen", charts)):
+            print(f"{name}: {r['fps']:.1f} fps (lowest one-second window {r['low']:.1f}); "
+                  f"{r['steps']} steps drawn in {r['elapsed']:.1f} s "
+                  f"({r['steps'] / r['elapsed']:.1f}/s); main thread per frame: "
+                  f"{r['draw']:.2f} ms drawing, {r['chart']:.2f} ms charts; "
+                  f"{r['msg']:.2f} ms per message; worst frame {r['worst']:.0f} ms; "
+                  f"long tasks > 50 ms: {r['long']}")
+        fps = top["fps"]
+        print(f"frame rate: {fps:.1f} fps (with the charts on screen too: {charts['fps']:.1f} fps)")
+        print("target (issue 5): >= 55 fps: " + ("met" if fps >= 55 else "NOT met"))
         return 0 if fps >= 55 else 1
     finally:
         server.should_exit = True

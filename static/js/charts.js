@@ -70,6 +70,13 @@ export class Charts {
     this.lastPush = 0;
     this.points = 0;
     this.markers = [];
+    // a figure nobody can see is not redrawn (points wait until it scrolls into view)
+    this.visible = true;
+    if (window.IntersectionObserver) {
+      new IntersectionObserver((entries) => {
+        for (const e of entries) this.visible = e.isIntersecting;
+      }, { threshold: 0.2 }).observe(globalEl);
+    }
     this.reset();
   }
 
@@ -140,7 +147,7 @@ export class Charts {
   flush(now = performance.now(), force = false) {
     const P = this.Plotly;
     const p = this.pending;
-    if (!P || !p) return;
+    if (!P || !p || (!force && !this.visible)) return;
     const procsDue = this.procEl && p.procs.size > 0;
     if (!p.x.length && !procsDue && !this._markersDirty) return;
     // while points stream in, wait the budgeted interval; once they stop, draw at once

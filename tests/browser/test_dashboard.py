@@ -159,6 +159,7 @@ def test_keyboard_and_charts_grow_while_playing(
     assert not page.evaluate("() => document.getElementById('help').open")
 
     # space plays: steps advance and the charts grow; space again pauses
+    page.locator(chart).scroll_into_view_if_needed()
     points0 = int(page.get_attribute(chart, "data-points") or 0)
     page.keyboard.press(" ")
     page.wait_for_function(
