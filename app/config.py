@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     max_scenario_steps: int = Field(
         default=10_000, ge=1, description="steps in an uploaded scenario"
     )
-    max_timeline_steps: int = Field(default=1_000_000, ge=1, description="steps per branch")
+    max_timeline_steps: int = Field(default=100_000, ge=1, description="steps per branch")
     max_branches: int = Field(default=64, ge=1, description="timeline branches per session")
     timeline_memory_mb: int = Field(
         default=256, ge=1, description="memory for kernel checkpoints of one session's timeline"

@@ -175,7 +175,7 @@ class ResetMsg(_Client):
 
 class SpeedMsg(_Client):
     type: Literal["speed"]
-    batches_per_second: float | None = Field(None, gt=0)
+    batches_per_second: float | None = Field(None, ge=0.01)
     realtime: bool = False
 
 

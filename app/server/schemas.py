@@ -65,7 +65,7 @@ class SeekBody(BaseModel):
 
 
 class SpeedBody(BaseModel):
-    batches_per_second: float | None = Field(None, gt=0)
+    batches_per_second: float | None = Field(None, ge=0.01)
     realtime: bool = False
 
 

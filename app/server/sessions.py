@@ -317,7 +317,8 @@ class Group:
                     self.task = None
                     self.broadcast_state()
                     return
-                await asyncio.sleep(max(0.0, 1.0 / self.rate() - (loop.time() - t0)))
+                wait = 1.0 / max(0.01, self.rate()) - (loop.time() - t0)
+                await asyncio.sleep(min(100.0, max(0.0, wait)))
         except asyncio.CancelledError:
             pass
 
