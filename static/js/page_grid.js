@@ -6,9 +6,10 @@
 // the visible canvas with zoom and pan, then draws the flashes, ksmd's cursor and the
 // selection. The physical view draws one cell per frame (pfn) with how many PTEs map it.
 
-import {
-  CURSOR_COLOUR, FLASH_COLOURS, KIND_COLOURS, KIND_NAMES, ksmShade,
-} from "./palette.js";
+import { Layer, mix, pack } from "./cell_image.js";
+import { drawCursor, drawSelection, gridLines, labels, laneGaps, mapCounts } from "./grid_overlay.js";
+import { bindPointer } from "./grid_pointer.js";
+import { FLASH_COLOURS, KIND_COLOURS, KIND_NAMES, ksmShade } from "./palette.js";
 
 const COLS = [8, 10, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024];
 // A flash recolours the cells in the cell image itself (no extra layer to draw each frame):
@@ -21,46 +22,6 @@ const KIND_RGB = KIND_NAMES.map((n) => KIND_COLOURS[n]);
 const KSM_ZERO = KIND_NAMES.indexOf("ksm_zero");
 const ZERO = KIND_NAMES.indexOf("zero");
 const KSM = KIND_NAMES.indexOf("ksm");
-
-class Layer {
-  // One pixel per cell, with a dirty rectangle.
-  constructor(w, h) {
-    this.w = w; this.h = h;
-    this.canvas = document.createElement("canvas");
-    this.canvas.width = w; this.canvas.height = h;
-    this.ctx = this.canvas.getContext("2d");
-    this.img = this.ctx.createImageData(w, h);
-    this.px = new Uint32Array(this.img.data.buffer);
-    this.clean();
-    this.markAll();
-  }
-  clean() { this.x0 = Infinity; this.y0 = Infinity; this.x1 = -1; this.y1 = -1; }
-  markAll() { this.x0 = 0; this.y0 = 0; this.x1 = this.w - 1; this.y1 = this.h - 1; }
-  set(idx, rgba) {
-    this.px[idx] = rgba;
-    const x = idx % this.w, y = (idx / this.w) | 0;
-    if (x < this.x0) this.x0 = x;
-    if (x > this.x1) this.x1 = x;
-    if (y < this.y0) this.y0 = y;
-    if (y > this.y1) this.y1 = y;
-  }
-  flush() {
-    if (this.x1 < 0) return false;
-    this.ctx.putImageData(this.img, 0, 0, this.x0, this.y0, this.x1 - this.x0 + 1, this.y1 - this.y0 + 1);
-    this.clean();
-    return true;
-  }
-}
-
-function pack(c, a = 255) {
-  return ((a << 24) | (c[2] << 16) | (c[1] << 8) | c[0]) >>> 0; // little-endian RGBA
-}
-
-function mix(c, packed) {
-  // half way between a flash colour and a packed cell colour
-  const r = packed & 255, g = (packed >>> 8) & 255, b = (packed >>> 16) & 255;
-  return pack([(c[0] + r) >> 1, (c[1] + g) >> 1, (c[2] + b) >> 1]);
-}
 
 const KIND_PACKED = KIND_RGB.map((c) => pack(c));
 const PHYS_ZERO = pack(KIND_COLOURS.zero);
@@ -84,7 +45,7 @@ export class PageGrid {
     this.counts = new Array(KIND_NAMES.length).fill(0);
     this.needs = true;
     this.fitted = false;
-    this._bindPointer();
+    bindPointer(this);
     this._resize();
     new ResizeObserver(() => { this._resize(); }).observe(canvas);
   }
@@ -437,15 +398,15 @@ export class PageGrid {
     ctx.clip();
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(layer.canvas, this.ox, this.oy, layer.w * s, layer.h * s);
-    if (s >= 6) this._gridLines(layer, s);
+    if (s >= 6) gridLines(this, layer, s);
     if (this.view === "virtual") {
-      this._laneGaps(s);
-      this._drawSelection(s);
+      laneGaps(this, s);
+      drawSelection(this, s);
     } else if (s >= 22) {
-      this._mapCounts(layer, s);
+      mapCounts(this, layer, s);
     }
     ctx.restore();
-    this._labels(s);
+    labels(this, s);
     if (!this.lanes.length) {
       ctx.fillStyle = "#9aa4b2";
       ctx.font = `${Math.round(this.gutter / 8)}px system-ui, sans-serif`;
@@ -453,191 +414,15 @@ export class PageGrid {
       ctx.fillText("no mappings yet: step forward (→)", (this.cw + this.gutter) / 2, this.ch / 2);
       ctx.textAlign = "start";
     }
-    if (this.view === "virtual") this._drawCursor(s);
+    if (this.view === "virtual") drawCursor(this, s);
     return true;
-  }
-
-  _visible(layer, s) {
-    const x0 = Math.max(0, Math.floor((this.gutter - this.ox) / s));
-    const x1 = Math.min(layer.w, Math.ceil((this.cw - this.ox) / s));
-    const y0 = Math.max(0, Math.floor(-this.oy / s));
-    const y1 = Math.min(layer.h, Math.ceil((this.ch - this.oy) / s));
-    return [x0, x1, y0, y1];
-  }
-
-  _gridLines(layer, s) {
-    const ctx = this.ctx;
-    const [x0, x1, y0, y1] = this._visible(layer, s);
-    ctx.strokeStyle = BG;
-    ctx.lineWidth = Math.min(3, Math.max(1, s / 8));
-    ctx.beginPath();
-    for (let x = x0; x <= x1; x++) { const X = this.ox + x * s; ctx.moveTo(X, this.oy + y0 * s); ctx.lineTo(X, this.oy + y1 * s); }
-    for (let y = y0; y <= y1; y++) { const Y = this.oy + y * s; ctx.moveTo(this.ox + x0 * s, Y); ctx.lineTo(this.ox + x1 * s, Y); }
-    ctx.stroke();
-  }
-
-  _laneGaps(s) {
-    // the gap row between lanes: a faint rule
-    const ctx = this.ctx;
-    ctx.fillStyle = "#2d3440";
-    for (const lane of this.lanes.slice(1)) {
-      const y = this.oy + (lane.row0 - 0.5) * s;
-      ctx.fillRect(this.ox, y - 0.5, this.cols * s, 1);
-    }
   }
 
   _cellRect(lane, i, s) {
     return [this.ox + (i % this.cols) * s, this.oy + (lane.row0 + ((i / this.cols) | 0)) * s];
   }
 
-  _drawCursor(s) {
-    const c = this.cursor;
-    if (!c) return;
-    const lane = this.byKey.get(`${c.proc}/${c.vma}`);
-    if (!lane || c.page === null || c.page === undefined || c.page >= lane.npages) return;
-    const [x, y] = this._cellRect(lane, c.page, s);
-    const ctx = this.ctx;
-    const pad = Math.max(3, s * 0.35);
-    ctx.lineWidth = Math.max(2, Math.min(5, s / 4));
-    ctx.strokeStyle = "#000";
-    ctx.strokeRect(x - pad - 1, y - pad - 1, s + 2 * pad + 2, s + 2 * pad + 2);
-    ctx.strokeStyle = CURSOR_COLOUR;
-    ctx.strokeRect(x - pad, y - pad, s + 2 * pad, s + 2 * pad);
-    ctx.font = `bold ${Math.round(this.gutter / 10)}px system-ui, sans-serif`;
-    ctx.fillStyle = CURSOR_COLOUR;
-    ctx.textBaseline = "bottom";
-    ctx.fillText("ksmd", x - pad, y - pad - 2);
-    this.canvas.dataset.cursor = `${c.proc}/${c.vma}/${c.page}`;
-  }
-
-  _drawSelection(s) {
-    const sel = this.selection;
-    if (!sel) return;
-    const lane = sel.lane, C = this.cols;
-    const c0 = sel.a % C, r0 = Math.floor(sel.a / C), c1 = sel.b % C, r1 = Math.floor(sel.b / C);
-    const X = (c) => this.ox + c * s, Y = (r) => this.oy + (lane.row0 + r) * s;
-    const pts = r0 === r1
-      ? [[c0, r0], [c1 + 1, r0], [c1 + 1, r0 + 1], [c0, r0 + 1]]
-      : [[c0, r0], [C, r0], [C, r1], [c1 + 1, r1], [c1 + 1, r1 + 1], [0, r1 + 1], [0, r0 + 1], [c0, r0 + 1]];
-    const ctx = this.ctx;
-    ctx.save();
-    ctx.beginPath();
-    pts.forEach(([c, r], i) => (i ? ctx.lineTo(X(c), Y(r)) : ctx.moveTo(X(c), Y(r))));
-    ctx.closePath();
-    ctx.setLineDash([8, 5]);
-    ctx.lineWidth = 3;
-    ctx.strokeStyle = "#000";
-    ctx.stroke();
-    ctx.lineDashOffset = 6;
-    ctx.lineWidth = 2;
-    ctx.strokeStyle = "#ffffff";
-    ctx.stroke();
-    ctx.restore();
-  }
-
-  _mapCounts(layer, s) {
-    const ctx = this.ctx;
-    const [x0, x1, y0, y1] = this._visible(layer, s);
-    ctx.textAlign = "center";
-    ctx.textBaseline = "middle";
-    for (let y = y0; y < y1; y++) {
-      for (let x = x0; x < x1; x++) {
-        const pfn = y * layer.w + x;
-        if (pfn >= this.fcount) break;
-        const n = this.mapcount(pfn);
-        if (!n) continue;
-        const text = String(n);
-        ctx.font = `bold ${Math.min(18, Math.floor(s * 0.55), Math.floor((s * 1.5) / text.length))}px system-ui, sans-serif`;
-        ctx.fillStyle = "#000";
-        ctx.fillText(text, this.ox + (x + 0.5) * s, this.oy + (y + 0.5) * s);
-      }
-    }
-    ctx.textAlign = "start";
-  }
-
-  _labels(s) {
-    const ctx = this.ctx;
-    ctx.fillStyle = "#0f131a";
-    ctx.fillRect(0, 0, this.gutter, this.ch);
-    ctx.fillStyle = "#e6edf3";
-    ctx.textBaseline = "top";
-    const big = Math.round(Math.min(22, Math.max(13, this.gutter / 8)));
-    if (this.view === "physical") {
-      ctx.font = `bold ${big}px system-ui, sans-serif`;
-      ctx.fillText("frames", 10, 10);
-      ctx.font = `${big - 4}px system-ui, sans-serif`;
-      ctx.fillStyle = "#9aa4b2";
-      if (this._usedAt !== this._version) {
-        this._usedAt = this._version;
-        this._used = 0;
-        for (let p = 0; p < this.fcount; p++) if (this.mapcount(p) > 0) this._used++;
-      }
-      ctx.fillText(`${this._used} mapped`, 10, 14 + big);
-      ctx.fillText("number = PTEs", 10, 18 + 2 * big);
-      return;
-    }
-    let lastBottom = -Infinity;
-    for (const lane of this.lanes) {
-      let y = this.oy + lane.row0 * s;
-      const h = lane.rows * s;
-      if (y + h < 0 || y > this.ch) continue;
-      y = Math.max(y, Math.min(4, y + h - 2 * big), lastBottom + 2);
-      ctx.font = `bold ${big}px system-ui, sans-serif`;
-      ctx.fillStyle = "#e6edf3";
-      ctx.fillText(lane.proc, 10, y);
-      const w = ctx.measureText(lane.proc).width;
-      ctx.font = `${big - 3}px ui-monospace, "DejaVu Sans Mono", monospace`;
-      ctx.fillStyle = "#9aa4b2";
-      ctx.fillText(lane.vma, 16 + w, y + 2);
-      ctx.fillText(`${lane.npages} pages`, 10, y + big + 3);
-      lastBottom = y + 2 * big + 4;
-    }
-  }
-
   // -------------------------------------------------------------- pointer
-  _bindPointer() {
-    const cv = this.canvas;
-    let drag = null;
-    const pos = (e) => { const r = cv.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
-    cv.addEventListener("wheel", (e) => {
-      e.preventDefault();
-      const [x, y] = pos(e);
-      this.zoomAt(e.deltaY < 0 ? 1.2 : 1 / 1.2, x, y);
-    }, { passive: false });
-    cv.addEventListener("pointerdown", (e) => {
-      const [x, y] = pos(e);
-      const h = this.hit(x, y);
-      drag = { x, y, ox: this.ox, oy: this.oy, moved: false, select: e.shiftKey && h && h.page !== undefined, start: h };
-      if (drag.select) this._select(h.lane, h.page, h.page);
-      cv.setPointerCapture(e.pointerId);
-    });
-    cv.addEventListener("pointermove", (e) => {
-      if (!drag) return;
-      const [x, y] = pos(e);
-      if (Math.abs(x - drag.x) + Math.abs(y - drag.y) > 4) drag.moved = true;
-      if (drag.select) {
-        const h = this.hit(x, y);
-        if (h && h.lane === drag.start.lane && h.page !== undefined) this._select(h.lane, drag.start.page, h.page);
-      } else if (drag.moved) {
-        this.ox = drag.ox + x - drag.x; this.oy = drag.oy + y - drag.y; this.needs = true;
-      }
-    });
-    cv.addEventListener("pointerup", (e) => {
-      if (!drag) return;
-      const d = drag; drag = null;
-      if (d.select || d.moved) return;
-      const [x, y] = pos(e);
-      const h = this.hit(x, y);
-      if (!h) return;
-      if (h.pfn !== undefined) cv.dispatchEvent(new CustomEvent("frameclick", { detail: { pfn: h.pfn, kind: h.pfn === 0 ? 3 : this.fkind[h.pfn], mapcount: this.mapcount(h.pfn) } }));
-      else if (h.page !== undefined) {
-        if (e.altKey || e.ctrlKey || e.metaKey) this._select(h.lane, h.page, h.page);
-        cv.dispatchEvent(new CustomEvent("pageclick", { detail: { proc: h.lane.proc, vma: h.lane.vma, page: h.page } }));
-      } else if (h.proc) cv.dispatchEvent(new CustomEvent("procclick", { detail: { proc: h.proc } }));
-    });
-    cv.addEventListener("dblclick", () => this.fit());
-  }
-
   _select(lane, a, b, silent = false) {
     if (a > b) [a, b] = [b, a];
     this.selection = { lane, a, b };

@@ -33,17 +33,6 @@ function unzigzag(n) {
 }
 
 /** Page records: yields [index, pfn, pte, item, kind] in increasing index. */
-export function* pageRecords(b64, n) {
-  const r = reader(b64bytes(b64));
-  let idx = -1, pfn = 0;
-  for (let j = 0; j < n && !r.done; j++) {
-    idx += r.varint() + 1;
-    pfn += unzigzag(r.varint());
-    const flags = r.u8();
-    const kind = r.u8();
-    yield [idx, pfn, flags & 15, flags >> 4, kind];
-  }
-}
 
 /** Frame records: yields [pfn, kind, mapcount] in increasing pfn. */
 export function* frameRecords(b64, n) {
