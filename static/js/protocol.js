@@ -28,12 +28,6 @@ function reader(bytes) {
   };
 }
 
-function unzigzag(n) {
-  return n % 2 ? -(n + 1) / 2 : n / 2;
-}
-
-/** Page records: yields [index, pfn, pte, item, kind] in increasing index. */
-
 /** Frame records: yields [pfn, kind, mapcount] in increasing pfn. */
 export function* frameRecords(b64, n) {
   const r = reader(b64bytes(b64));
