@@ -16,7 +16,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from .errors import InvariantError
-from .mm import ITEM_STABLE, ITEM_UNSTABLE, PTE_DIRTY, PTE_WRITE
+from .mm import ITEM_STABLE, ITEM_UNSTABLE, PTE_DIRTY, PTE_WRITE, Vma
 from .state import StableNode
 
 if TYPE_CHECKING:
@@ -27,6 +27,21 @@ def _fail(message: str) -> None:
     raise InvariantError(message)
 
 
+def _check_segments(k: Kernel, vma: Vma) -> None:
+    """The mapping's VMAs tile it, each with one VM_MERGEABLE value; pages need anon_vma."""
+    pos = 0
+    for start, end, anon in vma.segs:
+        if start != pos or end <= start:
+            _fail(f"{vma!r}: VMAs do not tile the mapping: {vma.segs}")
+        if len(set(vma.mergeable[start:end])) != 1:
+            _fail(f"{vma!r}: VMA [{start}, {end}) has mixed VM_MERGEABLE")
+        if not anon and any(pfn > 0 for pfn in vma.pfn[start:end]):
+            _fail(f"{vma!r}: anonymous page in VMA [{start}, {end}) without anon_vma")
+        pos = end
+    if pos != vma.npages:
+        _fail(f"{vma!r}: VMAs end at {pos}, not {vma.npages}")
+
+
 def check_invariants(k: Kernel) -> None:
     """Raise :class:`InvariantError` on the first broken invariant."""
     maps: Counter[int] = Counter()
@@ -34,6 +49,7 @@ def check_invariants(k: Kernel) -> None:
     for mm in k.procs.values():
         zero_mm = 0
         for vma in mm.vmas.values():
+            _check_segments(k, vma)
             for i in range(vma.npages):
                 pfn = vma.pfn[i]
                 if pfn > 0:

@@ -3,7 +3,10 @@
 Memory layout is columnar so that a million simulated pages stay small: each scenario
 mapping (:class:`Vma`) keeps one array per field, indexed by page. A mapping stands for the
 kernel VMAs it is split into by madvise: VM_MERGEABLE is kept per page (the kernel VMA
-boundaries are where it changes), the anon_vma per mapping.
+boundaries are where it changes), and ``segs`` lists the kernel VMAs themselves as
+``[start, end, anon]`` page ranges: madvise splits and re-merges them as the kernel does
+(``vma_modify_flags``), and each has its own anon_vma (``anon``: 0 none, >0 one created in
+this process, <0 one inherited through fork, which cannot absorb a neighbour without one).
 
 Per page:
 - the PTE: ``pfn`` (-1 none, 0 the shared zero page, >0 a frame) and ``pte`` flag bits
@@ -53,7 +56,7 @@ class Vma:
         "pfn",
         "pte",
         "mergeable",
-        "anon_vma",
+        "segs",
         "dead",
         "it_state",
         "it_sum",
@@ -74,7 +77,8 @@ class Vma:
         self.pfn = array("i", [-1]) * npages
         self.pte = bytearray(npages)
         self.mergeable = bytearray(npages)
-        self.anon_vma = False
+        #: the kernel VMAs of this mapping: [start, end, anon] in page offsets
+        self.segs: list[list[int]] = [[0, npages, 0]]
         self.dead = False
         self.it_state = bytearray(npages)
         self.it_sum = array("i", [NO_CHECKSUM]) * npages
@@ -91,6 +95,25 @@ class Vma:
     @property
     def end(self) -> int:
         return self.start + self.npages
+
+    @property
+    def anon_vma(self) -> bool:
+        """Whether any of the mapping's VMAs has an anon_vma."""
+        return any(seg[2] for seg in self.segs)
+
+    def seg_at(self, i: int) -> list[int]:
+        for seg in self.segs:
+            if seg[0] <= i < seg[1]:
+                return seg
+        raise IndexError(i)
+
+    def split_at(self, i: int) -> None:
+        """Split the VMA containing page ``i`` so that a VMA starts at ``i``."""
+        for n, seg in enumerate(self.segs):
+            if seg[0] < i < seg[1]:
+                self.segs.insert(n + 1, [i, seg[1], seg[2]])
+                seg[1] = i
+                return
 
     def any_mergeable(self) -> bool:
         return not self.dead and self.mergeable.find(1) >= 0

@@ -82,11 +82,10 @@ class ProcessMixin(ScannerMixin):
             cv = self._new_vma(mm, pv.name, pv.start, pv.npages)
             cv.mergeable[:] = pv.mergeable
             cv.shadow[:] = pv.shadow
-            cv.anon_vma = pv.anon_vma
-            if not pv.anon_vma:
-                continue  # vma_needs_copy: nothing to copy
+            # anon_vma_fork: each VMA with an anon_vma gets its own, chained to the parent's
+            cv.segs = [[s, e, -self._new_anon() if a else 0] for s, e, a in pv.segs]
             ppfn, ppte = pv.pfn, pv.pte
-            for i in range(pv.npages):
+            for i in (i for s, e, a in pv.segs if a for i in range(s, e)):
                 pfn = ppfn[i]
                 if pfn < 0:
                     continue
@@ -203,8 +202,14 @@ class ProcessMixin(ScannerMixin):
             vma.shadow[i] = cid
             self._write_page(vma, i, cid)
 
+    def _new_anon(self) -> int:
+        self.next_anon += 1
+        return self.next_anon
+
     def _write_page(self, vma: Vma, i: int, content: int) -> None:
-        vma.anon_vma = True
+        seg = vma.seg_at(i)
+        if not seg[2]:
+            seg[2] = self._new_anon()  # anon_vma_prepare on the first write fault
         pfn = vma.pfn[i]
         kind = "write"
         if pfn > 0 and self.f_node[pfn] < 0 and self.f_map[pfn] == 1:
@@ -237,23 +242,51 @@ class ProcessMixin(ScannerMixin):
     def madvise(self, proc: str, name: str, pages: Ranges | None, advice: str) -> None:
         vma = self.vma(proc, name)
         self._check_pages(vma, pages)
-        idxs = list(iter_pages(pages, vma.npages))
-        if advice == "MADV_MERGEABLE":
-            changed = [i for i in idxs if not vma.mergeable[i]]
-            if not changed:
-                return
-            if not vma.mm.registered:
-                self._ksm_enter(vma.mm)
-            for i in changed:
-                vma.mergeable[i] = 1
-        elif advice == "MADV_UNMERGEABLE":
-            for i in idxs:
-                if vma.mergeable[i]:
-                    if vma.anon_vma:
-                        self._break_ksm(vma, i)
-                    vma.mergeable[i] = 0
-        else:
+        if advice not in ("MADV_MERGEABLE", "MADV_UNMERGEABLE"):
             raise OpError(f"unknown advice {advice!r}", "advice")
+        flag = 1 if advice == "MADV_MERGEABLE" else 0
+        ranges = pages if pages is not None else ((0, vma.npages),)
+        modified: list[list[int]] = []
+        for lo, hi in ranges:
+            for seg in list(vma.segs):
+                a, b = max(seg[0], lo), min(seg[1], hi)
+                if a >= b or vma.mergeable[seg[0]] == flag:
+                    continue  # not in the range, or already as asked: untouched
+                if flag and not vma.mm.registered:
+                    self._ksm_enter(vma.mm)
+                vma.split_at(a)
+                vma.split_at(b)
+                piece = vma.seg_at(a)
+                for i in range(a, b):
+                    if not flag and piece[2]:
+                        self._break_ksm(vma, i)
+                    vma.mergeable[i] = flag
+                modified.append(piece)
+        for piece in modified:
+            self._vma_merge(vma, piece)
+
+    def _vma_merge(self, vma: Vma, piece: list[int]) -> None:
+        """vma_merge_existing_range: a modified VMA merges with equal neighbours."""
+        for side in (-1, 1):
+            if piece not in vma.segs:
+                return
+            n = vma.segs.index(piece)
+            m = n + side
+            if not 0 <= m < len(vma.segs):
+                continue
+            other = vma.segs[m]
+            if vma.mergeable[other[0]] != vma.mergeable[piece[0]]:
+                continue
+            a, b = piece[2], other[2]
+            # is_mergeable_anon_vma: the same anon_vma, or one side without one and the
+            # other not inherited through fork
+            if not (a == b or (a == 0 and b > 0) or (b == 0 and a > 0)):
+                continue
+            left, right = (other, piece) if side < 0 else (piece, other)
+            left[1] = right[1]
+            left[2] = a or b
+            vma.segs.remove(right)
+            piece = left
 
     def _break_ksm(self, vma: Vma, i: int) -> None:
         """break_ksm: unshare a KSM page, or (6.6+) a KSM-placed zero page."""
@@ -290,11 +323,12 @@ class ProcessMixin(ScannerMixin):
             if not mm.merge_any:
                 return
             for vma in mm.vmas.values():
-                for i in range(vma.npages):
-                    if vma.mergeable[i]:
-                        if vma.anon_vma:
-                            self._break_ksm(vma, i)
-                        vma.mergeable[i] = 0
+                for s, e, anon in vma.segs:
+                    for i in range(s, e):
+                        if vma.mergeable[i]:
+                            if anon:
+                                self._break_ksm(vma, i)
+                            vma.mergeable[i] = 0
             mm.merge_any = False
         else:
             raise OpError("PR_SET_MEMORY_MERGE takes 0 or 1", "value")

@@ -78,6 +78,7 @@ class KsmState:
         self.next_uid = 1
         self.next_pid = 1000
         self.next_order = 0
+        self.next_anon = 0
         # ksmd: mm_slot list (without the head sentinel) and the ksm_scan cursor
         self.slots: list[MmStruct] = []
         self.cursor: MmStruct | None = None  # None: the head sentinel

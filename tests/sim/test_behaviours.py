@@ -902,3 +902,42 @@ def test_b71_merge_any_after_ksmd_drops_the_process(kernel: str) -> None:
     else:
         assert lab.k.procs["P"].merge_any is True
         assert lab.kinds("P", "late") == "KKKK"
+
+
+# ------------------------------------------------------------ VMAs split by madvise
+def test_fork_copies_only_vmas_with_an_anon_vma_after_a_split() -> None:
+    """Found by the differential fuzzer: a partial madvise splits the mapping before any
+    write; only the written VMA gets an anon_vma, so fork does not copy the other's
+    read-faulted zero pages."""
+    lab = Lab()
+    lab.area("P", "m", 3, merge=False)
+    lab.read("P", "m", None)
+    lab.madvise("P", "m", lab.pages("P", "m", "1-2"), "MADV_MERGEABLE")
+    lab.w("P", "m", 2, "A")
+    lab.fork("P", "C")
+    assert lab.tokens("P", "m") == ["Z", "Z", "A"]
+    assert lab.tokens("C", "m") == ["-", "Z", "A"]
+
+
+def test_fork_mirrored_split() -> None:
+    lab = Lab()
+    lab.area("P", "m", 3, merge=False)
+    lab.madvise("P", "m", lab.pages("P", "m", "1-2"), "MADV_MERGEABLE")
+    lab.read("P", "m", None)
+    lab.w("P", "m", 0, "A")
+    lab.fork("P", "C")
+    assert lab.tokens("C", "m") == ["A", "-", "-"]
+
+
+def test_remerged_vma_shares_the_anon_vma() -> None:
+    """MADV_MERGEABLE on the rest makes the flags equal again: the VMAs merge and the
+    merged VMA has the anon_vma, so fork copies every PTE."""
+    lab = Lab()
+    lab.area("P", "m", 3, merge=False)
+    lab.read("P", "m", None)
+    lab.madvise("P", "m", lab.pages("P", "m", "1-2"), "MADV_MERGEABLE")
+    lab.w("P", "m", 2, "A")
+    lab.madvise("P", "m", lab.pages("P", "m", 0), "MADV_MERGEABLE")
+    assert lab.k.vma("P", "m").segs == [[0, 3, 1]]
+    lab.fork("P", "C")
+    assert lab.tokens("C", "m") == ["Z", "Z", "A"]
