@@ -53,8 +53,11 @@ class RawWriter:
     def ready(self) -> bool:
         p = self.proto
         return bool(
-            p.writable.is_set() and not p.disconnected and not p.close_sent
-            and p.conn.state is self.open_state and not p.transport.is_closing()
+            p.writable.is_set()
+            and not p.disconnected
+            and not p.close_sent
+            and p.conn.state is self.open_state
+            and not p.transport.is_closing()
         )
 
     def write(self, frame: bytes) -> None:

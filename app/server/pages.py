@@ -89,8 +89,9 @@ def templates(manager: SessionManager) -> Jinja2Templates:
     return _templates(str(Path(manager.settings.templates_dir)))
 
 
-def render(manager: SessionManager, request: Request, name: str, status: int = 200,
-           **context: Any) -> HTMLResponse:
+def render(
+    manager: SessionManager, request: Request, name: str, status: int = 200, **context: Any
+) -> HTMLResponse:
     base: dict[str, Any] = {
         "kernels": KERNELS,
         "legend": LEGEND,
@@ -162,16 +163,27 @@ def with_params(request: Request, **params: str | None) -> str:
 
 
 def error_page(manager: SessionManager, request: Request, exc: ApiError) -> HTMLResponse:
-    return render(manager, request, "index.html", status=exc.status,
-                  presets=list_presets(manager.settings.presets_dir), knob_hints=KNOB_HINTS,
-                  page_error=error_dict(exc))
+    return render(
+        manager,
+        request,
+        "index.html",
+        status=exc.status,
+        presets=list_presets(manager.settings.presets_dir),
+        knob_hints=KNOB_HINTS,
+        page_error=error_dict(exc),
+    )
 
 
 # --------------------------------------------------------------------------- full pages
 @router.get("/", response_class=HTMLResponse)
 async def get_index(request: Request, manager: ManagerDep) -> HTMLResponse:
-    return render(manager, request, "index.html",
-                  presets=list_presets(manager.settings.presets_dir), knob_hints=KNOB_HINTS)
+    return render(
+        manager,
+        request,
+        "index.html",
+        presets=list_presets(manager.settings.presets_dir),
+        knob_hints=KNOB_HINTS,
+    )
 
 
 def _int(value: str | None, default: int = 0) -> int:
@@ -187,21 +199,46 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
     session = find(manager, q.get("sid"))
     if session is None:
         if not q.get("preset"):
-            return error_page(manager, request, ApiError(
-                404, "session", "this session is gone and its link names no preset to rebuild it"))
+            return error_page(
+                manager,
+                request,
+                ApiError(
+                    404,
+                    "session",
+                    "this session is gone and its link names no preset to rebuild it",
+                ),
+            )
         try:
-            sc = resolve(manager.settings, q["preset"], None, q.get("kernel"),
-                         knob_overrides(q.multi_items()))
+            sc = resolve(
+                manager.settings,
+                q["preset"],
+                None,
+                q.get("kernel"),
+                knob_overrides(q.multi_items()),
+            )
             session = manager.create(sc, q["preset"])
             step_to(manager, session, _int(q.get("step")))
         except ApiError as exc:
             return error_page(manager, request, exc)
-        return RedirectResponse(with_params(request, sid=session.id, kernel=session.kernel.version,
-                                            step=str(session.timeline.step)), status_code=303)
+        return RedirectResponse(
+            with_params(
+                request,
+                sid=session.id,
+                kernel=session.kernel.version,
+                step=str(session.timeline.step),
+            ),
+            status_code=303,
+        )
     title, description = story(manager, session)
-    return render(manager, request, "session.html", **session_context(session),
-                  title=title, description=description,
-                  share_url=with_params(request, sid=None))
+    return render(
+        manager,
+        request,
+        "session.html",
+        **session_context(session),
+        title=title,
+        description=description,
+        share_url=with_params(request, sid=None),
+    )
 
 
 @router.post("/session", response_class=HTMLResponse)
@@ -219,13 +256,13 @@ async def post_session_upload(request: Request, manager: ManagerDep) -> Response
         name = (upload.filename or "").lower()
         yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
         doc = decode_document(data, yaml_ok)
-        sc = resolve(manager.settings, None, doc, kernel if isinstance(kernel, str) else None,
-                     None)
+        sc = resolve(manager.settings, None, doc, kernel if isinstance(kernel, str) else None, None)
         session = manager.create(sc)
     except ApiError as exc:
         if HTMX in request.headers:
-            return render(manager, request, "partials/upload.html", status=exc.status,
-                          error=error_dict(exc))
+            return render(
+                manager, request, "partials/upload.html", status=exc.status, error=error_dict(exc)
+            )
         return error_page(manager, request, exc)
     url = "/session?" + urlencode({"sid": session.id, "kernel": session.kernel.version})
     if HTMX in request.headers:
@@ -250,14 +287,31 @@ async def get_compare_page(request: Request, manager: ManagerDep) -> Response:
         except ApiError as exc:
             return error_page(manager, request, exc)
         a, b = group.sessions
-        return RedirectResponse(with_params(request, preset=preset, left=kernels[0],
-                                            right=kernels[1], a=a.id, b=b.id,
-                                            step=str(a.timeline.step)), status_code=303)
+        return RedirectResponse(
+            with_params(
+                request,
+                preset=preset,
+                left=kernels[0],
+                right=kernels[1],
+                a=a.id,
+                b=b.id,
+                step=str(a.timeline.step),
+            ),
+            status_code=303,
+        )
     title, description = story(manager, left)
     ctx = session_context(left)
-    return render(manager, request, "compare.html", **ctx, left=left.info(), right=right.info(),
-                  title=title, description=description,
-                  share_url=with_params(request, a=None, b=None))
+    return render(
+        manager,
+        request,
+        "compare.html",
+        **ctx,
+        left=left.info(),
+        right=right.info(),
+        title=title,
+        description=description,
+        share_url=with_params(request, a=None, b=None),
+    )
 
 
 # ------------------------------------------------------------------------------ partials
@@ -279,11 +333,16 @@ def session_context(session: Session, **extra: Any) -> dict[str, Any]:
     return ctx
 
 
-def controls(manager: SessionManager, request: Request, session: Session,
-             error: ApiError | None = None) -> HTMLResponse:
-    return render(manager, request, "partials/controls.html",
-                  status=error.status if error else 200,
-                  **session_context(session, error=error_dict(error) if error else None))
+def controls(
+    manager: SessionManager, request: Request, session: Session, error: ApiError | None = None
+) -> HTMLResponse:
+    return render(
+        manager,
+        request,
+        "partials/controls.html",
+        status=error.status if error else 200,
+        **session_context(session, error=error_dict(error) if error else None),
+    )
 
 
 @router.get("/ui/sessions/{sid}/controls", response_class=HTMLResponse)
@@ -291,8 +350,19 @@ async def get_controls(sid: str, request: Request, manager: ManagerDep) -> HTMLR
     return controls(manager, request, manager.get(sid))
 
 
-CONTROL_ACTIONS = ("play", "pause", "step", "pass", "back", "reset", "speed", "realtime", "seek",
-                   "branch", "fork")
+CONTROL_ACTIONS = (
+    "play",
+    "pause",
+    "step",
+    "pass",
+    "back",
+    "reset",
+    "speed",
+    "realtime",
+    "seek",
+    "branch",
+    "fork",
+)
 
 
 @router.post("/ui/sessions/{sid}/controls", response_class=HTMLResponse)
@@ -364,12 +434,16 @@ async def post_knobs(sid: str, request: Request, manager: ManagerDep) -> HTMLRes
             if exc.knob is None:
                 exc.knob = knob
             break
-    ctx = session_context(session, error=error_dict(error) if error else None,
-                          ok=("wrote " + ", ".join(written)) if written and not error else "")
+    ctx = session_context(
+        session,
+        error=error_dict(error) if error else None,
+        ok=("wrote " + ", ".join(written)) if written and not error else "",
+    )
     if error:  # show what the user typed in the refused field
         ctx["knobs"] = {**ctx["knobs"], error.knob or "": wanted.get(error.knob or "")}
-    return render(manager, request, "partials/knobs.html",
-                  status=error.status if error else 200, **ctx)
+    return render(
+        manager, request, "partials/knobs.html", status=error.status if error else 200, **ctx
+    )
 
 
 def inject_op(action: str, f: dict[str, str], session: Session) -> dict[str, Any]:
@@ -389,7 +463,8 @@ def inject_op(action: str, f: dict[str, str], session: Session) -> dict[str, Any
         return {"op": "madvise", **where, "advice": action}
     if action == "fork":
         child = f.get("child") or next(
-            (c for c in string.ascii_uppercase if c not in session.kernel.procs), "child")
+            (c for c in string.ascii_uppercase if c not in session.kernel.procs), "child"
+        )
         return {"op": "fork", "proc": proc, "child": child}
     if action == "exit":
         return {"op": "exit", "proc": proc}
@@ -415,35 +490,50 @@ async def post_inject(sid: str, request: Request, manager: ManagerDep) -> HTMLRe
     except ApiError as exc:
         error = exc
     sel = f"{fields.get('proc', '')} {fields.get('vma', '')}[{fields.get('pages', '')}]"
-    ctx = session_context(session, form=fields, error=error_dict(error) if error else None,
-                          ok=ok, sel_text=sel if fields.get("proc") else "")
-    resp = render(manager, request, "partials/inject.html",
-                  status=error.status if error else 200, **ctx)
+    ctx = session_context(
+        session,
+        form=fields,
+        error=error_dict(error) if error else None,
+        ok=ok,
+        sel_text=sel if fields.get("proc") else "",
+    )
+    resp = render(
+        manager, request, "partials/inject.html", status=error.status if error else 200, **ctx
+    )
     if not error:
         label = {"run-2": "run=2", "run-1": "run=1"}.get(action, action)
         resp.headers["HX-Trigger"] = json.dumps(
-            {"ksm:injected": {"op": label, "step": session.timeline.step}})
+            {"ksm:injected": {"op": label, "step": session.timeline.step}}
+        )
     return resp
 
 
 @router.get("/ui/sessions/{sid}/pages/{proc}/{vma}/{page}", response_class=HTMLResponse)
-async def get_page_inspector(sid: str, proc: str, vma: str, page: int, request: Request,
-                             manager: ManagerDep) -> HTMLResponse:
+async def get_page_inspector(
+    sid: str, proc: str, vma: str, page: int, request: Request, manager: ManagerDep
+) -> HTMLResponse:
     session = manager.get(sid)
     try:
         detail = session.page_detail(proc, vma, page)
     except ApiError as exc:
-        return render(manager, request, "partials/error.html", status=exc.status,
-                      error=error_dict(exc))
+        return render(
+            manager, request, "partials/error.html", status=exc.status, error=error_dict(exc)
+        )
     return render(manager, request, "partials/inspector_page.html", d=detail)
 
 
 @router.get("/ui/sessions/{sid}/procs/{proc}", response_class=HTMLResponse)
-async def get_proc_inspector(sid: str, proc: str, request: Request,
-                             manager: ManagerDep) -> HTMLResponse:
+async def get_proc_inspector(
+    sid: str, proc: str, request: Request, manager: ManagerDep
+) -> HTMLResponse:
     session = manager.get(sid)
     for p in session.state_view()["procs"]:
         if p["name"] == proc:
             return render(manager, request, "partials/inspector_proc.html", p=p)
-    return render(manager, request, "partials/error.html", status=404,
-                  error={"field": "proc", "message": f"no process {proc!r} at this step"})
+    return render(
+        manager,
+        request,
+        "partials/error.html",
+        status=404,
+        error={"field": "proc", "message": f"no process {proc!r} at this step"},
+    )

@@ -28,7 +28,10 @@ class Viewer:
     """A websocket and its bounded queue of serialised frames."""
 
     def __init__(
-        self, ws: _Socket, maxlen: int, resync: Callable[[], list[str]],
+        self,
+        ws: _Socket,
+        maxlen: int,
+        resync: Callable[[], list[str]],
         raw: RawWriter | None = None,
     ):
         self.ws = ws
