@@ -8,9 +8,13 @@ DOC: Overview
   ``sim.Kernel`` checkpoints, deterministic replay.
 - :mod:`app.server.encode`: snapshots and compact deltas of a kernel (``docs/protocol.md``).
 - :mod:`app.server.messages`: the websocket messages, pydantic models tagged by ``type``.
-- :mod:`app.server.sessions`: sessions, compare groups, play loops, the session manager
-  (the Python API the HTML pages use).
-- :mod:`app.server.viewers`: one websocket viewer with its bounded send queue.
+- :mod:`app.server.sessions`: the :class:`SessionManager` (the Python API the HTML pages
+  use); :mod:`app.server.session`: one session; :mod:`app.server.groups`: lockstep groups
+  and the play loop.
+- :mod:`app.server.sources`: scenarios from presets or uploads, size limits.
+- :mod:`app.server.errors`: simulator and limit errors as 4xx / ``error`` messages.
+- :mod:`app.server.viewers`: one websocket viewer with its bounded send queue;
+  :mod:`app.server.fastsend`: one encoded frame written to many sockets.
 - :mod:`app.server.routes`: thin REST and websocket handlers.
 
 Dependency direction: ``app.server -> sim``; ``sim`` never imports this package.

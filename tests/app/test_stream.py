@@ -362,6 +362,9 @@ def test_malformed_messages_get_errors_and_the_socket_stays_open(server, http):
         assert (err["knob"], err["errno"]) == ("max_page_sharing", "EINVAL")
         await ws.send(json.dumps({"type": "step"}))
         assert (await recv(ws, "delta", "snapshot"))["step"] == 1
+        await ws.send(json.dumps({"type": "ack", "step": 1}))
+        await asyncio.sleep(0.2)
+        assert [v["acked"] for v in http.get(f"/api/sessions/{sid}/viewers").json()] == [1]
         await ws.close()
 
     run(go())
