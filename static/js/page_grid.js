@@ -41,7 +41,7 @@ export class PageGrid {
     this.selection = null;
     this.flashes = []; // batches: {t, stage, lanes: [], pages: [], colours: []}
     this.batch = null;
-    this.shades = new Map();
+    this.shades = new Uint32Array(4096); // packed KSM shade by map count
     this.counts = new Array(KIND_NAMES.length).fill(0);
     this.needs = true;
     this.fitted = false;
@@ -235,7 +235,7 @@ export class PageGrid {
   }
 
   _idx(lane, i) {
-    return (lane.row0 + ((i / this.cols) | 0)) * this.cols + (i % this.cols);
+    return lane.row0 * this.cols + i; // a lane's rows are contiguous and start at column 0
   }
 
   _layer() { return this.view === "virtual" ? this.virt : this.phys; }
@@ -304,8 +304,9 @@ export class PageGrid {
 
   // ------------------------------------------------------------- painting
   _shade(m) {
-    let c = this.shades.get(m);
-    if (c === undefined) { c = pack(ksmShade(m)); this.shades.set(m, c); }
+    const k = m < 4096 ? m : 4095;
+    let c = this.shades[k];
+    if (!c) { c = pack(ksmShade(k)); this.shades[k] = c; }
     return c;
   }
 
@@ -334,16 +335,21 @@ export class PageGrid {
 
   _repaintKsm() {
     this._ksmRepaint = false;
-    const flashing = new Set();
-    for (const b of this.flashes) for (let j = 0; j < b.pages.length; j++) flashing.add(this._idx(b.lanes[j], b.pages[j]));
+    const px = this.virt.px;
     for (const lane of this.lanes) {
       if (!lane.pfns) continue;
-      const kinds = lane.kinds, pfns = lane.pfns, px = this.virt.px;
+      const kinds = lane.kinds, pfns = lane.pfns, base = lane.row0 * this.cols;
       for (let i = 0; i < lane.npages; i++) {
         if (kinds[i] !== KSM) continue;
         const c = this._shade(this.fmap[pfns[i]] || 2);
-        const idx = this._idx(lane, i);
-        if (px[idx] !== c && !flashing.has(idx)) this.virt.set(idx, c);
+        if (px[base + i] !== c) this.virt.set(base + i, c);
+      }
+    }
+    // cells still flashing keep their flash colour
+    for (const b of this.flashes) {
+      for (let j = 0; j < b.pages.length; j++) {
+        const lane = b.lanes[j], i = b.pages[j], c = b.colours[j];
+        this.virt.set(this._idx(lane, i), b.stage ? mix(c, this._cellColour(lane, i)) : pack(c));
       }
     }
   }
