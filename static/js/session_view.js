@@ -25,9 +25,13 @@ function flashClass(old, kind, counts) {
   return null;
 }
 
-/** Chart markers: the step's events that a talk points at. */
+/** Chart markers: the step's events that a talk points at, named by the op when known. */
+const MARKED_OPS = /^(madvise|sysfs|prctl|fork|exit|munmap)\b[^:]*/;
+
 function markerOf(msg) {
   const c = msg.event_counts || {};
+  const op = (msg.summary || "").match(MARKED_OPS);
+  if (op && /UNMERGEABLE|run=2|value=2|prctl|fork|exit|munmap/.test(op[0])) return op[0].slice(0, 40);
   if (c.unmerge_all) return "run=2";
   if (c.unshare || c.unshare_zero) return "unmerge";
   return null;
