@@ -188,7 +188,10 @@ class SessionManager:
             for sess in group.sessions:
                 sess.publish(sess.timeline.act(("inject", validate_op(sess.kernel, msg.op))))
         elif isinstance(msg, m.KnobMsg):
-            for sess in group.sessions:
+            members = group.sessions
+            if len(members) > 1:  # lockstep: a knob one kernel lacks is skipped there
+                members = [x for x in members if msg.knob in x.kernel.profile.knobs] or members
+            for sess in members:
                 sess.publish(sess.timeline.act(("knob", msg.knob, msg.value)))
         else:  # pragma: no cover - the union is closed
             raise ApiError(422, "type", "unknown message")

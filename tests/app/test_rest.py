@@ -163,7 +163,13 @@ def test_compare_creates_a_lockstep_pair(http):
     http.post(f"/api/sessions/{a['id']}/step", json={"n": 4}).raise_for_status()
     assert http.get(f"/api/sessions/{b['id']}").json()["step"] == 4
     r = http.post("/api/compare", json={"preset": "vm-host", "kernels": ["6.1", "6.12"]})
-    assert [s["kernel"] for s in r.json()["sessions"]] == ["6.1", "6.12"]
+    old, new = r.json()["sessions"]
+    assert (old["kernel"], new["kernel"]) == ("6.1", "6.12")
+    # a knob only one of the two kernels has is written there and skipped on the other
+    r = http.post(f"/api/sessions/{old['id']}/knob", json={"knob": "smart_scan", "value": 0})
+    assert r.status_code == 200, r.text
+    assert http.get(f"/api/sessions/{old['id']}").json()["step"] == 0
+    assert http.get(f"/api/sessions/{new['id']}/snapshot").json()["knobs"]["smart_scan"] == 0
 
 
 def test_session_limit_and_idle_expiry():
