@@ -182,6 +182,7 @@ bindKeys({
       v.charts?.setBig(on);
       v.grid.setBig(on);
     }
+    fitPresenterGrid();
     const u = new URL(location.href);
     if (on) u.searchParams.set("presenter", "1"); else u.searchParams.delete("presenter");
     history.replaceState(null, "", u);
@@ -210,6 +211,18 @@ for (const b of document.querySelectorAll("button[data-zoom]")) {
   });
 }
 document.querySelector("[data-help]")?.addEventListener("click", () => help?.showModal());
+
+// In presenter mode the grid takes the rest of the screen, whatever sits above it.
+function fitPresenterGrid() {
+  for (const v of views) {
+    const cv = v.grid.canvas;
+    if (!body.classList.contains("presenter")) { cv.style.height = ""; continue; }
+    const top = cv.getBoundingClientRect().top + window.scrollY;
+    cv.style.height = `${Math.max(240, window.innerHeight - top - 12)}px`;
+  }
+}
+window.addEventListener("resize", fitPresenterGrid);
+fitPresenterGrid();
 
 // ------------------------------------------------------------------ animation loop
 let windowStart = performance.now(), windowFrames = 0;
