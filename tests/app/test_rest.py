@@ -99,7 +99,9 @@ def test_controls_accept_json_and_forms(http):
     r = http.post(f"/api/sessions/{sid}/speed", json={"batches_per_second": 50})
     assert (r.json()["speed"], r.json()["realtime"]) == (50, False)
     assert http.post(f"/api/sessions/{sid}/play").json()["playing"] is True
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while http.get(f"/api/sessions/{sid}").json()["playing"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # playing stops by itself at the end
     info = http.post(f"/api/sessions/{sid}/pause").json()
     assert info["playing"] is False and info["at_end"] is True
     r = http.post(f"/api/sessions/{sid}/inject", data={
