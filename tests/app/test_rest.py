@@ -23,7 +23,7 @@ SMALL = {"name": "small", "sysfs": {"pages_to_scan": 10}, "steps": [
     {"op": "scan", "passes": 2}, {"op": "checkpoint", "name": "merged"}]}
 
 
-def test_health_docs_presets_and_vendor_js(http):
+def test_health_docs_presets_and_vendor_js(server, http):
     assert http.get("/healthz").json()["status"] == "ok"
     assert http.get("/docs").status_code == 200
     paths = http.get("/openapi.json").json()["paths"]
@@ -32,6 +32,9 @@ def test_health_docs_presets_and_vendor_js(http):
     assert "zero-pages-unmerge" in [p["name"] for p in presets]
     js = http.get("/static/vendor/plotly.min.js")
     assert js.status_code == 200 and len(js.content) > 1_000_000
+    htmx = http.get("/static/vendor/htmx.min.js")
+    installed = (server.settings.static_dir / "node_modules" / "htmx.org").is_dir()
+    assert htmx.status_code == (200 if installed else 404)
 
 
 def test_create_from_preset_json_yaml_form_and_upload(http):
