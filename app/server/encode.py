@@ -145,6 +145,8 @@ def describe(
 ) -> tuple[str, list[Event], dict[str, int]]:
     """The "what just happened" line, the first events and the count per kind."""
     if log is None or not log.events:
+        if "ksmd scanned" in action:  # a batch where nothing changed still names its path
+            action += ": ksm_do_scan -> cmp_and_merge_page: nothing changed"
         return action, [], {}
     counts = Counter(kind for kind, _ in log.events)
     events: list[Event] = []
