@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.kernel.procfs import parse_ksm_stat
+
 KSM_SUBDIR = "kernel/mm/ksm"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 #: sizeof(struct ksm_rmap_item) on 64-bit kernels (§8: the 64 in general_profit)
@@ -133,21 +135,6 @@ def _writable(path: Path) -> bool:
 
 class ProcessGone(Exception):
     """The process exited while it was being read."""
-
-
-def parse_ksm_stat(text: str) -> dict[str, int | bool]:
-    """``ksm_rmap_items 5`` -> 5, ``ksm_mergeable: yes`` -> True; other lines ignored."""
-    out: dict[str, int | bool] = {}
-    for line in text.splitlines():
-        parts = line.replace(":", " ").split()
-        if len(parts) != 2:
-            continue
-        name, value = parts
-        if value in ("yes", "no"):
-            out[name] = value == "yes"
-        elif _INT.match(value):
-            out[name] = int(value)
-    return out
 
 
 @dataclass

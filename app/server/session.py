@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sim import Kernel, SimError
 from sim.scenario import Scenario
 from sim.snapshot import page_detail, structure
+from sim.trace import PROC_FIELDS
 
 from . import messages as m
 from .encode import Encoder, describe
@@ -215,11 +216,4 @@ class Session:
         return [self.snapshot_text(), m.dump(self.state_message())]
 
 
-_STAT_FIELDS = (
-    "ksm_rmap_items",
-    "ksm_zero_pages",
-    "ksm_merging_pages",
-    "ksm_process_profit",
-    "ksm_mergeable",
-    "ksm_merge_any",
-)
+_STAT_FIELDS = PROC_FIELDS
