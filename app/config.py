@@ -23,6 +23,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    token: str | None = Field(
+        default=None,
+        description="presenter's token for control (generated when binding a non-loopback "
+        "address without one; see app.server.security)",
+    )
 
     # limits
     max_sessions: int = Field(default=32, ge=1, description="sessions alive at once")

@@ -9,6 +9,7 @@ from the installed plotly package and ``/static/vendor/htmx.min.js`` from ``stat
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,8 +23,10 @@ from app.config import Settings, get_settings
 
 from .errors import ApiError
 from .routes import controls, exports, health, sessions, ws
+from .security import OriginCheck, TokenCookie, ensure_token, presenter_link
 from .sessions import SessionManager
 
+log = logging.getLogger("ksmlab.server")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -112,7 +115,14 @@ def _optional_router(module: str) -> Any:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    given = settings or get_settings()
+    settings = ensure_token(given)
+    if settings.token != given.token:
+        log.warning(
+            "bound to %s: control needs the token; presenter: %s",
+            settings.host,
+            presenter_link(settings),
+        )
     manager = SessionManager(settings)
 
     @asynccontextmanager
@@ -157,4 +167,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(WsProtocolCapture)
+    app.add_middleware(TokenCookie, settings=settings)
+    app.add_middleware(OriginCheck)
     return app

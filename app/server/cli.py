@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("serve", help="serve the dashboard (FastAPI + uvicorn)")
-    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="address to bind (default 127.0.0.1; any other needs the presenter's token, "
+        "KSMLAB_TOKEN, generated and printed when unset)",
+    )
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument(
         "--live-only",
@@ -42,7 +48,15 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(create_live_app(), host=host, port=port, log_level="info")
         return 0
     from .app import create_app
+    from .security import ensure_token, is_loopback, presenter_link
 
+    settings = ensure_token(settings.model_copy(update={"host": host, "port": port}))
+    if not is_loopback(host):
+        sys.stdout.write(
+            f"KSM Lab on {host}:{port}: viewers watch read-only; control needs the token.\n"
+            f"Presenter's link: {presenter_link(settings)}\n"
+        )
+        sys.stdout.flush()
     opts = uvicorn_options(settings)
     opts["log_level"] = "info"
     uvicorn.run(create_app(settings), host=host, port=port, **opts)

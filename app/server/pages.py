@@ -39,10 +39,13 @@ from sim.scenario import KERNELS
 from . import messages as m
 from .deps import get_manager
 from .errors import ApiError
+from .security import control_refusal, require_control
 from .sessions import Session, SessionManager
 from .sources import YAML_TYPES, decode_document, resolve
 
 router = APIRouter(include_in_schema=False)
+#: the ``/ui/`` control routes and uploads need the presenter's token (when the server has one)
+CONTROL = [Depends(require_control)]
 ManagerDep = Annotated[SessionManager, Depends(get_manager)]
 
 #: speed slider stops, batches per second
@@ -208,6 +211,9 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
                     "this session is gone and its link names no preset to rebuild it",
                 ),
             )
+        refusal = control_refusal(manager.settings, request)
+        if refusal is not None:  # a read-only viewer cannot start sessions
+            return error_page(manager, request, refusal)
         try:
             sc = resolve(
                 manager.settings,
@@ -241,7 +247,7 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
     )
 
 
-@router.post("/session", response_class=HTMLResponse)
+@router.post("/session", response_class=HTMLResponse, dependencies=CONTROL)
 async def post_session_upload(request: Request, manager: ManagerDep) -> Response:
     """Upload a scenario file: a new session, or the upload form with the error inline."""
     form = await request.form()
@@ -277,6 +283,9 @@ async def get_compare_page(request: Request, manager: ManagerDep) -> Response:
     if left is None or right is None or left.group is not right.group:
         preset = q.get("preset") or "zero-pages-unmerge"
         kernels = [q.get("left") or "6.5", q.get("right") or "6.18"]
+        refusal = control_refusal(manager.settings, request)
+        if refusal is not None:
+            return error_page(manager, request, refusal)
         try:
             for kv in kernels:
                 if kv not in KERNELS:
@@ -365,7 +374,7 @@ CONTROL_ACTIONS = (
 )
 
 
-@router.post("/ui/sessions/{sid}/controls", response_class=HTMLResponse)
+@router.post("/ui/sessions/{sid}/controls", response_class=HTMLResponse, dependencies=CONTROL)
 async def post_controls(sid: str, request: Request, manager: ManagerDep) -> Response:
     session = manager.get(sid)
     form = await request.form()
@@ -414,7 +423,7 @@ async def post_controls(sid: str, request: Request, manager: ManagerDep) -> Resp
     return controls(manager, request, session)
 
 
-@router.post("/ui/sessions/{sid}/knobs", response_class=HTMLResponse)
+@router.post("/ui/sessions/{sid}/knobs", response_class=HTMLResponse, dependencies=CONTROL)
 async def post_knobs(sid: str, request: Request, manager: ManagerDep) -> HTMLResponse:
     """Write every knob whose field changed; a refused write comes back next to its field."""
     session = manager.get(sid)
@@ -475,7 +484,7 @@ def inject_op(action: str, f: dict[str, str], session: Session) -> dict[str, Any
     raise ApiError(422, "op", f"unknown event {action!r}")
 
 
-@router.post("/ui/sessions/{sid}/inject", response_class=HTMLResponse)
+@router.post("/ui/sessions/{sid}/inject", response_class=HTMLResponse, dependencies=CONTROL)
 async def post_inject(sid: str, request: Request, manager: ManagerDep) -> HTMLResponse:
     session = manager.get(sid)
     form = await request.form()

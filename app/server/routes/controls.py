@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from .. import messages as m
 from ..deps import ManagerDep, SessionDep, body_doc, read_fields, validate
 from ..errors import ApiError
 from ..schemas import BackBody, KnobBody, SeekBody, SessionInfo, SpeedBody, StepBody
+from ..security import require_control
 
-router = APIRouter(prefix="/api/sessions/{session_id}", tags=["controls"])
+router = APIRouter(
+    prefix="/api/sessions/{session_id}",
+    tags=["controls"],
+    dependencies=[Depends(require_control)],
+)
 
 _INT_FIELDS = {"passes", "value"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 
 from ..deps import (
@@ -17,10 +17,13 @@ from ..deps import (
     validate,
 )
 from ..schemas import BranchInfo, CompareInfo, CreateCompare, CreateSession, SessionInfo
+from ..security import require_control
 from ..sources import YAML_TYPES, decode_document, resolve
 
 router = APIRouter(prefix="/api", tags=["sessions"])
 
+#: state-changing routes need the presenter's token (when the server has one)
+CONTROL = [Depends(require_control)]
 KernelQuery = Annotated[str | None, Query(description="kernel profile for a raw scenario body")]
 
 
@@ -56,7 +59,12 @@ async def creation_input(
     return validate(model, data)
 
 
-@router.post("/sessions", status_code=201, openapi_extra=body_doc(CreateSession, required=True))
+@router.post(
+    "/sessions",
+    status_code=201,
+    openapi_extra=body_doc(CreateSession, required=True),
+    dependencies=CONTROL,
+)
 async def create_session(
     request: Request, manager: ManagerDep, settings: SettingsDep, kernel: KernelQuery = None
 ) -> SessionInfo:
@@ -70,6 +78,7 @@ async def create_session(
     status_code=201,
     tags=["compare"],
     openapi_extra=body_doc(CreateCompare, required=True),
+    dependencies=CONTROL,
 )
 async def create_compare(
     request: Request, manager: ManagerDep, settings: SettingsDep, kernel: KernelQuery = None
@@ -91,13 +100,13 @@ async def read_session(session: SessionDep) -> SessionInfo:
     return session.info()
 
 
-@router.delete("/sessions/{session_id}", status_code=204)
+@router.delete("/sessions/{session_id}", status_code=204, dependencies=CONTROL)
 async def delete_session(session: SessionDep, manager: ManagerDep) -> Response:
     manager.delete(session.id)
     return Response(status_code=204)
 
 
-@router.post("/sessions/{session_id}/fork", status_code=201)
+@router.post("/sessions/{session_id}/fork", status_code=201, dependencies=CONTROL)
 async def fork_session(
     session: SessionDep, manager: ManagerDep, step: Annotated[int | None, Query(ge=0)] = None
 ) -> SessionInfo:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from .. import messages as m
 from ..errors import ApiError, translate
 from ..fastsend import RawWriter
+from ..security import control_refusal
 from ..viewers import Viewer
 
 router = APIRouter()
@@ -38,6 +39,7 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
         )
         await ws.close(4429)
         return
+    refusal = control_refusal(settings, ws)  # None: this viewer may control
     raw = RawWriter.of(ws.scope.get("ksmlab.ws_protocol"))
     viewer = Viewer(ws, settings.ws_queue, session.resync_frames, raw)
     viewer.reset(session.resync_frames())
@@ -69,6 +71,9 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
                 continue
             if manager.sessions.get(session_id) is not session:
                 break
+            if refusal is not None and not isinstance(msg, m.AckMsg):
+                viewer.push(m.dump(refusal.message_model()))
+                continue
             try:
                 manager.control(session, msg, viewer)
             except ApiError as exc:
