@@ -29,17 +29,20 @@ BASE: dict[str, Any] = {
 
 
 class Server(LiveServer):
-    """A ``tests/app`` live server, optionally on a given port (to restart it there)."""
+    """A ``tests/app`` live server, optionally on a given port and serving a given app (to
+    restart a server there, with its sessions or without)."""
 
-    def __init__(self, port: int | None = None, **settings: Any):
+    def __init__(self, port: int | None = None, app: Any = None, **settings: Any):
         super().__init__(Settings(**{**BASE, **settings}))
-        if port is not None:
-            self.port = port
-            config = uvicorn.Config(
-                self.app, host="127.0.0.1", port=port, **uvicorn_options(self.settings)
-            )
-            self.server = uvicorn.Server(config)
-            self.thread = threading.Thread(target=self.server.run, daemon=True)
+        if port is None and app is None:
+            return
+        self.port = port or self.port
+        self.app = app or self.app
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, **uvicorn_options(self.settings)
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
 
 
 @pytest.fixture(scope="module")
