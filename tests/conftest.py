@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,3 +24,40 @@ def shared() -> Path:
     if not (path / "scenarios").is_dir():
         pytest.skip(f"reference material not found at {path} (set KSMLAB_SHARED)")
     return path
+
+
+CHROMIUM = os.environ.get("KSMLAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def browser_missing(reason: str) -> None:
+    """Skip a browser test, or fail it when ``KSMLAB_BROWSER_TESTS=1`` (CI)."""
+    if os.environ.get("KSMLAB_BROWSER_TESTS") == "1":
+        pytest.fail(f"KSMLAB_BROWSER_TESTS=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Debian Chromium for every browser test of the run.
+
+    Playwright's sync API runs one event loop per thread, so the test directories share
+    this instance instead of each starting their own.
+    """
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        browser_missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        browser_missing("Playwright for Python is not installed")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -9,7 +9,6 @@ by asserting that there were none (the dashboard must work offline, on stage).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -20,24 +19,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.conftest import browser_missing
+
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "screenshots"
-CHROMIUM = os.environ.get("KSMLAB_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REQUIRED = os.environ.get("KSMLAB_BROWSER_TESTS") == "1"
-
-
-def _missing(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"KSMLAB_BROWSER_TESTS=1 but {reason}")
-    pytest.skip(reason)
+_missing = browser_missing
 
 
 def free_port() -> int:
@@ -89,17 +76,9 @@ def live_server() -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        _missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+def browser(chromium: Any) -> Any:
+    """The run's shared Chromium (tests/conftest.py)."""
+    return chromium
 
 
 class Offline:

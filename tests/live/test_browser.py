@@ -23,25 +23,6 @@ from app.live.settings import LiveSettings
 
 from .conftest import WORKER_PID, Tree
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-
-
-def _require_browser() -> Any:
-    required = os.environ.get("KSMLAB_BROWSER_TESTS") == "1"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            pytest.fail("KSMLAB_BROWSER_TESTS=1 but Playwright for Python is not installed")
-        pytest.skip("Playwright for Python is not installed")
-    if not Path(CHROMIUM).exists():
-        if required:
-            pytest.fail(f"KSMLAB_BROWSER_TESTS=1 but {CHROMIUM} is missing")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    return sync_playwright
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -72,18 +53,16 @@ class _Server:
 
 
 @pytest.fixture
-def browser_page() -> Iterator[Any]:
-    sync_playwright = _require_browser()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.js_errors = errors
-        try:
-            yield page
-        finally:
-            browser.close()
+def browser_page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1280, "height": 1400})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.js_errors = errors
+    try:
+        yield page
+    finally:
+        context.close()
     assert errors == [], f"JavaScript errors: {errors}"
 
 
