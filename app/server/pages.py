@@ -39,13 +39,14 @@ from sim.scenario import KERNELS
 from . import messages as m
 from .deps import get_manager
 from .errors import ApiError
-from .security import control_refusal, require_control
+from .security import check_control, control_refusal
 from .sessions import Session, SessionManager
 from .sources import YAML_TYPES, decode_document, resolve
 
 router = APIRouter(include_in_schema=False)
-#: the ``/ui/`` control routes and uploads need the presenter's token (when the server has one)
-CONTROL = [Depends(require_control)]
+#: the ``/ui/`` control routes and uploads need the presenter's token (when the server has
+#: one); a refusal is shown inline in the partial, like any refused control
+RefusalDep = Annotated[ApiError | None, Depends(check_control)]
 ManagerDep = Annotated[SessionManager, Depends(get_manager)]
 
 #: speed slider stops, batches per second
@@ -247,13 +248,17 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
     )
 
 
-@router.post("/session", response_class=HTMLResponse, dependencies=CONTROL)
-async def post_session_upload(request: Request, manager: ManagerDep) -> Response:
+@router.post("/session", response_class=HTMLResponse)
+async def post_session_upload(
+    request: Request, manager: ManagerDep, refusal: RefusalDep
+) -> Response:
     """Upload a scenario file: a new session, or the upload form with the error inline."""
     form = await request.form()
     upload = form.get("scenario")
     kernel = form.get("kernel")
     try:
+        if refusal is not None:
+            raise refusal
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "scenario", "choose a scenario file")
         data = await upload.read(manager.settings.max_body_bytes + 1)
@@ -374,9 +379,13 @@ CONTROL_ACTIONS = (
 )
 
 
-@router.post("/ui/sessions/{sid}/controls", response_class=HTMLResponse, dependencies=CONTROL)
-async def post_controls(sid: str, request: Request, manager: ManagerDep) -> Response:
+@router.post("/ui/sessions/{sid}/controls", response_class=HTMLResponse)
+async def post_controls(
+    sid: str, request: Request, manager: ManagerDep, refusal: RefusalDep
+) -> Response:
     session = manager.get(sid)
+    if refusal is not None:
+        return controls(manager, request, session, refusal)
     form = await request.form()
     action = str(form.get("action") or "")
     try:
@@ -423,16 +432,18 @@ async def post_controls(sid: str, request: Request, manager: ManagerDep) -> Resp
     return controls(manager, request, session)
 
 
-@router.post("/ui/sessions/{sid}/knobs", response_class=HTMLResponse, dependencies=CONTROL)
-async def post_knobs(sid: str, request: Request, manager: ManagerDep) -> HTMLResponse:
+@router.post("/ui/sessions/{sid}/knobs", response_class=HTMLResponse)
+async def post_knobs(
+    sid: str, request: Request, manager: ManagerDep, refusal: RefusalDep
+) -> HTMLResponse:
     """Write every knob whose field changed; a refused write comes back next to its field."""
     session = manager.get(sid)
     form = await request.form()
     wanted = knob_overrides((k, v) for k, v in form.multi_items())
     current = session.kernel.knobs
     written = []
-    error: ApiError | None = None
-    for knob, value in wanted.items():
+    error: ApiError | None = refusal
+    for knob, value in wanted.items() if refusal is None else ():
         if knob in current and str(current[knob]) == str(value):
             continue
         try:
@@ -448,7 +459,7 @@ async def post_knobs(sid: str, request: Request, manager: ManagerDep) -> HTMLRes
         error=error_dict(error) if error else None,
         ok=("wrote " + ", ".join(written)) if written and not error else "",
     )
-    if error:  # show what the user typed in the refused field
+    if error and error is not refusal:  # show what the user typed in the refused field
         ctx["knobs"] = {**ctx["knobs"], error.knob or "": wanted.get(error.knob or "")}
     return render(
         manager, request, "partials/knobs.html", status=error.status if error else 200, **ctx
@@ -484,8 +495,10 @@ def inject_op(action: str, f: dict[str, str], session: Session) -> dict[str, Any
     raise ApiError(422, "op", f"unknown event {action!r}")
 
 
-@router.post("/ui/sessions/{sid}/inject", response_class=HTMLResponse, dependencies=CONTROL)
-async def post_inject(sid: str, request: Request, manager: ManagerDep) -> HTMLResponse:
+@router.post("/ui/sessions/{sid}/inject", response_class=HTMLResponse)
+async def post_inject(
+    sid: str, request: Request, manager: ManagerDep, refusal: RefusalDep
+) -> HTMLResponse:
     session = manager.get(sid)
     form = await request.form()
     fields = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
@@ -493,6 +506,8 @@ async def post_inject(sid: str, request: Request, manager: ManagerDep) -> HTMLRe
     error: ApiError | None = None
     ok = ""
     try:
+        if refusal is not None:
+            raise refusal
         op = inject_op(action, fields, session)
         manager.control(session, m.InjectMsg(type="inject", op=op))
         ok = "injected " + " ".join(f"{k}={v}" for k, v in op.items())

@@ -7,7 +7,9 @@ one when unset); anyone else may watch read-only: GET pages, snapshots and webso
 - The token is accepted as the ``token`` query parameter (the presenter's link), an
   ``Authorization: Bearer`` header, or the ``ksmlab_token`` cookie that :class:`TokenCookie`
   sets (HttpOnly, SameSite=Strict) on the first request that carries it in the query.
-- :func:`require_control` is the dependency of every state-changing REST and ``/ui/`` route;
+- :func:`require_control` is the dependency of every state-changing REST route (401/403
+  JSON); :func:`check_control` that of the htmx ``/ui/`` routes and the upload form, which
+  show the refusal inline in their partial;
   the websocket handler asks :func:`is_presenter` once and refuses control messages of a
   viewer without the token with an ``error`` (the socket stays open for watching).
 - :class:`OriginCheck` refuses a websocket handshake whose ``Origin`` is not this server's
@@ -107,6 +109,13 @@ def require_control(request: Request) -> None:
     refusal = control_refusal(settings, request)
     if refusal is not None:
         raise refusal
+
+
+def check_control(request: Request) -> ApiError | None:
+    """Dependency of the htmx ``/ui/`` control routes: the refusal to render inline in the
+    partial (as any other refused control is), or None when this request may control."""
+    settings: Settings = request.app.state.settings
+    return control_refusal(settings, request)
 
 
 class TokenCookie:

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from app.config import Settings
 from app.server.app import create_app
-from app.server.security import ensure_token, is_loopback, require_control
+from app.server.security import check_control, ensure_token, is_loopback, require_control
 
 from .conftest import TOKEN, Server, client, create, recv, ws_open
 
@@ -39,14 +39,21 @@ def test_viewer_without_token_reads_but_cannot_control(token_server: Server) -> 
             http.post(f"/api/sessions/{sid}/knob", json={"knob": "run", "value": 0}),
             http.post(f"/api/sessions/{sid}/fork"),
             http.delete(f"/api/sessions/{sid}"),
-            http.post(f"/ui/sessions/{sid}/controls", data={"action": "step"}),
-            http.post(f"/ui/sessions/{sid}/knobs", data={"knob.run": "0"}),
-            http.post(f"/ui/sessions/{sid}/inject", data={"op": "run-0"}),
         ]
         for r in refused:
             assert r.status_code == 401, (r.request.url, r.text)
             assert r.json()["detail"]["field"] == "token"
             assert "presenter's token" in r.json()["detail"]["message"]
+        partials = [  # htmx: the refusal inline in the partial, like any refused control
+            http.post(f"/ui/sessions/{sid}/controls", data={"action": "step"}),
+            http.post(f"/ui/sessions/{sid}/knobs", data={"knob.run": "0"}),
+            http.post(f"/ui/sessions/{sid}/inject", data={"op": "run-0"}),
+            http.post("/session", files={"scenario": ("s.json", b"{}", "application/json")},
+                      headers={"HX-Request": "true"}),
+        ]
+        for r in partials:
+            assert r.status_code == 401, (r.request.url, r.text)
+            assert "read-only viewer" in r.text and "presenter" in r.text
         page = http.get("/session?preset=zero-pages-unmerge")  # would start a session
         assert page.status_code == 401 and "presenter" in page.text
         assert http.get(f"/api/sessions/{sid}").json()["step"] == 0
@@ -207,7 +214,8 @@ def test_every_state_changing_route_requires_the_token() -> None:
     guarded = []
     for route in all_routes(app.routes):
         if isinstance(route, APIRoute) and route.methods - {"GET", "HEAD"}:
-            assert require_control in _calls(route.dependant), route.path
+            calls = _calls(route.dependant)
+            assert require_control in calls or check_control in calls, route.path
             guarded.append(route.path)
     assert "/api/sessions/{session_id}/inject" in guarded
     assert "/ui/sessions/{sid}/controls" in guarded

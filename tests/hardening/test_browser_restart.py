@@ -2,38 +2,21 @@
 sessions survived, e.g. a network blip or a server restart on the same app), or says clearly
 that the session is gone and offers the link that rebuilds it (a new server process).
 
-Skips without Chromium or Playwright, unless ``KSMLAB_BROWSER_TESTS=1`` (then fails)."""
+Uses the run's shared Chromium (``tests/conftest.py`` ``chromium``): skips without Chromium
+or Playwright, unless ``KSMLAB_BROWSER_TESTS=1`` (then fails)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, _missing
 
 from .conftest import Server
 
 TIMEOUT = 40_000
 PRESET = "zero-pages-unmerge"
 VIEW = ".session-view"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        _missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture()
@@ -101,3 +84,31 @@ def test_page_says_the_session_is_gone_after_a_fresh_restart(page: Any) -> None:
             f" && v.dataset.step === '3'; }}",
             timeout=TIMEOUT,
         )
+
+
+def test_presenter_controls_and_viewer_watches_read_only(chromium: Any) -> None:
+    from .conftest import TOKEN
+
+    with Server(token=TOKEN) as live:
+        presenter = chromium.new_context().new_page()
+        presenter.goto(f"{live.url}/session?preset={PRESET}&kernel=6.18")  # no token: refused
+        assert "presenter" in presenter.inner_text("body")
+        presenter.goto(f"{live.url}/session?preset={PRESET}&kernel=6.18&token={TOKEN}")
+        wait_step(presenter, 0)
+        wait_status(presenter, "live")
+        sid = presenter.get_attribute(VIEW, "data-session")
+        viewer = chromium.new_context().new_page()
+        viewer.goto(f"{live.url}/session?sid={sid}")
+        wait_status(viewer, "live")
+        viewer.keyboard.press("ArrowRight")  # a viewer's control: refused, clearly
+        viewer.wait_for_function(  # (the keys post the htmx controls form)
+            "() => (document.querySelector('#controls')?.textContent || '')"
+            ".includes('read-only viewer')",
+            timeout=TIMEOUT,
+        )
+        assert live.app.state.manager.sessions[sid].timeline.step == 0
+        presenter.keyboard.press("ArrowRight")  # the presenter steps; the viewer follows
+        wait_step(presenter, 1)
+        wait_step(viewer, 1)
+        presenter.context.close()
+        viewer.context.close()
