@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default=32, ge=1, description="steps between kernel checkpoints"
     )
     ws_queue: int = Field(default=64, ge=1, description="queued messages per websocket viewer")
+    ws_queue_bytes: int = Field(
+        default=32 << 20, ge=1024, description="queued bytes (characters) per websocket viewer"
+    )
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=256, description="client message size")
     max_viewers: int = Field(default=2000, ge=1, description="websocket viewers per session")
     max_step_n: int = Field(default=10_000, ge=1, description="steps in one step/back control")

@@ -1,10 +1,11 @@
 """One websocket viewer of a session, with a bounded send queue.
 
 Each step is serialised once by the session and handed to every viewer with :meth:`push`.
-A viewer's queue holds at most ``maxlen`` frames: when a push finds it full (the browser reads
-slower than the session plays), the queued frames are dropped and the viewer is marked for a
-resync; its sender then sends one fresh snapshot of the session's current step (built once
-per step and shared by every resyncing viewer). Nothing else waits for a slow viewer.
+A viewer's queue holds at most ``maxlen`` frames (and ``max_bytes`` characters): when a push
+finds it full (the browser reads slower than the session plays), the queued frames are
+dropped and the viewer is marked for a resync; its sender then sends one fresh snapshot of
+the session's current step (built once per step and shared by every resyncing viewer).
+Nothing else waits for a slow viewer.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class Viewer:
         maxlen: int,
         resync: Callable[[], list[str]],
         raw: RawWriter | None = None,
+        max_bytes: int | None = None,
     ):
         self.ws = ws
+        self.max_bytes = max_bytes
         self.raw = raw
         self.sending = False
         self.maxlen = maxlen
@@ -63,7 +66,7 @@ class Viewer:
             self.sent += 1
             self.direct += 1
             return
-        if len(self.queue) >= self.maxlen:
+        if len(self.queue) >= self.maxlen or self._over_bytes(len(frame)):
             self.queue.clear()
             self.need_resync = True
             self.resyncs += 1
@@ -71,6 +74,13 @@ class Viewer:
             self.queue.append(frame)
             self.max_queue = max(self.max_queue, len(self.queue))
         self._wake.set()
+
+    def _over_bytes(self, extra: int) -> bool:
+        """Would queueing ``extra`` more characters pass ``max_bytes``? (A frame alone in the
+        queue is always allowed, or a big snapshot could never be sent.)"""
+        if self.max_bytes is None or not self.queue:
+            return False
+        return sum(map(len, self.queue)) + extra > self.max_bytes
 
     def reset(self, frames: list[str]) -> None:
         """Replace whatever is queued (a snapshot supersedes older deltas)."""
@@ -81,7 +91,7 @@ class Viewer:
 
     def close_after(self, frame: str) -> None:
         """Send this frame (after what is queued, if there is room), then close."""
-        if len(self.queue) >= self.maxlen:
+        if len(self.queue) >= self.maxlen or self._over_bytes(len(frame)):
             self.queue.clear()
         self.need_resync = False
         self.queue.append(frame)
@@ -118,6 +128,7 @@ class Viewer:
             "queue": len(self.queue),
             "max_queue": self.max_queue,
             "limit": self.maxlen,
+            "bytes": sum(map(len, self.queue)),
             "resyncs": self.resyncs,
             "sent": self.sent,
             "direct": self.direct,

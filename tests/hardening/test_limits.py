@@ -20,7 +20,7 @@ from .conftest import Server, create, recv, ws_open
 LIMITS: dict[str, Any] = {
     "max_sessions": 6, "max_pages": 2000, "max_body_bytes": 4096, "max_scenario_steps": 20,
     "max_timeline_steps": 40, "max_branches": 3, "ws_queue": 4, "ws_max_message_bytes": 512,
-    "max_viewers": 2, "max_step_n": 25, "max_speed": 50.0,
+    "max_viewers": 2, "max_step_n": 25, "max_speed": 50.0, "ws_queue_bytes": 64 * 1024,
 }
 
 
@@ -134,8 +134,33 @@ def test_websocket_limits(small: Server, http: httpx.Client) -> None:
             await recv(a, "delta", "snapshot")
         stats = http.get(f"/api/sessions/{sid}/viewers").json()
         assert all(v["queue"] <= v["limit"] == 4 for v in stats), stats
+        assert all(v["bytes"] <= 64 * 1024 or v["queue"] == 1 for v in stats), stats
         await a.close()
         await b.close()
+
+    asyncio.run(go())
+
+
+def test_viewer_queue_bytes() -> None:
+    """ws_queue_bytes: many big frames for a viewer that does not read overflow by size
+    (dropped for one resync snapshot) long before the frame count limit."""
+    from app.server.viewers import Viewer
+
+    class Stuck:
+        async def send_text(self, data: str) -> None:
+            await asyncio.Event().wait()
+
+        async def close(self, code: int = 1000, reason: str | None = None) -> None:
+            pass
+
+    async def go() -> None:
+        v = Viewer(Stuck(), 1000, lambda: ["snapshot"], None, max_bytes=10_000)
+        for _ in range(200):
+            v.push("d" * 3000)
+            assert sum(map(len, v.queue)) <= 10_000
+        assert v.resyncs == 1 and v.need_resync and not v.queue  # overflowed at 4 frames
+        v.reset(["s" * 50_000])  # one frame over the budget is still sent, alone
+        assert len(v.queue) == 1
 
     asyncio.run(go())
 
@@ -180,6 +205,6 @@ def test_every_limit_is_a_setting() -> None:
     fields = Settings.model_fields
     for name in ("max_sessions", "max_pages", "max_body_bytes", "max_scenario_steps",
                  "max_timeline_steps", "max_branches", "timeline_memory_mb", "ws_queue",
-                 "ws_max_message_bytes", "max_viewers", "max_step_n", "max_speed",
+                 "ws_queue_bytes", "ws_max_message_bytes", "max_viewers", "max_step_n", "max_speed",
                  "idle_expiry_seconds", "token"):
         assert name in fields, name

@@ -41,7 +41,7 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
         return
     refusal = control_refusal(settings, ws)  # None: this viewer may control
     raw = RawWriter.of(ws.scope.get("ksmlab.ws_protocol"))
-    viewer = Viewer(ws, settings.ws_queue, session.resync_frames, raw)
+    viewer = Viewer(ws, settings.ws_queue, session.resync_frames, raw, settings.ws_queue_bytes)
     viewer.reset(session.resync_frames())
     session.viewers.add(viewer)
     session.touch()
