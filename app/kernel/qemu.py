@@ -23,7 +23,9 @@ API (stdlib only; used by ``app.kernel.cli`` for ``replay --kernel`` and ``fuzz 
     in order, each in a fresh replayer process. Returns one :class:`GuestResult` per scenario
     (``status``, ``trace`` or None, ``stderr``, ``seconds``), in order; ``on_result(index,
     result)`` is called as each arrives (progress bars). If the guest dies or hangs during a
-    scenario, that scenario gets status 1 and the rest continue in a new boot. Raises
+    scenario, that scenario is tried once more in a new boot, then gets status 1, and the
+    rest continue in a new boot; a boot that dies before the guest's runner starts (a rare
+    kernel panic under TCG) is tried again, twice. Raises
     :class:`QemuError` (``.status`` 2 missing piece or bad input, 1 the guest cannot boot).
     Scenario dicts are not validated here: validate them before (``sim.scenario``).
 
@@ -66,6 +68,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 120.0  # seconds until the guest's first frame (TCG boot takes ~4 s)
 SCENARIO_TIMEOUT = 300.0  # seconds one replay may take inside the guest
 REPLAYER = "app.kernel.replayer"
+BOOT_RETRIES = 2  # boots that die before the guest runner starts, tried again
+SCENARIO_RETRIES = 1  # a scenario during which the guest died is tried once more
 
 
 class QemuError(Exception):
@@ -199,48 +203,77 @@ def replay_many_in_guest(
     """
     docs = [_load(s) for s in scenarios]
     results: dict[int, GuestResult] = {}
+    deaths: dict[int, int] = {}  # scenario index -> boots that died during it
+    boot_failures = 0
     start = 0
     while start < len(docs):
-        names = {i: f"{i:05d}.json" for i in range(start, len(docs))}
         job = dict(extra_files or {})
-        job.update({name: docs[i] for i, name in names.items()})
+        job.update({f"{i:05d}.json": docs[i] for i in range(start, len(docs))})
         job["job.json"] = json.dumps(
-            {"scenarios": list(names.values()), "timeout": timeout, "replayer": replayer,
-             "fork": fork}
+            {"scenarios": [f"{i:05d}.json" for i in range(start, len(docs))],
+             "timeout": timeout, "replayer": replayer, "fork": fork}
         ).encode()
-        hello: list[dict[str, Any]] = []
-        batch: dict[int, GuestResult] = {}
-
-        def frame_seen(frame: Frame, first: int = start, batch: dict[int, GuestResult] = batch,
-                       hello: list[dict[str, Any]] = hello) -> None:
-            if frame.kind == "hello":
-                hello.append(frame.payload)
-            elif frame.kind == "result":
-                p = frame.payload
-                r = GuestResult(int(p["status"]), p.get("trace"), p.get("stderr", ""),
-                                float(p.get("seconds", 0.0)))
-                batch[first + frame.index] = r
-                if on_result:
-                    on_result(first + frame.index, r)
-
-        kernel, result = _boot_job(version, job, len(names), frame_seen, timeout)
-        _raise_runner_error(result, version)
-        meta = _guest_meta(kernel, result, hello[0] if hello else None)
-        for r in batch.values():
-            if r.trace is not None:
-                r.trace.setdefault("meta", {}).setdefault("guest", {}).update(meta)
+        hello, batch, result = _run_batch(version, job, start, len(docs) - start, timeout,
+                                          on_result)
         results.update(batch)
         missing = [i for i in range(start, len(docs)) if i not in results]
         if not missing:
             break
-        if not hello:
-            raise QemuError(f"kernel {version}: {_failure(result)}")
-        bad = missing[0]  # the guest died or hung during this one
-        results[bad] = GuestResult(1, None, f"guest: {_failure(result)}", 0.0)
-        if on_result:
-            on_result(bad, results[bad])
-        start = bad + 1
+        log = _keep_console(result)
+        if not hello:  # the kernel did not boot (a rare panic under TCG): boot again
+            boot_failures += 1
+            if boot_failures > BOOT_RETRIES:
+                raise QemuError(f"kernel {version}: {_failure(result)} (console: {log})")
+            continue
+        bad = missing[0]  # the guest died or hung during this one: once more, then give up
+        deaths[bad] = deaths.get(bad, 0) + 1
+        if deaths[bad] > SCENARIO_RETRIES:
+            results[bad] = GuestResult(1, None, f"guest: {_failure(result)} (console: {log})",
+                                       0.0)
+            if on_result:
+                on_result(bad, results[bad])
+            bad += 1
+        start = bad
     return [results[i] for i in range(len(docs))]
+
+
+def _run_batch(
+    version: str, job: dict[str, bytes], first: int, count: int, timeout: float,
+    on_result: Callable[[int, GuestResult], None] | None,
+) -> tuple[dict[str, Any] | None, dict[int, GuestResult], Boot]:
+    """One boot replaying scenarios ``first .. first+count-1``: (hello, results, boot)."""
+    hello: list[dict[str, Any]] = []
+    batch: dict[int, GuestResult] = {}
+
+    def frame_seen(frame: Frame) -> None:
+        if frame.kind == "hello":
+            hello.append(frame.payload)
+        elif frame.kind == "result":
+            p = frame.payload
+            r = GuestResult(int(p["status"]), p.get("trace"), p.get("stderr", ""),
+                            float(p.get("seconds", 0.0)))
+            batch[first + frame.index] = r
+            if on_result:
+                on_result(first + frame.index, r)
+
+    kernel, result = _boot_job(version, job, count, frame_seen, timeout)
+    _raise_runner_error(result, version)
+    meta = _guest_meta(kernel, result, hello[0] if hello else None)
+    for r in batch.values():
+        if r.trace is not None:
+            r.trace.setdefault("meta", {}).setdefault("guest", {}).update(meta)
+    return (hello[0] if hello else None), batch, result
+
+
+def _keep_console(result: Boot) -> Path | None:
+    """Keep the console of a boot that went wrong (``CACHE/logs/last-failed-console.txt``)."""
+    path = cache_dir() / "logs" / "last-failed-console.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(result.console, encoding="utf-8")
+    except OSError:
+        return None
+    return path
 
 
 def replay_in_guest(

@@ -123,3 +123,47 @@ def test_damaged_kernel_deb_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pat
     (tmp_path / "debs" / f"{package}_{version}_amd64.deb").write_bytes(b"!<arch>\nbroken")
     with pytest.raises(qemu_packages.MissingPiece, match="is damaged"):
         qemu_packages.ensure_kernel("6.1", fetch=False)
+
+
+def test_dying_boots_are_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """replay_many_in_guest's bookkeeping, with scripted boots instead of qemu: a boot that
+    dies before the runner starts is retried; a scenario during which the guest dies is tried
+    once more, then fails alone; the others go on."""
+    from app.kernel import qemu
+    from app.kernel.qemu_boot import Boot, Frame
+
+    monkeypatch.setenv("KSMLAB_CACHE", str(tmp_path))
+    # per boot: the scenario indexes (relative to the batch) that get a result before it dies
+    script = [None, [0], [], [0]]  # None: no hello at all
+    calls: list[list[str]] = []
+
+    def fake_boot(version: str, job: dict[str, bytes], count: int, on_frame, timeout):
+        spec = json.loads(job["job.json"])
+        calls.append(spec["scenarios"])
+        plan = script[len(calls) - 1]
+        boot = Boot(console=f"boot {len(calls)}: Kernel panic")
+        if plan is not None:
+            on_frame(Frame("hello", -1, {"release": "fake"}))
+            for i in plan:
+                trace = {"checkpoints": [], "scenario": spec["scenarios"][i]}
+                on_frame(Frame("result", i, {"status": 0, "trace": trace, "stderr": ""}))
+        kernel = qemu_packages.Kernel(version, "pkg", "1", tmp_path, tmp_path)
+        return kernel, boot
+
+    monkeypatch.setattr(qemu, "_boot_job", fake_boot)
+    seen: list[int] = []
+    results = qemu.replay_many_in_guest([{"name": str(i)} for i in range(3)], "6.1",
+                                        on_result=lambda i, r: seen.append(i))
+    assert calls == [["00000.json", "00001.json", "00002.json"]] * 2 + [
+        ["00001.json", "00002.json"], ["00002.json"]]
+    assert [r.status for r in results] == [0, 1, 0]
+    assert results[2].trace is not None and results[2].trace["scenario"] == "00002.json"
+    assert "boot 3: Kernel panic" in results[1].stderr
+    assert sorted(seen) == [0, 1, 2]
+    assert (tmp_path / "logs" / "last-failed-console.txt").read_text() == "boot 3: Kernel panic"
+
+    script[:] = [None] * 3
+    calls.clear()
+    with pytest.raises(qemu.QemuError, match="guest ended"):
+        qemu.replay_many_in_guest([{"name": "x"}], "6.1")
+    assert len(calls) == 3
