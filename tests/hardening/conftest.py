@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 from collections.abc import Iterator
@@ -84,3 +85,10 @@ async def recv(ws: ClientConnection, *types: str, timeout: float = 20) -> dict[s
         msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         if not types or msg["type"] in types:
             return msg
+
+
+def run(coro: Any) -> Any:
+    """``asyncio.run`` in a thread of its own: the run's shared Playwright (sync API) may
+    already hold an event loop in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -18,7 +18,7 @@ from app.config import Settings
 from app.server.app import create_app
 from app.server.security import check_control, ensure_token, is_loopback, require_control
 
-from .conftest import TOKEN, Server, client, create, recv, ws_open
+from .conftest import TOKEN, Server, client, create, recv, run, ws_open
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -106,7 +106,7 @@ def test_ws_viewer_watches_read_only(token_server: Server) -> None:
         await viewer.close()
         await presenter.close()
 
-    asyncio.run(go())
+    run(go())
 
 
 def test_ws_bearer_header_controls(token_server: Server) -> None:
@@ -119,7 +119,7 @@ def test_ws_bearer_header_controls(token_server: Server) -> None:
         assert (await recv(ws, "delta", "snapshot", "error"))["type"] != "error"
         await ws.close()
 
-    asyncio.run(go())
+    run(go())
 
 
 @pytest.mark.parametrize("path", ["/ws/sessions/x", "/ws/live"])
@@ -132,7 +132,7 @@ def test_ws_foreign_origin_refused(open_server: Server, path: str) -> None:
                 await asyncio.wait_for(_connect(url, origin), 10)
             assert info.value.response.status_code == 403
 
-    asyncio.run(go())
+    run(go())
 
 
 def test_ws_same_origin_or_none_accepted(open_server: Server) -> None:
@@ -144,7 +144,7 @@ def test_ws_same_origin_or_none_accepted(open_server: Server) -> None:
             assert (await recv(ws, "snapshot"))["session"] == sid
             await ws.close()
 
-    asyncio.run(go())
+    run(go())
 
 
 async def _connect(url: str, origin: str | None) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Server, recv, ws_open
+from .conftest import Server, recv, run, ws_open
 
 PAGES = 20_000
 
@@ -121,7 +121,7 @@ def test_viewer_vanishes_mid_frame(fault_server: Server, caplog: pytest.LogCaptu
             await asyncio.sleep(0.2)
         await good.close()
 
-    asyncio.run(go())
+    run(go())
     with httpx.Client(base_url=fault_server.url) as http:
         assert http.get("/healthz").status_code == 200
         http.delete(f"/api/sessions/{sid}")
@@ -161,7 +161,7 @@ def test_client_that_never_reads(fault_server: Server) -> None:
         await fast.close()
 
     try:
-        asyncio.run(go())
+        run(go())
     finally:
         stuck.close()
         http.delete(f"/api/sessions/{sid}")
@@ -186,4 +186,4 @@ def test_session_deleted_while_viewers_watch(fault_server: Server) -> None:
             assert (await http.get(f"/api/sessions/{sid}")).status_code == 404
             assert (await http.get("/healthz")).status_code == 200
 
-    asyncio.run(go())
+    run(go())

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
 
-from .conftest import Server, create, recv, ws_open
+from .conftest import Server, create, recv, run, ws_open
 
 LIMITS: dict[str, Any] = {
     "max_sessions": 6, "max_pages": 2000, "max_body_bytes": 4096, "max_scenario_steps": 20,
@@ -138,7 +138,7 @@ def test_websocket_limits(small: Server, http: httpx.Client) -> None:
         await a.close()
         await b.close()
 
-    asyncio.run(go())
+    run(go())
 
 
 def test_viewer_queue_bytes() -> None:
@@ -162,7 +162,7 @@ def test_viewer_queue_bytes() -> None:
         v.reset(["s" * 50_000])  # one frame over the budget is still sent, alone
         assert len(v.queue) == 1
 
-    asyncio.run(go())
+    run(go())
 
 
 def test_timeline_memory_bounded_and_replayed() -> None:
@@ -198,7 +198,7 @@ def test_idle_sessions_evicted() -> None:
                 assert http.get(f"/api/sessions/{kept}").status_code == 200
             await ws.close()
 
-        asyncio.run(go())
+        run(go())
 
 
 def test_every_limit_is_a_setting() -> None:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from app.server import messages as m
 
-from .conftest import Server, create, recv, ws_open
+from .conftest import Server, create, recv, run, ws_open
 
 MAX_MESSAGE = 2048
 
@@ -96,7 +96,7 @@ def test_every_bad_message_gets_an_error(fuzz_server: Server) -> None:
         assert (await recv(ws, "delta", "snapshot"))["step"] == 1
         await ws.close()
 
-    asyncio.run(go())
+    run(go())
     with httpx.Client(base_url=fuzz_server.url) as http:
         assert http.get(f"/api/sessions/{other}/snapshot").status_code == 200
         assert http.get("/healthz").json()["status"] == "ok"
@@ -117,7 +117,7 @@ def test_frame_over_hard_cap_closes_only_that_socket(fuzz_server: Server) -> Non
         assert (await recv(bystander, "delta", "snapshot"))["step"] == 1
         await bystander.close()
 
-    asyncio.run(go())
+    run(go())
 
 
 def test_control_spam_keeps_socket_and_other_sessions(fuzz_server: Server) -> None:
@@ -160,7 +160,7 @@ def test_control_spam_keeps_socket_and_other_sessions(fuzz_server: Server) -> No
         await watcher.close()
         assert spam_s < 60
 
-    asyncio.run(go())
+    run(go())
     with httpx.Client(base_url=fuzz_server.url) as http:
         stats = http.get(f"/api/sessions/{spammed}/viewers").json()
         assert all(v["queue"] <= v["limit"] for v in stats)
