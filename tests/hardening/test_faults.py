@@ -129,19 +129,22 @@ def test_viewer_vanishes_mid_frame(fault_server: Server, caplog: pytest.LogCaptu
 
 
 def test_client_that_never_reads(fault_server: Server) -> None:
-    sid = start(fault_server, 50, play=False)
-    stuck = raw_viewer(fault_server, sid, rcvbuf=4096)  # connects, never reads again
+    sid = start(fault_server, 50)
     http = httpx.Client(base_url=fault_server.url, timeout=30)
+    stuck: socket.socket | None = None
 
     async def go() -> None:
+        nonlocal stuck
         fast = await ws_open(fault_server, sid)
         await recv(fast, "snapshot")
-        http.post(f"/api/sessions/{sid}/step", json={"n": 6})
+        alone = await steps_seen(fast, 3)  # the session's pace with one reading viewer
+        http.post(f"/api/sessions/{sid}/pause")
+        stuck = raw_viewer(fault_server, sid, rcvbuf=4096)  # connects, never reads again
         async with httpx.AsyncClient(base_url=fault_server.url, timeout=30) as ahttp:
             for i in range(150):  # every seek sends each viewer a full snapshot (~200 kB)
                 await ahttp.post(f"/api/sessions/{sid}/seek", json={"step": 3 + i % 3})
         stats = viewers(fault_server, sid)
-        assert all(v["queue"] <= v["limit"] for v in stats), stats
+        assert len(stats) == 2 and all(v["queue"] <= v["limit"] for v in stats), stats
         # a snapshot replaces what is queued: the stuck viewer fell behind, holding a few
         # frames, not 150 snapshots; the reader got what it could take
         assert min(v["sent"] for v in stats) < max(v["sent"] for v in stats), stats
@@ -156,14 +159,17 @@ def test_client_that_never_reads(fault_server: Server) -> None:
             except TimeoutError:
                 break
         http.post(f"/api/sessions/{sid}/play")
-        seen = await steps_seen(fast, 3)
-        assert seen >= 100, seen  # 50 batches/s asked: the reader keeps its pace
+        with_stuck = await steps_seen(fast, 3)
+        print(f"steps in 3 s: {alone} alone, {with_stuck} with a stuck client")
+        assert alone > 0 and with_stuck >= 0.6 * alone, (alone, with_stuck)  # same pace
+        assert all(v["queue"] <= v["limit"] for v in viewers(fault_server, sid))
         await fast.close()
 
     try:
         run(go())
     finally:
-        stuck.close()
+        if stuck is not None:
+            stuck.close()
         http.delete(f"/api/sessions/{sid}")
         http.close()
 
