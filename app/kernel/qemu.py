@@ -162,8 +162,12 @@ def _guest_meta(kernel: Kernel, result: Boot, hello: dict[str, Any] | None) -> d
 def _failure(result: Boot) -> str:
     if result.timed_out:
         return f"guest timed out after {result.seconds:.0f} s"
-    tail = [ln for ln in result.console.replace("\r", "").splitlines() if ln.strip()][-3:]
-    return f"guest ended (qemu status {result.returncode}) early; console: {' | '.join(tail)}"
+    lines = [ln for ln in result.console.replace("\r", "").splitlines() if ln.strip()]
+    if result.panicked is not None:
+        panic = [ln for ln in lines if "Kernel panic" in ln][:1]
+        return f"guest kernel panicked after {result.panicked:.0f} s: {' | '.join(panic)}"
+    return f"guest ended (qemu status {result.returncode}) early; console: " + \
+        " | ".join(lines[-3:])
 
 
 def _raise_runner_error(result: Boot, version: str) -> None:

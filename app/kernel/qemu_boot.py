@@ -40,6 +40,7 @@ CPUS = 2
 APPEND = "console=ttyS0 quiet panic=-1"
 _PR_SET_PDEATHSIG = 1
 _TMP_PREFIX = "ksmlab-qemu-"
+_PANIC = b"Kernel panic - not syncing"
 _FRAME = re.compile(
     r"KSMLAB-FRAME (\w+) (-?\d+) (\d+) ([0-9a-f]{64})\r?\n([A-Za-z0-9+/=\r\n]*?)KSMLAB-END \2\r?\n"
 )
@@ -64,6 +65,7 @@ class Boot:
     first_frame_seconds: float | None = None
     host_mergeable_kb: int | None = None
     command: list[str] = field(default_factory=list)
+    panicked: float | None = None  # seconds after start when the console showed a panic
 
     def get(self, kind: str) -> list[Frame]:
         return [f for f in self.frames if f.kind == kind]
@@ -209,8 +211,8 @@ def boot(
                                     preexec_fn=_die_with_parent)
         try:
             with _signals_raise():
-                _watch(proc, payload, result, t0, (boot_timeout, frame_timeout), on_frame,
-                       expected)
+                _watch(proc, (payload, console), result, t0, (boot_timeout, frame_timeout),
+                       on_frame, expected)
         finally:
             _kill_group(proc)
             result.seconds = round(time.monotonic() - t0, 3)
@@ -221,16 +223,20 @@ def boot(
 
 
 def _watch(
-    proc: subprocess.Popen[bytes], payload: Path, result: Boot, t0: float,
+    proc: subprocess.Popen[bytes], files: tuple[Path, Path], result: Boot, t0: float,
     timeouts: tuple[float, float],
     on_frame: Callable[[Frame], None] | None, expected: int | None,
 ) -> None:
+    payload, console = files
     offset = 0
     done_at: float | None = None
     deadline = t0 + timeouts[0]
     while True:
         now = time.monotonic()
         ended = proc.poll() is not None
+        if result.panicked is None and _PANIC in console.read_bytes():
+            result.panicked = now - t0
+            deadline = min(deadline, now + 3)  # panic=-1 reboots (qemu exits); if it hangs
         with payload.open("rb") as f:
             f.seek(offset)
             frames, end = _scan_frames(f.read().decode("latin-1"))
@@ -252,6 +258,6 @@ def _watch(
         if done_at is not None and now - done_at > 5:
             return  # all in; do not wait for a slow power-off
         if now > deadline:
-            result.timed_out = True
+            result.timed_out = result.panicked is None
             return
         time.sleep(0.05)
