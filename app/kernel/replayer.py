@@ -355,6 +355,7 @@ class _Replay:
         self.proc_sources: dict[str, str] = {}
         self.smaps_checks = 0
         self.dirty_disagreements = 0
+        self.dirty_rule_resolved = 0
         self.meta: dict[str, Any] = {}
 
     # -- driver
@@ -376,6 +377,8 @@ class _Replay:
         classification = dict(self.s.classification)
         if classification.get("kpf_ksm_reliable"):
             classification["dirty_rule_disagreements"] = self.dirty_disagreements
+        else:
+            classification["dirty_rule_resolved_by_smaps"] = self.dirty_rule_resolved
         classification["smaps_checks"] = self.smaps_checks
         meta = {
             "warnings": self.warnings,
@@ -626,26 +629,82 @@ class _Replay:
         procs: dict[str, Any] = {}
         pages: dict[str, dict[str, str]] = {}
         knum: dict[int, int] = {}
+        try:
+            raw = {name: self.read_pages(p) for name, p in self.procs.items()}
+        except ProcessGone:
+            raise ReplayFailed("a worker vanished") from None
+        # how many scenario PTEs map each frame: used to resolve the dirty rule (below)
+        mult: dict[int, int] = {}
+        for per_vma in raw.values():
+            for entries, _ in per_vma.values():
+                for e in entries:
+                    if e & PM_PRESENT:
+                        pfn = e & PM_PFN_MASK
+                        mult[pfn] = mult.get(pfn, 0) + 1
         for name, p in self.procs.items():
             try:
                 fields, sources = self.proc.proc_fields(p.handle.pid)
                 self.proc_sources.update(sources)
                 procs[name] = fields
-                pages[name] = self.page_tokens(p, knum, str(step.name))
+                pages[name] = self.page_tokens(p, knum, str(step.name), raw[name], mult)
             except ProcessGone:
                 raise ReplayFailed(f"worker {name!r} vanished") from None
         self.checkpoints.append({"name": step.name, "global": glob, "procs": procs,
                                  "pages": pages})
 
-    def page_tokens(self, p: _Proc, knum: dict[int, int], where: str) -> dict[str, str]:
+    def read_pages(self, p: _Proc) -> dict[str, tuple[list[int], dict[int, int]]]:
+        """pagemap entries and kpageflags of every scenario mapping of a worker."""
+        out = {}
+        for vma, (addr, count) in p.maps.items():
+            entries = self.proc.pagemap(p.handle.pid, addr, count, PAGE)
+            pfns = [e & PM_PFN_MASK for e in entries if e & PM_PRESENT]
+            out[vma] = (entries, self.proc.kpageflags(pfns))
+        return out
+
+    def dirty_rule_keep(self, p: _Proc, vma: str, entries: list[int],
+                        flags: dict[int, int], mult: dict[int, int]) -> set[int] | None:
+        """When KPF_KSM is unreliable, the frames of ``vma`` that are really KSM pages.
+
+        The dirty rule (anonymous and PG_dirty) also catches an ordinary page whose PTE
+        dirty bit went to the folio when ksmd write-protected it while it was shared
+        copy-on-write, and then merged only the other process's mapping. smaps' ``KSM:``
+        line counts this VMA's KSM pages exactly: when the rule finds more, the frames
+        mapped most often by the scenario's PTEs are kept (a KSM frame gathers mappings,
+        a left-over copy-on-write frame has one). None: no smaps count, keep the rule.
+        """
+        addr, count = p.maps[vma]
+        vmas = self.proc.smaps(p.handle.pid)
+        if any(v.ksm_kb is None for v in vmas):
+            return None
+        end = addr + count * PAGE
+        allowed = sum(v.ksm_kb or 0 for v in vmas if addr <= v.start < end) * 1024 // PAGE
+        cands: dict[int, int] = {}
+        for e in entries:
+            if e & PM_PRESENT:
+                pfn = e & PM_PFN_MASK
+                f = flags.get(pfn, 0)
+                if f & (1 << KPF_ANON) and f & (1 << KPF_DIRTY) and not f & (1 << KPF_ZERO_PAGE):
+                    cands[pfn] = cands.get(pfn, 0) + 1
+        if sum(cands.values()) <= allowed:
+            return None
+        keep: set[int] = set()
+        used = 0
+        for pfn in sorted(cands, key=lambda x: -mult.get(x, 0)):
+            if used + cands[pfn] <= allowed:
+                keep.add(pfn)
+                used += cands[pfn]
+        self.dirty_rule_resolved += 1
+        return keep
+
+    def page_tokens(self, p: _Proc, knum: dict[int, int], where: str,
+                    raw: dict[str, tuple[list[int], dict[int, int]]],
+                    mult: dict[int, int]) -> dict[str, str]:
         reliable = bool(self.s.classification.get("kpf_ksm_reliable"))
-        pid = p.handle.pid
         out: dict[str, str] = {}
         counts: dict[str, int] = {}
-        for vma, (addr, count) in p.maps.items():
-            entries = self.proc.pagemap(pid, addr, count, PAGE)
-            pfns = [e & PM_PFN_MASK for e in entries if e & PM_PRESENT]
-            flags = self.proc.kpageflags(pfns)
+        for vma in p.maps:
+            entries, flags = raw[vma]
+            keep = None if reliable else self.dirty_rule_keep(p, vma, entries, flags, mult)
             tokens = []
             for e in entries:
                 if not e & PM_PRESENT:
@@ -658,6 +717,8 @@ class _Replay:
                     tokens.append("Z")
                     continue
                 ksm = bool(f & (1 << KPF_KSM)) if reliable else by_dirty
+                if keep is not None:
+                    ksm = pfn in keep
                 if reliable and ksm != by_dirty:
                     self.dirty_disagreements += 1
                 if ksm:
