@@ -144,15 +144,27 @@ function setPlaying(playing) {
 }
 
 // ------------------------------------------------------------------ keyboard
-// Keys post the same htmx request as the buttons (not button.click(): the controls partial
-// may be in the middle of a swap, and a detached form would submit natively).
+// Keys post the same request as the buttons, with fetch rather than htmx.ajax: the controls
+// partial refreshes itself whenever the session's state changes, and htmx drops a request
+// whose source element is swapped out meanwhile, which would lose a clicker press.
 function click(action) {
   const b = document.querySelector(`#controls [data-action="${action}"]:not([disabled])`);
   const form = b?.closest("form");
-  if (!b || !form || !window.htmx) return false;
-  window.htmx.ajax("POST", form.getAttribute("hx-post"), {
-    source: form, target: "#controls", swap: "outerHTML", values: { action: b.value },
-  });
+  const url = form?.getAttribute("hx-post");
+  if (!b || !url) return false;
+  fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "HX-Request": "true", "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ action: b.value }),
+  }).then(async (r) => {
+    const html = await r.text();
+    const current = document.getElementById("controls");
+    if (!current || !html.includes('id="controls"')) return;
+    current.outerHTML = html;
+    const fresh = document.getElementById("controls");
+    if (fresh && window.htmx) window.htmx.process(fresh);
+  }).catch(() => {});
   return true;
 }
 
