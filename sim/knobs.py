@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import KnobError
 from .process import ProcessMixin
+from .trace import GLOBAL_FIELDS
 
 DEFAULTS: dict[str, Any] = {
     "run": 0,
@@ -107,20 +108,7 @@ class KnobsMixin(ProcessMixin):
     def sysfs_write(self, knob: str, value: Any) -> None:
         """Write a knob as ``echo value > /sys/kernel/mm/ksm/<knob>`` would."""
         if knob not in self.profile.knobs:
-            counters = (
-                "pages_shared",
-                "pages_sharing",
-                "pages_unshared",
-                "pages_volatile",
-                "full_scans",
-                "stable_node_chains",
-                "stable_node_dups",
-                "general_profit",
-                "pages_scanned",
-                "ksm_zero_pages",
-                "pages_skipped",
-            )
-            if knob in counters:
+            if knob in GLOBAL_FIELDS:
                 raise KnobError(knob, "EACCES", "read-only file")
             raise KnobError(knob, "ENOENT", f"no such knob on kernel {self.profile.version}")
         text = _text(value)

@@ -180,13 +180,19 @@ class ScannerMixin(StableTreeMixin):
         if self.log is not None:
             self.log.event("ksm_append", (vma.uid << 32) | idx)
 
+    def _checksum_changed(self, vma: Vma, idx: int, content: int) -> bool:
+        """The checksum gate: store a changed checksum; the page is volatile this scan."""
+        if vma.it_sum[idx] == content:
+            return False
+        vma.it_sum[idx] = content
+        if self.log is not None:
+            self.log.event("volatile", (vma.uid << 32) | idx)
+        return True
+
     def _cmp_and_merge_611(self, vma: Vma, idx: int, pfn: int) -> None:
         self._remove_rmap_item_from_tree(vma, idx)
         content = self.f_content[pfn]
-        if vma.it_sum[idx] != content:
-            vma.it_sum[idx] = content
-            if self.log is not None:
-                self.log.event("volatile", (vma.uid << 32) | idx)
+        if self._checksum_changed(vma, idx, content):
             return
         if content == 0 and self.knobs["use_zero_pages"]:
             self._merge_with_zero_page(vma, idx, pfn)
@@ -204,10 +210,7 @@ class ScannerMixin(StableTreeMixin):
         if node is not None and node.nid in self.nodes and not node.dead:
             self._merge_with_ksm_page(vma, idx, pfn, node)
             return
-        if vma.it_sum[idx] != content:
-            vma.it_sum[idx] = content
-            if self.log is not None:
-                self.log.event("volatile", (vma.uid << 32) | idx)
+        if self._checksum_changed(vma, idx, content):
             return
         if content == 0 and self.knobs["use_zero_pages"]:
             self._merge_with_zero_page(vma, idx, pfn)
