@@ -18,6 +18,9 @@ KPF_DIRTY = 4
 KPF_ANON = 12
 KPF_KSM = 21
 KPF_ZERO_PAGE = 24
+#: a "kernel hacking" bit (include/linux/kernel-page-flags.h, KPF_MAPPEDTODISK, later
+#: KPF_OWNER_2): PG_anon_exclusive on an anonymous page in 6.1-6.12; never stable ABI
+KPF_ANON_EXCLUSIVE = 34
 
 PM_PRESENT = 1 << 63
 PM_SWAP = 1 << 62

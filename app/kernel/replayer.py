@@ -63,6 +63,7 @@ from .guard import (
 )
 from .procfs import (
     KPF_ANON,
+    KPF_ANON_EXCLUSIVE,
     KPF_DIRTY,
     KPF_KSM,
     KPF_ZERO_PAGE,
@@ -261,6 +262,9 @@ class KernelSession:
             "kpf_ksm_reliable": reliable,
             "probe_kpageflags": flags,
             "ksm_rule": "KPF_KSM" if reliable else "KPF_ANON and KPF_DIRTY (PG_dirty)",
+            # the fresh page is exclusively owned: where kpageflags shows PG_anon_exclusive
+            # (bit 34, 6.1-6.12), a frame with it cannot be a KSM page
+            "anon_exclusive": bool(flags & (1 << KPF_ANON_EXCLUSIVE)),
         }
 
     # -- workers
@@ -356,6 +360,7 @@ class _Replay:
         self.smaps_checks = 0
         self.dirty_disagreements = 0
         self.dirty_rule_resolved = 0
+        self.ambiguous: list[dict[str, Any]] = []
         self.meta: dict[str, Any] = {}
 
     # -- driver
@@ -379,6 +384,7 @@ class _Replay:
             classification["dirty_rule_disagreements"] = self.dirty_disagreements
         else:
             classification["dirty_rule_resolved_by_smaps"] = self.dirty_rule_resolved
+            classification["ambiguous_pages"] = self.ambiguous
         classification["smaps_checks"] = self.smaps_checks
         meta = {
             "warnings": self.warnings,
@@ -633,20 +639,18 @@ class _Replay:
             raw = {name: self.read_pages(p) for name, p in self.procs.items()}
         except ProcessGone:
             raise ReplayFailed("a worker vanished") from None
-        # how many scenario PTEs map each frame: used to resolve the dirty rule (below)
-        mult: dict[int, int] = {}
-        for per_vma in raw.values():
-            for entries, _ in per_vma.values():
-                for e in entries:
-                    if e & PM_PRESENT:
-                        pfn = e & PM_PFN_MASK
-                        mult[pfn] = mult.get(pfn, 0) + 1
+        solved = None
+        if not self.s.classification.get("kpf_ksm_reliable"):
+            try:
+                solved = self.solve_dirty_rule(raw)
+            except ProcessGone:
+                raise ReplayFailed("a worker vanished") from None
         for name, p in self.procs.items():
             try:
                 fields, sources = self.proc.proc_fields(p.handle.pid)
                 self.proc_sources.update(sources)
                 procs[name] = fields
-                pages[name] = self.page_tokens(p, knum, str(step.name), raw[name], mult)
+                pages[name] = self.page_tokens(p, knum, str(step.name), raw[name], solved)
             except ProcessGone:
                 raise ReplayFailed(f"worker {name!r} vanished") from None
         self.checkpoints.append({"name": step.name, "global": glob, "procs": procs,
@@ -661,52 +665,82 @@ class _Replay:
             out[vma] = (entries, self.proc.kpageflags(pfns))
         return out
 
-    def dirty_rule_keep(self, p: _Proc, vma: str, entries: list[int],
-                        flags: dict[int, int], mult: dict[int, int]) -> set[int] | None:
-        """When KPF_KSM is unreliable, the frames of ``vma`` that are really KSM pages.
+    def solve_dirty_rule(self, raw: dict[str, dict[str, tuple[list[int], dict[int, int]]]],
+                         ) -> tuple[set[int], set[int]] | None:
+        """When KPF_KSM is unreliable: which frames are KSM pages, and which cannot be told.
 
         The dirty rule (anonymous and PG_dirty) also catches an ordinary page whose PTE
         dirty bit went to the folio when ksmd write-protected it while it was shared
         copy-on-write, and then merged only the other process's mapping. smaps' ``KSM:``
-        line counts this VMA's KSM pages exactly: when the rule finds more, the frames
-        mapped most often by the scenario's PTEs are kept (a KSM frame gathers mappings,
-        a left-over copy-on-write frame has one). None: no smaps count, keep the rule.
+        line counts each VMA's KSM pages exactly, so the rule's candidates are narrowed to
+        the assignments that meet every mapping's count. Candidates mapped by the same
+        numbers of PTEs in the same mappings are interchangeable: when the counts allow
+        some but not all of them to be KSM, userspace cannot tell which (a KSM frame and a
+        left-over copy-on-write frame each mapped once, after the process sharing them
+        exited); the first ones are taken and all are reported as ambiguous.
+
+        Returns ``(ksm, ambiguous)`` frames, or None when smaps has no ``KSM:`` line or no
+        assignment meets the counts (then the plain rule is kept; ``check_smaps`` warns).
         """
-        addr, count = p.maps[vma]
-        vmas = self.proc.smaps(p.handle.pid)
-        if any(v.ksm_kb is None for v in vmas):
+        # a KSM page is never PageAnonExclusive (if the probe showed the bit is exported)
+        exclusive = 1 << KPF_ANON_EXCLUSIVE if self.s.classification.get("anon_exclusive") \
+            else 0
+        allowed: dict[tuple[str, str], int] = {}
+        sigs: dict[int, dict[tuple[str, str], int]] = {}
+        order: list[int] = []
+        for name, p in self.procs.items():
+            vmas = self.proc.smaps(p.handle.pid)
+            if any(v.ksm_kb is None for v in vmas):
+                return None
+            for vma, (addr, count) in p.maps.items():
+                end = addr + count * PAGE
+                key = (name, vma)
+                allowed[key] = sum(v.ksm_kb or 0 for v in vmas
+                                   if addr <= v.start < end) * 1024 // PAGE
+                entries, flags = raw[name][vma]
+                for e in entries:
+                    if not e & PM_PRESENT:
+                        continue
+                    pfn = e & PM_PFN_MASK
+                    f = flags.get(pfn, 0)
+                    if f & (1 << KPF_ANON) and f & (1 << KPF_DIRTY) \
+                            and not f & (1 << KPF_ZERO_PAGE) and not f & exclusive:
+                        if pfn not in sigs:
+                            sigs[pfn] = {}
+                            order.append(pfn)
+                        sigs[pfn][key] = sigs[pfn].get(key, 0) + 1
+        groups: dict[tuple[tuple[tuple[str, str], int], ...], list[int]] = {}
+        for pfn in order:
+            groups.setdefault(tuple(sorted(sigs[pfn].items())), []).append(pfn)
+        # most mapped groups first, each tried from "all KSM" down: the first solution is
+        # the one the greedy rule (a KSM frame gathers mappings) would pick
+        gl = sorted(groups.items(), key=lambda g: -sum(n for _, n in g[0]))
+        solutions, complete = _count_solutions([dict(sig) for sig, _ in gl],
+                                               [len(m) for _, m in gl], allowed)
+        if not solutions:
             return None
-        end = addr + count * PAGE
-        allowed = sum(v.ksm_kb or 0 for v in vmas if addr <= v.start < end) * 1024 // PAGE
-        cands: dict[int, int] = {}
-        for e in entries:
-            if e & PM_PRESENT:
-                pfn = e & PM_PFN_MASK
-                f = flags.get(pfn, 0)
-                if f & (1 << KPF_ANON) and f & (1 << KPF_DIRTY) and not f & (1 << KPF_ZERO_PAGE):
-                    cands[pfn] = cands.get(pfn, 0) + 1
-        if sum(cands.values()) <= allowed:
-            return None
-        keep: set[int] = set()
-        used = 0
-        for pfn in sorted(cands, key=lambda x: -mult.get(x, 0)):
-            if used + cands[pfn] <= allowed:
-                keep.add(pfn)
-                used += cands[pfn]
-        self.dirty_rule_resolved += 1
-        return keep
+        ksm: set[int] = set()
+        ambiguous: set[int] = set()
+        for i, (_, members) in enumerate(gl):
+            ks = {sol[i] for sol in solutions}
+            ksm.update(members[:solutions[0][i]])
+            if not complete or len(ks) > 1 or 0 < solutions[0][i] < len(members):
+                ambiguous.update(members)
+        if len(ksm) != len(order):
+            self.dirty_rule_resolved += 1
+        return ksm, ambiguous
 
     def page_tokens(self, p: _Proc, knum: dict[int, int], where: str,
                     raw: dict[str, tuple[list[int], dict[int, int]]],
-                    mult: dict[int, int]) -> dict[str, str]:
+                    solved: tuple[set[int], set[int]] | None) -> dict[str, str]:
         reliable = bool(self.s.classification.get("kpf_ksm_reliable"))
         out: dict[str, str] = {}
         counts: dict[str, int] = {}
         for vma in p.maps:
             entries, flags = raw[vma]
-            keep = None if reliable else self.dirty_rule_keep(p, vma, entries, flags, mult)
             tokens = []
-            for e in entries:
+            tied: list[int] = []
+            for i, e in enumerate(entries):
                 if not e & PM_PRESENT:
                     tokens.append("-")
                     continue
@@ -717,8 +751,10 @@ class _Replay:
                     tokens.append("Z")
                     continue
                 ksm = bool(f & (1 << KPF_KSM)) if reliable else by_dirty
-                if keep is not None:
-                    ksm = pfn in keep
+                if solved is not None:
+                    ksm = pfn in solved[0]
+                    if pfn in solved[1]:
+                        tied.append(i)
                 if reliable and ksm != by_dirty:
                     self.dirty_disagreements += 1
                 if ksm:
@@ -728,6 +764,9 @@ class _Replay:
                     tokens.append("A")
             out[vma] = " ".join(tokens)
             counts[vma] = sum(1 for t in tokens if t.startswith("K"))
+            if tied:
+                self.ambiguous.append({"checkpoint": len(self.checkpoints), "name": where,
+                                       "proc": p.name, "vma": vma, "pages": tied})
         self.check_smaps(p, counts, where)
         return out
 
@@ -750,6 +789,50 @@ class _Replay:
             if kb * 1024 != counts[vma] * PAGE:
                 self.warnings.append(f"checkpoint {where!r}: {p.name}.{vma}: {counts[vma]} K "
                                      f"pages but smaps says KSM: {kb} kB")
+
+
+def _count_solutions(sigs: list[dict[tuple[str, str], int]], sizes: list[int],
+                     allowed: dict[tuple[str, str], int], limit: int = 64,
+                     budget: int = 200_000) -> tuple[list[list[int]], bool]:
+    """Every way (up to ``limit``) to choose how many frames of each group are KSM pages.
+
+    Group ``i`` has ``sizes[i]`` interchangeable frames, each mapped ``sigs[i][m]`` times
+    in mapping ``m``; a choice must give every mapping exactly ``allowed[m]`` KSM PTEs.
+    Groups are tried in the order given, each from "all" down to "none". The flag is
+    False when the search stopped at ``limit`` solutions or ``budget`` calls.
+    """
+    out: list[list[int]] = []
+    left = dict(allowed)
+    # what the groups after i can still add to each mapping, to prune early
+    room: list[dict[tuple[str, str], int]] = [{} for _ in range(len(sigs) + 1)]
+    for i in range(len(sigs) - 1, -1, -1):
+        room[i] = dict(room[i + 1])
+        for m, n in sigs[i].items():
+            room[i][m] = room[i].get(m, 0) + n * sizes[i]
+    pick: list[int] = []
+    steps = 0
+
+    def go(i: int) -> None:
+        nonlocal steps
+        steps += 1
+        if len(out) >= limit or steps > budget:
+            return
+        if any(v < 0 or v > room[i].get(m, 0) for m, v in left.items()):
+            return
+        if i == len(sigs):
+            out.append(list(pick))
+            return
+        for k in range(sizes[i], -1, -1):
+            for m, n in sigs[i].items():
+                left[m] -= k * n
+            pick.append(k)
+            go(i + 1)
+            pick.pop()
+            for m, n in sigs[i].items():
+                left[m] += k * n
+
+    go(0)
+    return out, len(out) < limit and steps <= budget
 
 
 # --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,3 +147,61 @@ def test_shrunk_mapping_clips_page_selections() -> None:
     assert small["steps"][1]["pages"] == 8
     assert small["steps"][3]["pages"] == ["2-7"]
     assert [s["op"] for s in small["steps"]] == ["spawn", "mmap", "fork", "write", "checkpoint"]
+
+
+def test_dirty_rule_solutions_find_ties_and_forced_choices() -> None:
+    from app.kernel.replayer import _count_solutions
+
+    a, b = ("P2", "m1"), ("P3", "m1")
+    # two frames each mapped once in a and once in b, one KSM page in each: a tie
+    assert _count_solutions([{a: 1, b: 1}], [2], {a: 1, b: 1}) == ([[1]], True)
+    # a frame mapped twice and one mapped once; two KSM PTEs: only the first can be KSM
+    assert _count_solutions([{a: 2}, {a: 1}], [1, 1], {a: 2}) == ([[1, 0]], True)
+    # two KSM PTEs in a, one in b: the frame in both and the frame only in a
+    sols, complete = _count_solutions([{a: 1, b: 1}, {a: 1}], [1, 2], {a: 2, b: 1})
+    assert complete and sols == [[1, 1]]
+    # counts no choice can meet
+    assert _count_solutions([{a: 1}], [3], {a: 4}) == ([], True)
+    # the search is bounded
+    sols, complete = _count_solutions([{a: 1}] * 12, [1] * 12, {a: 6}, limit=5)
+    assert len(sols) == 5 and not complete
+
+
+def _tie_case() -> tuple[dict[str, Any], dict[str, Any]]:
+    """P1's copy-on-write pages (shared with its child P2) merge; P1 exits: in P2 the KSM
+    frame and the left-over frames are each mapped once, dirty and not exclusive."""
+    doc = {"format": "ksm-scenario/1", "name": "tie", "kernel": "6.12", "steps": [
+        {"op": "spawn", "proc": "P1"}, {"op": "mmap", "proc": "P1", "vma": "m", "pages": 3},
+        {"op": "write", "proc": "P1", "vma": "m", "content": "B"},
+        {"op": "fork", "proc": "P1", "child": "P2"},
+        {"op": "madvise", "proc": "P1", "vma": "m", "advice": "MADV_MERGEABLE"},
+        {"op": "scan", "passes": 3}, {"op": "exit", "proc": "P1"},
+        {"op": "checkpoint", "name": "c"}]}
+    strace, err = fuzz.run_sim(doc)
+    assert strace is not None, err
+    return doc, strace
+
+
+def test_ties_are_judged_by_their_ksm_count_only() -> None:
+    doc, strace = _tie_case()
+    sim_pages = strace["checkpoints"][0]["pages"]["P2"]["m"]
+    assert sorted(sim_pages.split()) == ["A", "A", "K0"]  # one KSM frame left in P2
+    ktrace = copy.deepcopy(strace)
+    tokens = sim_pages.split()
+    ktrace["checkpoints"][0]["pages"]["P2"]["m"] = " ".join(reversed(tokens)) \
+        if tokens != tokens[::-1] else "A A K0"
+    assert fuzz.judge(doc, (ktrace, None)).kind == "diff"  # no ties recorded: a diff
+    ktrace["meta"] = {"page_classification": {"ambiguous_pages": [
+        {"checkpoint": 0, "name": "c", "proc": "P2", "vma": "m", "pages": [0, 1, 2]}]}}
+    outcome = fuzz.judge(doc, (ktrace, None))
+    assert outcome.kind == "tied" and outcome.diffs
+    ktrace["checkpoints"][0]["pages"]["P2"]["m"] = "K0 K1 A"  # two KSM pages: too many
+    assert fuzz.judge(doc, (ktrace, None)).kind == "diff"
+    left = fuzz.without_ties(ktrace, strace)
+    assert left == ["checkpoint 0 pages.P2.m: 2 KSM page(s) among the tied pages != 1"]
+    ktrace["checkpoints"][0]["global"]["pages_shared"] = 99  # ties never hide counters
+    ktrace["checkpoints"][0]["pages"]["P2"]["m"] = sim_pages
+    assert fuzz.judge(doc, (ktrace, None)).kind == "diff"
+    result = fuzz.FuzzResult(agree=100, tied=3)
+    assert result.summary == "100 agree, 0 disagree, 3 agree only up to ties userspace " \
+                             "cannot see"
