@@ -216,7 +216,10 @@ def create_live_app(settings: LiveSettings | None = None) -> FastAPI:
     """
     app = FastAPI(title="KSM Lab: live host view",
                   description="Read-only view of this machine's KSM.")
+    from app.server.security import OriginCheck
+
     app.include_router(router)
+    app.add_middleware(OriginCheck)  # the websocket refuses other sites' pages, as the lab's
     if settings is not None:
         app.dependency_overrides[get_live_settings] = lambda: settings
 

@@ -23,7 +23,13 @@ from app.config import Settings, get_settings
 
 from .errors import ApiError
 from .routes import controls, exports, health, sessions, ws
-from .security import OriginCheck, TokenCookie, ensure_token, presenter_link
+from .security import (
+    OriginCheck,
+    TokenCookie,
+    ensure_token,
+    presenter_link,
+    redact_access_log,
+)
 from .sessions import SessionManager
 
 log = logging.getLogger("ksmlab.server")
@@ -127,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_access_log()
         manager.start()
         yield
         await manager.stop()

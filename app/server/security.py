@@ -14,12 +14,15 @@ one when unset); anyone else may watch read-only: GET pages, snapshots and webso
   viewer without the token with an ``error`` (the socket stays open for watching).
 - :class:`OriginCheck` refuses a websocket handshake whose ``Origin`` is not this server's
   own ``host:port`` (absent: a non-browser client, accepted).
+- :func:`redact_access_log` keeps the token out of uvicorn's access log (the presenter's
+  link carries it in the query).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -40,6 +43,27 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = "ksmlab_token"
 log = logging.getLogger("ksmlab.server")
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#\s]*")
+
+
+class RedactToken(logging.Filter):
+    """Rewrites ``token=...`` in a log record's arguments (uvicorn's access log passes the
+    request path, query included, as an argument) to ``token=[redacted]``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, str) and "token=" in a for a in args):
+            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str)
+                                else a for a in args)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install :class:`RedactToken` on ``uvicorn.access`` (once; after uvicorn configured
+    its logging, which happens before the app's lifespan starts)."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactToken) for f in logger.filters):
+        logger.addFilter(RedactToken())
 
 
 def is_loopback(host: str) -> bool:

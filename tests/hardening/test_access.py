@@ -147,6 +147,63 @@ def test_ws_same_origin_or_none_accepted(open_server: Server) -> None:
     run(go())
 
 
+def test_live_only_server_checks_the_origin_too() -> None:
+    from app.live.routes import create_live_app
+    from app.live.settings import LiveSettings
+
+    with Server(app=create_live_app(LiveSettings(live_interval=0.1))) as live:
+        async def go() -> None:
+            with pytest.raises(InvalidStatus) as info:
+                await asyncio.wait_for(_connect(f"{live.ws_url}/ws/live", "http://evil.example"),
+                                       10)
+            assert info.value.response.status_code == 403
+            ws = await _connect(f"{live.ws_url}/ws/live", f"http://127.0.0.1:{live.port}")
+            assert json.loads(await asyncio.wait_for(ws.recv(), 20))["type"]
+            await ws.close()
+
+        run(go())
+
+
+def test_token_never_reaches_the_access_log() -> None:
+    """A real ``ksmlab serve`` with a token: the presenter's link works, and uvicorn's access
+    log shows ``token=[redacted]``, never the token (good or wrong)."""
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    secret = "Pr3senter-s3cret"
+    env = {**os.environ, "KSMLAB_TOKEN": secret}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.1)
+        page = httpx.get(f"{base}/?token={secret}", timeout=10)
+        assert page.status_code == 200 and page.cookies.get("ksmlab_token") == secret
+        wrong = httpx.post(f"{base}/api/sessions?token=guess-{secret}&x=1",
+                           json={"preset": "zero-pages-unmerge"}, timeout=10)
+        assert wrong.status_code == 403
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    log = out + err
+    assert "GET /?token=[redacted] HTTP/1.1" in log, log
+    assert "POST /api/sessions?token=[redacted]&x=1" in log, log
+    assert secret not in log
+
+
 async def _connect(url: str, origin: str | None) -> Any:
     from websockets.asyncio.client import connect
 
