@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -69,13 +67,6 @@ def scenario() -> dict[str, Any]:
         "sysfs": {"use_zero_pages": 1, "pages_to_scan": 2048},
         "steps": steps,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def post(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -127,63 +118,56 @@ def main() -> int:
     ap.add_argument("--chromium", default=CHROMIUM)
     args = ap.parse_args()
 
-    import uvicorn
-    from playwright.sync_api import sync_playwright
-
     from app.config import Settings
     from app.server.app import create_app
+    from app.server.threaded import ThreadedServer, free_port
 
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(port=port)), host="127.0.0.1",
-                                           port=port, log_level="warning",
-                                           ws_max_size=64 << 20))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        info = post(f"{base}/api/sessions", {"scenario": scenario()})
-        sid = info["id"]
-        # the scenario's set-up steps (spawn, mmap, write, madvise, run=1), then ksmd runs
-        post(f"{base}/api/sessions/{sid}/step", {"n": len(scenario()["steps"])})
-        post(f"{base}/api/sessions/{sid}/speed", {"batches_per_second": args.speed})
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{base}/session?sid={sid}")
-            page.wait_for_function(
-                "() => Number(document.querySelector('canvas.page-grid').dataset.pages) === "
-                f"{PROCS * PAGES}", timeout=120_000)
-            page.wait_for_timeout(1000)
-            post(f"{base}/api/sessions/{sid}/play")
-            page.wait_for_timeout(500)
-            top = measure(page, args.seconds)
-            # the same, scrolled so that the counter charts are on screen and redrawn too
-            page.evaluate("() => { const c = document.querySelector('.charts');"
-                          " window.scrollTo(0, c.getBoundingClientRect().top + scrollY - 420); }")
-            page.wait_for_timeout(500)
-            charts = measure(page, args.seconds)
-            post(f"{base}/api/sessions/{sid}/pause")
-            counts = json.loads(page.get_attribute("canvas.page-grid", "data-kind-counts") or "{}")
-            browser.close()
-        print(f"pages: {PROCS * PAGES:,} ({PROCS} processes x {PAGES:,}), "
-              f"pages_to_scan 2048, play speed {args.speed:g} batches/s asked")
-        print(f"grid at the end: {counts}")
-        for name, r in (("grid (charts below the fold)", top), ("grid + charts on screen", charts)):
-            print(f"{name}: {r['fps']:.1f} fps (lowest one-second window {r['low']:.1f}); "
-                  f"{r['steps']} steps drawn in {r['elapsed']:.1f} s "
-                  f"({r['steps'] / r['elapsed']:.1f}/s); main thread per frame: "
-                  f"{r['draw']:.2f} ms drawing, {r['chart']:.2f} ms charts; "
-                  f"{r['msg']:.2f} ms per message; worst frame {r['worst']:.0f} ms; "
-                  f"long tasks > 50 ms: {r['long']}")
-        fps = top["fps"]
-        print(f"frame rate: {fps:.1f} fps (with the charts on screen too: {charts['fps']:.1f} fps)")
-        print("target (issue 5): >= 55 fps: " + ("met" if fps >= 55 else "NOT met"))
-        return 0 if fps >= 55 else 1
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with ThreadedServer(create_app(Settings(port=port)), port, ws_max_size=64 << 20) as srv:
+        return _measure(args, srv.url)
+
+
+def _measure(args: argparse.Namespace, base: str) -> int:
+    from playwright.sync_api import sync_playwright
+
+    info = post(f"{base}/api/sessions", {"scenario": scenario()})
+    sid = info["id"]
+    # the scenario's set-up steps (spawn, mmap, write, madvise, run=1), then ksmd runs
+    post(f"{base}/api/sessions/{sid}/step", {"n": len(scenario()["steps"])})
+    post(f"{base}/api/sessions/{sid}/speed", {"batches_per_second": args.speed})
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{base}/session?sid={sid}")
+        page.wait_for_function(
+            "() => Number(document.querySelector('canvas.page-grid').dataset.pages) === "
+            f"{PROCS * PAGES}", timeout=120_000)
+        page.wait_for_timeout(1000)
+        post(f"{base}/api/sessions/{sid}/play")
+        page.wait_for_timeout(500)
+        top = measure(page, args.seconds)
+        # the same, scrolled so that the counter charts are on screen and redrawn too
+        page.evaluate("() => { const c = document.querySelector('.charts');"
+                      " window.scrollTo(0, c.getBoundingClientRect().top + scrollY - 420); }")
+        page.wait_for_timeout(500)
+        charts = measure(page, args.seconds)
+        post(f"{base}/api/sessions/{sid}/pause")
+        counts = json.loads(page.get_attribute("canvas.page-grid", "data-kind-counts") or "{}")
+        browser.close()
+    print(f"pages: {PROCS * PAGES:,} ({PROCS} processes x {PAGES:,}), "
+          f"pages_to_scan 2048, play speed {args.speed:g} batches/s asked")
+    print(f"grid at the end: {counts}")
+    for name, r in (("grid (charts below the fold)", top), ("grid + charts on screen", charts)):
+        print(f"{name}: {r['fps']:.1f} fps (lowest one-second window {r['low']:.1f}); "
+              f"{r['steps']} steps drawn in {r['elapsed']:.1f} s "
+              f"({r['steps'] / r['elapsed']:.1f}/s); main thread per frame: "
+              f"{r['draw']:.2f} ms drawing, {r['chart']:.2f} ms charts; "
+              f"{r['msg']:.2f} ms per message; worst frame {r['worst']:.0f} ms; "
+              f"long tasks > 50 ms: {r['long']}")
+    fps = top["fps"]
+    print(f"frame rate: {fps:.1f} fps (with the charts on screen too: {charts['fps']:.1f} fps)")
+    print("target (issue 5): >= 55 fps: " + ("met" if fps >= 55 else "NOT met"))
+    return 0 if fps >= 55 else 1
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 KSM = Path("/sys/kernel/mm/ksm")
 PAGE = mmap.PAGESIZE
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"ksmd_costs: knobs not restored: {problems}", file=sys.stderr)
     finally:
         os.close(lock)
-    result = {k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0]}
+    result: dict[str, Any] = {k: round(statistics.median(r[k] for r in rounds), 3)
+                              for k in rounds[0]}
     result.update(pages=args.pages, rounds=args.rounds, kernel=os.uname().release)
     if args.json:
         print(json.dumps(result))

@@ -52,13 +52,6 @@ def scenario(pages: int, pages_to_scan: int, run: int = 0) -> dict[str, Any]:
             ] + ([] if run else [{"op": "scan", "passes": 3}])}  # run=1: ksmd runs forever
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def wait_port(port: int, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -321,6 +314,8 @@ def main() -> int:
 def run_bench(args: argparse.Namespace) -> int:
     import httpx
 
+    from app.server.threaded import free_port
+
     port, bport = free_port(), free_port()
     base, ws_base = f"http://{HOST}:{port}", f"ws://{HOST}:{port}"
     frames_file = ROOT / "bench" / ".stream-frames.jsonl"
@@ -339,9 +334,9 @@ def run_bench(args: argparse.Namespace) -> int:
               f"(4,096 pages, pages_to_scan=100), {args.seconds:g} s windows; steps/s: frames "
               "received per viewer per second (the clients share this machine's cores)")
         with httpx.Client(base_url=base, timeout=60) as http:
-            r = http.post("/api/sessions", json={"scenario": scenario(4096, 100, run=1)})
-            r.raise_for_status()
-            sid = r.json()["id"]
+            made = http.post("/api/sessions", json={"scenario": scenario(4096, 100, run=1)})
+            made.raise_for_status()
+            sid = made.json()["id"]
             http.post(f"/api/sessions/{sid}/speed", json={"batches_per_second": args.rate})
             http.post(f"/api/sessions/{sid}/play").raise_for_status()
             bserver = spawn("--baseline", str(bport), str(frames_file), str(args.rate))

@@ -4,59 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.config import Settings
 from app.server.app import create_app
 from app.server.cli import uvicorn_options
+from app.server.threaded import ThreadedServer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+class LiveServer(ThreadedServer):
+    """The dashboard's app with ``settings``, served as ``ksmlab serve`` serves it."""
 
-
-class LiveServer:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, port: int | None = None, app: Any = None):
         self.settings = settings
-        self.port = free_port()
-        self.app = create_app(settings)
-        opts = uvicorn_options(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, **opts)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(app or create_app(settings), port, **uvicorn_options(settings))
 
 
 TEST_SETTINGS: dict[str, Any] = {

@@ -9,9 +9,6 @@ by asserting that there were none (the dashboard must work offline, on stage).
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,51 +24,24 @@ REQUIRED = os.environ.get("KSMLAB_BROWSER_TESTS") == "1"
 _missing = browser_missing
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def dashboard_server(**settings: Any) -> Any:
+    """The backend's ``create_app`` served by uvicorn in a thread."""
+    from app.config import Settings
+    from app.server.app import create_app
+    from app.server.threaded import ThreadedServer, free_port
 
-
-class LiveServer:
-    """uvicorn serving the backend's ``create_app`` in a thread."""
-
-    def __init__(self, **settings: Any) -> None:
-        import uvicorn
-
-        from app.config import Settings
-        from app.server.app import create_app
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(Settings(port=self.port, **settings))
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws_max_size=16 << 20)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+    port = free_port()
+    return ThreadedServer(create_app(Settings(port=port, **settings)), port,
+                          ws_max_size=16 << 20)
 
 
 @pytest.fixture(scope="session")
-def live_server() -> Iterator[LiveServer]:
+def live_server() -> Iterator[Any]:
     try:
         import app.server.app  # noqa: F401
     except ImportError as exc:
         pytest.fail(f"the backend's app factory is missing: {exc}")
-    with LiveServer() as server:
+    with dashboard_server() as server:
         yield server
 
 
@@ -99,7 +69,7 @@ class Offline:
 
 
 @pytest.fixture
-def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
+def page(browser: Any, live_server: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1600, "height": 1000}, device_scale_factor=1)
     offline = Offline(live_server.url)
     context.route("**/*", offline.route)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.config import Settings
-from app.server.cli import uvicorn_options
 from tests.app.conftest import LiveServer
 
 TOKEN = "presenter-s3cret"
@@ -34,16 +31,7 @@ class Server(LiveServer):
     restart a server there, with its sessions or without)."""
 
     def __init__(self, port: int | None = None, app: Any = None, **settings: Any):
-        super().__init__(Settings(**{**BASE, **settings}))
-        if port is None and app is None:
-            return
-        self.port = port or self.port
-        self.app = app or self.app
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, **uvicorn_options(self.settings)
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(Settings(**{**BASE, **settings}), port, app)
 
 
 @pytest.fixture(scope="module")

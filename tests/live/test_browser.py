@@ -8,48 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from app.live.routes import create_live_app
 from app.live.settings import LiveSettings
+from app.server.threaded import ThreadedServer
 
 from .conftest import WORKER_PID, Tree
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class _Server:
-    def __init__(self, settings: LiveSettings) -> None:
-        self.port = _free_port()
-        config = uvicorn.Config(create_live_app(settings), host="127.0.0.1", port=self.port,
-                                log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -82,7 +51,8 @@ def test_live_page_shows_chart_table_and_page_map(host_tree: Tree, browser_page:
     settings = LiveSettings(sys_root=host_tree.sys_root, proc_root=host_tree.proc_root,
                             live_interval=0.2)
     page = browser_page
-    with _Server(settings) as url:
+    with ThreadedServer(create_live_app(settings)) as srv:
+        url = srv.url
         page.goto(f"{url}/live")
         # the counters chart: plotly drew it and it grows with the samples
         page.wait_for_selector("#counters-chart .main-svg")
@@ -123,7 +93,8 @@ def test_old_kernel_shows_missing_and_an_unavailable_map(old_tree: Tree,
     settings = LiveSettings(sys_root=old_tree.sys_root, proc_root=old_tree.proc_root,
                             live_interval=0.2)
     page = browser_page
-    with _Server(settings) as url:
+    with ThreadedServer(create_live_app(settings)) as srv:
+        url = srv.url
         page.goto(f"{url}/live")
         page.wait_for_selector("#counters-chart .main-svg")
         row = page.locator("#ksm-files tr[data-file='ksm_zero_pages'] td")
@@ -154,7 +125,8 @@ def test_live_page_on_this_host(browser_page: Any) -> None:
     page = browser_page
     try:
         with host_lock(lock_file_path(), timeout=300), worker() as (proc, _), \
-                _Server(LiveSettings(live_interval=0.2)) as url:
+                ThreadedServer(create_live_app(LiveSettings(live_interval=0.2))) as srv:
+            url = srv.url
             page.goto(f"{url}/live")
             page.wait_for_selector("#counters-chart .main-svg")
             page.wait_for_selector("#procs-table thead th[data-key='ksm_merging_pages']")
