@@ -8,9 +8,10 @@ routes: it never computes KSM state. Full pages:
 
 - ``GET /``: pick a preset (or upload a scenario), a kernel profile, knob overrides, or the
   side-by-side comparison;
-- ``GET /session?preset=&kernel=&knob.<name>=&seed=&step=``: a session page; the URL carries
+- ``GET /session?preset=&kernel=&knob.<name>=&step=&do=``: a session page; the URL carries
   everything needed to rebuild the state (plus ``sid``, the live session to attach to), so
-  a shared link reopens the same step; ``POST /session`` uploads a scenario;
+  a shared link reopens the same step, with what was injected by hand (``do``,
+  :mod:`app.server.share`); ``POST /session`` uploads a scenario;
 - ``GET /compare?preset=&left=6.5&right=6.18&step=``: two kernels in lockstep.
 
 Partials (``/ui/sessions/{sid}/...``) target themselves: controls, knobs and event injection
@@ -37,6 +38,7 @@ from app.presets import UnknownPresetError, list_presets, preset_info
 from sim.scenario import KERNELS
 
 from . import messages as m
+from . import share
 from .deps import get_manager
 from .errors import ApiError
 from .security import check_control, control_refusal
@@ -148,11 +150,31 @@ def find(manager: SessionManager, sid: str | None) -> Session | None:
         return None
 
 
-def step_to(manager: SessionManager, session: Session, step: int) -> None:
-    """Advance a new session to ``step`` (the shared link's step)."""
-    step = max(0, min(step, manager.settings.max_step_n))
-    if step:
-        manager.control(session, m.StepMsg(type="step", n=step))
+def step_to(manager: SessionManager, session: Session, step: int, do: str | None = None) -> None:
+    """Bring a new session to a shared link's ``step``: the plain steps, or the link's
+    recorded actions (``do``, :mod:`app.server.share`) and then a seek back to ``step``."""
+    limit = manager.settings.max_step_n
+    step = max(0, min(step, limit))
+    if not do:
+        if step:
+            manager.control(session, m.StepMsg(type="step", n=step))
+        return
+    for msg in share.messages(share.decode(do), limit):
+        try:
+            manager.control(session, msg)
+        except ApiError as exc:
+            raise ApiError(exc.status, "do", f"a recorded action failed: {exc.message}") from None
+    t = session.timeline
+    if step < t.head:
+        manager.control(session, m.SeekMsg(type="seek", step=step, branch=None))
+    elif step > t.step:  # the link's step moved on while playing: plain steps after ``do``
+        manager.control(session, m.StepMsg(type="step", n=step - t.step))
+
+
+def share_params(session: Session) -> dict[str, str | None]:
+    """The link parameters of the session's current step (``sid``/``a``/``b`` dropped)."""
+    t = session.timeline
+    return {"step": str(t.step), "do": share.encode(t.branch.actions[: t.step])}
 
 
 def with_params(request: Request, **params: str | None) -> str:
@@ -224,8 +246,12 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
                 knob_overrides(q.multi_items()),
             )
             session = manager.create(sc, q["preset"])
-            step_to(manager, session, _int(q.get("step")))
         except ApiError as exc:
+            return error_page(manager, request, exc)
+        try:
+            step_to(manager, session, _int(q.get("step")), q.get("do"))
+        except ApiError as exc:
+            manager.delete(session.id, "its link could not be replayed")
             return error_page(manager, request, exc)
         return RedirectResponse(
             with_params(
@@ -244,7 +270,7 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
         **session_context(session),
         title=title,
         description=description,
-        share_url=with_params(request, sid=None),
+        share_url=with_params(request, sid=None, token=None, **share_params(session)),
     )
 
 
@@ -297,8 +323,13 @@ async def get_compare_page(request: Request, manager: ManagerDep) -> Response:
                     raise ApiError(422, "kernel", f"unknown kernel {kv!r}")
             sc = resolve(manager.settings, preset, None, None, knob_overrides(q.multi_items()))
             group = manager.create_compare(sc, kernels, preset)
-            step_to(manager, group.sessions[0], _int(q.get("step")))
         except ApiError as exc:
+            return error_page(manager, request, exc)
+        try:
+            step_to(manager, group.sessions[0], _int(q.get("step")), q.get("do"))
+        except ApiError as exc:
+            for member in list(group.sessions):
+                manager.delete(member.id, "its link could not be replayed")
             return error_page(manager, request, exc)
         a, b = group.sessions
         return RedirectResponse(
@@ -324,7 +355,7 @@ async def get_compare_page(request: Request, manager: ManagerDep) -> Response:
         right=right.info(),
         title=title,
         description=description,
-        share_url=with_params(request, a=None, b=None),
+        share_url=with_params(request, a=None, b=None, token=None, **share_params(left)),
     )
 
 

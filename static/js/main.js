@@ -47,10 +47,13 @@ for (const view of views) {
   view.onStep((v, msg) => {
     if (msg.type === "snapshot" || msg.type === "delta") {
       syncTimeline(v);
-      if (v === primary) syncUrl(v.step);
+      if (v === primary) syncUrl();
       scheduleInspectorRefresh(v);
     }
-    if (msg.type === "state" && v === primary) setPlaying(msg.playing);
+    if (msg.type === "state" && v === primary) {
+      setPlaying(msg.playing);
+      if (!msg.playing) syncUrl();
+    }
   });
   connect(view);
 }
@@ -110,21 +113,34 @@ function scheduleInspectorRefresh(view) {
 
 // ------------------------------------------------------------------ URL and timeline
 let urlTimer = null;
-function syncUrl(step) {
+function syncUrl() {
   if (urlTimer) return;
-  urlTimer = setTimeout(() => {
+  urlTimer = setTimeout(async () => {
     urlTimer = null;
     const u = new URL(location.href);
     u.searchParams.set("step", String(primary.step));
+    if (!primary.playing && primary.id) {
+      // what was done by hand (injected ops, knob writes, steps by page or pass) rides along
+      // as `do`; asked once the playback stops (while it plays, only plain steps are added)
+      try {
+        const r = await fetch(`/api/sessions/${primary.id}/share?step=${primary.step}`);
+        if (r.ok) {
+          const j = await r.json();
+          u.searchParams.set("step", String(j.step));
+          if (j.do) u.searchParams.set("do", j.do);
+          else u.searchParams.delete("do");
+        }
+      } catch (_) { /* the link keeps its last actions */ }
+    }
     history.replaceState(null, "", u);
     const share = document.querySelector(".share-link");
     if (share) {
-      // a shared link rebuilds the state from preset, kernel, knobs and step: no live session id
+      // a shared link rebuilds the state from preset, kernel, knobs, step and `do`: no live
+      // session id, no token
       for (const k of ["sid", "a", "b", "token"]) u.searchParams.delete(k);
       share.href = u.toString();
     }
   }, 300);
-  void step;
 }
 
 function syncTimeline(view) {

@@ -269,6 +269,17 @@ def test_side_by_side_unmergeable_6_5_vs_6_18(page: Any, live_server: Any, scree
     page.wait_for_timeout(600)  # the charts draw once the steps stop
     screenshot(page, "compare-full-page", full_page=True)
 
+    # the link to this step carries the injected MADV_UNMERGEABLE (`do`) and rebuilds it
+    page.wait_for_function(
+        "() => new URL(document.querySelector('.share-link').href).searchParams.has('do')",
+        timeout=TIMEOUT)
+    share = page.get_attribute(".share-link", "href") or ""
+    page.goto(live_server.url + share if share.startswith("/") else share)
+    page.wait_for_function("() => window.__ksm && window.__ksm.views.length === 2")
+    wait_count(page, left, "zero", "===", 100)
+    wait_count(page, right, "zero", "===", 0)
+    wait_count(page, right, "ksm_zero", "===", 0)
+
 
 def test_bad_knob_shows_inline_error(page: Any, live_server: Any, screenshot: Any) -> None:
     open_session(page, live_server.url, f"preset={PRESET}&kernel=6.18")

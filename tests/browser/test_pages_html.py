@@ -193,3 +193,54 @@ def test_inspector_lists_the_stable_node_and_its_sharers(client: TestClient) -> 
     r = client.get(f"/ui/sessions/{sid}/pages/A/heap/150")
     assert 'data-kind="ksm"' in r.text and "stable node" in r.text
     assert r.text.count("<li>A heap[") >= 2  # its sharers
+
+
+def test_share_link_carries_what_was_done_by_hand(client: TestClient) -> None:
+    sid, _ = open_session(client, f"preset={PRESET}&kernel=6.18&step=6")  # advised
+    api = f"/api/sessions/{sid}"
+    assert client.get(f"{api}/share").json() == {"step": 6, "branch": 0, "do": None}
+    for path, body in (
+        ("inject", {"op": {"op": "fork", "proc": "A", "child": "B"}}),
+        ("knob", {"knob": "pages_to_scan", "value": 7}),
+        ("step", {"n": 5, "grain": "page"}),
+        ("inject", {"op": {"op": "write", "proc": "B", "vma": "heap", "content": "zero",
+                           "pages": "200-209"}}),
+        ("step", {"n": 4}),
+    ):
+        assert client.post(f"{api}/{path}", json=body).status_code == 200, (path, body)
+    share = client.get(f"{api}/share").json()
+    assert share["step"] == 6 + 12 and share["do"]
+    want = client.get(f"{api}/state").json()
+    assert [p["name"] for p in want["procs"]] == ["A", "B"]
+
+    # the link rebuilds the same state in a new session (the one the page would offer too)
+    page = client.get(f"/session?sid={sid}&preset={PRESET}&kernel=6.18&step=18")
+    link = re.search(r'class="share-link" href="([^"]+)"', page.text)
+    assert link and f"do={share['do']}" in link.group(1).replace("&amp;", "&")
+    query = f"preset={PRESET}&kernel=6.18&step=18&do={share['do']}"
+    sid2, q = open_session(client, query)
+    assert sid2 != sid and q["do"] == [share["do"]] and q["step"] == ["18"]
+    assert client.get(f"/api/sessions/{sid2}/state").json() == want
+
+    # an earlier step of the same link: the recorded future stays reachable
+    sid3, q = open_session(client, f"preset={PRESET}&kernel=6.18&step=9&do={share['do']}")
+    info = client.get(f"/api/sessions/{sid3}").json()
+    assert info["step"] == 9 and info["head"] == 18
+    client.post(f"/api/sessions/{sid3}/step", json={"n": 9})
+    assert client.get(f"/api/sessions/{sid3}/state").json() == want
+
+
+def test_a_bad_share_link_is_refused_and_leaves_no_session(client: TestClient) -> None:
+    import base64
+    import zlib
+
+    before = len(client.get("/api/sessions").json())
+    forged = base64.urlsafe_b64encode(zlib.compress(
+        b'[[2,"batch"],{"op":"fork","proc":"nobody","child":"X"}]')).rstrip(b"=").decode()
+    for do, words in (("%%%not-base64", "cannot decode"), (forged, "recorded action failed"),
+                      (base64.urlsafe_b64encode(zlib.compress(b'[[0,"batch"]]')).decode(),
+                       "action 0")):
+        r = client.get(f"/session?preset={PRESET}&step=3&do={do}", follow_redirects=False)
+        assert r.status_code == 422, (do, r.status_code)
+        assert "do" in r.text and words in r.text, r.text[-2000:]
+    assert len(client.get("/api/sessions").json()) == before

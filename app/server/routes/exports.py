@@ -1,4 +1,5 @@
-"""Exports: the session's ``ksm-trace/1`` trace and a CSV of every counter per step."""
+"""Exports: the session's ``ksm-trace/1`` trace, a CSV of every counter per step, and what
+a shared link needs to rebuild a step (``share``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
+from .. import share
 from ..deps import SessionDep
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["exports"])
@@ -24,3 +26,12 @@ async def export_counters(session: SessionDep) -> PlainTextResponse:
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{session.id}-counters.csv"'},
     )
+
+
+@router.get("/share")
+async def share_actions(session: SessionDep, step: int | None = None) -> dict[str, Any]:
+    """What a link to ``step`` (default: the current one) of the session's branch needs
+    beyond preset, kernel, knobs and step: ``do``, or null (``app.server.share``)."""
+    t = session.timeline
+    at = t.step if step is None else max(0, min(step, t.head))
+    return {"step": at, "branch": t.branch.id, "do": share.encode(t.branch.actions[:at])}

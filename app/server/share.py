@@ -1,0 +1,121 @@
+"""Shared links that carry what was done by hand: the ``do`` query parameter.
+
+A session page's link rebuilds its state from the preset, kernel, knob overrides and
+``step``. That is enough while every step was "what comes next" in batches; an injected op,
+a knob written from the dashboard or a step by page or pass is carried by ``do``: the
+branch's actions as JSON, zlib-compressed, base64url without padding. Items:
+
+- ``[n, grain]``: ``n`` times "what comes next" by ``grain`` (``batch``, ``page``,
+  ``pass``);
+- ``{"op": ...}``: a scenario op injected (``docs/protocol.md``, ``inject``);
+- ``["knob", name, value]``: a sysfs write.
+
+Opening the link replays them through the same validated controls as the buttons (so a
+forged ``do`` gets the same errors, naming the field ``do``), then goes to ``step``: the
+recorded future after ``step`` stays reachable, as it was for the presenter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import messages as m
+from .errors import ApiError
+from .timeline import Action
+
+GRAINS = ("batch", "page", "pass")
+MAX_ENCODED = 16 * 1024  # characters of ``do``
+MAX_JSON = 256 * 1024  # bytes once inflated
+Item = list[Any] | dict[str, Any]
+
+
+def compact(actions: Sequence[Action]) -> list[Item]:
+    """The actions as ``do`` items (runs of "next" by the same grain collapsed)."""
+    items: list[Item] = []
+    for action in actions:
+        kind = action[0]
+        if kind == "next":
+            last = items[-1] if items else None
+            if isinstance(last, list) and last[0] != "knob" and last[1] == action[1]:
+                last[0] += 1
+            else:
+                items.append([1, action[1]])
+        elif kind == "inject":
+            items.append(action[1].to_dict())
+        else:
+            items.append(["knob", action[1], action[2]])
+    return items
+
+
+def encode(actions: Sequence[Action]) -> str | None:
+    """``do`` for these actions; None when the plain ``step`` reproduces them."""
+    items = compact(actions)
+    if all(isinstance(i, list) and i[0] != "knob" and i[1] == "batch" for i in items):
+        return None
+    raw = json.dumps(items, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).rstrip(b"=").decode()
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(422, "do", message)
+
+
+def decode(text: str) -> list[Item]:
+    """The items of a ``do`` parameter (shape checked; the ops are checked when applied)."""
+    if len(text) > MAX_ENCODED:
+        raise _bad(f"at most {MAX_ENCODED} characters")
+    try:
+        packed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(packed, MAX_JSON + 1)
+        if len(raw) > MAX_JSON or inflater.unconsumed_tail:
+            raise _bad(f"at most {MAX_JSON} bytes of actions")
+        items = json.loads(raw)
+    except (binascii.Error, zlib.error, ValueError):
+        raise _bad("not a link made by KSM Lab (cannot decode the actions)") from None
+    if not isinstance(items, list):
+        raise _bad("not a list of actions")
+    for i, item in enumerate(items):
+        ok = (
+            isinstance(item, dict)
+            or (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+                and item[0] >= 1 and item[1] in GRAINS)
+            or (isinstance(item, list) and len(item) == 3 and item[0] == "knob"
+                and isinstance(item[1], str) and isinstance(item[2], (int, str)))
+        )
+        if not ok:
+            raise _bad(f"action {i}: expected [n, grain], {{\"op\": ...}} or "
+                       f"[\"knob\", name, value]")
+    return items
+
+
+def messages(items: Sequence[Item], max_steps: int) -> list[Any]:
+    """Client messages that redo ``items`` (steps in chunks of at most ``max_steps``)."""
+    out: list[Any] = []
+    total = 0
+    try:
+        for item in items:
+            if isinstance(item, dict):
+                out.append(m.InjectMsg(type="inject", op=item))
+                total += 1
+            elif item[0] == "knob":
+                out.append(m.KnobMsg(type="knob", knob=item[1], value=item[2]))
+                total += 1
+            else:
+                n, grain = item
+                total += n
+                while n > 0:
+                    out.append(m.StepMsg(type="step", n=min(n, max_steps), grain=grain))
+                    n -= max_steps
+            if total > max_steps:
+                raise _bad(f"at most {max_steps} steps in a link")
+    except ValidationError as exc:
+        raise _bad(f"bad action: {exc.errors()[0].get('msg')}") from None
+    return out
