@@ -38,17 +38,39 @@ class ScannerMixin(StableTreeMixin):
     def _ksm_do_scan(self, budget: int | None) -> int:
         """ksm_do_scan: up to ``budget`` pages (None: to the end of the pass).
 
-        Returns the number of pages handed to cmp_and_merge_page.
+        Returns the number of pages handed to cmp_and_merge_page. Within one mapping the
+        next page comes straight from :meth:`_walk_vma` (what ``_scan_get_next_rmap_item``
+        would find: ksmd's own work never changes the mm's VMAs); at a mapping's end the
+        full walk takes over.
         """
         done = 0
-        while budget is None or done < budget:
+        limit = -1 if budget is None else budget
+        f_node = self.f_node
+        nodes = self.nodes
+        seen = self._ksm_page_seen
+        cmp = self._cmp_and_merge_611 if self.profile.checksum_first else self._cmp_and_merge_65
+        walk = self._walk_vma
+        while done != limit:
             got = self._scan_get_next_rmap_item()
             if got is None:
                 break
             vma, idx, pfn = got
-            self._cmp_and_merge_page(vma, idx, pfn)
-            self.pages_scanned += 1
-            done += 1
+            smart = self.profile.smart_scan and self.knobs.get("smart_scan", 0) == 1
+            pfns = vma.pfn
+            while True:
+                nid = f_node[pfn]
+                if nid >= 0:
+                    seen(vma, idx, nodes[nid])
+                else:
+                    cmp(vma, idx, pfn)
+                self.pages_scanned += 1
+                done += 1
+                if done == limit:
+                    break
+                idx = walk(vma, idx + 1, smart, True)
+                if idx < 0:
+                    break
+                pfn = pfns[idx]
         return done
 
     def _scan_get_next_rmap_item(self) -> tuple[Vma, int, int] | None:
@@ -114,30 +136,38 @@ class ScannerMixin(StableTreeMixin):
                     self._drop_dead_region(vma)
                 self.cursor_addr = vma.end
                 continue
-            n = vma.npages
-            merg = vma.mergeable
-            pfns = vma.pfn
-            state = vma.it_state
-            if merg.find(1, i) >= 0:
+            if vma.mergeable.find(1, i) >= 0:
                 self.cursor_seen_mergeable = True
-            anon = vma.anon_vma
-            while i < n:
-                pfn = pfns[i]
-                if pfn > 0 and merg[i] and anon:
-                    if not state[i]:
-                        self._new_item(vma, i)
-                    if smart and self._should_skip_rmap_item(vma, i, pfn):
-                        vma.it_skipped[i] = 1
-                        i += 1
-                        continue
-                    vma.it_skipped[i] = 0
-                    self.cursor_addr = vma.start + i + 1
-                    return vma, i, pfn
-                if state[i]:
-                    self._free_item(vma, i)
-                i += 1
-            self.cursor_addr = vma.end
+            i = self._walk_vma(vma, i, smart, vma.anon_vma)
+            if i >= 0:
+                return vma, i, vma.pfn[i]
         return None
+
+    def _walk_vma(self, vma: Vma, i: int, smart: bool, anon: bool) -> int:
+        """The walk inside one live mapping from page ``i``: the next page to consider (the
+        cursor just after it), or -1 with the cursor at the mapping's end. Items of pages
+        not considered are freed on the way (remove_trailing_rmap_items / no page)."""
+        n = vma.npages
+        merg = vma.mergeable
+        pfns = vma.pfn
+        state = vma.it_state
+        while i < n:
+            pfn = pfns[i]
+            if pfn > 0 and merg[i] and anon:
+                if not state[i]:
+                    self._new_item(vma, i)
+                if smart and self._should_skip_rmap_item(vma, i, pfn):
+                    vma.it_skipped[i] = 1
+                    i += 1
+                    continue
+                vma.it_skipped[i] = 0
+                self.cursor_addr = vma.start + i + 1
+                return i
+            if state[i]:
+                self._free_item(vma, i)
+            i += 1
+        self.cursor_addr = vma.end
+        return -1
 
     def _should_skip_rmap_item(self, vma: Vma, idx: int, pfn: int) -> bool:
         """should_skip_rmap_item (smart scan, 6.7+)."""
@@ -190,14 +220,18 @@ class ScannerMixin(StableTreeMixin):
         return True
 
     def _cmp_and_merge_611(self, vma: Vma, idx: int, pfn: int) -> None:
-        self._remove_rmap_item_from_tree(vma, idx)
+        if vma.it_state[idx] >= ITEM_UNSTABLE:  # in a tree (the call is a no-op otherwise)
+            self._remove_rmap_item_from_tree(vma, idx)
         content = self.f_content[pfn]
-        if self._checksum_changed(vma, idx, content):
+        if vma.it_sum[idx] != content and self._checksum_changed(vma, idx, content):
             return
         if content == 0 and self.knobs["use_zero_pages"]:
             self._merge_with_zero_page(vma, idx, pfn)
             return
-        node = self._stable_tree_search(content)
+        stable = self.stable
+        # no node of this content and no lone root to walk: the search finds nothing
+        node = self._stable_tree_search(content) \
+            if content in stable or len(stable) == 1 else None
         if node is not None:
             self._merge_with_ksm_page(vma, idx, pfn, node)
             return
@@ -205,7 +239,9 @@ class ScannerMixin(StableTreeMixin):
 
     def _cmp_and_merge_65(self, vma: Vma, idx: int, pfn: int) -> None:
         content = self.f_content[pfn]
-        node = self._stable_tree_search(content)
+        stable = self.stable
+        node = self._stable_tree_search(content) \
+            if content in stable or len(stable) == 1 else None
         self._remove_rmap_item_from_tree(vma, idx)
         if node is not None and node.nid in self.nodes and not node.dead:
             self._merge_with_ksm_page(vma, idx, pfn, node)
