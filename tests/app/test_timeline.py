@@ -48,3 +48,18 @@ def test_an_action_in_the_past_starts_a_branch_and_the_old_one_is_kept():
     assert t.kernel.knobs["pages_to_scan"] == 7
     t.seek(20, 0)
     assert t.kernel.checkpoint("s") == head and t.kernel.knobs["pages_to_scan"] == 100
+
+
+def test_the_batch_that_only_ends_a_pass_says_so():
+    # zero-pages-unmerge: 300 pages, pages_to_scan 100: three batches of 100, then a batch
+    # that finds no page left and completes the pass (as ksm_do_scan does)
+    t = make("zero-pages-unmerge", memory_bytes=1 << 30)
+    texts = []
+    while t.kernel.seqnr < 1:
+        res = t.forward()
+        assert res is not None
+        texts.append(res.action)
+    assert texts[-4:] == ["scan 1: ksmd scanned 100 pages", "ksmd scanned 100 pages",
+                          "ksmd scanned 100 pages", "ksmd found no page left in this pass"]
+    assert [t.forward("page").action for _ in range(2)] == [  # type: ignore[union-attr]
+        "checkpoint 'pass1'", "scan 1: ksmd scanned 1 page"]
