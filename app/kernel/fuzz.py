@@ -524,6 +524,18 @@ def save_failure(out: Path, index: int, doc: Doc, outcome: Outcome, small: Doc,
     return d
 
 
+def save_tie(out: Path, index: int, doc: Doc, outcome: Outcome) -> Path:
+    """``out/NNNN-tied/``: scenario, both traces, the differences on the tied pages."""
+    d = out / f"{index:04d}-tied"
+    d.mkdir(parents=True, exist_ok=True)
+    _dump(d / "scenario.json", doc)
+    for name, trace in (("kernel.json", outcome.kernel), ("sim.json", outcome.sim)):
+        if trace is not None:
+            _dump(d / name, trace)
+    (d / "diff.txt").write_text("\n".join(outcome.diffs) + "\n", encoding="utf-8")
+    return d
+
+
 class Progress:
     """A one-line progress bar on a terminal (nothing otherwise)."""
 
@@ -574,6 +586,8 @@ def fuzz(
                 result.agree += 1
             elif outcome.kind == "tied":
                 result.tied += 1
+                if out is not None:  # kept for a look, not shrunk: nothing is wrong
+                    save_tie(out, index, doc, outcome)
             else:
                 result.disagree += 1
                 if on_found:

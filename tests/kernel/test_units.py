@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,7 @@ def _tie_case() -> tuple[dict[str, Any], dict[str, Any]]:
     return doc, strace
 
 
-def test_ties_are_judged_by_their_ksm_count_only() -> None:
+def test_ties_are_judged_by_their_ksm_count_only(tmp_path: Path) -> None:
     doc, strace = _tie_case()
     sim_pages = strace["checkpoints"][0]["pages"]["P2"]["m"]
     assert sorted(sim_pages.split()) == ["A", "A", "K0"]  # one KSM frame left in P2
@@ -202,6 +203,9 @@ def test_ties_are_judged_by_their_ksm_count_only() -> None:
     ktrace["checkpoints"][0]["global"]["pages_shared"] = 99  # ties never hide counters
     ktrace["checkpoints"][0]["pages"]["P2"]["m"] = sim_pages
     assert fuzz.judge(doc, (ktrace, None)).kind == "diff"
+    where = fuzz.save_tie(tmp_path, 7, doc, outcome)
+    assert where.name == "0007-tied" and (where / "diff.txt").read_text().startswith("checkpoint 0")
+    assert json.loads((where / "kernel.json").read_text())["meta"]["page_classification"]
     result = fuzz.FuzzResult(agree=100, tied=3)
     assert result.summary == "100 agree, 0 disagree, 3 agree only up to ties userspace " \
                              "cannot see"
