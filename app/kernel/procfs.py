@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sim.trace import PROC_FIELDS as TRACE_PROC_FIELDS
+
 #: ``/proc/kpageflags`` bits (include/uapi/linux/kernel-page-flags.h)
 KPF_DIRTY = 4
 KPF_ANON = 12
@@ -27,10 +29,7 @@ PM_SWAP = 1 << 62
 PM_PFN_MASK = (1 << 55) - 1
 
 #: per-process fields of a trace, in trace order
-PROC_FIELDS = (
-    "ksm_rmap_items", "ksm_zero_pages", "ksm_merging_pages", "ksm_process_profit",
-    "ksm_mergeable", "ksm_merge_any",
-)
+PROC_FIELDS = TRACE_PROC_FIELDS
 
 
 class ProcessGone(Exception):

@@ -15,26 +15,16 @@ import re
 import stat
 from pathlib import Path
 
+from sim.knobs import DEFAULTS, FORMAT_KNOBS
+from sim.trace import GLOBAL_FIELDS
+
 DEFAULT_ROOT = "/sys/kernel/mm/ksm"
 
 #: the format's default knobs (scenario-format.md); a scenario's ``sysfs`` overrides them
-DEFAULT_KNOBS: dict[str, int] = {
-    "run": 0,
-    "pages_to_scan": 100,
-    "sleep_millisecs": 20,
-    "use_zero_pages": 0,
-    "max_page_sharing": 256,
-    "merge_across_nodes": 1,
-    "smart_scan": 1,
-    "stable_node_chains_prune_millisecs": 2000,
-}
+DEFAULT_KNOBS: dict[str, int] = {k: int(DEFAULTS[k]) for k in FORMAT_KNOBS}
 
 #: global counters of a trace checkpoint, in trace order
-COUNTERS = (
-    "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "ksm_zero_pages",
-    "general_profit", "stable_node_chains", "stable_node_dups", "full_scans",
-    "pages_scanned", "pages_skipped",
-)
+COUNTERS = GLOBAL_FIELDS
 
 #: counters that only ever grow (recorded as the increase since the scenario started)
 CUMULATIVE = ("full_scans", "pages_scanned", "pages_skipped")
