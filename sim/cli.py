@@ -1,7 +1,9 @@
 """``python -m sim`` and the ``run`` / ``compare`` subcommands of ``ksmlab``.
 
 ``run SCENARIO [--kernel V] [--trace OUT]`` writes a ``ksm-trace/1`` trace (stdout without
-``--trace``); ``compare A B`` exits 0 iff the traces agree and prints each difference.
+``--trace``); ``compare A B`` exits 0 iff the traces agree and prints each difference (pages
+a kernel trace lists as tied, which userspace could not classify, are compared by their
+number of KSM pages: :func:`sim.trace.without_ties`).
 Exit status 2 with one line on stderr for bad input; 4 for an op the kernel lacks.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 from .errors import ScenarioError, UnsupportedError
 from .runner import run_scenario
 from .scenario import KERNELS, Scenario, load_scenario
-from .trace import compare_traces, load_trace
+from .trace import compare_traces, load_trace, tied_pages, without_ties
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -78,6 +80,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"ksmlab compare: {exc}", file=sys.stderr)
         return 2
     diffs = compare_traces(a, b)
+    rest = without_ties(a, b) if diffs else None
+    if rest == []:
+        n = sum(len(t.get("pages") or []) for t in tied_pages(a) + tied_pages(b))
+        print(f"traces agree, except which of {n} tied page(s) are the KSM ones: the kernel "
+              "could not tell (meta.page_classification.ambiguous_pages); their KSM counts "
+              "agree")
+        return 0
+    if rest is not None:
+        print("(tied pages, which the kernel could not classify, compared by KSM count only)")
+        diffs = rest
     for line in diffs:
         print(line)
     if diffs:

@@ -25,7 +25,6 @@ still disagrees the same way.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim.scenario import parse_pages, parse_scenario
+from sim.trace import without_ties
 
 Doc = dict[str, Any]
 #: replays scenario documents on a kernel: one ``(trace or None, error or None)`` each
@@ -294,45 +294,6 @@ def judge(doc: Doc, kernel: tuple[Doc | None, str | None]) -> Outcome:
         if tied is not None and not tied:
             return Outcome("tied", ktrace, strace, diffs)
     return Outcome("diff" if diffs else "agree", ktrace, strace, diffs)
-
-
-def without_ties(ktrace: Doc, strace: Doc) -> list[str] | None:
-    """The differences left when the pages the kernel could not classify are set aside.
-
-    Where ``/proc/kpageflags`` cannot tell KSM pages (6.12), the replayer lists in
-    ``meta.page_classification.ambiguous_pages`` the pages whose frames userspace cannot
-    tell apart (a KSM frame and left-over copy-on-write frames each mapped alike, see
-    ``KernelSession.solve_dirty_rule``). Those pages are compared by their number of KSM
-    pages only; everything else exactly. None: the kernel trace lists no such pages.
-    """
-    from sim.trace import compare_traces
-
-    ties = (((ktrace.get("meta") or {}).get("page_classification") or {})
-            .get("ambiguous_pages") or [])
-    if not ties:
-        return None
-    k, s = copy.deepcopy(ktrace), copy.deepcopy(strace)
-    out: list[str] = []
-    for tie in ties:
-        i, proc, vma = int(tie["checkpoint"]), str(tie["proc"]), str(tie["vma"])
-        try:
-            tk = k["checkpoints"][i]["pages"][proc][vma].split()
-            ts = s["checkpoints"][i]["pages"][proc][vma].split()
-        except (KeyError, IndexError):
-            continue  # the plain comparison reports it
-        if len(tk) != len(ts):
-            continue
-        pages = [int(x) for x in tie["pages"] if 0 <= int(x) < len(tk)]
-        nk = sum(tk[x].startswith("K") for x in pages)
-        ns = sum(ts[x].startswith("K") for x in pages)
-        if nk != ns:
-            out.append(f"checkpoint {i} pages.{proc}.{vma}: {nk} KSM page(s) among the "
-                       f"tied pages != {ns}")
-        for x in pages:
-            tk[x] = ts[x] = "?"
-        k["checkpoints"][i]["pages"][proc][vma] = " ".join(tk)
-        s["checkpoints"][i]["pages"][proc][vma] = " ".join(ts)
-    return out + compare_traces(k, s)
 
 
 def host_runner(session: Any) -> KernelRunner:

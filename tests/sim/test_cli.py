@@ -123,3 +123,22 @@ def test_compare_accepts_consistent_k_renumbering(tmp_path: Path) -> None:
         paths.append(write(tmp_path, f"{i}.json", {"format": "ksm-trace/1", "checkpoints": [c]}))
     assert run("compare", str(paths[0]), str(paths[1])).returncode == 0
     assert run("compare", str(paths[0]), str(paths[2])).returncode == 1
+
+
+def test_compare_sets_tied_pages_aside_but_counts_their_ksm_pages(tmp_path: Path) -> None:
+    def trace(pages: str, ties: bool) -> dict[str, object]:
+        meta = {"page_classification": {"ambiguous_pages": [
+            {"checkpoint": 0, "name": "c", "proc": "P2", "vma": "m", "pages": [0, 1, 2]}]}}
+        return {"format": "ksm-trace/1", "meta": meta if ties else {}, "checkpoints": [
+            {"name": "c", "global": {"pages_shared": 1}, "procs": {},
+             "pages": {"P2": {"m": pages}, "P3": {"m": "A K9"}}}]}
+
+    kernel = write(tmp_path, "k.json", trace("K0 A A K1", ties=True))
+    plain = write(tmp_path, "plain.json", trace("K0 A A K1", ties=False))
+    sim = write(tmp_path, "s.json", trace("A K0 A K1", ties=False))
+    too_many = write(tmp_path, "t.json", trace("K0 K2 A K1", ties=False))
+    tied = run("compare", str(kernel), str(sim))
+    assert tied.returncode == 0 and "tied page" in tied.stdout, tied.stdout
+    assert run("compare", str(plain), str(sim)).returncode == 1  # no ties listed: differs
+    bad = run("compare", str(kernel), str(too_many))
+    assert bad.returncode == 1 and "1 KSM page(s) among the tied pages != 2" in bad.stdout
