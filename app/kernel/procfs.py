@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sim.trace import PROC_FIELDS as TRACE_PROC_FIELDS
 
@@ -30,6 +31,86 @@ PM_PFN_MASK = (1 << 55) - 1
 
 #: per-process fields of a trace, in trace order
 PROC_FIELDS = TRACE_PROC_FIELDS
+
+
+def solve_ksm_frames(
+    frames: dict[int, dict[Any, int]], bounds: dict[Any, tuple[int, int]],
+) -> tuple[set[int], set[int]] | None:
+    """Which candidate frames are KSM pages, when ``KPF_KSM`` cannot say (6.10-era kernels).
+
+    ``frames`` maps each candidate (anonymous, PG_dirty, in insertion order) to how many
+    PTEs map it in each mapping; ``bounds`` gives each mapping's number of KSM PTEs as
+    ``(lowest, highest)`` (smaps ``KSM:``; exact when the whole VMA was read). Frames mapped
+    alike are interchangeable: every choice of how many of each such group are KSM that
+    meets every bound is enumerated. Returns ``(ksm, ambiguous)``: the KSM frames of the
+    first choice (most mapped groups first, each as KSM as it can be: a KSM frame gathers
+    mappings) and the frames whose status differs between choices or within their group,
+    which no userspace interface tells apart. None when no choice meets the bounds.
+    """
+    groups: dict[tuple[tuple[Any, int], ...], list[int]] = {}
+    for pfn, sig in frames.items():
+        groups.setdefault(tuple(sorted(sig.items(), key=repr)), []).append(pfn)
+    gl = sorted(groups.items(), key=lambda g: -sum(n for _, n in g[0]))
+    solutions, complete = count_solutions([dict(sig) for sig, _ in gl],
+                                          [len(m) for _, m in gl], bounds)
+    if not solutions:
+        return None
+    ksm: set[int] = set()
+    ambiguous: set[int] = set()
+    for i, (_, members) in enumerate(gl):
+        ks = {sol[i] for sol in solutions}
+        ksm.update(members[:solutions[0][i]])
+        if not complete or len(ks) > 1 or 0 < solutions[0][i] < len(members):
+            ambiguous.update(members)
+    return ksm, ambiguous
+
+
+def count_solutions(sigs: list[dict[Any, int]], sizes: list[int],
+                    bounds: dict[Any, tuple[int, int]], limit: int = 64,
+                    budget: int = 200_000) -> tuple[list[list[int]], bool]:
+    """Every way (up to ``limit``) to choose how many frames of each group are KSM pages.
+
+    Group ``i`` has ``sizes[i]`` interchangeable frames, each mapped ``sigs[i][m]`` times
+    in mapping ``m``; a choice must give every mapping between ``bounds[m]`` KSM PTEs
+    (both included). Groups are tried in the order given, each from "all" down to "none".
+    The flag is False when the search stopped at ``limit`` solutions or ``budget`` calls.
+    """
+    out: list[list[int]] = []
+    low = {m: lo for m, (lo, _) in bounds.items()}  # still needed
+    high = {m: hi for m, (_, hi) in bounds.items()}  # still allowed
+    # what the groups from i on can still add to each mapping, to prune early
+    room: list[dict[Any, int]] = [{} for _ in range(len(sigs) + 1)]
+    for i in range(len(sigs) - 1, -1, -1):
+        room[i] = dict(room[i + 1])
+        for m, n in sigs[i].items():
+            room[i][m] = room[i].get(m, 0) + n * sizes[i]
+    pick: list[int] = []
+    steps = 0
+
+    def go(i: int) -> None:
+        nonlocal steps
+        steps += 1
+        if len(out) >= limit or steps > budget:
+            return
+        if any(v < 0 for v in high.values()) or \
+                any(v > room[i].get(m, 0) for m, v in low.items()):
+            return
+        if i == len(sigs):
+            out.append(list(pick))
+            return
+        for k in range(sizes[i], -1, -1):
+            for m, n in sigs[i].items():
+                low[m] = low.get(m, 0) - k * n
+                high[m] = high.get(m, 1 << 62) - k * n
+            pick.append(k)
+            go(i + 1)
+            pick.pop()
+            for m, n in sigs[i].items():
+                low[m] += k * n
+                high[m] += k * n
+
+    go(0)
+    return out, len(out) < limit and steps <= budget
 
 
 class ProcessGone(Exception):

@@ -71,6 +71,7 @@ from .procfs import (
     PM_PRESENT,
     ProcessGone,
     ProcFs,
+    solve_ksm_frames,
 )
 from .sysfs import (
     COUNTERS,
@@ -709,23 +710,11 @@ class _Replay:
                             sigs[pfn] = {}
                             order.append(pfn)
                         sigs[pfn][key] = sigs[pfn].get(key, 0) + 1
-        groups: dict[tuple[tuple[tuple[str, str], int], ...], list[int]] = {}
-        for pfn in order:
-            groups.setdefault(tuple(sorted(sigs[pfn].items())), []).append(pfn)
-        # most mapped groups first, each tried from "all KSM" down: the first solution is
-        # the one the greedy rule (a KSM frame gathers mappings) would pick
-        gl = sorted(groups.items(), key=lambda g: -sum(n for _, n in g[0]))
-        solutions, complete = _count_solutions([dict(sig) for sig, _ in gl],
-                                               [len(m) for _, m in gl], allowed)
-        if not solutions:
+        solved = solve_ksm_frames({pfn: sigs[pfn] for pfn in order},
+                                  {key: (n, n) for key, n in allowed.items()})
+        if solved is None:
             return None
-        ksm: set[int] = set()
-        ambiguous: set[int] = set()
-        for i, (_, members) in enumerate(gl):
-            ks = {sol[i] for sol in solutions}
-            ksm.update(members[:solutions[0][i]])
-            if not complete or len(ks) > 1 or 0 < solutions[0][i] < len(members):
-                ambiguous.update(members)
+        ksm, ambiguous = solved
         if len(ksm) != len(order):
             self.dirty_rule_resolved += 1
         return ksm, ambiguous
@@ -789,50 +778,6 @@ class _Replay:
             if kb * 1024 != counts[vma] * PAGE:
                 self.warnings.append(f"checkpoint {where!r}: {p.name}.{vma}: {counts[vma]} K "
                                      f"pages but smaps says KSM: {kb} kB")
-
-
-def _count_solutions(sigs: list[dict[tuple[str, str], int]], sizes: list[int],
-                     allowed: dict[tuple[str, str], int], limit: int = 64,
-                     budget: int = 200_000) -> tuple[list[list[int]], bool]:
-    """Every way (up to ``limit``) to choose how many frames of each group are KSM pages.
-
-    Group ``i`` has ``sizes[i]`` interchangeable frames, each mapped ``sigs[i][m]`` times
-    in mapping ``m``; a choice must give every mapping exactly ``allowed[m]`` KSM PTEs.
-    Groups are tried in the order given, each from "all" down to "none". The flag is
-    False when the search stopped at ``limit`` solutions or ``budget`` calls.
-    """
-    out: list[list[int]] = []
-    left = dict(allowed)
-    # what the groups after i can still add to each mapping, to prune early
-    room: list[dict[tuple[str, str], int]] = [{} for _ in range(len(sigs) + 1)]
-    for i in range(len(sigs) - 1, -1, -1):
-        room[i] = dict(room[i + 1])
-        for m, n in sigs[i].items():
-            room[i][m] = room[i].get(m, 0) + n * sizes[i]
-    pick: list[int] = []
-    steps = 0
-
-    def go(i: int) -> None:
-        nonlocal steps
-        steps += 1
-        if len(out) >= limit or steps > budget:
-            return
-        if any(v < 0 or v > room[i].get(m, 0) for m, v in left.items()):
-            return
-        if i == len(sigs):
-            out.append(list(pick))
-            return
-        for k in range(sizes[i], -1, -1):
-            for m, n in sigs[i].items():
-                left[m] -= k * n
-            pick.append(k)
-            go(i + 1)
-            pick.pop()
-            for m, n in sigs[i].items():
-                left[m] += k * n
-
-    go(0)
-    return out, len(out) < limit and steps <= budget
 
 
 # --------------------------------------------------------------------------------------

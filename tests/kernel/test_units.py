@@ -151,20 +151,31 @@ def test_shrunk_mapping_clips_page_selections() -> None:
 
 
 def test_dirty_rule_solutions_find_ties_and_forced_choices() -> None:
-    from app.kernel.replayer import _count_solutions
+    from app.kernel.procfs import count_solutions, solve_ksm_frames
 
     a, b = ("P2", "m1"), ("P3", "m1")
+
+    def exact(**n: int) -> dict[tuple[str, str], tuple[int, int]]:
+        return {k: (v, v) for k, v in ((a, n.get("a", 0)), (b, n.get("b", 0)))}
+
     # two frames each mapped once in a and once in b, one KSM page in each: a tie
-    assert _count_solutions([{a: 1, b: 1}], [2], {a: 1, b: 1}) == ([[1]], True)
+    assert count_solutions([{a: 1, b: 1}], [2], exact(a=1, b=1)) == ([[1]], True)
+    assert solve_ksm_frames({10: {a: 1, b: 1}, 11: {a: 1, b: 1}}, exact(a=1, b=1)) == \
+        ({10}, {10, 11})
     # a frame mapped twice and one mapped once; two KSM PTEs: only the first can be KSM
-    assert _count_solutions([{a: 2}, {a: 1}], [1, 1], {a: 2}) == ([[1, 0]], True)
+    assert count_solutions([{a: 2}, {a: 1}], [1, 1], exact(a=2)) == ([[1, 0]], True)
+    assert solve_ksm_frames({7: {a: 1}, 8: {a: 2}}, exact(a=2)) == ({8}, set())
     # two KSM PTEs in a, one in b: the frame in both and the frame only in a
-    sols, complete = _count_solutions([{a: 1, b: 1}, {a: 1}], [1, 2], {a: 2, b: 1})
+    sols, complete = count_solutions([{a: 1, b: 1}, {a: 1}], [1, 2], exact(a=2, b=1))
     assert complete and sols == [[1, 1]]
     # counts no choice can meet
-    assert _count_solutions([{a: 1}], [3], {a: 4}) == ([], True)
+    assert count_solutions([{a: 1}], [3], exact(a=4)) == ([], True)
+    assert solve_ksm_frames({1: {a: 1}}, exact(a=4)) is None
+    # a range (part of a VMA unseen): one or two of three interchangeable frames
+    sols, complete = count_solutions([{a: 1}], [3], {a: (1, 2)})
+    assert complete and sols == [[2], [1]]
     # the search is bounded
-    sols, complete = _count_solutions([{a: 1}] * 12, [1] * 12, {a: 6}, limit=5)
+    sols, complete = count_solutions([{a: 1}] * 12, [1] * 12, exact(a=6), limit=5)
     assert len(sols) == 5 and not complete
 
 
