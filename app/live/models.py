@@ -90,7 +90,9 @@ class PageMap(BaseModel):
     """A window of a process's mergeable pages, one character per page in ``cells``.
 
     ``-`` not present, ``Z`` zero page, ``K`` KSM page, ``A`` other anonymous page, ``F``
-    present non-anonymous page. ``groups`` lists ``[index in window, group]`` for every ``K``
+    present non-anonymous page, ``?`` a KSM page or a page a merge left behind copy-on-write
+    (where ``KPF_KSM`` is unreliable and the smaps counts cannot tell which). ``groups``
+    lists ``[index in window, group]`` for every ``K``
     cell; the group is the page frame number, equal for PTEs that map the same KSM page.
     """
 

@@ -16,7 +16,10 @@ through and never read in one go. Each page gets a cell:
 ``KPF_KSM`` is set on every anonymous page by 6.10-era kernels such as 6.12 (``ksm-model.md``
 §11). When a VMA shows more ``KPF_KSM`` pages than its smaps ``KSM:`` line allows, the bit is
 taken as unreliable and a page is ``K`` when it is anonymous and ``KPF_DIRTY`` (every KSM
-page is marked dirty when it is created), as the kernel replayer does.
+page is marked dirty when it is created), narrowed as the kernel replayer does: a merge can
+leave an ordinary dirty page behind copy-on-write, so the candidates must also meet every
+VMA's ``KSM:`` count; ``?`` marks frames that are KSM or such a left-over page, which no
+interface tells apart.
 
 Reading PFNs needs root (CAP_SYS_ADMIN): otherwise pagemap shows them as zero, or cannot be
 opened at all, and ``/proc/kpageflags`` is root-only. Then the map is *unavailable* and the
@@ -31,6 +34,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from app.kernel.procfs import solve_ksm_frames
 
 from .reader import PAGE_SIZE, ProcessGone
 
@@ -183,38 +188,110 @@ def read_kpageflags(proc_root: Path, pfns: set[int]) -> dict[int, int]:
 
 def _ksm_bit_unreliable(vmas: list[MergeableVma], present: list[tuple[int, int]],
                         flags: dict[int, int], offset: int) -> bool:
-    """More KPF_KSM pages in a VMA than its smaps ``KSM:`` line counts (6.10-era kernels)."""
+    """KPF_KSM shows what it cannot mean (6.10-era kernels): on an anonymous page that is
+    not PG_dirty (every KSM page is made dirty when it is created), or on more pages of a
+    VMA than its smaps ``KSM:`` line counts."""
     starts = [v.first_page - offset for v in vmas]  # window-relative, ascending
     ksm_pages = [0] * len(vmas)
     for index, entry in present:
         f = flags.get(entry & PM_PFN_MASK, 0)
         if f >> KPF_KSM & 1 and not f >> KPF_ZERO_PAGE & 1:
+            if f >> KPF_ANON & 1 and not f >> KPF_DIRTY & 1:
+                return True
             ksm_pages[bisect.bisect_right(starts, index) - 1] += 1
     return any(vma.ksm_kb is not None and n * PAGE_SIZE > vma.ksm_kb * 1024
                for vma, n in zip(vmas, ksm_pages, strict=True))
 
 
+def _solve_dirty(vmas: list[MergeableVma], present: list[tuple[int, int]],
+                 flags: dict[int, int], offset: int, limit: int,
+                 ) -> tuple[set[int], set[int]] | None:
+    """The dirty rule narrowed by each VMA's smaps ``KSM:`` count (``solve_ksm_frames``):
+    a PG_dirty anonymous frame may also be a page left behind copy-on-write by a merge.
+    A VMA only partly in the window bounds the count from both sides."""
+    if any(v.ksm_kb is None for v in vmas):
+        return None
+    starts = [v.first_page - offset for v in vmas]
+    frames: dict[int, dict[int, int]] = {}
+    for index, entry in present:
+        pfn = entry & PM_PFN_MASK
+        f = flags.get(pfn, 0)
+        if f >> KPF_ANON & 1 and f >> KPF_DIRTY & 1 and not f >> KPF_ZERO_PAGE & 1:
+            v = bisect.bisect_right(starts, index) - 1
+            sig = frames.setdefault(pfn, {})
+            sig[v] = sig.get(v, 0) + 1
+    bounds: dict[int, tuple[int, int]] = {}
+    for v, vma in enumerate(vmas):
+        lo, hi = max(vma.first_page, offset), min(vma.first_page + vma.pages, offset + limit)
+        if lo >= hi:
+            continue
+        n = (vma.ksm_kb or 0) * 1024 // PAGE_SIZE
+        bounds[v] = (max(0, n - (vma.pages - (hi - lo))), n)
+    return solve_ksm_frames(frames, bounds)
+
+
 def classify(vmas: list[MergeableVma], present: list[tuple[int, int]], flags: dict[int, int],
-             offset: int, limit: int) -> tuple[str, list[list[int]], str]:
-    """Cells of the window, KSM groups ``[index, pfn]`` and the rule that was used."""
+             offset: int, limit: int, dirty_rule: bool | None = None,
+             ) -> tuple[str, list[list[int]], str]:
+    """Cells of the window, KSM groups ``[index, pfn]`` and the rule that was used
+    (``dirty_rule`` None: decided from what the window shows)."""
     cells = ["-"] * limit
     groups: list[list[int]] = []
-    dirty_rule = _ksm_bit_unreliable(vmas, present, flags, offset)
+    if dirty_rule is None:
+        dirty_rule = _ksm_bit_unreliable(vmas, present, flags, offset)
+    solved = _solve_dirty(vmas, present, flags, offset, limit) if dirty_rule else None
     for index, entry in present:
         pfn = entry & PM_PFN_MASK
         f = flags.get(pfn, 0)
         if f >> KPF_ZERO_PAGE & 1:
             cells[index] = "Z"
-        elif (f >> KPF_ANON & 1 and f >> KPF_DIRTY & 1) if dirty_rule else (f >> KPF_KSM & 1):
+        elif solved is not None and pfn in solved[1]:
+            cells[index] = "?"
+        elif (pfn in solved[0]) if solved is not None else \
+                (f >> KPF_ANON & 1 and f >> KPF_DIRTY & 1) if dirty_rule else (f >> KPF_KSM & 1):
             cells[index] = "K"
             groups.append([index, pfn])
         elif f >> KPF_ANON & 1:
             cells[index] = "A"
         else:
             cells[index] = "F"
-    rule = "KPF_ANON+KPF_DIRTY (KPF_KSM is unreliable on this kernel)" if dirty_rule \
-        else "KPF_KSM"
+    if solved is not None:
+        rule = "KPF_ANON+KPF_DIRTY checked against smaps KSM: (KPF_KSM is unreliable on " \
+            "this kernel)"
+        if solved[1]:
+            rule += "; ? = KSM or left copy-on-write, no interface tells which"
+    elif dirty_rule:
+        rule = "KPF_ANON+KPF_DIRTY (KPF_KSM is unreliable on this kernel)"
+    else:
+        rule = "KPF_KSM"
     return "".join(cells), groups, rule
+
+
+#: most pages read to judge the VMAs a window cuts (the dirty rule needs whole VMAs)
+WHOLE_VMA_PAGES = 1 << 20
+#: proc roots whose kernel showed an unreliable KPF_KSM (a kernel property: a window that
+#: shows no evidence itself is classified as the earlier ones were)
+_UNRELIABLE_KPF_KSM: set[str] = set()
+
+
+def _whole_vmas(root: Path, pid: int, vmas: list[MergeableVma], offset: int, limit: int,
+                ) -> tuple[str, list[list[int]], str] | None:
+    """``classify`` of the window, computed over every VMA it touches, read whole."""
+    touched = [v for v in vmas
+               if v.first_page < offset + limit and offset < v.first_page + v.pages]
+    lo = touched[0].first_page
+    hi = touched[-1].first_page + touched[-1].pages
+    if (lo, hi) == (offset, offset + limit) or hi - lo > WHOLE_VMA_PAGES:
+        return None
+    try:
+        present = read_pagemap(root, pid, vmas, lo, hi - lo)
+        flags = read_kpageflags(root, {e & PM_PFN_MASK for _, e in present})
+    except PageMapUnavailable:
+        return None
+    cells, groups, rule = classify(vmas, present, flags, lo, hi - lo, dirty_rule=True)
+    cut = offset - lo
+    return (cells[cut:cut + limit],
+            [[i - cut, g] for i, g in groups if cut <= i < cut + limit], rule)
 
 
 def read_page_map(proc_root: str | Path, pid: int, offset: int, limit: int) -> PageMap:
@@ -253,7 +330,17 @@ def read_page_map(proc_root: str | Path, pid: int, offset: int, limit: int) -> P
         result.available = False
         result.reason = str(exc)
         return result
+    unreliable = str(root) in _UNRELIABLE_KPF_KSM or \
+        _ksm_bit_unreliable(vmas, present, flags, offset)
+    if unreliable:
+        _UNRELIABLE_KPF_KSM.add(str(root))
     result.cells, result.groups, result.classification = classify(
-        vmas, present, flags, offset, limit)
+        vmas, present, flags, offset, limit, dirty_rule=unreliable)
+    if unreliable:  # the smaps counts are per VMA: judge the VMAs the window cuts whole
+        whole = _whole_vmas(root, pid, vmas, offset, limit)
+        if whole is not None:
+            result.cells, result.groups, result.classification = whole
     result.counts = {c: result.cells.count(c) for c in "-ZKAF"}
+    if "?" in result.cells:
+        result.counts["?"] = result.cells.count("?")
     return result

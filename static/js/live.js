@@ -9,7 +9,8 @@ const PAGE_COUNTERS = [
   "stable_node_chains", "stable_node_dups",
 ];
 const BYTE_COUNTERS = ["general_profit"];
-const COLOURS = { "-": "#e5e7eb", A: "#bfdbfe", Z: "#f59e0b", F: "#9ca3af" };
+// "?": KSM or a page left behind copy-on-write by a merge (6.12: no interface tells which)
+const COLOURS = { "-": "#e5e7eb", A: "#bfdbfe", Z: "#f59e0b", F: "#9ca3af", "?": "#a855f7" };
 
 const $ = (sel) => document.querySelector(sel);
 const fmt = (v) => (v === null || v === undefined ? null : String(v));
@@ -227,7 +228,8 @@ function drawPageMap(pm) {
   const c = pm.counts;
   $("#page-map-summary").textContent =
     `${c.K || 0} KSM pages (${frames} physical pages), ${c.Z || 0} zero pages, ` +
-    `${c.A || 0} other anonymous, ${c.F || 0} other present, ${c["-"] || 0} not present`;
+    `${c.A || 0} other anonymous, ${c.F || 0} other present, ${c["-"] || 0} not present` +
+    (c["?"] ? `, ${c["?"]} KSM or left copy-on-write (?)` : "");
 }
 
 async function loadPageMap() {

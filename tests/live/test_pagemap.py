@@ -68,6 +68,45 @@ def test_kpf_ksm_on_every_anon_page_falls_back_to_dirty(host_tree: Tree) -> None
     assert pm.classification.startswith("KPF_ANON+KPF_DIRTY")
 
 
+def _as_6_12(tree: Tree, dirty_anon: bool) -> None:
+    """KPF_KSM on every anonymous page (6.12); ``dirty_anon``: the 16 ``A`` pages PG_dirty,
+    as pages a merge left behind copy-on-write are."""
+    a_pfns = {e & pagemap.PM_PFN_MASK for i, e in enumerate(tree.pagemap) if EXPECTED[i] == "A"}
+    for pfn, flags in tree.kpageflags.items():
+        if flags >> pagemap.KPF_ANON & 1:
+            flags |= 1 << pagemap.KPF_KSM
+            if dirty_anon and pfn in a_pfns:
+                flags |= 1 << pagemap.KPF_DIRTY
+            tree.kpageflags[pfn] = flags
+    tree.write_binaries()
+
+
+def test_6_12_dirty_left_over_pages_are_not_taken_for_ksm_pages(host_tree: Tree) -> None:
+    _as_6_12(host_tree, dirty_anon=True)
+    pm = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
+    # the dirty rule alone would call the 16 A pages KSM; smaps says 64 KSM PTEs: the two
+    # frames mapped 32 times each, and nothing else
+    assert pm.cells == EXPECTED
+    assert "smaps" in pm.classification and "?" not in pm.classification
+    # a window cutting the VMA (which alone shows no sign of the unreliable bit: the server
+    # remembers it of this kernel): the VMA is judged whole, the window gets its part
+    part = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 90, 20)
+    assert part.cells == EXPECTED[90:110]
+
+
+def test_6_12_pages_no_interface_can_tell_apart_are_shown_as_such(host_tree: Tree) -> None:
+    _as_6_12(host_tree, dirty_anon=True)
+    smaps = host_tree.proc_root / str(WORKER_PID) / "smaps"
+    text = smaps.read_text()
+    smaps.write_text(text.replace("KSM:                 256 kB", "KSM:                 260 kB", 1))
+    pm = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
+    # 65 KSM PTEs: the two big frames and one of the 16 dirty pages mapped once: which one,
+    # no interface says
+    assert pm.cells == "K" * 64 + "Z" * 32 + "?" * 16 + "-" * 16
+    assert pm.counts["?"] == 16 and "no interface tells which" in pm.classification
+    assert len(pm.groups) == 64
+
+
 def test_unreadable_pagemap_says_why(host_tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
     real = os.open
 
