@@ -113,12 +113,14 @@ function scheduleInspectorRefresh(view) {
 
 // ------------------------------------------------------------------ URL and timeline
 let urlTimer = null;
+let urlSeq = 0;
 function syncUrl() {
   if (urlTimer) return;
   urlTimer = setTimeout(async () => {
     urlTimer = null;
-    const u = new URL(location.href);
-    u.searchParams.set("step", String(primary.step));
+    const seq = ++urlSeq;
+    let step = primary.step;
+    let doParam; // undefined: keep what the URL has
     if (!primary.playing && primary.id) {
       // what was done by hand (injected ops, knob writes, steps by page or pass) rides along
       // as `do`; asked once the playback stops (while it plays, only plain steps are added)
@@ -126,12 +128,17 @@ function syncUrl() {
         const r = await fetch(`/api/sessions/${primary.id}/share?step=${primary.step}`);
         if (r.ok) {
           const j = await r.json();
-          u.searchParams.set("step", String(j.step));
-          if (j.do) u.searchParams.set("do", j.do);
-          else u.searchParams.delete("do");
+          step = j.step;
+          doParam = j.do;
         }
       } catch (_) { /* the link keeps its last actions */ }
+      if (seq !== urlSeq) return; // a newer update is on its way
     }
+    // the URL as it is now (a key may have changed it while the request was out)
+    const u = new URL(location.href);
+    u.searchParams.set("step", String(step));
+    if (doParam) u.searchParams.set("do", doParam);
+    else if (doParam === null) u.searchParams.delete("do");
     history.replaceState(null, "", u);
     const share = document.querySelector(".share-link");
     if (share) {
