@@ -83,9 +83,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rest = without_ties(a, b) if diffs else None
     if rest == []:
         n = sum(len(t.get("pages") or []) for t in tied_pages(a) + tied_pages(b))
-        print(f"traces agree, except which of {n} tied page(s) are the KSM ones: the kernel "
-              "could not tell (meta.page_classification.ambiguous_pages); their KSM counts "
-              "agree")
+        print(
+            f"traces agree, except which of {n} tied page(s) are the KSM ones: the kernel "
+            "could not tell (meta.page_classification.ambiguous_pages); their KSM counts "
+            "agree"
+        )
         return 0
     if rest is not None:
         print("(tied pages, which the kernel could not classify, compared by KSM count only)")

@@ -33,8 +33,14 @@ DEFAULTS: dict[str, Any] = {
 #: the knobs a scenario starts from (``scenario-format.md``: "default knobs"); the replayer
 #: writes them before every replay, the simulator starts from :data:`DEFAULTS`
 FORMAT_KNOBS = (
-    "run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "max_page_sharing",
-    "merge_across_nodes", "smart_scan", "stable_node_chains_prune_millisecs",
+    "run",
+    "pages_to_scan",
+    "sleep_millisecs",
+    "use_zero_pages",
+    "max_page_sharing",
+    "merge_across_nodes",
+    "smart_scan",
+    "stable_node_chains_prune_millisecs",
 )
 
 UINT_MAX = (1 << 32) - 1

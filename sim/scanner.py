@@ -230,8 +230,7 @@ class ScannerMixin(StableTreeMixin):
             return
         stable = self.stable
         # no node of this content and no lone root to walk: the search finds nothing
-        node = self._stable_tree_search(content) \
-            if content in stable or len(stable) == 1 else None
+        node = self._stable_tree_search(content) if content in stable or len(stable) == 1 else None
         if node is not None:
             self._merge_with_ksm_page(vma, idx, pfn, node)
             return
@@ -240,8 +239,7 @@ class ScannerMixin(StableTreeMixin):
     def _cmp_and_merge_65(self, vma: Vma, idx: int, pfn: int) -> None:
         content = self.f_content[pfn]
         stable = self.stable
-        node = self._stable_tree_search(content) \
-            if content in stable or len(stable) == 1 else None
+        node = self._stable_tree_search(content) if content in stable or len(stable) == 1 else None
         self._remove_rmap_item_from_tree(vma, idx)
         if node is not None and node.nid in self.nodes and not node.dead:
             self._merge_with_ksm_page(vma, idx, pfn, node)

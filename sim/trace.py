@@ -157,8 +157,9 @@ def without_ties(a: dict[str, Any], b: dict[str, Any]) -> list[str] | None:
         na = sum(ta[x].startswith("K") for x in pages)
         nb = sum(tb[x].startswith("K") for x in pages)
         if na != nb:
-            out.append(f"checkpoint {i} pages.{proc}.{vma}: {na} KSM page(s) among the "
-                       f"tied pages != {nb}")
+            out.append(
+                f"checkpoint {i} pages.{proc}.{vma}: {na} KSM page(s) among the tied pages != {nb}"
+            )
         for x in pages:
             ta[x] = tb[x] = "?"
         a["checkpoints"][i]["pages"][proc][vma] = " ".join(ta)
