@@ -466,34 +466,29 @@ def _dump(path: Path, doc: Any) -> None:
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
+def _save(d: Path, doc_name: str, prefix: str, doc: Doc, outcome: Outcome) -> None:
+    """One scenario with its outcome: ``doc_name``, ``{prefix}kernel.json``,
+    ``{prefix}sim.json`` (when there is one) and ``{prefix}diff.txt``."""
+    d.mkdir(parents=True, exist_ok=True)
+    _dump(d / doc_name, doc)
+    for name, trace in (("kernel.json", outcome.kernel), ("sim.json", outcome.sim)):
+        if trace is not None:
+            _dump(d / f"{prefix}{name}", trace)
+    (d / f"{prefix}diff.txt").write_text("\n".join(outcome.diffs) + "\n", encoding="utf-8")
+
+
 def save_failure(out: Path, index: int, doc: Doc, outcome: Outcome, small: Doc,
                  small_outcome: Outcome) -> Path:
     d = out / f"{index:04d}"
-    d.mkdir(parents=True, exist_ok=True)
-    _dump(d / "scenario.json", doc)
-    if outcome.kernel is not None:
-        _dump(d / "kernel.json", outcome.kernel)
-    if outcome.sim is not None:
-        _dump(d / "sim.json", outcome.sim)
-    (d / "diff.txt").write_text("\n".join(outcome.diffs) + "\n", encoding="utf-8")
-    _dump(d / "shrunk.json", small)
-    if small_outcome.kernel is not None:
-        _dump(d / "shrunk-kernel.json", small_outcome.kernel)
-    if small_outcome.sim is not None:
-        _dump(d / "shrunk-sim.json", small_outcome.sim)
-    (d / "shrunk-diff.txt").write_text("\n".join(small_outcome.diffs) + "\n", encoding="utf-8")
+    _save(d, "scenario.json", "", doc, outcome)
+    _save(d, "shrunk.json", "shrunk-", small, small_outcome)
     return d
 
 
 def save_tie(out: Path, index: int, doc: Doc, outcome: Outcome) -> Path:
     """``out/NNNN-tied/``: scenario, both traces, the differences on the tied pages."""
     d = out / f"{index:04d}-tied"
-    d.mkdir(parents=True, exist_ok=True)
-    _dump(d / "scenario.json", doc)
-    for name, trace in (("kernel.json", outcome.kernel), ("sim.json", outcome.sim)):
-        if trace is not None:
-            _dump(d / name, trace)
-    (d / "diff.txt").write_text("\n".join(outcome.diffs) + "\n", encoding="utf-8")
+    _save(d, "scenario.json", "", doc, outcome)
     return d
 
 
