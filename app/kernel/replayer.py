@@ -71,6 +71,7 @@ from .procfs import (
     PM_PRESENT,
     ProcessGone,
     ProcFs,
+    SmapsVma,
     solve_ksm_frames,
 )
 from .sysfs import (
@@ -638,20 +639,19 @@ class _Replay:
         knum: dict[int, int] = {}
         try:
             raw = {name: self.read_pages(p) for name, p in self.procs.items()}
+            smaps = {name: self.proc.smaps(p.handle.pid) for name, p in self.procs.items()}
         except ProcessGone:
             raise ReplayFailed("a worker vanished") from None
         solved = None
         if not self.s.classification.get("kpf_ksm_reliable"):
-            try:
-                solved = self.solve_dirty_rule(raw)
-            except ProcessGone:
-                raise ReplayFailed("a worker vanished") from None
+            solved = self.solve_dirty_rule(raw, smaps)
         for name, p in self.procs.items():
             try:
                 fields, sources = self.proc.proc_fields(p.handle.pid)
                 self.proc_sources.update(sources)
                 procs[name] = fields
-                pages[name] = self.page_tokens(p, knum, str(step.name), raw[name], solved)
+                pages[name] = self.page_tokens(p, knum, str(step.name), raw[name], solved,
+                                               smaps[name])
             except ProcessGone:
                 raise ReplayFailed(f"worker {name!r} vanished") from None
         self.checkpoints.append({"name": step.name, "global": glob, "procs": procs,
@@ -667,6 +667,7 @@ class _Replay:
         return out
 
     def solve_dirty_rule(self, raw: dict[str, dict[str, tuple[list[int], dict[int, int]]]],
+                         smaps: dict[str, list[SmapsVma]],
                          ) -> tuple[set[int], set[int]] | None:
         """When KPF_KSM is unreliable: which frames are KSM pages, and which cannot be told.
 
@@ -687,10 +688,9 @@ class _Replay:
         exclusive = 1 << KPF_ANON_EXCLUSIVE if self.s.classification.get("anon_exclusive") \
             else 0
         allowed: dict[tuple[str, str], int] = {}
-        sigs: dict[int, dict[tuple[str, str], int]] = {}
-        order: list[int] = []
+        sigs: dict[int, dict[tuple[str, str], int]] = {}  # in order of first sight
         for name, p in self.procs.items():
-            vmas = self.proc.smaps(p.handle.pid)
+            vmas = smaps[name]
             if any(v.ksm_kb is None for v in vmas):
                 return None
             for vma, (addr, count) in p.maps.items():
@@ -706,22 +706,20 @@ class _Replay:
                     f = flags.get(pfn, 0)
                     if f & (1 << KPF_ANON) and f & (1 << KPF_DIRTY) \
                             and not f & (1 << KPF_ZERO_PAGE) and not f & exclusive:
-                        if pfn not in sigs:
-                            sigs[pfn] = {}
-                            order.append(pfn)
-                        sigs[pfn][key] = sigs[pfn].get(key, 0) + 1
-        solved = solve_ksm_frames({pfn: sigs[pfn] for pfn in order},
-                                  {key: (n, n) for key, n in allowed.items()})
+                        sig = sigs.setdefault(pfn, {})
+                        sig[key] = sig.get(key, 0) + 1
+        solved = solve_ksm_frames(sigs, {key: (n, n) for key, n in allowed.items()})
         if solved is None:
             return None
         ksm, ambiguous = solved
-        if len(ksm) != len(order):
+        if len(ksm) != len(sigs):
             self.dirty_rule_resolved += 1
         return ksm, ambiguous
 
     def page_tokens(self, p: _Proc, knum: dict[int, int], where: str,
                     raw: dict[str, tuple[list[int], dict[int, int]]],
-                    solved: tuple[set[int], set[int]] | None) -> dict[str, str]:
+                    solved: tuple[set[int], set[int]] | None,
+                    vmas: list[SmapsVma]) -> dict[str, str]:
         reliable = bool(self.s.classification.get("kpf_ksm_reliable"))
         out: dict[str, str] = {}
         counts: dict[str, int] = {}
@@ -756,12 +754,12 @@ class _Replay:
             if tied:
                 self.ambiguous.append({"checkpoint": len(self.checkpoints), "name": where,
                                        "proc": p.name, "vma": vma, "pages": tied})
-        self.check_smaps(p, counts, where)
+        self.check_smaps(p, counts, where, vmas)
         return out
 
-    def check_smaps(self, p: _Proc, counts: dict[str, int], where: str) -> None:
+    def check_smaps(self, p: _Proc, counts: dict[str, int], where: str,
+                    vmas: list[SmapsVma]) -> None:
         """K tokens against smaps ``KSM:``; no VMA but scenario mappings may be mergeable."""
-        vmas = self.proc.smaps(p.handle.pid)
         spans = [(a, a + n * PAGE) for a, n in p.maps.values()]
         strays = [v for v in vmas if v.mergeable
                   and not any(lo <= v.start < hi for lo, hi in spans)]
