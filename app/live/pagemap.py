@@ -334,12 +334,10 @@ def read_page_map(proc_root: str | Path, pid: int, offset: int, limit: int) -> P
         _ksm_bit_unreliable(vmas, present, flags, offset)
     if unreliable:
         _UNRELIABLE_KPF_KSM.add(str(root))
-    result.cells, result.groups, result.classification = classify(
+    # the smaps counts are per VMA: with the dirty rule, judge the VMAs the window cuts whole
+    whole = _whole_vmas(root, pid, vmas, offset, limit) if unreliable else None
+    result.cells, result.groups, result.classification = whole or classify(
         vmas, present, flags, offset, limit, dirty_rule=unreliable)
-    if unreliable:  # the smaps counts are per VMA: judge the VMAs the window cuts whole
-        whole = _whole_vmas(root, pid, vmas, offset, limit)
-        if whole is not None:
-            result.cells, result.groups, result.classification = whole
     result.counts = {c: result.cells.count(c) for c in "-ZKAF"}
     if "?" in result.cells:
         result.counts["?"] = result.cells.count("?")
