@@ -101,9 +101,7 @@ def preset_document(name: str, directory: Path = PRESETS_DIR) -> dict[str, Any]:
     return doc
 
 
-def load_preset(
-    name: str, kernel: str | None = None, directory: Path = PRESETS_DIR
-) -> Scenario:
+def load_preset(name: str, kernel: str | None = None, directory: Path = PRESETS_DIR) -> Scenario:
     """A preset as a :class:`sim.Scenario`, optionally for another kernel profile."""
     scenario = parse_scenario(preset_document(name, directory))
     return scenario.with_kernel(kernel) if kernel else scenario
@@ -133,7 +131,8 @@ def preset_info(name: str, directory: Path = PRESETS_DIR) -> PresetInfo:
         checkpoints=tuple(s.name or "" for s in scenario.steps if s.op == "checkpoint"),
         kernels=supported_kernels(scenario),
         checkpoint_notes={str(k): str(v) for k, v in notes.items()}
-        if isinstance(notes, dict) else {},
+        if isinstance(notes, dict)
+        else {},
         path=preset_path(name, directory),
     )
 

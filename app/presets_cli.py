@@ -105,8 +105,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             chosen = [p.name for p in list_presets() if args.kernel in p.kernels]
         unknown = [n for n in chosen if n not in names]
         if unknown:
-            raise ValueError(f"no preset named {', '.join(unknown)} "
-                             f"(known: {', '.join(names)})")
+            raise ValueError(f"no preset named {', '.join(unknown)} (known: {', '.join(names)})")
         grid = parse_grid(args.grid or DEFAULT_GRID)
         costs = _parse_costs(args.costs) if args.costs else CpuCosts()
         if args.jobs is not None and args.jobs < 1:
@@ -147,8 +146,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _err(f"ksmlab sweep: cannot write {args.out}: {exc.strerror}")
         return 2
     failed = [r for r in results if r.error]
-    _out(f"{len(results)} runs on {jobs} processes in {elapsed:.1f}s: {csv_path}"
-         + ("" if args.no_html else f", {html_path}"))
+    _out(
+        f"{len(results)} runs on {jobs} processes in {elapsed:.1f}s: {csv_path}"
+        + ("" if args.no_html else f", {html_path}")
+    )
     for r in failed:
         _err(f"  {r.preset} {r.knobs}: {r.error}")
     return 0
@@ -160,27 +161,40 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_presets)
 
     s = sub.add_parser(
-        "sweep", help="what-if grid: knobs x presets in the simulator, CSV + HTML report",
+        "sweep",
+        help="what-if grid: knobs x presets in the simulator, CSV + HTML report",
         description="Run presets under every combination of knob values (simulator only).",
     )
     s.add_argument("--presets", help="comma-separated preset names (default: all)")
     s.add_argument(
-        "--grid", action="append", metavar="KNOB=V1,V2",
+        "--grid",
+        action="append",
+        metavar="KNOB=V1,V2",
         help="knob values to try (repeatable); knobs: pages_to_scan, sleep_millisecs, "
-        "use_zero_pages, smart_scan, max_page_sharing; default: "
-        + " ".join(DEFAULT_GRID),
+        "use_zero_pages, smart_scan, max_page_sharing; default: " + " ".join(DEFAULT_GRID),
     )
     s.add_argument("--kernel", choices=KERNELS, default="6.18", help="kernel profile")
     s.add_argument("--out", default="out/sweep", help="output directory (default out/sweep)")
     s.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
-    s.add_argument("--max-passes", type=int, default=DEFAULT_MAX_PASSES,
-                   help="passes after the story before a run counts as unsettled")
-    s.add_argument("--costs", metavar="FIRST,LATER,SKIP",
-                   help="per-page ksmd CPU in us (default 0.9,3.5,0.1; see docs/cpu-model.md)")
+    s.add_argument(
+        "--max-passes",
+        type=int,
+        default=DEFAULT_MAX_PASSES,
+        help="passes after the story before a run counts as unsettled",
+    )
+    s.add_argument(
+        "--costs",
+        metavar="FIRST,LATER,SKIP",
+        help="per-page ksmd CPU in us (default 0.9,3.5,0.1; see docs/cpu-model.md)",
+    )
     s.add_argument("--no-html", action="store_true", help="write only the CSV")
-    s.add_argument("--png", metavar="FILE",
-                   help="also save one plot as a PNG (headless chromium screenshot)")
-    s.add_argument("--png-figure", default="time-to-settle",
-                   choices=("profit-vs-cpu", "time-to-settle", "settle-vs-cpu-share"),
-                   help="which plot --png saves (default time-to-settle)")
+    s.add_argument(
+        "--png", metavar="FILE", help="also save one plot as a PNG (headless chromium screenshot)"
+    )
+    s.add_argument(
+        "--png-figure",
+        default="time-to-settle",
+        choices=("profit-vs-cpu", "time-to-settle", "settle-vs-cpu-share"),
+        help="which plot --png saves (default time-to-settle)",
+    )
     s.set_defaults(func=cmd_sweep)

@@ -54,13 +54,21 @@ from .presets import load_preset
 
 #: knobs a sweep may vary
 SWEEP_KNOBS = (
-    "pages_to_scan", "sleep_millisecs", "use_zero_pages", "smart_scan", "max_page_sharing",
+    "pages_to_scan",
+    "sleep_millisecs",
+    "use_zero_pages",
+    "smart_scan",
+    "max_page_sharing",
 )
 
 #: the counters whose stillness over a full pass means "settled"
 SETTLE_COUNTERS = (
-    "pages_shared", "pages_sharing", "ksm_zero_pages", "ksm_rmap_items",
-    "stable_node_chains", "stable_node_dups",
+    "pages_shared",
+    "pages_sharing",
+    "ksm_zero_pages",
+    "ksm_rmap_items",
+    "stable_node_chains",
+    "stable_node_dups",
 )
 
 PAGE_SIZE = 4096
@@ -116,10 +124,26 @@ class SweepResult:
 
 
 CSV_COLUMNS = (
-    ("preset",) + ("kernel",) + SWEEP_KNOBS + (
-        "settled", "settle_ms", "total_ms", "batches", "passes", "general_profit",
-        "pages_shared", "pages_sharing", "ksm_zero_pages", "pages_scanned", "pages_skipped",
-        "first_pass_pages", "later_pass_pages", "cpu_ms", "cpu_share_pct", "error",
+    ("preset",)
+    + ("kernel",)
+    + SWEEP_KNOBS
+    + (
+        "settled",
+        "settle_ms",
+        "total_ms",
+        "batches",
+        "passes",
+        "general_profit",
+        "pages_shared",
+        "pages_sharing",
+        "ksm_zero_pages",
+        "pages_scanned",
+        "pages_skipped",
+        "first_pass_pages",
+        "later_pass_pages",
+        "cpu_ms",
+        "cpu_share_pct",
+        "error",
     )
 )
 
@@ -241,13 +265,13 @@ class _Driver:
 
 
 def _knob_values(k: Kernel) -> dict[str, int | None]:
-    return {
-        name: (int(k.knobs[name]) if name in k.knobs else None) for name in SWEEP_KNOBS
-    }
+    return {name: (int(k.knobs[name]) if name in k.knobs else None) for name in SWEEP_KNOBS}
 
 
 def run_point(
-    point: SweepPoint, costs: CpuCosts | None = None, max_passes: int = DEFAULT_MAX_PASSES,
+    point: SweepPoint,
+    costs: CpuCosts | None = None,
+    max_passes: int = DEFAULT_MAX_PASSES,
     scenario: Scenario | None = None,
 ) -> SweepResult:
     """Run one grid point (see the module docstring for the definitions)."""
@@ -374,9 +398,18 @@ def result_row(r: SweepResult) -> dict[str, str]:
         cpu_share_pct=_pct(r.cpu_ns, r.total_ns),
         error=r.error,
     )
-    for name in ("batches", "passes", "general_profit", "pages_shared", "pages_sharing",
-                 "ksm_zero_pages", "pages_scanned", "pages_skipped", "first_pass_pages",
-                 "later_pass_pages"):
+    for name in (
+        "batches",
+        "passes",
+        "general_profit",
+        "pages_shared",
+        "pages_sharing",
+        "ksm_zero_pages",
+        "pages_scanned",
+        "pages_skipped",
+        "first_pass_pages",
+        "later_pass_pages",
+    ):
         row[name] = str(getattr(r, name))
     return {col: row[col] for col in CSV_COLUMNS}
 

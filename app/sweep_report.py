@@ -33,25 +33,30 @@ def profit_cpu_figure(results: Sequence[SweepResult], grid_knobs: Sequence[str])
         rows = [r for r in results if r.preset == preset and not r.error]
         if not rows:
             continue
-        data.append({
-            "type": "scatter", "mode": "markers", "name": preset,
-            "x": [r.cpu_ns / 1e6 for r in rows],
-            "y": [r.general_profit / MIB for r in rows],
-            "text": [
-                f"{preset}<br>{_label(r, grid_knobs)}<br>settle "
-                + (f"{r.settle_ns / 1e9:.3f} s" if r.settle_ns is not None else "not settled")
-                for r in rows
-            ],
-            "hoverinfo": "text+x+y",
-            "marker": {"size": 9},
-        })
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": preset,
+                "x": [r.cpu_ns / 1e6 for r in rows],
+                "y": [r.general_profit / MIB for r in rows],
+                "text": [
+                    f"{preset}<br>{_label(r, grid_knobs)}<br>settle "
+                    + (f"{r.settle_ns / 1e9:.3f} s" if r.settle_ns is not None else "not settled")
+                    for r in rows
+                ],
+                "hoverinfo": "text+x+y",
+                "marker": {"size": 9},
+            }
+        )
     return {
         "data": data,
         "layout": {
             "title": {"text": "Memory saved (general_profit) vs modelled ksmd CPU"},
             "xaxis": {"title": {"text": "ksmd CPU until the end of the run (ms, modelled)"}},
             "yaxis": {"title": {"text": "general_profit at the end (MiB)"}},
-            "height": 520, "template": "plotly_white",
+            "height": 520,
+            "template": "plotly_white",
         },
     }
 
@@ -73,11 +78,15 @@ def settle_figure(results: Sequence[SweepResult], grid_knobs: Sequence[str]) -> 
         xs = [r.knobs.get(xknob) or 0 for r in rows]
         xs_all += xs
         ys += [r.settle_ns / 1e9 for r in rows if r.settle_ns is not None]
-        data.append({
-            "type": "scatter", "mode": "lines+markers", "name": key,
-            "x": xs,
-            "y": [None if r.settle_ns is None else r.settle_ns / 1e9 for r in rows],
-        })
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": key,
+                "x": xs,
+                "y": [None if r.settle_ns is None else r.settle_ns / 1e9 for r in rows],
+            }
+        )
     log_x = bool(xs_all) and min(xs_all) > 0 and max(xs_all) >= 10 * min(xs_all)
     log_y = bool(ys) and min(ys) > 0 and max(ys) >= 10 * min(ys)
     return {
@@ -85,9 +94,12 @@ def settle_figure(results: Sequence[SweepResult], grid_knobs: Sequence[str]) -> 
         "layout": {
             "title": {"text": f"Time until merging settles vs {xknob}"},
             "xaxis": {"title": {"text": xknob}, "type": "log" if log_x else "linear"},
-            "yaxis": {"title": {"text": "simulated time to settle (s)"},
-                      "type": "log" if log_y else "linear"},
-            "height": 520, "template": "plotly_white",
+            "yaxis": {
+                "title": {"text": "simulated time to settle (s)"},
+                "type": "log" if log_y else "linear",
+            },
+            "height": 520,
+            "template": "plotly_white",
         },
     }
 
@@ -96,25 +108,34 @@ def tradeoff_figure(results: Sequence[SweepResult], grid_knobs: Sequence[str]) -
     """Time to settle against ksmd's CPU share: what pages_to_scan / sleep_millisecs buy."""
     data = []
     for preset in dict.fromkeys(r.preset for r in results):
-        rows = [r for r in results if r.preset == preset and not r.error
-                and r.settle_ns is not None]
+        rows = [
+            r for r in results if r.preset == preset and not r.error and r.settle_ns is not None
+        ]
         if not rows:
             continue
-        data.append({
-            "type": "scatter", "mode": "markers", "name": preset,
-            "x": [cpu_share(r) for r in rows],
-            "y": [(r.settle_ns or 0) / 1e9 for r in rows],
-            "text": [f"{preset}<br>{_label(r, grid_knobs)}" for r in rows],
-            "hoverinfo": "text+x+y", "marker": {"size": 9},
-        })
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": preset,
+                "x": [cpu_share(r) for r in rows],
+                "y": [(r.settle_ns or 0) / 1e9 for r in rows],
+                "text": [f"{preset}<br>{_label(r, grid_knobs)}" for r in rows],
+                "hoverinfo": "text+x+y",
+                "marker": {"size": 9},
+            }
+        )
     return {
         "data": data,
         "layout": {
             "title": {"text": "Time to settle vs ksmd CPU share while running"},
-            "xaxis": {"title": {"text": "ksmd CPU share (%, modelled CPU / simulated time)"},
-                      "type": "log"},
+            "xaxis": {
+                "title": {"text": "ksmd CPU share (%, modelled CPU / simulated time)"},
+                "type": "log",
+            },
             "yaxis": {"title": {"text": "simulated time to settle (s)"}, "type": "log"},
-            "height": 520, "template": "plotly_white",
+            "height": 520,
+            "template": "plotly_white",
         },
     }
 
@@ -131,23 +152,41 @@ def _table(results: Sequence[SweepResult]) -> str:
     body = []
     for r in results:
         row = result_row(r)
-        body.append("<tr>" + "".join(f"<td>{html.escape(row[c])}</td>" for c in CSV_COLUMNS)
-                    + "</tr>")
+        body.append(
+            "<tr>" + "".join(f"<td>{html.escape(row[c])}</td>" for c in CSV_COLUMNS) + "</tr>"
+        )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def render_report(
-    results: Sequence[SweepResult], grid_knobs: Sequence[str], costs: CpuCosts,
+    results: Sequence[SweepResult],
+    grid_knobs: Sequence[str],
+    costs: CpuCosts,
     command: str = "",
 ) -> str:
     """The whole HTML page (plotly.js inlined once; no network needed)."""
     config = {"displaylogo": False, "responsive": True}
-    fig1 = pio.to_html(profit_cpu_figure(results, grid_knobs), include_plotlyjs=True,
-                       full_html=False, div_id="profit-vs-cpu", config=config)
-    fig2 = pio.to_html(settle_figure(results, grid_knobs), include_plotlyjs=False,
-                       full_html=False, div_id="time-to-settle", config=config)
-    fig3 = pio.to_html(tradeoff_figure(results, grid_knobs), include_plotlyjs=False,
-                       full_html=False, div_id="settle-vs-cpu-share", config=config)
+    fig1 = pio.to_html(
+        profit_cpu_figure(results, grid_knobs),
+        include_plotlyjs=True,
+        full_html=False,
+        div_id="profit-vs-cpu",
+        config=config,
+    )
+    fig2 = pio.to_html(
+        settle_figure(results, grid_knobs),
+        include_plotlyjs=False,
+        full_html=False,
+        div_id="time-to-settle",
+        config=config,
+    )
+    fig3 = pio.to_html(
+        tradeoff_figure(results, grid_knobs),
+        include_plotlyjs=False,
+        full_html=False,
+        div_id="settle-vs-cpu-share",
+        config=config,
+    )
     knobs = ", ".join(k for k in SWEEP_KNOBS if k in grid_knobs) or "none"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -181,10 +220,17 @@ def figure_page(results: Sequence[SweepResult], grid_knobs: Sequence[str], figur
     """A page holding one figure only (for a static screenshot)."""
     fig = FIGURES[figure](results, grid_knobs)
     fig["layout"].update(width=1000, height=560)
-    body = pio.to_html(fig, include_plotlyjs=True, full_html=False, div_id=figure,
-                       config={"displayModeBar": False, "staticPlot": True})
-    return ('<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
-            f'<body style="margin:0;background:#fff">{body}</body></html>')
+    body = pio.to_html(
+        fig,
+        include_plotlyjs=True,
+        full_html=False,
+        div_id=figure,
+        config={"displayModeBar": False, "staticPlot": True},
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
+        f'<body style="margin:0;background:#fff">{body}</body></html>'
+    )
 
 
 def find_chromium() -> str | None:
@@ -206,10 +252,18 @@ def screenshot(page_html: str, png: Path, size: tuple[int, int] = (1000, 560)) -
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "figure.html"
         page.write_text(page_html, encoding="utf-8")
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=5000",
-               f"--user-data-dir={tmp}/profile", f"--screenshot={png.resolve()}",
-               page.as_uri()]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={size[0]},{size[1]}",
+            "--virtual-time-budget=5000",
+            f"--user-data-dir={tmp}/profile",
+            f"--screenshot={png.resolve()}",
+            page.as_uri(),
+        ]
         try:
             subprocess.run(cmd, capture_output=True, timeout=120, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -50,12 +50,27 @@ def scenario() -> dict[str, Any]:
             {"op": "spawn", "proc": p},
             {"op": "mmap", "proc": p, "vma": "ram", "pages": PAGES},
             {"op": "write", "proc": p, "vma": "ram", "content": "zero", "pages": f"0-{q - 1}"},
-            {"op": "write", "proc": p, "vma": "ram", "content": "kernel",
-             "pages": f"{q}-{2 * q - 1}"},
-            {"op": "write", "proc": p, "vma": "ram", "content": f"lib{i % 2}",
-             "pages": f"{2 * q}-{3 * q - 1}"},
-            {"op": "write", "proc": p, "vma": "ram", "content": "unique",
-             "pages": f"{3 * q}-{PAGES - 1}"},
+            {
+                "op": "write",
+                "proc": p,
+                "vma": "ram",
+                "content": "kernel",
+                "pages": f"{q}-{2 * q - 1}",
+            },
+            {
+                "op": "write",
+                "proc": p,
+                "vma": "ram",
+                "content": f"lib{i % 2}",
+                "pages": f"{2 * q}-{3 * q - 1}",
+            },
+            {
+                "op": "write",
+                "proc": p,
+                "vma": "ram",
+                "content": "unique",
+                "pages": f"{3 * q}-{PAGES - 1}",
+            },
             {"op": "madvise", "proc": p, "vma": "ram", "advice": "MADV_MERGEABLE"},
         ]
     steps.append({"op": "sysfs", "knob": "run", "value": 1})
@@ -71,8 +86,9 @@ def scenario() -> dict[str, Any]:
 
 def post(url: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body or {}).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read() or b"null")
 
@@ -84,7 +100,8 @@ def measure(page: Any, seconds: float) -> dict[str, Any]:
         " s.drawMs = s.msgMs = s.chartMs = 0; s.messages = 0; s.frames0 = s.frames;"
         " window.__long = []; if (!window.__obs) { window.__obs = new PerformanceObserver((l) =>"
         " { for (const e of l.getEntries()) window.__long.push(Math.round(e.duration)); });"
-        " window.__obs.observe({ type: 'longtask' }); } }")
+        " window.__obs.observe({ type: 'longtask' }); } }"
+    )
     step0 = int(page.get_attribute(".session-view", "data-step") or 0)
     t0 = time.monotonic()
     f0 = page.evaluate("() => window.__ksm.frames")
@@ -141,29 +158,37 @@ def _measure(args: argparse.Namespace, base: str) -> int:
         page.goto(f"{base}/session?sid={sid}")
         page.wait_for_function(
             "() => Number(document.querySelector('canvas.page-grid').dataset.pages) === "
-            f"{PROCS * PAGES}", timeout=120_000)
+            f"{PROCS * PAGES}",
+            timeout=120_000,
+        )
         page.wait_for_timeout(1000)
         post(f"{base}/api/sessions/{sid}/play")
         page.wait_for_timeout(500)
         top = measure(page, args.seconds)
         # the same, scrolled so that the counter charts are on screen and redrawn too
-        page.evaluate("() => { const c = document.querySelector('.charts');"
-                      " window.scrollTo(0, c.getBoundingClientRect().top + scrollY - 420); }")
+        page.evaluate(
+            "() => { const c = document.querySelector('.charts');"
+            " window.scrollTo(0, c.getBoundingClientRect().top + scrollY - 420); }"
+        )
         page.wait_for_timeout(500)
         charts = measure(page, args.seconds)
         post(f"{base}/api/sessions/{sid}/pause")
         counts = json.loads(page.get_attribute("canvas.page-grid", "data-kind-counts") or "{}")
         browser.close()
-    print(f"pages: {PROCS * PAGES:,} ({PROCS} processes x {PAGES:,}), "
-          f"pages_to_scan 2048, play speed {args.speed:g} batches/s asked")
+    print(
+        f"pages: {PROCS * PAGES:,} ({PROCS} processes x {PAGES:,}), "
+        f"pages_to_scan 2048, play speed {args.speed:g} batches/s asked"
+    )
     print(f"grid at the end: {counts}")
     for name, r in (("grid (charts below the fold)", top), ("grid + charts on screen", charts)):
-        print(f"{name}: {r['fps']:.1f} fps (lowest one-second window {r['low']:.1f}); "
-              f"{r['steps']} steps drawn in {r['elapsed']:.1f} s "
-              f"({r['steps'] / r['elapsed']:.1f}/s); main thread per frame: "
-              f"{r['draw']:.2f} ms drawing, {r['chart']:.2f} ms charts; "
-              f"{r['msg']:.2f} ms per message; worst frame {r['worst']:.0f} ms; "
-              f"long tasks > 50 ms: {r['long']}")
+        print(
+            f"{name}: {r['fps']:.1f} fps (lowest one-second window {r['low']:.1f}); "
+            f"{r['steps']} steps drawn in {r['elapsed']:.1f} s "
+            f"({r['steps'] / r['elapsed']:.1f}/s); main thread per frame: "
+            f"{r['draw']:.2f} ms drawing, {r['chart']:.2f} ms charts; "
+            f"{r['msg']:.2f} ms per message; worst frame {r['worst']:.0f} ms; "
+            f"long tasks > 50 ms: {r['long']}"
+        )
     fps = top["fps"]
     print(f"frame rate: {fps:.1f} fps (with the charts on screen too: {charts['fps']:.1f} fps)")
     print("target (issue 5): >= 55 fps: " + ("met" if fps >= 55 else "NOT met"))

@@ -63,7 +63,7 @@ def current(name: str) -> str:
     """A knob's value; for a ``[choice] other`` list (advisor_mode) the selected word."""
     text = read(name)
     if "[" in text:
-        text = text[text.index("[") + 1:text.index("]")]
+        text = text[text.index("[") + 1 : text.index("]")]
     return text
 
 
@@ -136,8 +136,12 @@ class Passes:
         self.sleep = 60_000
 
     def one(self) -> dict[str, int]:
-        before = (read_int("full_scans"), read_int("pages_scanned"),
-                  read_int("pages_skipped"), cpu_ns(self.pid))
+        before = (
+            read_int("full_scans"),
+            read_int("pages_scanned"),
+            read_int("pages_skipped"),
+            cpu_ns(self.pid),
+        )
         write("run", 1)
         self.sleep = 60_001 if self.sleep == 60_000 else 60_000
         write("sleep_millisecs", self.sleep)  # a new value wakes ksmd from its sleep
@@ -166,7 +170,7 @@ def one_round(pages: int, passes: Passes) -> dict[str, float]:
         area.madvise(MADV_NOHUGEPAGE)
         stamp = os.getpid() << 32
         for i in range(pages):
-            area[i * PAGE:(i + 1) * PAGE] = struct.pack("<QQ", stamp, i) * (PAGE // 16)
+            area[i * PAGE : (i + 1) * PAGE] = struct.pack("<QQ", stamp, i) * (PAGE // 16)
         area.madvise(MADV_MERGEABLE)
         runs = [passes.one() for _ in range(5)]
     finally:
@@ -177,8 +181,10 @@ def one_round(pages: int, passes: Passes) -> dict[str, float]:
     if first["scanned"] < pages or any(r["scanned"] < pages for r in later):
         raise SystemExit(f"ksmd_costs: fewer pages scanned than written: {runs}")
     if skip["skipped"] < pages:
-        raise SystemExit(f"ksmd_costs: smart scan skipped only {skip['skipped']} pages "
-                         "in pass 5 (no smart scan on this kernel?)")
+        raise SystemExit(
+            f"ksmd_costs: smart scan skipped only {skip['skipped']} pages "
+            "in pass 5 (no smart scan on this kernel?)"
+        )
     return {
         "first_us": first["cpu_ns"] / first["scanned"] / 1000,
         "later_us": sum(r["cpu_ns"] for r in later) / sum(r["scanned"] for r in later) / 1000,
@@ -190,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pages", type=int, default=20_000, help="pages in the area (20000)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; the median is kept (3)")
-    ap.add_argument("--force", action="store_true",
-                    help="run even if another process has mergeable memory")
+    ap.add_argument(
+        "--force", action="store_true", help="run even if another process has mergeable memory"
+    )
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -206,18 +213,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a running replay to finish
         if read("run") != "0":
-            print("ksmd_costs: ksmd is running (run != 0): someone uses KSM; not touching it",
-                  file=sys.stderr)
+            print(
+                "ksmd_costs: ksmd is running (run != 0): someone uses KSM; not touching it",
+                file=sys.stderr,
+            )
             return 2
         others = other_mergeable_processes()
         if others and not args.force:
-            print(f"ksmd_costs: processes {others} have mergeable memory (use --force)",
-                  file=sys.stderr)
+            print(
+                f"ksmd_costs: processes {others} have mergeable memory (use --force)",
+                file=sys.stderr,
+            )
             return 2
         saved = writable_knobs()
         try:
-            for name, value in (("advisor_mode", "none"), ("smart_scan", 1),
-                                ("use_zero_pages", 0), ("max_page_sharing", 256)):
+            for name, value in (
+                ("advisor_mode", "none"),
+                ("smart_scan", 1),
+                ("use_zero_pages", 0),
+                ("max_page_sharing", 256),
+            ):
                 if (KSM / name).exists():
                     if name == "max_page_sharing":
                         write("run", 2)  # EBUSY while pages are shared
@@ -230,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"ksmd_costs: knobs not restored: {problems}", file=sys.stderr)
     finally:
         os.close(lock)
-    result: dict[str, Any] = {k: round(statistics.median(r[k] for r in rounds), 3)
-                              for k in rounds[0]}
+    result: dict[str, Any] = {
+        k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0]
+    }
     result.update(pages=args.pages, rounds=args.rounds, kernel=os.uname().release)
     if args.json:
         print(json.dumps(result))
@@ -240,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  first-pass page  {result['first_us']:.3f} us")
         print(f"  later-pass page  {result['later_us']:.3f} us")
         print(f"  skipped page     {result['skip_us']:.3f} us")
-        print(f"use: ksmlab sweep --costs {result['first_us']},{result['later_us']},"
-              f"{result['skip_us']}")
+        print(
+            f"use: ksmlab sweep --costs {result['first_us']},{result['later_us']},"
+            f"{result['skip_us']}"
+        )
     return 1 if problems else 0
 
 

@@ -37,19 +37,31 @@ DEADLINE = time.monotonic() + 900  # the whole run stops within 15 minutes whate
 
 def scenario(pages: int, pages_to_scan: int, run: int = 0) -> dict[str, Any]:
     q = pages // 4
-    return {"name": f"bench-{pages}", "sysfs": {"use_zero_pages": 1, "pages_to_scan":
-                                                pages_to_scan, "run": run},
-            "steps": [
-                {"op": "spawn", "proc": "A"},
-                {"op": "mmap", "proc": "A", "vma": "heap", "pages": pages},
-                {"op": "write", "proc": "A", "vma": "heap", "content": "zero",
-                 "pages": f"0-{q - 1}"},
-                {"op": "write", "proc": "A", "vma": "heap", "content": "L",
-                 "pages": f"{q}-{2 * q - 1}"},
-                {"op": "write", "proc": "A", "vma": "heap", "content": "unique",
-                 "pages": f"{2 * q}-{pages - 1}"},
-                {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
-            ] + ([] if run else [{"op": "scan", "passes": 3}])}  # run=1: ksmd runs forever
+    return {
+        "name": f"bench-{pages}",
+        "sysfs": {"use_zero_pages": 1, "pages_to_scan": pages_to_scan, "run": run},
+        "steps": [
+            {"op": "spawn", "proc": "A"},
+            {"op": "mmap", "proc": "A", "vma": "heap", "pages": pages},
+            {"op": "write", "proc": "A", "vma": "heap", "content": "zero", "pages": f"0-{q - 1}"},
+            {
+                "op": "write",
+                "proc": "A",
+                "vma": "heap",
+                "content": "L",
+                "pages": f"{q}-{2 * q - 1}",
+            },
+            {
+                "op": "write",
+                "proc": "A",
+                "vma": "heap",
+                "content": "unique",
+                "pages": f"{2 * q}-{pages - 1}",
+            },
+            {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
+        ]
+        + ([] if run else [{"op": "scan", "passes": 3}]),
+    }  # run=1: ksmd runs forever
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -70,8 +82,9 @@ def serve(port: int) -> None:
     from app.server.app import create_app
     from app.server.cli import uvicorn_options
 
-    settings = Settings(max_viewers=5000, max_pages=1 << 20, ws_queue=64, max_speed=1000,
-                        max_body_bytes=1 << 20)
+    settings = Settings(
+        max_viewers=5000, max_pages=1 << 20, ws_queue=64, max_speed=1000, max_body_bytes=1 << 20
+    )
     opts = uvicorn_options(settings)
     uvicorn.run(create_app(settings), host=HOST, port=port, backlog=4096, **opts)
 
@@ -116,9 +129,13 @@ class _Viewer(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
-                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
 
     def data_received(self, data: bytes) -> None:
         now = time.time() * 1000.0
@@ -140,11 +157,11 @@ class _Viewer(asyncio.Protocol):
             if n == 126:
                 if len(buf) - pos < 4:
                     break
-                n, off = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                n, off = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
             elif n == 127:
                 if len(buf) - pos < 10:
                     break
-                n, off = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+                n, off = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
             if len(buf) - pos < off + n:
                 break
             start = pos + off
@@ -167,7 +184,7 @@ async def clients(url: str, n: int) -> None:
         if at < 0:
             return
         end = buf.find(b",", at)
-        ts = float(buf[at + 5:end])
+        ts = float(buf[at + 5 : end])
         if window[0] <= ts <= window[1]:
             lags.append(now - ts)
             if not first and buf.find(b'"type":"snapshot"', lo, min(hi, lo + 4000)) >= 0:
@@ -200,8 +217,13 @@ async def clients(url: str, n: int) -> None:
 
 # ---------------------------------------------------------------------------- parent
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, __file__, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def readline(p: subprocess.Popen[str], timeout: float) -> str:
@@ -244,14 +266,25 @@ def measure_lag(url: str, viewers: int, seconds: float) -> dict[str, Any]:
             p.wait()
     lags.sort()
     if not lags:
-        return {"viewers": viewers, "frames": 0, "p50": float("nan"), "p99": float("nan"),
-                "resyncs": resyncs}
-    return {"viewers": viewers, "frames": len(lags), "p50": statistics.median(lags),
-            "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))], "resyncs": resyncs}
+        return {
+            "viewers": viewers,
+            "frames": 0,
+            "p50": float("nan"),
+            "p99": float("nan"),
+            "resyncs": resyncs,
+        }
+    return {
+        "viewers": viewers,
+        "frames": len(lags),
+        "p50": statistics.median(lags),
+        "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
+        "resyncs": resyncs,
+    }
 
 
-async def bytes_per_page(base: str, ws_base: str, pages: int, pts: int, steps: int,
-                         record: Path | None = None) -> dict[str, float]:
+async def bytes_per_page(
+    base: str, ws_base: str, pages: int, pts: int, steps: int, record: Path | None = None
+) -> dict[str, float]:
     import httpx
     from websockets.asyncio.client import connect
 
@@ -259,8 +292,7 @@ async def bytes_per_page(base: str, ws_base: str, pages: int, pts: int, steps: i
         r = await http.post("/api/sessions", json={"scenario": scenario(pages, pts)})
         r.raise_for_status()
         sid = r.json()["id"]
-        async with connect(f"{ws_base}/ws/sessions/{sid}", max_size=None,
-                           compression=None) as ws:
+        async with connect(f"{ws_base}/ws/sessions/{sid}", max_size=None, compression=None) as ws:
             frames = total = records = changed = 0
             kept = []
             for _ in range(steps):
@@ -285,9 +317,14 @@ async def bytes_per_page(base: str, ws_base: str, pages: int, pts: int, steps: i
         await http.delete(f"/api/sessions/{sid}")
     if record is not None:
         record.write_text("\n".join(json.dumps(m) for m in kept))
-    return {"pages": pages, "pages_to_scan": pts, "steps": frames, "changed": changed,
-            "frame_bytes_per_page": total / max(1, changed),
-            "record_bytes_per_page": records / max(1, changed)}
+    return {
+        "pages": pages,
+        "pages_to_scan": pts,
+        "steps": frames,
+        "changed": changed,
+        "frame_bytes_per_page": total / max(1, changed),
+        "record_bytes_per_page": records / max(1, changed),
+    }
 
 
 def main() -> int:
@@ -325,14 +362,21 @@ def run_bench(args: argparse.Namespace) -> int:
         wait_port(port)
         print("== bytes per changed page per step (65,536-page session, one viewer)")
         for pts, steps in ((100, 400), (1000, 200)):
-            r = asyncio.run(bytes_per_page(base, ws_base, 65536, pts, steps,
-                                           frames_file if pts == 100 else None))
-            print(f"pages_to_scan={pts:5}: {r['steps']} deltas, {r['changed']} changed pages: "
-                  f"{r['frame_bytes_per_page']:.2f} B/page (whole frames), "
-                  f"{r['record_bytes_per_page']:.2f} B/page (page records)")
-        print(f"\n== lag from step to receipt, one session playing at {args.rate:g} steps/s "
-              f"(4,096 pages, pages_to_scan=100), {args.seconds:g} s windows; steps/s: frames "
-              "received per viewer per second (the clients share this machine's cores)")
+            r = asyncio.run(
+                bytes_per_page(
+                    base, ws_base, 65536, pts, steps, frames_file if pts == 100 else None
+                )
+            )
+            print(
+                f"pages_to_scan={pts:5}: {r['steps']} deltas, {r['changed']} changed pages: "
+                f"{r['frame_bytes_per_page']:.2f} B/page (whole frames), "
+                f"{r['record_bytes_per_page']:.2f} B/page (page records)"
+            )
+        print(
+            f"\n== lag from step to receipt, one session playing at {args.rate:g} steps/s "
+            f"(4,096 pages, pages_to_scan=100), {args.seconds:g} s windows; steps/s: frames "
+            "received per viewer per second (the clients share this machine's cores)"
+        )
         with httpx.Client(base_url=base, timeout=60) as http:
             made = http.post("/api/sessions", json={"scenario": scenario(4096, 100, run=1)})
             made.raise_for_status()
@@ -342,8 +386,10 @@ def run_bench(args: argparse.Namespace) -> int:
             bserver = spawn("--baseline", str(bport), str(frames_file), str(args.rate))
             children.append(bserver)
             wait_port(bport)
-            print(f"{'viewers':>8} | {'ksmlab p50':>10} {'p99':>8} {'frames':>8} {'steps/s':>7} "
-                  f"{'resync':>6} | {'bare ws p50':>11} {'p99':>8} {'frames':>8} {'steps/s':>7}")
+            print(
+                f"{'viewers':>8} | {'ksmlab p50':>10} {'p99':>8} {'frames':>8} {'steps/s':>7} "
+                f"{'resync':>6} | {'bare ws p50':>11} {'p99':>8} {'frames':>8} {'steps/s':>7}"
+            )
             for n in (int(v) for v in args.viewers.split(",")):
                 if time.monotonic() > DEADLINE:
                     print("deadline reached, stopping")
@@ -351,10 +397,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 ours = measure_lag(f"{ws_base}/ws/sessions/{sid}", n, args.seconds)
                 bare = measure_lag(f"ws://{HOST}:{bport}/", n, args.seconds)
                 per = n * args.seconds
-                print(f"{n:>8} | {ours['p50']:>8.1f}ms {ours['p99']:>6.1f}ms "
-                      f"{ours['frames']:>8} {ours['frames'] / per:>7.1f} {ours['resyncs']:>6} | "
-                      f"{bare['p50']:>9.1f}ms {bare['p99']:>6.1f}ms {bare['frames']:>8} "
-                      f"{bare['frames'] / per:>7.1f}", flush=True)
+                print(
+                    f"{n:>8} | {ours['p50']:>8.1f}ms {ours['p99']:>6.1f}ms "
+                    f"{ours['frames']:>8} {ours['frames'] / per:>7.1f} {ours['resyncs']:>6} | "
+                    f"{bare['p50']:>9.1f}ms {bare['p99']:>6.1f}ms {bare['frames']:>8} "
+                    f"{bare['frames'] / per:>7.1f}",
+                    flush=True,
+                )
             http.post(f"/api/sessions/{sid}/pause")
     finally:
         for child in children:

@@ -36,29 +36,43 @@ def _qemu() -> Any | None:
 
 def register(subparsers: Any) -> None:
     rp = subparsers.add_parser(
-        "replay", help="replay a scenario on the real kernel (root), write its trace",
+        "replay",
+        help="replay a scenario on the real kernel (root), write its trace",
         description="Replay a ksm-scenario/1 file on this machine's kernel and record a "
-                    "ksm-trace/1 trace. Every KSM knob is saved first and restored after.")
+        "ksm-trace/1 trace. Every KSM knob is saved first and restored after.",
+    )
     replayer.add_arguments(rp)
-    rp.add_argument("--kernel", metavar="VERSION",
-                    help="replay in a qemu guest booted on Debian's kernel VERSION (6.1, 6.12)")
+    rp.add_argument(
+        "--kernel",
+        metavar="VERSION",
+        help="replay in a qemu guest booted on Debian's kernel VERSION (6.1, 6.12)",
+    )
     rp.set_defaults(func=cmd_replay)
 
     fz = subparsers.add_parser(
-        "fuzz", help="differential fuzz: random scenarios, simulator against kernel",
+        "fuzz",
+        help="differential fuzz: random scenarios, simulator against kernel",
         description="Generate random scenarios, run each in the simulator and on the kernel, "
-                    "compare; save every disagreement (with a shrunk scenario) to --out.")
+        "compare; save every disagreement (with a shrunk scenario) to --out.",
+    )
     fz.add_argument("--count", type=int, default=100, help="number of scenarios (100)")
     fz.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    fz.add_argument("--out", type=Path, default=Path("fuzz-out"),
-                    help="directory for disagreements (fuzz-out)")
-    fz.add_argument("--kernel", metavar="VERSION",
-                    help="replay in a qemu guest on Debian's kernel VERSION (6.1, 6.12)")
-    fz.add_argument("--force", action="store_true",
-                    help="run even if another process uses KSM")
-    fz.add_argument("--shrink-budget", type=int, default=None,
-                    help="most replays spent shrinking one disagreement (400 on the host, "
-                         "120 in a qemu guest; 0: do not shrink)")
+    fz.add_argument(
+        "--out", type=Path, default=Path("fuzz-out"), help="directory for disagreements (fuzz-out)"
+    )
+    fz.add_argument(
+        "--kernel",
+        metavar="VERSION",
+        help="replay in a qemu guest on Debian's kernel VERSION (6.1, 6.12)",
+    )
+    fz.add_argument("--force", action="store_true", help="run even if another process uses KSM")
+    fz.add_argument(
+        "--shrink-budget",
+        type=int,
+        default=None,
+        help="most replays spent shrinking one disagreement (400 on the host, "
+        "120 in a qemu guest; 0: do not shrink)",
+    )
     fz.add_argument("--lock-timeout", type=float, default=None, help=argparse.SUPPRESS)
     fz.set_defaults(func=cmd_fuzz)
 
@@ -74,8 +88,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return replayer.EXIT_REFUSED
         qemu = _qemu()
         if qemu is None:
-            _err("replay", f"--kernel {args.kernel}: qemu replay (app.kernel.qemu) is not "
-                           "part of this build")
+            _err(
+                "replay",
+                f"--kernel {args.kernel}: qemu replay (app.kernel.qemu) is not part of this build",
+            )
             return replayer.EXIT_REFUSED
         if not args.scenario:
             _err("replay", "a scenario file is required")
@@ -110,20 +126,29 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         if progress.tty:
             progress.stream.write("\n")
         first = outcome.diffs[0] if outcome.diffs else outcome.kind
-        sys.stderr.write(f"  #{index} shrunk: {first}" + (f"  -> {where}" if where else "")
-                         + "\n")
+        sys.stderr.write(f"  #{index} shrunk: {first}" + (f"  -> {where}" if where else "") + "\n")
 
     if args.kernel:
         qemu = _qemu()
         if qemu is None:
-            _err("fuzz", f"--kernel {args.kernel}: qemu replay (app.kernel.qemu) is not part "
-                         "of this build")
+            _err(
+                "fuzz",
+                f"--kernel {args.kernel}: qemu replay (app.kernel.qemu) is not part of this build",
+            )
             return replayer.EXIT_REFUSED
         try:
-            result = fuzz.fuzz(fuzz.guest_runner(args.kernel), count=args.count,
-                               seed=args.seed, out=args.out, kernel=args.kernel, batch=True,
-                               shrink_budget=120 if budget is None else budget,
-                               on_found=on_found, on_failure=on_failure, progress=progress)
+            result = fuzz.fuzz(
+                fuzz.guest_runner(args.kernel),
+                count=args.count,
+                seed=args.seed,
+                out=args.out,
+                kernel=args.kernel,
+                batch=True,
+                shrink_budget=120 if budget is None else budget,
+                on_found=on_found,
+                on_failure=on_failure,
+                progress=progress,
+            )
         except Exception as exc:
             if type(exc).__name__ in ("QemuError", "MissingPiece"):
                 progress.end()
@@ -131,17 +156,24 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                 return int(getattr(exc, "status", 2))
             raise
     else:
-        cfg = replayer.ReplayConfig(force=args.force, lock_timeout=args.lock_timeout,
-                                    log=lambda line: _err("fuzz", line))
+        cfg = replayer.ReplayConfig(
+            force=args.force, lock_timeout=args.lock_timeout, log=lambda line: _err("fuzz", line)
+        )
         try:
             check_privileges(KsmSysfs(cfg.sysfs_root))
             with replayer.KernelSession(cfg) as session:
                 kernel = _host_profile()
-                result = fuzz.fuzz(fuzz.host_runner(session), count=args.count,
-                                   seed=args.seed, out=args.out, kernel=kernel,
-                                   shrink_budget=400 if budget is None else budget,
-                                   on_found=on_found, on_failure=on_failure,
-                                   progress=progress)
+                result = fuzz.fuzz(
+                    fuzz.host_runner(session),
+                    count=args.count,
+                    seed=args.seed,
+                    out=args.out,
+                    kernel=kernel,
+                    shrink_budget=400 if budget is None else budget,
+                    on_found=on_found,
+                    on_failure=on_failure,
+                    progress=progress,
+                )
             if session.restore_problems:
                 _err("fuzz", f"knobs not restored: {session.restore_problems}")
         except Refusal as exc:

@@ -167,8 +167,13 @@ class _Gen:
         if r < 0.3:
             self.add({"op": "sysfs", "knob": "run", "value": 2})
             if self.chain and self.rng.random() < 0.5:
-                self.add({"op": "sysfs", "knob": "max_page_sharing",
-                          "value": self.rng.choice([2, 3, 4, 5])})
+                self.add(
+                    {
+                        "op": "sysfs",
+                        "knob": "max_page_sharing",
+                        "value": self.rng.choice([2, 3, 4, 5]),
+                    }
+                )
         elif r < 0.55 and not self.chain:
             self.add({"op": "sysfs", "knob": "use_zero_pages", "value": self.rng.randrange(2)})
         elif r < 0.8:
@@ -228,7 +233,7 @@ def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
         "format": "ksm-scenario/1",
         "name": f"fuzz-{seed}-{index}",
         "description": f"random scenario {index} of seed {seed}"
-                       + (" (chains: one mergeable content, prune 0)" if chain else ""),
+        + (" (chains: one mergeable content, prune 0)" if chain else ""),
         "kernel": kernel,
         "sysfs": sysfs,
         "steps": g.steps,
@@ -318,8 +323,12 @@ def guest_runner(version: str) -> KernelRunner:
 
     def run(docs: Sequence[Doc]) -> list[tuple[Doc | None, str | None]]:
         results = qemu.replay_many_in_guest(list(docs), version)
-        return [(r.trace, None) if r.status == 0 and r.trace is not None
-                else (None, f"status {r.status}: {r.stderr.strip()[-300:]}") for r in results]
+        return [
+            (r.trace, None)
+            if r.status == 0 and r.trace is not None
+            else (None, f"status {r.status}: {r.stderr.strip()[-300:]}")
+            for r in results
+        ]
 
     return run
 
@@ -362,8 +371,13 @@ def _shrink_mapping(doc: Doc, index: int) -> Doc | None:
             s["pages"] = new
         elif i > index and s["op"] == "fork" and s["proc"] in owners:
             owners.add(s["child"])
-        elif (i > index and s.get("vma") == mm["vma"] and s.get("proc") in owners
-              and "pages" in s and s["op"] != "mmap"):
+        elif (
+            i > index
+            and s.get("vma") == mm["vma"]
+            and s.get("proc") in owners
+            and "pages" in s
+            and s["op"] != "mmap"
+        ):
             try:
                 ranges = parse_pages(s["pages"], 1 << 30)
             except Exception:  # noqa: BLE001
@@ -377,7 +391,9 @@ def _shrink_mapping(doc: Doc, index: int) -> Doc | None:
 
 
 def shrink(
-    doc: Doc, still: Callable[[Sequence[Doc]], list[bool]], batch: bool = False,
+    doc: Doc,
+    still: Callable[[Sequence[Doc]], list[bool]],
+    batch: bool = False,
     budget: int = 400,
 ) -> Doc:
     """Greedily drop steps, halve mappings, drop initial knobs while it still disagrees.
@@ -425,8 +441,9 @@ def shrink(
                 cur, progress = _drop(cur, chosen), True
                 continue
             if good:
-                cur = min(good, key=lambda d: (len(d["steps"]), _page_count(d),
-                                               len(d.get("sysfs", {}))))
+                cur = min(
+                    good, key=lambda d: (len(d["steps"]), _page_count(d), len(d.get("sysfs", {})))
+                )
                 progress = True
             continue
         i = len(cur["steps"]) - 1
@@ -477,8 +494,9 @@ def _save(d: Path, doc_name: str, prefix: str, doc: Doc, outcome: Outcome) -> No
     (d / f"{prefix}diff.txt").write_text("\n".join(outcome.diffs) + "\n", encoding="utf-8")
 
 
-def save_failure(out: Path, index: int, doc: Doc, outcome: Outcome, small: Doc,
-                 small_outcome: Outcome) -> Path:
+def save_failure(
+    out: Path, index: int, doc: Doc, outcome: Outcome, small: Doc, small_outcome: Outcome
+) -> Path:
     d = out / f"{index:04d}"
     _save(d, "scenario.json", "", doc, outcome)
     _save(d, "shrunk.json", "shrunk-", small, small_outcome)
@@ -507,9 +525,11 @@ class Progress:
         width = 30
         fill = int(width * done / max(1, self.total))
         rate = done / max(1e-9, time.monotonic() - self.t0)
-        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}  "
-                          f"{result.agree} agree, {result.disagree} disagree  "
-                          f"{rate:.1f}/s {note[:30]:<30}")
+        self.stream.write(
+            f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}  "
+            f"{result.agree} agree, {result.disagree} disagree  "
+            f"{rate:.1f}/s {note[:30]:<30}"
+        )
         self.stream.flush()
 
     def end(self) -> None:
@@ -519,8 +539,14 @@ class Progress:
 
 
 def fuzz(
-    runner: KernelRunner, *, count: int, seed: int, out: Path | None, kernel: str = "6.18",
-    batch: bool = False, shrink_budget: int = 400,
+    runner: KernelRunner,
+    *,
+    count: int,
+    seed: int,
+    out: Path | None,
+    kernel: str = "6.18",
+    batch: bool = False,
+    shrink_budget: int = 400,
     on_failure: Callable[[int, Outcome, Path | None], None] | None = None,
     on_found: Callable[[int, Outcome], None] | None = None,
     progress: Progress | None = None,
@@ -533,7 +559,7 @@ def fuzz(
     chunk = count if batch else 1
     done = 0
     for start in range(0, count, chunk):
-        part = docs[start:start + chunk]
+        part = docs[start : start + chunk]
         for offset, (doc, ktrace) in enumerate(zip(part, runner(part), strict=True)):
             index = start + offset
             outcome = judge(doc, ktrace)
@@ -553,26 +579,44 @@ def fuzz(
                 kind = outcome.kind
 
                 def still(cands: Sequence[Doc], kind: str = kind) -> list[bool]:
-                    return [judge(c, k).kind == kind for c, k in zip(cands, runner(cands),
-                                                                        strict=True)]
+                    return [
+                        judge(c, k).kind == kind for c, k in zip(cands, runner(cands), strict=True)
+                    ]
 
                 small = shrink(doc, still, batch=batch, budget=shrink_budget)
                 small_outcome = outcome if small is doc else judge(small, runner([small])[0])
-                where = save_failure(out, index, doc, outcome, small, small_outcome) \
-                    if out is not None else None
-                result.failures.append({"index": index, "name": doc["name"], "kind": kind,
-                                        "dir": str(where) if where else None,
-                                        "shrunk_steps": len(small["steps"]),
-                                        "diffs": small_outcome.diffs[:10]})
+                where = (
+                    save_failure(out, index, doc, outcome, small, small_outcome)
+                    if out is not None
+                    else None
+                )
+                result.failures.append(
+                    {
+                        "index": index,
+                        "name": doc["name"],
+                        "kind": kind,
+                        "dir": str(where) if where else None,
+                        "shrunk_steps": len(small["steps"]),
+                        "diffs": small_outcome.diffs[:10],
+                    }
+                )
                 if on_failure:
                     on_failure(index, small_outcome, where)
             if progress:
                 progress.show(done, result)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        _dump(out / "summary.json", {"seed": seed, "count": count, "kernel": kernel,
-                                     "agree": result.agree, "disagree": result.disagree,
-                                     "tied": result.tied,
-                                     "op_kinds": sorted(result.kinds),
-                                     "failures": result.failures})
+        _dump(
+            out / "summary.json",
+            {
+                "seed": seed,
+                "count": count,
+                "kernel": kernel,
+                "agree": result.agree,
+                "disagree": result.disagree,
+                "tied": result.tied,
+                "op_kinds": sorted(result.kinds),
+                "failures": result.failures,
+            },
+        )
     return result

@@ -96,8 +96,13 @@ def _order(saved: dict[str, KnobValue]) -> list[str]:
     rest = [k for k in names if k not in first and k not in ("advisor_mode", "pages_to_scan")]
     rest = [k for k in rest if k not in BUSY_KNOBS] + [k for k in BUSY_KNOBS if k in rest]
     mode_first = saved.get("advisor_mode", "none") == "none"
-    pair = [k for k in (("advisor_mode", "pages_to_scan") if mode_first
-                        else ("pages_to_scan", "advisor_mode")) if k in saved]
+    pair = [
+        k
+        for k in (
+            ("advisor_mode", "pages_to_scan") if mode_first else ("pages_to_scan", "advisor_mode")
+        )
+        if k in saved
+    ]
     return first + pair + rest
 
 
@@ -154,7 +159,8 @@ def restore_knobs(
 
 
 def restore_from_state_file(
-    state_path: Path, sysfs_root: str | Path | None = None,
+    state_path: Path,
+    sysfs_root: str | Path | None = None,
     kill: Callable[[list[dict[str, int]]], None] | None = None,
 ) -> tuple[bool, dict[str, str]]:
     """Restore the knobs saved in a state file left by an interrupted replay.
@@ -243,8 +249,10 @@ def host_lock(
             except BlockingIOError:
                 if not told and on_wait is not None:
                     holder = _lock_holder(fd)
-                    on_wait(f"waiting for another kernel replay to finish (lock {path}"
-                            f"{', held by pid ' + holder if holder else ''})")
+                    on_wait(
+                        f"waiting for another kernel replay to finish (lock {path}"
+                        f"{', held by pid ' + holder if holder else ''})"
+                    )
                     told = True
                 if deadline is not None and time.monotonic() > deadline:
                     raise LockTimeout(

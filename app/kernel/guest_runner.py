@@ -177,16 +177,24 @@ def _run_exec(module: str, argv: list[str], job: Path, timeout: float) -> tuple[
     cmd = [sys.executable, "-S", "-m", module, *argv]
     env = dict(os.environ, PYTHONPATH=f"/ksmlab:{job}")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd="/ksmlab", env=env, check=False)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/ksmlab",
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
         return 124, err + f"\nguest: replay timed out after {timeout:.0f} s"
     return proc.returncode, proc.stderr
 
 
-def _replay(job: Path, name: str, timeout: float, module: str,
-            main: ReplayMain | None) -> dict[str, Any]:
+def _replay(
+    job: Path, name: str, timeout: float, module: str, main: ReplayMain | None
+) -> dict[str, Any]:
     out = Path("/tmp") / f"trace-{name}"
     out.unlink(missing_ok=True)
     argv = [str(job / name), "--trace", str(out)]
@@ -201,8 +209,13 @@ def _replay(job: Path, name: str, timeout: float, module: str,
             trace = json.loads(out.read_text())
         except ValueError as exc:
             stderr += f"\nguest: trace is not JSON: {exc}"
-    return {"status": status, "trace": trace, "stderr": stderr[-20000:],
-            "seconds": round(time.monotonic() - t0, 3), "forked": main is not None}
+    return {
+        "status": status,
+        "trace": trace,
+        "stderr": stderr[-20000:],
+        "seconds": round(time.monotonic() - t0, 3),
+        "forked": main is not None,
+    }
 
 
 def main(argv: list[str]) -> int:

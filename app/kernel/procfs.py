@@ -34,7 +34,8 @@ PROC_FIELDS = TRACE_PROC_FIELDS
 
 
 def solve_ksm_frames(
-    frames: dict[int, dict[Any, int]], bounds: dict[Any, tuple[int, int]],
+    frames: dict[int, dict[Any, int]],
+    bounds: dict[Any, tuple[int, int]],
 ) -> tuple[set[int], set[int]] | None:
     """Which candidate frames are KSM pages, when ``KPF_KSM`` cannot say (6.10-era kernels).
 
@@ -51,23 +52,28 @@ def solve_ksm_frames(
     for pfn, sig in frames.items():
         groups.setdefault(tuple(sorted(sig.items(), key=repr)), []).append(pfn)
     gl = sorted(groups.items(), key=lambda g: -sum(n for _, n in g[0]))
-    solutions, complete = count_solutions([dict(sig) for sig, _ in gl],
-                                          [len(m) for _, m in gl], bounds)
+    solutions, complete = count_solutions(
+        [dict(sig) for sig, _ in gl], [len(m) for _, m in gl], bounds
+    )
     if not solutions:
         return None
     ksm: set[int] = set()
     ambiguous: set[int] = set()
     for i, (_, members) in enumerate(gl):
         ks = {sol[i] for sol in solutions}
-        ksm.update(members[:solutions[0][i]])
+        ksm.update(members[: solutions[0][i]])
         if not complete or len(ks) > 1 or 0 < solutions[0][i] < len(members):
             ambiguous.update(members)
     return ksm, ambiguous
 
 
-def count_solutions(sigs: list[dict[Any, int]], sizes: list[int],
-                    bounds: dict[Any, tuple[int, int]], limit: int = 64,
-                    budget: int = 200_000) -> tuple[list[list[int]], bool]:
+def count_solutions(
+    sigs: list[dict[Any, int]],
+    sizes: list[int],
+    bounds: dict[Any, tuple[int, int]],
+    limit: int = 64,
+    budget: int = 200_000,
+) -> tuple[list[list[int]], bool]:
     """Every way (up to ``limit``) to choose how many frames of each group are KSM pages.
 
     Group ``i`` has ``sizes[i]`` interchangeable frames, each mapped ``sigs[i][m]`` times
@@ -92,8 +98,7 @@ def count_solutions(sigs: list[dict[Any, int]], sizes: list[int],
         steps += 1
         if len(out) >= limit or steps > budget:
             return
-        if any(v < 0 for v in high.values()) or \
-                any(v > room[i].get(m, 0) for m, v in low.items()):
+        if any(v < 0 for v in high.values()) or any(v > room[i].get(m, 0) for m, v in low.items()):
             return
         if i == len(sigs):
             out.append(list(pick))
@@ -182,7 +187,7 @@ def parse_smaps(text: str) -> list[SmapsVma]:
 
 def stat_fields(text: str) -> list[str]:
     """Fields of ``/proc/PID/stat`` after the command (``[0]`` is the state letter)."""
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 class ProcFs:
@@ -315,8 +320,11 @@ class ProcFs:
                     stat = {"ksm_merging_pages": self.ksm_merging_pages(pid) or 0}
                 if not stat:
                     continue  # no mm: a kernel thread, or exiting
-                busy = any(v != 0 for k, v in stat.items()
-                           if not isinstance(v, bool) and k != "ksm_process_profit")
+                busy = any(
+                    v != 0
+                    for k, v in stat.items()
+                    if not isinstance(v, bool) and k != "ksm_process_profit"
+                )
                 if "ksm_mergeable" in stat:
                     busy = busy or bool(stat["ksm_mergeable"])
                 elif not busy:  # before 6.14: look for VmFlags "mg"

@@ -90,8 +90,9 @@ class GuestResult:
 
 def _qemu_version(qemu: str) -> str | None:
     try:
-        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=20,
-                             check=False).stdout
+        out = subprocess.run(
+            [qemu, "--version"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.splitlines()[0].strip() if out else None
@@ -126,7 +127,9 @@ def ensure_ready(version: str, fetch: bool = True) -> Kernel:
 
 
 def _boot_job(
-    version: str, job: dict[str, bytes], expected: int,
+    version: str,
+    job: dict[str, bytes],
+    expected: int,
     on_frame: Callable[[Frame], None] | None = None,
     timeout: float = SCENARIO_TIMEOUT,
 ) -> tuple[Kernel, Boot]:
@@ -138,8 +141,9 @@ def _boot_job(
     except (MissingPiece, initramfs.InitramfsError) as exc:
         raise QemuError(str(exc), status=2) from None
     # the guest kills a replay after ``timeout``; the host allows some more for the frame
-    return kernel, boot(qemu, kernel.vmlinuz, [base, job_image], BOOT_TIMEOUT, timeout + 60,
-                        on_frame, expected)
+    return kernel, boot(
+        qemu, kernel.vmlinuz, [base, job_image], BOOT_TIMEOUT, timeout + 60, on_frame, expected
+    )
 
 
 def _guest_meta(kernel: Kernel, result: Boot, hello: dict[str, Any] | None) -> dict[str, Any]:
@@ -166,15 +170,15 @@ def _failure(result: Boot) -> str:
     if result.panicked is not None:
         panic = [ln for ln in lines if "Kernel panic" in ln][:1]
         return f"guest kernel panicked after {result.panicked:.0f} s: {' | '.join(panic)}"
-    return f"guest ended (qemu status {result.returncode}) early; console: " + \
-        " | ".join(lines[-3:])
+    return f"guest ended (qemu status {result.returncode}) early; console: " + " | ".join(
+        lines[-3:]
+    )
 
 
 def _raise_runner_error(result: Boot, version: str) -> None:
     for frame in result.get("error"):
         lines = str(frame.payload.get("traceback", "")).strip().splitlines()
-        raise QemuError(f"kernel {version}: the guest runner failed: "
-                        f"{lines[-1] if lines else '?'}")
+        raise QemuError(f"kernel {version}: the guest runner failed: {lines[-1] if lines else '?'}")
 
 
 def _load(source: dict[str, Any] | str | Path) -> bytes:
@@ -214,11 +218,16 @@ def replay_many_in_guest(
         job = dict(extra_files or {})
         job.update({f"{i:05d}.json": docs[i] for i in range(start, len(docs))})
         job["job.json"] = json.dumps(
-            {"scenarios": [f"{i:05d}.json" for i in range(start, len(docs))],
-             "timeout": timeout, "replayer": replayer, "fork": fork}
+            {
+                "scenarios": [f"{i:05d}.json" for i in range(start, len(docs))],
+                "timeout": timeout,
+                "replayer": replayer,
+                "fork": fork,
+            }
         ).encode()
-        hello, batch, result = _run_batch(version, job, start, len(docs) - start, timeout,
-                                          on_result)
+        hello, batch, result = _run_batch(
+            version, job, start, len(docs) - start, timeout, on_result
+        )
         results.update(batch)
         missing = [i for i in range(start, len(docs)) if i not in results]
         if not missing:
@@ -232,8 +241,7 @@ def replay_many_in_guest(
         bad = missing[0]  # the guest died or hung during this one: once more, then give up
         deaths[bad] = deaths.get(bad, 0) + 1
         if deaths[bad] > SCENARIO_RETRIES:
-            results[bad] = GuestResult(1, None, f"guest: {_failure(result)} (console: {log})",
-                                       0.0)
+            results[bad] = GuestResult(1, None, f"guest: {_failure(result)} (console: {log})", 0.0)
             if on_result:
                 on_result(bad, results[bad])
             bad += 1
@@ -242,7 +250,11 @@ def replay_many_in_guest(
 
 
 def _run_batch(
-    version: str, job: dict[str, bytes], first: int, count: int, timeout: float,
+    version: str,
+    job: dict[str, bytes],
+    first: int,
+    count: int,
+    timeout: float,
     on_result: Callable[[int, GuestResult], None] | None,
 ) -> tuple[dict[str, Any] | None, dict[int, GuestResult], Boot]:
     """One boot replaying scenarios ``first .. first+count-1``: (hello, results, boot)."""
@@ -254,8 +266,9 @@ def _run_batch(
             hello.append(frame.payload)
         elif frame.kind == "result":
             p = frame.payload
-            r = GuestResult(int(p["status"]), p.get("trace"), p.get("stderr", ""),
-                            float(p.get("seconds", 0.0)))
+            r = GuestResult(
+                int(p["status"]), p.get("trace"), p.get("stderr", ""), float(p.get("seconds", 0.0))
+            )
             batch[first + frame.index] = r
             if on_result:
                 on_result(first + frame.index, r)
@@ -315,8 +328,11 @@ def probe_guest(version: str) -> dict[str, Any]:
     res = [f.payload for f in result.get("result")]
     if not hello or not res:
         raise QemuError(f"kernel {version}: {_failure(result)}")
-    return {"hello": hello[0], "ksm": res[0].get("ksm", {}),
-            "guest": _guest_meta(kernel, result, hello[0])}
+    return {
+        "hello": hello[0],
+        "ksm": res[0].get("ksm", {}),
+        "guest": _guest_meta(kernel, result, hello[0]),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

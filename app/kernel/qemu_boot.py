@@ -98,10 +98,30 @@ def _scan_frames(text: str) -> tuple[list[Frame], int]:
 
 def qemu_command(qemu: str, vmlinuz: Path, initrd: Path, payload: Path) -> list[str]:
     return [
-        qemu, "-machine", "pc,mem-merge=off", "-accel", "tcg,thread=multi", "-cpu", "max",
-        "-m", str(MEMORY_MB), "-smp", str(CPUS), "-nographic", "-nodefaults", "-no-reboot",
-        "-serial", "stdio", "-serial", f"file:{payload}",
-        "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", APPEND,
+        qemu,
+        "-machine",
+        "pc,mem-merge=off",
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-m",
+        str(MEMORY_MB),
+        "-smp",
+        str(CPUS),
+        "-nographic",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-serial",
+        f"file:{payload}",
+        "-kernel",
+        str(vmlinuz),
+        "-initrd",
+        str(initrd),
+        "-append",
+        APPEND,
     ]
 
 
@@ -141,8 +161,10 @@ def _signals_raise() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
     def handler(signum: int, frame: object) -> None:
         raise _Terminated(f"signal {signum}")
+
     saved = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) == signal.SIG_DFL:
@@ -206,13 +228,25 @@ def boot(
         result.command = qemu_command(qemu, vmlinuz, initrd, payload)
         t0 = time.monotonic()
         with console.open("wb") as out:
-            proc = subprocess.Popen(result.command, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                result.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         try:
             with _signals_raise():
-                _watch(proc, (payload, console), result, t0, (boot_timeout, frame_timeout),
-                       on_frame, expected)
+                _watch(
+                    proc,
+                    (payload, console),
+                    result,
+                    t0,
+                    (boot_timeout, frame_timeout),
+                    on_frame,
+                    expected,
+                )
         finally:
             _kill_group(proc)
             result.seconds = round(time.monotonic() - t0, 3)
@@ -223,9 +257,13 @@ def boot(
 
 
 def _watch(
-    proc: subprocess.Popen[bytes], files: tuple[Path, Path], result: Boot, t0: float,
+    proc: subprocess.Popen[bytes],
+    files: tuple[Path, Path],
+    result: Boot,
+    t0: float,
     timeouts: tuple[float, float],
-    on_frame: Callable[[Frame], None] | None, expected: int | None,
+    on_frame: Callable[[Frame], None] | None,
+    expected: int | None,
 ) -> None:
     payload, console = files
     offset = 0

@@ -33,16 +33,50 @@ BUSYBOX = Path("/bin/busybox")
 
 # Parts of the stdlib a replay never imports (and the static libpython, 25 MB).
 _STDLIB_SKIP = {
-    "config-3.11-x86_64-linux-gnu", "test", "idlelib", "tkinter", "turtledemo", "ensurepip",
-    "lib2to3", "pydoc_data", "distutils", "site-packages", "dist-packages", "venv",
-    "sqlite3", "curses", "dbm", "lib-dynload", "xmlrpc", "wsgiref", "__phello__",
-    "turtle.py", "pydoc.py", "antigravity.py", "this.py",
+    "config-3.11-x86_64-linux-gnu",
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "pydoc_data",
+    "distutils",
+    "site-packages",
+    "dist-packages",
+    "venv",
+    "sqlite3",
+    "curses",
+    "dbm",
+    "lib-dynload",
+    "xmlrpc",
+    "wsgiref",
+    "__phello__",
+    "turtle.py",
+    "pydoc.py",
+    "antigravity.py",
+    "this.py",
 }
 # Extension modules shipped (the rest of the interpreter's modules are built in on Debian).
 _DYNLOAD = (
-    "_ctypes", "_json", "mmap", "termios", "resource", "_contextvars", "_queue", "_typing",
-    "_multiprocessing", "_posixshmem", "_uuid", "_decimal", "_bz2", "_lzma", "_zoneinfo",
-    "_asyncio", "_multibytecodec", "_lsprof",
+    "_ctypes",
+    "_json",
+    "mmap",
+    "termios",
+    "resource",
+    "_contextvars",
+    "_queue",
+    "_typing",
+    "_multiprocessing",
+    "_posixshmem",
+    "_uuid",
+    "_decimal",
+    "_bz2",
+    "_lzma",
+    "_zoneinfo",
+    "_asyncio",
+    "_multibytecodec",
+    "_lsprof",
 )
 PROJECT_DIRS = ("sim", "app/kernel")
 PROJECT_FILES = ("app/__init__.py",)
@@ -189,12 +223,24 @@ def base_key() -> str:
 def build_base() -> bytes:
     """The base archive: busybox, python3.11 with its libraries and stdlib, ``/init``."""
     w = CpioWriter()
-    for d in ("proc", "sys", "dev", "tmp", "run", "root", "var/tmp", "sbin", "usr/sbin",
-              "usr/bin", "ksmlab"):
+    for d in (
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "root",
+        "var/tmp",
+        "sbin",
+        "usr/sbin",
+        "usr/bin",
+        "ksmlab",
+    ):
         w.add_dir(d)
     w.add_host_file(BUSYBOX, "bin/busybox")
-    listing = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True,
-                             check=False).stdout.split()
+    listing = subprocess.run(
+        [str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=False
+    ).stdout.split()
     for applet in listing:
         if applet not in ("bin/busybox", "linuxrc"):
             depth = applet.count("/")
@@ -233,8 +279,13 @@ def _byte_code(host: Path, rel: str, tmp: Path) -> bytes | None:
         return None
     out = tmp / "x.pyc"
     try:
-        py_compile.compile(str(host), cfile=str(out), dfile=f"/ksmlab/{rel}", doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        py_compile.compile(
+            str(host),
+            cfile=str(out),
+            dfile=f"/ksmlab/{rel}",
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
     except py_compile.PyCompileError:
         return None
     return out.read_bytes()

@@ -61,14 +61,14 @@ def check_version(version: str) -> tuple[str, str]:
 def find_qemu() -> str:
     path = shutil.which(QEMU)
     if not path:
-        raise MissingPiece(f"{QEMU} not found: apt-get install qemu-system-x86 "
-                           f"(or {SETUP_HINT})")
+        raise MissingPiece(f"{QEMU} not found: apt-get install qemu-system-x86 (or {SETUP_HINT})")
     return path
 
 
 def _deb_field(deb: Path, name: str) -> str:
-    out = subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=False
+    )
     return out.stdout.strip()
 
 
@@ -87,20 +87,27 @@ def _download(debs: Path, package: str, wanted: str) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     errors = []
     for spec in (f"{package}={wanted}", package):
-        proc = subprocess.run(["apt-get", "download", "-q", spec], cwd=debs,
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["apt-get", "download", "-q", spec],
+            cwd=debs,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         got = _cached_deb(debs, package, wanted)
         if proc.returncode == 0 and got:
             return got
         errors.append(proc.stderr.strip().splitlines()[-1:] or ["?"])
-    raise MissingPiece(f"cannot fetch {package}: {errors[-1][0]} (run apt-get update, "
-                       f"or {SETUP_HINT})")
+    raise MissingPiece(
+        f"cannot fetch {package}: {errors[-1][0]} (run apt-get update, or {SETUP_HINT})"
+    )
 
 
 def _read_vmlinuz(deb: Path) -> tuple[str, bytes] | None:
     """Name and bytes of ``boot/vmlinuz-*`` in the .deb (``dpkg-deb --fsys-tarfile``)."""
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     assert proc.stdout is not None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
@@ -123,8 +130,9 @@ def _unpack_vmlinuz(deb: Path, dest: Path) -> Path:
         raise MissingPiece("dpkg-deb not found: apt-get install dpkg")
     got = _read_vmlinuz(deb)
     if got is None:
-        raise MissingPiece(f"{deb} is damaged or holds no boot/vmlinuz-*: delete it and run "
-                           f"{SETUP_HINT}")
+        raise MissingPiece(
+            f"{deb} is damaged or holds no boot/vmlinuz-*: delete it and run {SETUP_HINT}"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     found = dest / got[0]
     tmp = found.with_suffix(f".{os.getpid()}.part")
@@ -153,8 +161,9 @@ def host_package_versions() -> dict[str, str | None]:
     """Installed versions of the host packages the guest is made of (None if unknown)."""
     out: dict[str, str | None] = dict.fromkeys(HOST_PACKAGES)
     try:
-        proc = subprocess.run(["dpkg-query", "-W", *HOST_PACKAGES], capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            ["dpkg-query", "-W", *HOST_PACKAGES], capture_output=True, text=True, check=False
+        )
     except FileNotFoundError:
         return out
     for line in proc.stdout.splitlines():

@@ -184,14 +184,18 @@ class KernelSession:
                 self.warnings.append("not the main thread: no SIGTERM/SIGINT/SIGHUP handlers")
             self._open = True
             found, problems = restore_from_state_file(
-                self.config.state_file, self.sysfs.root, self.kill_recorded)
+                self.config.state_file, self.sysfs.root, self.kill_recorded
+            )
             if found:
                 self.warnings.append(
                     "restored the knobs left by an interrupted replay"
-                    + (f" (problems: {problems})" if problems else ""))
+                    + (f" (problems: {problems})" if problems else "")
+                )
                 if problems:
-                    raise Refusal(f"could not restore the knobs of an interrupted replay: "
-                                  f"{problems}; see {self.config.state_file}")
+                    raise Refusal(
+                        f"could not restore the knobs of an interrupted replay: "
+                        f"{problems}; see {self.config.state_file}"
+                    )
             self.check_alone()
             self.guard.save()
             libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
@@ -255,8 +259,11 @@ class KernelSession:
         try:
             libc.write_bytes(addr, b"\x5a" * PAGE)
             entry = self.proc.pagemap(os.getpid(), addr, 1, PAGE)[0]
-            flags = (self.proc.kpageflags([entry & PM_PFN_MASK])[entry & PM_PFN_MASK]
-                     if entry & PM_PRESENT else 0)
+            flags = (
+                self.proc.kpageflags([entry & PM_PFN_MASK])[entry & PM_PFN_MASK]
+                if entry & PM_PRESENT
+                else 0
+            )
         finally:
             libc.munmap(addr, PAGE)
         reliable = not flags & (1 << KPF_KSM)
@@ -289,8 +296,9 @@ class KernelSession:
         self._note_workers()
 
     def _note_workers(self) -> None:
-        self.guard.set_workers([{"pid": h.pid, "start": h.start_time or 0}
-                                for h in self.workers.values()])
+        self.guard.set_workers(
+            [{"pid": h.pid, "start": h.start_time or 0} for h in self.workers.values()]
+        )
 
     def kill_workers(self) -> None:
         for handle in list(self.workers.values()):
@@ -312,8 +320,10 @@ class KernelSession:
             raise RuntimeError("session is not open")
         step = scenario_needs_prctl(scenario)
         if step is not None and not self.features.get("prctl_memory_merge"):
-            raise Unsupported(f"step {step.index}: prctl PR_SET_MEMORY_MERGE does not exist "
-                              f"on kernel {os.uname().release} (6.4+)")
+            raise Unsupported(
+                f"step {step.index}: prctl PR_SET_MEMORY_MERGE does not exist "
+                f"on kernel {os.uname().release} (6.4+)"
+            )
         return _Replay(self, scenario).run()
 
 
@@ -377,8 +387,10 @@ class _Replay:
                 self.do(step)
             others = self.proc.ksm_users(exclude=[os.getpid(), *self.s.workers])
             if others:  # started during the replay: the counters may be polluted
-                self.warnings.append("another process used KSM during the replay: " + ", ".join(
-                    f"pid {u['pid']} ({u['comm']})" for u in others))
+                self.warnings.append(
+                    "another process used KSM during the replay: "
+                    + ", ".join(f"pid {u['pid']} ({u['comm']})" for u in others)
+                )
         finally:
             self.s.kill_workers()
         classification = dict(self.s.classification)
@@ -443,8 +455,15 @@ class _Replay:
             try:
                 s.write(knob, value)
             except OSError as exc:
-                self.step_errors.append({"step": "init", "op": "sysfs", "knob": knob,
-                                         "value": value, "errno": errno_name(exc)})
+                self.step_errors.append(
+                    {
+                        "step": "init",
+                        "op": "sysfs",
+                        "knob": knob,
+                        "value": value,
+                        "errno": errno_name(exc),
+                    }
+                )
         start = s.counters()
         self.meta["start_counters"] = start
         self.base = {name: start[name] for name in CUMULATIVE}
@@ -456,8 +475,15 @@ class _Replay:
         except WorkerError as exc:
             if exc.errno is None:
                 raise ReplayFailed(f"step {step.index} ({step.op}): {exc}") from None
-            self.step_errors.append({"step": step.index, "op": step.op, "proc": step.proc,
-                                     "errno": exc.errno, "error": str(exc)})
+            self.step_errors.append(
+                {
+                    "step": step.index,
+                    "op": step.op,
+                    "proc": step.proc,
+                    "errno": exc.errno,
+                    "error": str(exc),
+                }
+            )
 
     # -- helpers
 
@@ -508,16 +534,18 @@ class _Replay:
     def op_write(self, step: Step) -> None:
         p = self._p(step.proc)
         ranges = self._ranges(step)
-        p.handle.call("write", vma=step.vma, ranges=ranges, content=step.content,
-                      serial=self.serial)
+        p.handle.call(
+            "write", vma=step.vma, ranges=ranges, content=step.content, serial=self.serial
+        )
         self.serial += sum(hi - lo for lo, hi in ranges or [(0, p.maps[str(step.vma)][1])])
 
     def op_read(self, step: Step) -> None:
         self._p(step.proc).handle.call("read", vma=step.vma, ranges=self._ranges(step))
 
     def op_madvise(self, step: Step) -> None:
-        self._p(step.proc).handle.call("madvise", vma=step.vma, ranges=self._ranges(step),
-                                       advice=step.advice)
+        self._p(step.proc).handle.call(
+            "madvise", vma=step.vma, ranges=self._ranges(step), advice=step.advice
+        )
 
     def op_prctl(self, step: Step) -> None:
         p = self._p(step.proc)
@@ -532,16 +560,30 @@ class _Replay:
             self.skipped.append({"knob": knob, "value": value, "step": step.index})
             return
         if knob == "run" and value in (1, "1"):
-            self.step_errors.append({"step": step.index, "op": "sysfs", "knob": knob,
-                                     "value": value, "errno": None,
-                                     "error": "run=1 is only written by scan steps"})
+            self.step_errors.append(
+                {
+                    "step": step.index,
+                    "op": "sysfs",
+                    "knob": knob,
+                    "value": value,
+                    "errno": None,
+                    "error": "run=1 is only written by scan steps",
+                }
+            )
             return
         was = s.read("run")
         try:
             s.write(knob, value)
         except OSError as exc:
-            self.step_errors.append({"step": step.index, "op": "sysfs", "knob": knob,
-                                     "value": value, "errno": errno_name(exc)})
+            self.step_errors.append(
+                {
+                    "step": step.index,
+                    "op": "sysfs",
+                    "knob": knob,
+                    "value": value,
+                    "errno": errno_name(exc),
+                }
+            )
             return
         if knob == "run" and value in (2, "2") and was != 2:
             self.base["full_scans"] = 0  # a successful run=2 resets full_scans (seqnr)
@@ -557,8 +599,9 @@ class _Replay:
         ksmd = self.s.ksmd if self.s.ksmd and self.proc.comm(self.s.ksmd) == "ksmd" else None
         # ksmd may still be in its timed wait with the value the previous scan left: the
         # first value written here must differ from it, or that wait never ends
-        sleeps = [v for v in WAKE_SLEEP_MS if v not in (saved["sleep_millisecs"],
-                                                        self.s.last_sleep)][:2]
+        sleeps = [
+            v for v in WAKE_SLEEP_MS if v not in (saved["sleep_millisecs"], self.s.last_sleep)
+        ][:2]
         cfg = self.s.config
         stall = cfg.stall_seconds if ksmd else max(1.0, 5 * cfg.scan_sleep_ms / 1000)
         t0 = time.monotonic()
@@ -576,8 +619,10 @@ class _Replay:
             try:
                 s.write("pages_to_scan", SCAN_PAGES)
             except OSError as exc:
-                self.warnings.append(f"step {step.index}: pages_to_scan={SCAN_PAGES}: "
-                                     f"{errno_name(exc)} (a batch may not be a whole pass)")
+                self.warnings.append(
+                    f"step {step.index}: pages_to_scan={SCAN_PAGES}: "
+                    f"{errno_name(exc)} (a batch may not be a whole pass)"
+                )
             s.write("sleep_millisecs", current)
             self.s.last_sleep = current
             s.write("run", 1)
@@ -613,16 +658,19 @@ class _Replay:
         if fs1 > target:
             self.warnings.append(f"step {step.index}: ksmd ran {fs1 - target} extra pass(es)")
         ps0, ps1 = before["pages_scanned"], after["pages_scanned"]
-        self.scans.append({
-            "step": step.index, "passes": step.passes,
-            "full_scans_before": fs0 - (self.base["full_scans"] or 0),
-            "full_scans_after": fs1 - (self.base["full_scans"] or 0),
-            "pages_scanned": None if ps0 is None or ps1 is None else ps1 - ps0,
-            "seconds": round(time.monotonic() - t0, 3),
-            "wakes": wakes,
-            **({"nudges": nudges} if nudges else {}),
-            **({"gave_up": True} if gave_up else {}),
-        })
+        self.scans.append(
+            {
+                "step": step.index,
+                "passes": step.passes,
+                "full_scans_before": fs0 - (self.base["full_scans"] or 0),
+                "full_scans_after": fs1 - (self.base["full_scans"] or 0),
+                "pages_scanned": None if ps0 is None or ps1 is None else ps1 - ps0,
+                "seconds": round(time.monotonic() - t0, 3),
+                "wakes": wakes,
+                **({"nudges": nudges} if nudges else {}),
+                **({"gave_up": True} if gave_up else {}),
+            }
+        )
 
     def op_checkpoint(self, step: Step) -> None:
         self.clean_workers()
@@ -650,12 +698,12 @@ class _Replay:
                 fields, sources = self.proc.proc_fields(p.handle.pid)
                 self.proc_sources.update(sources)
                 procs[name] = fields
-                pages[name] = self.page_tokens(p, knum, str(step.name), raw[name], solved,
-                                               smaps[name])
+                pages[name] = self.page_tokens(
+                    p, knum, str(step.name), raw[name], solved, smaps[name]
+                )
             except ProcessGone:
                 raise ReplayFailed(f"worker {name!r} vanished") from None
-        self.checkpoints.append({"name": step.name, "global": glob, "procs": procs,
-                                 "pages": pages})
+        self.checkpoints.append({"name": step.name, "global": glob, "procs": procs, "pages": pages})
 
     def read_pages(self, p: _Proc) -> dict[str, tuple[list[int], dict[int, int]]]:
         """pagemap entries and kpageflags of every scenario mapping of a worker."""
@@ -666,9 +714,11 @@ class _Replay:
             out[vma] = (entries, self.proc.kpageflags(pfns))
         return out
 
-    def solve_dirty_rule(self, raw: dict[str, dict[str, tuple[list[int], dict[int, int]]]],
-                         smaps: dict[str, list[SmapsVma]],
-                         ) -> tuple[set[int], set[int]] | None:
+    def solve_dirty_rule(
+        self,
+        raw: dict[str, dict[str, tuple[list[int], dict[int, int]]]],
+        smaps: dict[str, list[SmapsVma]],
+    ) -> tuple[set[int], set[int]] | None:
         """When KPF_KSM is unreliable: which frames are KSM pages, and which cannot be told.
 
         The dirty rule (anonymous and PG_dirty) also catches an ordinary page whose PTE
@@ -685,8 +735,7 @@ class _Replay:
         assignment meets the counts (then the plain rule is kept; ``check_smaps`` warns).
         """
         # a KSM page is never PageAnonExclusive (if the probe showed the bit is exported)
-        exclusive = 1 << KPF_ANON_EXCLUSIVE if self.s.classification.get("anon_exclusive") \
-            else 0
+        exclusive = 1 << KPF_ANON_EXCLUSIVE if self.s.classification.get("anon_exclusive") else 0
         allowed: dict[tuple[str, str], int] = {}
         sigs: dict[int, dict[tuple[str, str], int]] = {}  # in order of first sight
         for name, p in self.procs.items():
@@ -696,16 +745,21 @@ class _Replay:
             for vma, (addr, count) in p.maps.items():
                 end = addr + count * PAGE
                 key = (name, vma)
-                allowed[key] = sum(v.ksm_kb or 0 for v in vmas
-                                   if addr <= v.start < end) * 1024 // PAGE
+                allowed[key] = (
+                    sum(v.ksm_kb or 0 for v in vmas if addr <= v.start < end) * 1024 // PAGE
+                )
                 entries, flags = raw[name][vma]
                 for e in entries:
                     if not e & PM_PRESENT:
                         continue
                     pfn = e & PM_PFN_MASK
                     f = flags.get(pfn, 0)
-                    if f & (1 << KPF_ANON) and f & (1 << KPF_DIRTY) \
-                            and not f & (1 << KPF_ZERO_PAGE) and not f & exclusive:
+                    if (
+                        f & (1 << KPF_ANON)
+                        and f & (1 << KPF_DIRTY)
+                        and not f & (1 << KPF_ZERO_PAGE)
+                        and not f & exclusive
+                    ):
                         sig = sigs.setdefault(pfn, {})
                         sig[key] = sig.get(key, 0) + 1
         solved = solve_ksm_frames(sigs, {key: (n, n) for key, n in allowed.items()})
@@ -716,10 +770,15 @@ class _Replay:
             self.dirty_rule_resolved += 1
         return ksm, ambiguous
 
-    def page_tokens(self, p: _Proc, knum: dict[int, int], where: str,
-                    raw: dict[str, tuple[list[int], dict[int, int]]],
-                    solved: tuple[set[int], set[int]] | None,
-                    vmas: list[SmapsVma]) -> dict[str, str]:
+    def page_tokens(
+        self,
+        p: _Proc,
+        knum: dict[int, int],
+        where: str,
+        raw: dict[str, tuple[list[int], dict[int, int]]],
+        solved: tuple[set[int], set[int]] | None,
+        vmas: list[SmapsVma],
+    ) -> dict[str, str]:
         reliable = bool(self.s.classification.get("kpf_ksm_reliable"))
         out: dict[str, str] = {}
         counts: dict[str, int] = {}
@@ -752,21 +811,32 @@ class _Replay:
             out[vma] = " ".join(tokens)
             counts[vma] = sum(1 for t in tokens if t.startswith("K"))
             if tied:
-                self.ambiguous.append({"checkpoint": len(self.checkpoints), "name": where,
-                                       "proc": p.name, "vma": vma, "pages": tied})
+                self.ambiguous.append(
+                    {
+                        "checkpoint": len(self.checkpoints),
+                        "name": where,
+                        "proc": p.name,
+                        "vma": vma,
+                        "pages": tied,
+                    }
+                )
         self.check_smaps(p, counts, where, vmas)
         return out
 
-    def check_smaps(self, p: _Proc, counts: dict[str, int], where: str,
-                    vmas: list[SmapsVma]) -> None:
+    def check_smaps(
+        self, p: _Proc, counts: dict[str, int], where: str, vmas: list[SmapsVma]
+    ) -> None:
         """K tokens against smaps ``KSM:``; no VMA but scenario mappings may be mergeable."""
         spans = [(a, a + n * PAGE) for a, n in p.maps.values()]
-        strays = [v for v in vmas if v.mergeable
-                  and not any(lo <= v.start < hi for lo, hi in spans)]
+        strays = [
+            v for v in vmas if v.mergeable and not any(lo <= v.start < hi for lo, hi in spans)
+        ]
         if strays:
-            self.warnings.append(f"checkpoint {where!r}: {p.name} has mergeable VMAs that are "
-                                 f"not scenario mappings: "
-                                 + ", ".join(f"{v.start:#x}-{v.end:#x}" for v in strays[:4]))
+            self.warnings.append(
+                f"checkpoint {where!r}: {p.name} has mergeable VMAs that are "
+                f"not scenario mappings: "
+                + ", ".join(f"{v.start:#x}-{v.end:#x}" for v in strays[:4])
+            )
         if not p.maps or any(v.ksm_kb is None for v in vmas):
             return  # no KSM: line before 6.6
         self.smaps_checks += 1
@@ -774,8 +844,10 @@ class _Replay:
             end = addr + count * PAGE
             kb = sum(v.ksm_kb or 0 for v in vmas if addr <= v.start < end)
             if kb * 1024 != counts[vma] * PAGE:
-                self.warnings.append(f"checkpoint {where!r}: {p.name}.{vma}: {counts[vma]} K "
-                                     f"pages but smaps says KSM: {kb} kB")
+                self.warnings.append(
+                    f"checkpoint {where!r}: {p.name}.{vma}: {counts[vma]} K "
+                    f"pages but smaps says KSM: {kb} kB"
+                )
 
 
 # --------------------------------------------------------------------------------------
@@ -784,26 +856,47 @@ class _Replay:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", nargs="?", help="ksm-scenario/1 file (JSON)")
-    parser.add_argument("--trace", metavar="OUT.json", help="write the trace here (default: "
-                        "standard output)")
-    parser.add_argument("--force", action="store_true",
-                        help="replay even if another process uses KSM")
-    parser.add_argument("--restore", action="store_true",
-                        help="put the knobs saved by an interrupted (killed) replay back")
-    parser.add_argument("--expect", metavar="TRACE.json",
-                        help="compare with this trace; exit status 1 if they differ")
-    parser.add_argument("--state-file", type=Path, default=None,
-                        help=f"knob state file (default {state_file_path()})")
-    parser.add_argument("--lock-file", type=Path, default=None,
-                        help=f"host lock file (default {lock_file_path()})")
-    parser.add_argument("--lock-timeout", type=float, default=None,
-                        help="seconds to wait for another replay (default: forever)")
+    parser.add_argument(
+        "--trace", metavar="OUT.json", help="write the trace here (default: standard output)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replay even if another process uses KSM"
+    )
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="put the knobs saved by an interrupted (killed) replay back",
+    )
+    parser.add_argument(
+        "--expect",
+        metavar="TRACE.json",
+        help="compare with this trace; exit status 1 if they differ",
+    )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        default=None,
+        help=f"knob state file (default {state_file_path()})",
+    )
+    parser.add_argument(
+        "--lock-file", type=Path, default=None, help=f"host lock file (default {lock_file_path()})"
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for another replay (default: forever)",
+    )
     parser.add_argument("--sysfs-root", default=DEFAULT_ROOT, help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
-    cfg = ReplayConfig(sysfs_root=args.sysfs_root, force=bool(args.force),
-                       lock_timeout=args.lock_timeout, log=_stderr_line)
+    cfg = ReplayConfig(
+        sysfs_root=args.sysfs_root,
+        force=bool(args.force),
+        lock_timeout=args.lock_timeout,
+        log=_stderr_line,
+    )
     if args.state_file is not None:
         cfg.state_file = args.state_file
     if args.lock_file is not None:
@@ -822,7 +915,8 @@ def restore_command(cfg: ReplayConfig) -> int:
         check_privileges(sysfs)
         with host_lock(cfg.lock_file, cfg.lock_timeout, _stderr_line):
             found, problems = restore_from_state_file(
-                cfg.state_file, None, lambda w: kill_recorded_workers(ProcFs(cfg.proc_root), w))
+                cfg.state_file, None, lambda w: kill_recorded_workers(ProcFs(cfg.proc_root), w)
+            )
     except Refusal as exc:
         _stderr_line(str(exc))
         return EXIT_REFUSED
@@ -845,8 +939,10 @@ def replay_scenario(scenario: Scenario, cfg: ReplayConfig) -> dict[str, Any]:
     check_privileges(KsmSysfs(cfg.sysfs_root))
     step = scenario_needs_prctl(scenario)
     if step is not None and not libc.memory_merge_supported():
-        raise Unsupported(f"step {step.index}: prctl PR_SET_MEMORY_MERGE does not exist on "
-                          f"kernel {os.uname().release} (6.4+)")
+        raise Unsupported(
+            f"step {step.index}: prctl PR_SET_MEMORY_MERGE does not exist on "
+            f"kernel {os.uname().release} (6.4+)"
+        )
     session = KernelSession(cfg)
     with session:
         trace = session.replay(scenario)
@@ -904,8 +1000,10 @@ def run(args: argparse.Namespace) -> int:
 
         diffs = compare_traces(expect, trace)
         if diffs and without_ties(expect, trace) == []:
-            _stderr_line(f"the trace agrees with {args.expect} except which tied pages are "
-                         "the KSM ones (meta.page_classification.ambiguous_pages)")
+            _stderr_line(
+                f"the trace agrees with {args.expect} except which tied pages are "
+                "the KSM ones (meta.page_classification.ambiguous_pages)"
+            )
             return EXIT_OK
         for line in diffs[:40]:
             sys.stderr.write(f"  {line}\n")
@@ -918,7 +1016,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m app.kernel.replayer",
-        description="Replay a ksm-scenario/1 file on this machine's kernel (root).")
+        description="Replay a ksm-scenario/1 file on this machine's kernel (root).",
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

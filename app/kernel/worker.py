@@ -129,9 +129,14 @@ class _Worker:
 
     def loop(self) -> None:
         handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "ping": self.op_ping, "mmap": self.op_mmap, "munmap": self.op_munmap,
-            "write": self.op_write, "read": self.op_read, "madvise": self.op_madvise,
-            "prctl": self.op_prctl, "clean": self.op_clean,
+            "ping": self.op_ping,
+            "mmap": self.op_mmap,
+            "munmap": self.op_munmap,
+            "write": self.op_write,
+            "read": self.op_read,
+            "madvise": self.op_madvise,
+            "prctl": self.op_prctl,
+            "clean": self.op_clean,
         }
         anc_size = socket.CMSG_SPACE(2 * 4)
         view = memoryview(self.inbox)
@@ -266,7 +271,7 @@ class _Worker:
             dash = buf.find(b"-", pos, end)
             space = buf.find(b" ", pos, end)
             if dash > 0 and space > dash:
-                start, stop = int(buf[pos:dash], 16), int(buf[dash + 1:space], 16)
+                start, stop = int(buf[pos:dash], 16), int(buf[dash + 1 : space], 16)
                 if start < USER_TOP and not any(lo <= start < hi for lo, hi in spans):
                     out.append((start, stop))
             pos = end + 1
@@ -429,8 +434,9 @@ class WorkerHandle:
             except ChildProcessError:
                 pass
             state = self.proc.state(self.pid)
-            if state is None or (self.start_time is not None
-                                 and self.proc.start_time(self.pid) != self.start_time):
+            if state is None or (
+                self.start_time is not None and self.proc.start_time(self.pid) != self.start_time
+            ):
                 break
             if state in ("Z", "X"):
                 try:

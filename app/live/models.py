@@ -45,9 +45,16 @@ class KsmSample(BaseModel):
     @classmethod
     def of(cls, sample: reader.KsmSample) -> KsmSample:
         derived = [DerivedFigure(**vars(d)) for d in reader.derive(sample.values)]
-        return cls(time=sample.time, available=sample.available, values=sample.values,
-                   missing=sample.missing, knobs=sample.knobs, choices=sample.choices,
-                   errors=sample.errors, derived=derived)
+        return cls(
+            time=sample.time,
+            available=sample.available,
+            values=sample.values,
+            missing=sample.missing,
+            knobs=sample.knobs,
+            choices=sample.choices,
+            errors=sample.errors,
+            derived=derived,
+        )
 
 
 class ProcKsm(BaseModel):
@@ -72,8 +79,13 @@ class ProcTable(BaseModel):
 
     @classmethod
     def of(cls, table: reader.ProcTable) -> ProcTable:
-        return cls(time=table.time, procs=[ProcKsm(**vars(p)) for p in table.procs],
-                   scanned=table.scanned, vanished=table.vanished, unreadable=table.unreadable)
+        return cls(
+            time=table.time,
+            procs=[ProcKsm(**vars(p)) for p in table.procs],
+            scanned=table.scanned,
+            vanished=table.vanished,
+            unreadable=table.unreadable,
+        )
 
 
 class Vma(BaseModel):
@@ -110,11 +122,31 @@ class PageMap(BaseModel):
 
     @classmethod
     def of(cls, pm: pagemap.PageMap) -> PageMap:
-        vmas = [Vma(start=f"{v.start:#x}", end=f"{v.end:#x}", perms=v.perms, name=v.name,
-                    pages=v.pages, first_page=v.first_page, ksm_kb=v.ksm_kb) for v in pm.vmas]
-        return cls(pid=pm.pid, vmas=vmas, total_pages=pm.total_pages, offset=pm.offset,
-                   limit=pm.limit, available=pm.available, reason=pm.reason, cells=pm.cells,
-                   groups=pm.groups, counts=pm.counts, classification=pm.classification)
+        vmas = [
+            Vma(
+                start=f"{v.start:#x}",
+                end=f"{v.end:#x}",
+                perms=v.perms,
+                name=v.name,
+                pages=v.pages,
+                first_page=v.first_page,
+                ksm_kb=v.ksm_kb,
+            )
+            for v in pm.vmas
+        ]
+        return cls(
+            pid=pm.pid,
+            vmas=vmas,
+            total_pages=pm.total_pages,
+            offset=pm.offset,
+            limit=pm.limit,
+            available=pm.available,
+            reason=pm.reason,
+            cells=pm.cells,
+            groups=pm.groups,
+            counts=pm.counts,
+            classification=pm.classification,
+        )
 
 
 class SampleMessage(BaseModel):

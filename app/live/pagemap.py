@@ -75,9 +75,13 @@ def parse_smaps_mergeable(text: str) -> list[MergeableVma]:
             parts = line.split(None, 5)
             lo, _, hi = head.partition("-")
             try:
-                current = MergeableVma(int(lo, 16), int(hi, 16),
-                                       parts[1] if len(parts) > 1 else "",
-                                       parts[5].strip() if len(parts) > 5 else "", None)
+                current = MergeableVma(
+                    int(lo, 16),
+                    int(hi, 16),
+                    parts[1] if len(parts) > 1 else "",
+                    parts[5].strip() if len(parts) > 5 else "",
+                    None,
+                )
             except ValueError:
                 current = None
         elif current is not None and head == "KSM:":
@@ -119,13 +123,15 @@ def _open_or_explain(path: Path, what: str) -> int:
     except PermissionError:
         raise PageMapUnavailable(
             f"{what} is not readable (permission denied): the server must run as root "
-            f"(CAP_SYS_ADMIN) to see page frames") from None
+            f"(CAP_SYS_ADMIN) to see page frames"
+        ) from None
     except FileNotFoundError:
         raise PageMapUnavailable(f"{what} does not exist on this kernel") from None
 
 
-def read_pagemap(proc_root: Path, pid: int, vmas: list[MergeableVma], offset: int,
-                 limit: int) -> list[tuple[int, int]]:
+def read_pagemap(
+    proc_root: Path, pid: int, vmas: list[MergeableVma], offset: int, limit: int
+) -> list[tuple[int, int]]:
     """``[(window index, pagemap entry)]`` for the pages of the window that are present."""
     try:
         fd = os.open(proc_root / str(pid) / "pagemap", os.O_RDONLY)
@@ -134,7 +140,8 @@ def read_pagemap(proc_root: Path, pid: int, vmas: list[MergeableVma], offset: in
     except PermissionError:
         raise PageMapUnavailable(
             f"/proc/{pid}/pagemap is not readable (permission denied): the server must run "
-            f"as root, or as the owner of process {pid}, to see its pages") from None
+            f"as root, or as the owner of process {pid}, to see its pages"
+        ) from None
     out: list[tuple[int, int]] = []
     end = offset + limit
     try:
@@ -150,7 +157,8 @@ def read_pagemap(proc_root: Path, pid: int, vmas: list[MergeableVma], offset: in
                     raise ProcessGone(pid) from None
                 if exc.errno in (errno.EPERM, errno.EACCES):
                     raise PageMapUnavailable(
-                        f"/proc/{pid}/pagemap cannot be read: {exc.strerror}") from None
+                        f"/proc/{pid}/pagemap cannot be read: {exc.strerror}"
+                    ) from None
                 raise
             if len(data) < 8 * (hi - lo):  # the mm went away
                 raise ProcessGone(pid)
@@ -177,7 +185,7 @@ def read_kpageflags(proc_root: Path, pfns: set[int]) -> dict[int, int]:
             data = os.pread(fd, 8 * count, first * 8)
             got = len(data) // 8
             words = struct.unpack(f"<{got}Q", data[: 8 * got])
-            for pfn in ordered[i: j + 1]:
+            for pfn in ordered[i : j + 1]:
                 if pfn - first < got:
                     flags[pfn] = words[pfn - first]
             i = j + 1
@@ -186,8 +194,9 @@ def read_kpageflags(proc_root: Path, pfns: set[int]) -> dict[int, int]:
     return flags
 
 
-def _ksm_bit_unreliable(vmas: list[MergeableVma], present: list[tuple[int, int]],
-                        flags: dict[int, int], offset: int) -> bool:
+def _ksm_bit_unreliable(
+    vmas: list[MergeableVma], present: list[tuple[int, int]], flags: dict[int, int], offset: int
+) -> bool:
     """KPF_KSM shows what it cannot mean (6.10-era kernels): on an anonymous page that is
     not PG_dirty (every KSM page is made dirty when it is created), or on more pages of a
     VMA than its smaps ``KSM:`` line counts."""
@@ -199,13 +208,19 @@ def _ksm_bit_unreliable(vmas: list[MergeableVma], present: list[tuple[int, int]]
             if f >> KPF_ANON & 1 and not f >> KPF_DIRTY & 1:
                 return True
             ksm_pages[bisect.bisect_right(starts, index) - 1] += 1
-    return any(vma.ksm_kb is not None and n * PAGE_SIZE > vma.ksm_kb * 1024
-               for vma, n in zip(vmas, ksm_pages, strict=True))
+    return any(
+        vma.ksm_kb is not None and n * PAGE_SIZE > vma.ksm_kb * 1024
+        for vma, n in zip(vmas, ksm_pages, strict=True)
+    )
 
 
-def _solve_dirty(vmas: list[MergeableVma], present: list[tuple[int, int]],
-                 flags: dict[int, int], offset: int, limit: int,
-                 ) -> tuple[set[int], set[int]] | None:
+def _solve_dirty(
+    vmas: list[MergeableVma],
+    present: list[tuple[int, int]],
+    flags: dict[int, int],
+    offset: int,
+    limit: int,
+) -> tuple[set[int], set[int]] | None:
     """The dirty rule narrowed by each VMA's smaps ``KSM:`` count (``solve_ksm_frames``):
     a PG_dirty anonymous frame may also be a page left behind copy-on-write by a merge.
     A VMA only partly in the window bounds the count from both sides."""
@@ -230,9 +245,14 @@ def _solve_dirty(vmas: list[MergeableVma], present: list[tuple[int, int]],
     return solve_ksm_frames(frames, bounds)
 
 
-def classify(vmas: list[MergeableVma], present: list[tuple[int, int]], flags: dict[int, int],
-             offset: int, limit: int, dirty_rule: bool | None = None,
-             ) -> tuple[str, list[list[int]], str]:
+def classify(
+    vmas: list[MergeableVma],
+    present: list[tuple[int, int]],
+    flags: dict[int, int],
+    offset: int,
+    limit: int,
+    dirty_rule: bool | None = None,
+) -> tuple[str, list[list[int]], str]:
     """Cells of the window, KSM groups ``[index, pfn]`` and the rule that was used
     (``dirty_rule`` None: decided from what the window shows)."""
     cells = ["-"] * limit
@@ -247,8 +267,13 @@ def classify(vmas: list[MergeableVma], present: list[tuple[int, int]], flags: di
             cells[index] = "Z"
         elif solved is not None and pfn in solved[1]:
             cells[index] = "?"
-        elif (pfn in solved[0]) if solved is not None else \
-                (f >> KPF_ANON & 1 and f >> KPF_DIRTY & 1) if dirty_rule else (f >> KPF_KSM & 1):
+        elif (
+            (pfn in solved[0])
+            if solved is not None
+            else (f >> KPF_ANON & 1 and f >> KPF_DIRTY & 1)
+            if dirty_rule
+            else (f >> KPF_KSM & 1)
+        ):
             cells[index] = "K"
             groups.append([index, pfn])
         elif f >> KPF_ANON & 1:
@@ -256,8 +281,9 @@ def classify(vmas: list[MergeableVma], present: list[tuple[int, int]], flags: di
         else:
             cells[index] = "F"
     if solved is not None:
-        rule = "KPF_ANON+KPF_DIRTY checked against smaps KSM: (KPF_KSM is unreliable on " \
-            "this kernel)"
+        rule = (
+            "KPF_ANON+KPF_DIRTY checked against smaps KSM: (KPF_KSM is unreliable on this kernel)"
+        )
         if solved[1]:
             rule += "; ? = KSM or left copy-on-write, no interface tells which"
     elif dirty_rule:
@@ -274,11 +300,15 @@ WHOLE_VMA_PAGES = 1 << 20
 _UNRELIABLE_KPF_KSM: set[str] = set()
 
 
-def _whole_vmas(root: Path, pid: int, vmas: list[MergeableVma], offset: int, limit: int,
-                ) -> tuple[str, list[list[int]], str] | None:
+def _whole_vmas(
+    root: Path,
+    pid: int,
+    vmas: list[MergeableVma],
+    offset: int,
+    limit: int,
+) -> tuple[str, list[list[int]], str] | None:
     """``classify`` of the window, computed over every VMA it touches, read whole."""
-    touched = [v for v in vmas
-               if v.first_page < offset + limit and offset < v.first_page + v.pages]
+    touched = [v for v in vmas if v.first_page < offset + limit and offset < v.first_page + v.pages]
     lo = touched[0].first_page
     hi = touched[-1].first_page + touched[-1].pages
     if (lo, hi) == (offset, offset + limit) or hi - lo > WHOLE_VMA_PAGES:
@@ -290,8 +320,11 @@ def _whole_vmas(root: Path, pid: int, vmas: list[MergeableVma], offset: int, lim
         return None
     cells, groups, rule = classify(vmas, present, flags, lo, hi - lo, dirty_rule=True)
     cut = offset - lo
-    return (cells[cut:cut + limit],
-            [[i - cut, g] for i, g in groups if cut <= i < cut + limit], rule)
+    return (
+        cells[cut : cut + limit],
+        [[i - cut, g] for i, g in groups if cut <= i < cut + limit],
+        rule,
+    )
 
 
 def read_page_map(proc_root: str | Path, pid: int, offset: int, limit: int) -> PageMap:
@@ -307,9 +340,16 @@ def read_page_map(proc_root: str | Path, pid: int, offset: int, limit: int) -> P
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessGone(pid) from None
     except PermissionError:
-        return PageMap(pid, [], 0, offset, 0, False,
-                       f"/proc/{pid}/smaps is not readable (permission denied): the server "
-                       f"must run as root, or as the owner of process {pid}")
+        return PageMap(
+            pid,
+            [],
+            0,
+            offset,
+            0,
+            False,
+            f"/proc/{pid}/smaps is not readable (permission denied): the server "
+            f"must run as root, or as the owner of process {pid}",
+        )
     vmas = parse_smaps_mergeable(smaps)
     total = sum(v.pages for v in vmas)
     offset = max(0, min(offset, total))
@@ -324,20 +364,23 @@ def read_page_map(proc_root: str | Path, pid: int, offset: int, limit: int) -> P
         if any(e & PM_PFN_MASK == 0 for _, e in present):
             raise PageMapUnavailable(
                 "pagemap shows page frame numbers as 0: the kernel hides them from a reader "
-                "without CAP_SYS_ADMIN; run the server as root to see the page map")
+                "without CAP_SYS_ADMIN; run the server as root to see the page map"
+            )
         flags = read_kpageflags(root, {e & PM_PFN_MASK for _, e in present})
     except PageMapUnavailable as exc:
         result.available = False
         result.reason = str(exc)
         return result
-    unreliable = str(root) in _UNRELIABLE_KPF_KSM or \
-        _ksm_bit_unreliable(vmas, present, flags, offset)
+    unreliable = str(root) in _UNRELIABLE_KPF_KSM or _ksm_bit_unreliable(
+        vmas, present, flags, offset
+    )
     if unreliable:
         _UNRELIABLE_KPF_KSM.add(str(root))
     # the smaps counts are per VMA: with the dirty rule, judge the VMAs the window cuts whole
     whole = _whole_vmas(root, pid, vmas, offset, limit) if unreliable else None
     result.cells, result.groups, result.classification = whole or classify(
-        vmas, present, flags, offset, limit, dirty_rule=unreliable)
+        vmas, present, flags, offset, limit, dirty_rule=unreliable
+    )
     result.counts = {c: result.cells.count(c) for c in "-ZKAF"}
     if "?" in result.cells:
         result.counts["?"] = result.cells.count("?")

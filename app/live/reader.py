@@ -32,24 +32,50 @@ RMAP_ITEM_SIZE = 64
 
 #: every file of /sys/kernel/mm/ksm on 6.1 to 6.18, with the release that added it
 KNOWN_FILES: dict[str, str] = {
-    "run": "2.6.32", "pages_to_scan": "2.6.32", "sleep_millisecs": "2.6.32",
-    "pages_shared": "2.6.32", "pages_sharing": "2.6.32", "pages_unshared": "2.6.32",
-    "pages_volatile": "2.6.32", "full_scans": "2.6.32", "merge_across_nodes": "3.9",
-    "use_zero_pages": "4.11", "max_page_sharing": "4.13",
-    "stable_node_chains_prune_millisecs": "4.13", "stable_node_chains": "4.13",
-    "stable_node_dups": "4.13", "general_profit": "6.4", "pages_scanned": "6.6",
-    "ksm_zero_pages": "6.6", "pages_skipped": "6.7", "smart_scan": "6.7",
-    "advisor_mode": "6.8", "advisor_max_cpu": "6.8", "advisor_min_pages_to_scan": "6.8",
-    "advisor_max_pages_to_scan": "6.8", "advisor_target_scan_time": "6.8",
+    "run": "2.6.32",
+    "pages_to_scan": "2.6.32",
+    "sleep_millisecs": "2.6.32",
+    "pages_shared": "2.6.32",
+    "pages_sharing": "2.6.32",
+    "pages_unshared": "2.6.32",
+    "pages_volatile": "2.6.32",
+    "full_scans": "2.6.32",
+    "merge_across_nodes": "3.9",
+    "use_zero_pages": "4.11",
+    "max_page_sharing": "4.13",
+    "stable_node_chains_prune_millisecs": "4.13",
+    "stable_node_chains": "4.13",
+    "stable_node_dups": "4.13",
+    "general_profit": "6.4",
+    "pages_scanned": "6.6",
+    "ksm_zero_pages": "6.6",
+    "pages_skipped": "6.7",
+    "smart_scan": "6.7",
+    "advisor_mode": "6.8",
+    "advisor_max_cpu": "6.8",
+    "advisor_min_pages_to_scan": "6.8",
+    "advisor_max_pages_to_scan": "6.8",
+    "advisor_target_scan_time": "6.8",
 }
 
 #: the writable files among KNOWN_FILES (git does not keep file modes of fixtures)
-KNOBS = frozenset({
-    "run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "use_zero_pages",
-    "max_page_sharing", "stable_node_chains_prune_millisecs", "smart_scan", "advisor_mode",
-    "advisor_max_cpu", "advisor_min_pages_to_scan", "advisor_max_pages_to_scan",
-    "advisor_target_scan_time",
-})
+KNOBS = frozenset(
+    {
+        "run",
+        "pages_to_scan",
+        "sleep_millisecs",
+        "merge_across_nodes",
+        "use_zero_pages",
+        "max_page_sharing",
+        "stable_node_chains_prune_millisecs",
+        "smart_scan",
+        "advisor_mode",
+        "advisor_max_cpu",
+        "advisor_min_pages_to_scan",
+        "advisor_max_pages_to_scan",
+        "advisor_target_scan_time",
+    }
+)
 
 #: per-process numeric fields, in ksm_stat order
 PROC_COUNTERS = ("ksm_rmap_items", "ksm_zero_pages", "ksm_merging_pages", "ksm_process_profit")
@@ -117,8 +143,9 @@ def read_ksm(sys_root: str | Path) -> KsmSample:
         if options is not None:
             choices[name] = options
     missing = [n for n, v in values.items() if v is None and n not in errors]
-    knobs = sorted(n for n in values
-                   if n in KNOBS or (n not in KNOWN_FILES and _writable(root / n)))
+    knobs = sorted(
+        n for n in values if n in KNOBS or (n not in KNOWN_FILES and _writable(root / n))
+    )
     return KsmSample(now, True, values, missing, knobs, choices, errors)
 
 
@@ -195,9 +222,16 @@ def read_proc(proc_root: str | Path, pid: int) -> ProcKsm:
     except PermissionError:
         command = ""
     flags = {k: v for k, v in stat.items() if isinstance(v, bool)}
-    return ProcKsm(pid, command or "?", counts["ksm_rmap_items"], counts["ksm_zero_pages"],
-                   counts["ksm_merging_pages"], counts["ksm_process_profit"],
-                   flags.get("ksm_mergeable"), flags.get("ksm_merge_any"))
+    return ProcKsm(
+        pid,
+        command or "?",
+        counts["ksm_rmap_items"],
+        counts["ksm_zero_pages"],
+        counts["ksm_merging_pages"],
+        counts["ksm_process_profit"],
+        flags.get("ksm_mergeable"),
+        flags.get("ksm_merge_any"),
+    )
 
 
 def list_pids(proc_root: str | Path) -> list[int]:
@@ -261,8 +295,10 @@ def global_rmap_items(values: dict[str, Value | None]) -> tuple[int | None, str]
     zero = _int(values, "ksm_zero_pages") or 0
     if profit is not None and sharing is not None:
         return ((sharing + zero) * PAGE_SIZE - profit) // RMAP_ITEM_SIZE, "from general_profit"
-    parts = [_int(values, n) for n in
-             ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile")]
+    parts = [
+        _int(values, n)
+        for n in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile")
+    ]
     if any(p is None for p in parts):
         return None, "missing"
     return sum(p for p in parts if p is not None), "estimated from the page counters"

@@ -64,11 +64,15 @@ def take_sample(settings: LiveSettings) -> models.SampleMessage:
 
 @router.get("/live", response_class=HTMLResponse)
 def read_live_page(request: Request, settings: SettingsDep) -> Response:
-    return TEMPLATES.TemplateResponse(request, "live.html", {
-        "interval": settings.live_interval,
-        "max_pages": settings.live_max_pages,
-        "default_limit": min(DEFAULT_PAGE_LIMIT, settings.live_max_pages),
-    })
+    return TEMPLATES.TemplateResponse(
+        request,
+        "live.html",
+        {
+            "interval": settings.live_interval,
+            "max_pages": settings.live_max_pages,
+            "default_limit": min(DEFAULT_PAGE_LIMIT, settings.live_max_pages),
+        },
+    )
 
 
 @router.get("/live/plotly.min.js", include_in_schema=False)
@@ -76,8 +80,9 @@ def read_plotly() -> FileResponse:
     path = plotly_path()
     if not path.is_file():
         raise HTTPException(404, "plotly.min.js not found (is the plotly package installed?)")
-    return FileResponse(path, media_type="text/javascript",
-                        headers={"Cache-Control": "public, max-age=86400"})
+    return FileResponse(
+        path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+    )
 
 
 @router.get("/live/assets/{name}", include_in_schema=False)
@@ -111,8 +116,11 @@ def read_proc_pages(
     if limit is None:
         limit = min(DEFAULT_PAGE_LIMIT, settings.live_max_pages)
     if limit > settings.live_max_pages:
-        raise HTTPException(422, f"limit {limit} is above the maximum of "
-                                 f"{settings.live_max_pages} pages per request; page through")
+        raise HTTPException(
+            422,
+            f"limit {limit} is above the maximum of "
+            f"{settings.live_max_pages} pages per request; page through",
+        )
     try:
         pm = pagemap.read_page_map(settings.proc_root, pid, offset, limit)
     except reader.ProcessGone:
@@ -141,13 +149,17 @@ def _handle_client_message(stream: _Stream, text: str | None) -> None:
         data = json.loads(text)
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "interval":
-            stream.interval = min(3600.0, max(0.05, models.IntervalRequest.model_validate(
-                data).seconds))
+            stream.interval = min(
+                3600.0, max(0.05, models.IntervalRequest.model_validate(data).seconds)
+            )
         elif kind == "sample":
             stream.sample_now = True
         else:
-            stream.outbox.append(models.ErrorMessage(
-                detail=f"unknown message type {kind!r} (expected 'interval' or 'sample')"))
+            stream.outbox.append(
+                models.ErrorMessage(
+                    detail=f"unknown message type {kind!r} (expected 'interval' or 'sample')"
+                )
+            )
     except (ValueError, ValidationError) as exc:
         stream.outbox.append(models.ErrorMessage(detail=f"bad message: {exc}"[:300]))
 
@@ -188,8 +200,9 @@ async def stream_live(websocket: WebSocket, settings: SettingsDep) -> None:
                 stream.sample_now = False
                 last = loop.time()
                 try:
-                    message: models.SampleMessage | models.ErrorMessage = (
-                        await run_in_threadpool(take_sample, settings))
+                    message: models.SampleMessage | models.ErrorMessage = await run_in_threadpool(
+                        take_sample, settings
+                    )
                 except OSError as exc:
                     message = models.ErrorMessage(detail=f"reading KSM state failed: {exc}")
                 await websocket.send_text(message.model_dump_json())
@@ -214,8 +227,9 @@ def create_live_app(settings: LiveSettings | None = None) -> FastAPI:
     ``settings`` defaults to the environment (``LiveSettings()``); ``/`` redirects to
     ``/live`` and ``/healthz`` answers ``{"status": "ok"}``.
     """
-    app = FastAPI(title="KSM Lab: live host view",
-                  description="Read-only view of this machine's KSM.")
+    app = FastAPI(
+        title="KSM Lab: live host view", description="Read-only view of this machine's KSM."
+    )
     from app.server.security import OriginCheck
 
     app.include_router(router)

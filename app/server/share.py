@@ -85,14 +85,23 @@ def decode(text: str) -> list[Item]:
     for i, item in enumerate(items):
         ok = (
             isinstance(item, dict)
-            or (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
-                and item[0] >= 1 and item[1] in GRAINS)
-            or (isinstance(item, list) and len(item) == 3 and item[0] == "knob"
-                and isinstance(item[1], str) and isinstance(item[2], (int, str)))
+            or (
+                isinstance(item, list)
+                and len(item) == 2
+                and type(item[0]) is int
+                and item[0] >= 1
+                and item[1] in GRAINS
+            )
+            or (
+                isinstance(item, list)
+                and len(item) == 3
+                and item[0] == "knob"
+                and isinstance(item[1], str)
+                and isinstance(item[2], (int, str))
+            )
         )
         if not ok:
-            raise _bad(f"action {i}: expected [n, grain], {{\"op\": ...}} or "
-                       f"[\"knob\", name, value]")
+            raise _bad(f'action {i}: expected [n, grain], {{"op": ...}} or ["knob", name, value]')
     return items
 
 

@@ -316,8 +316,11 @@ def _ksmd(m: Machine, grain: str) -> str:
     else:
         n = k.scan_page() if grain == "page" else k.scan_batch()
         # a batch that starts after the last page only finds that the pass is over
-        text = f"ksmd scanned {n} page{'s' if n != 1 else ''}" if n else \
-            "ksmd found no page left in this pass"
+        text = (
+            f"ksmd scanned {n} page{'s' if n != 1 else ''}"
+            if n
+            else "ksmd found no page left in this pass"
+        )
     if m.scan_until is not None and (k.seqnr >= m.scan_until or (not k.slots and k.cursor is None)):
         k.knobs["run"] = 0
         m.scan_until = None

@@ -26,8 +26,12 @@ class LiveServer(ThreadedServer):
 
 
 TEST_SETTINGS: dict[str, Any] = {
-    "max_sessions": 400, "max_pages": 200_000, "max_body_bytes": 64 * 1024, "ws_queue": 16,
-    "idle_expiry_seconds": 600, "checkpoint_interval": 8,
+    "max_sessions": 400,
+    "max_pages": 200_000,
+    "max_body_bytes": 64 * 1024,
+    "ws_queue": 16,
+    "idle_expiry_seconds": 600,
+    "checkpoint_interval": 8,
 }
 
 

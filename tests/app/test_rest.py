@@ -15,12 +15,19 @@ from app.server.app import create_app
 
 from .conftest import new_session
 
-SMALL = {"name": "small", "sysfs": {"pages_to_scan": 10}, "steps": [
-    {"op": "spawn", "proc": "A"}, {"op": "mmap", "proc": "A", "vma": "heap", "pages": 20},
-    {"op": "write", "proc": "A", "vma": "heap", "content": "X"},
-    {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
-    {"op": "checkpoint", "name": "advised"},
-    {"op": "scan", "passes": 2}, {"op": "checkpoint", "name": "merged"}]}
+SMALL = {
+    "name": "small",
+    "sysfs": {"pages_to_scan": 10},
+    "steps": [
+        {"op": "spawn", "proc": "A"},
+        {"op": "mmap", "proc": "A", "vma": "heap", "pages": 20},
+        {"op": "write", "proc": "A", "vma": "heap", "content": "X"},
+        {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
+        {"op": "checkpoint", "name": "advised"},
+        {"op": "scan", "passes": 2},
+        {"op": "checkpoint", "name": "merged"},
+    ],
+}
 
 
 def test_health_docs_presets_and_vendor_js(server, http):
@@ -44,16 +51,22 @@ def test_create_from_preset_json_yaml_form_and_upload(http):
     assert snap["knobs"]["pages_to_scan"] == 50
     b = http.post("/api/sessions", json=SMALL, params={"kernel": "6.5"})
     assert b.status_code == 201 and b.json()["kernel"] == "6.5"
-    c = http.post("/api/sessions", content=yaml.safe_dump(SMALL),
-                  headers={"Content-Type": "application/yaml"})
+    c = http.post(
+        "/api/sessions", content=yaml.safe_dump(SMALL), headers={"Content-Type": "application/yaml"}
+    )
     assert c.status_code == 201 and c.json()["name"] == "small"
-    d = http.post("/api/sessions", data={"preset": "vm-host", "kernel": "6.12",
-                                          "knob.pages_to_scan": "300"})
+    d = http.post(
+        "/api/sessions", data={"preset": "vm-host", "kernel": "6.12", "knob.pages_to_scan": "300"}
+    )
     assert d.status_code == 201, d.text
-    assert http.get(f"/api/sessions/{d.json()['id']}/snapshot").json()["knobs"][
-        "pages_to_scan"] == 300
-    e = http.post("/api/sessions", data={"kernel": "6.18"},
-                  files={"scenario": ("s.yaml", yaml.safe_dump(SMALL), "application/yaml")})
+    assert (
+        http.get(f"/api/sessions/{d.json()['id']}/snapshot").json()["knobs"]["pages_to_scan"] == 300
+    )
+    e = http.post(
+        "/api/sessions",
+        data={"kernel": "6.18"},
+        files={"scenario": ("s.yaml", yaml.safe_dump(SMALL), "application/yaml")},
+    )
     assert e.status_code == 201, e.text
     ids = {s["id"] for s in http.get("/api/sessions").json()}
     assert {a["id"], b.json()["id"], c.json()["id"], d.json()["id"], e.json()["id"]} <= ids
@@ -64,12 +77,32 @@ def test_bad_sessions_give_4xx_naming_the_field(http):
         ({"preset": "no-such-preset"}, 404, "preset"),
         ({"preset": "vm-host", "kernel": "5.0"}, 422, "kernel"),
         ({}, 422, "preset"),
-        ({"scenario": {**SMALL, "steps": [{"op": "spawn", "proc": "A"},
-                                          {"op": "read", "proc": "A", "vma": "x"}]}},
-         422, "scenario.steps[1].vma"),
-        ({"scenario": {**SMALL, "steps": [{"op": "spawn", "proc": "A"},
-                                          {"op": "mmap", "proc": "A", "vma": "h",
-                                           "pages": 300_000}]}}, 413, "pages"),
+        (
+            {
+                "scenario": {
+                    **SMALL,
+                    "steps": [
+                        {"op": "spawn", "proc": "A"},
+                        {"op": "read", "proc": "A", "vma": "x"},
+                    ],
+                }
+            },
+            422,
+            "scenario.steps[1].vma",
+        ),
+        (
+            {
+                "scenario": {
+                    **SMALL,
+                    "steps": [
+                        {"op": "spawn", "proc": "A"},
+                        {"op": "mmap", "proc": "A", "vma": "h", "pages": 300_000},
+                    ],
+                }
+            },
+            413,
+            "pages",
+        ),
         ({"preset": "prctl-merge-any", "kernel": "6.1"}, 422, "kernel"),
         ({"preset": "vm-host", "knobs": {"pages_to_scan": "lots"}}, 409, "knob"),
     ]
@@ -77,14 +110,16 @@ def test_bad_sessions_give_4xx_naming_the_field(http):
         r = http.post("/api/sessions", json=body)
         assert r.status_code == status, (body, r.text)
         assert r.json()["detail"]["field"] == field, r.text
-    r = http.post("/api/sessions", content=b"{not json", headers={"Content-Type":
-                                                                   "application/json"})
+    r = http.post(
+        "/api/sessions", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["detail"]["field"] == "body"
     r = http.post("/api/sessions", content=b"steps: [", headers={"Content-Type": "text/yaml"})
     assert r.status_code == 422 and r.json()["detail"]["field"] == "scenario"
     huge = {"scenario": {"steps": [{"op": "spawn", "proc": f"P{i}"} for i in range(5000)]}}
-    r = http.post("/api/sessions", content=json.dumps(huge),
-                  headers={"Content-Type": "application/json"})
+    r = http.post(
+        "/api/sessions", content=json.dumps(huge), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413 and r.json()["detail"]["field"] == "body"
     assert http.get("/api/sessions/nope").status_code == 404
     assert http.get("/healthz").status_code == 200
@@ -107,9 +142,16 @@ def test_controls_accept_json_and_forms(http):
         time.sleep(0.05)  # playing stops by itself at the end
     info = http.post(f"/api/sessions/{sid}/pause").json()
     assert info["playing"] is False and info["at_end"] is True
-    r = http.post(f"/api/sessions/{sid}/inject", data={
-        "op": "madvise", "proc": "A", "vma": "heap", "pages": "0-4,7", "advice":
-        "MADV_UNMERGEABLE"})
+    r = http.post(
+        f"/api/sessions/{sid}/inject",
+        data={
+            "op": "madvise",
+            "proc": "A",
+            "vma": "heap",
+            "pages": "0-4,7",
+            "advice": "MADV_UNMERGEABLE",
+        },
+    )
     assert r.status_code == 200, r.text
     assert "break_ksm" in r.json()["summary"]
     assert http.post(f"/api/sessions/{sid}/reset").json()["step"] == 0
@@ -121,11 +163,19 @@ def test_bad_controls_give_4xx_naming_the_field(http):
     r = http.post(f"/api/sessions/{sid}/knob", json={"knob": "max_page_sharing", "value": 5})
     assert r.status_code == 409
     assert r.json()["detail"] | {"message": ""} == {
-        "field": "knob", "knob": "max_page_sharing", "errno": "EBUSY", "message": ""}
+        "field": "knob",
+        "knob": "max_page_sharing",
+        "errno": "EBUSY",
+        "message": "",
+    }
     cases = [
         ("knob", {"knob": "pages_shared", "value": 1}, 409, "knob"),
-        ("inject", {"op": "write", "proc": "A", "vma": "heap", "pages": 99, "content": "Z"},
-         422, "pages"),
+        (
+            "inject",
+            {"op": "write", "proc": "A", "vma": "heap", "pages": 99, "content": "Z"},
+            422,
+            "pages",
+        ),
         ("inject", {"op": "fly"}, 422, "op"),
         ("inject", {"op": "mmap", "proc": "A", "vma": "big", "pages": 250_000}, 413, "pages"),
         ("step", {"n": 0}, 422, "n"),

@@ -28,8 +28,13 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-async def walk(server: LiveServer, http: httpx.Client, sid: str, steps: int,
-               grains: tuple[str, ...] = ("batch",)) -> int:
+async def walk(
+    server: LiveServer,
+    http: httpx.Client,
+    sid: str,
+    steps: int,
+    grains: tuple[str, ...] = ("batch",),
+) -> int:
     """Step a session, checking after every step that delta + state == fresh snapshot."""
     ws = await open_ws(server, sid)
     deltas = 0
@@ -71,13 +76,29 @@ def test_injected_ops_and_knobs_stream_consistent_deltas(server, http):
         procs = list(state["procs"])
         vma = next(v for v in state["vmas"].values() if v["proc"] == procs[-1])
         ops = [
-            {"type": "inject", "op": {"op": "write", "proc": procs[-1], "vma": vma["name"],
-                                      "pages": "0-3", "content": "zero"}},
+            {
+                "type": "inject",
+                "op": {
+                    "op": "write",
+                    "proc": procs[-1],
+                    "vma": vma["name"],
+                    "pages": "0-3",
+                    "content": "zero",
+                },
+            },
             {"type": "knob", "knob": "pages_to_scan", "value": 37},
             {"type": "knob", "knob": "run", "value": 1},
             {"type": "step", "n": 3},
-            {"type": "inject", "op": {"op": "madvise", "proc": procs[-1], "vma": vma["name"],
-                                      "pages": [1, "5-7"], "advice": "MADV_UNMERGEABLE"}},
+            {
+                "type": "inject",
+                "op": {
+                    "op": "madvise",
+                    "proc": procs[-1],
+                    "vma": vma["name"],
+                    "pages": [1, "5-7"],
+                    "advice": "MADV_UNMERGEABLE",
+                },
+            },
             {"type": "knob", "knob": "run", "value": 2},
         ]
         for op in ops:
@@ -107,8 +128,10 @@ def test_dirty_zero_ptes_unmerge_on_618_but_stay_on_65(server, http):
 
     async def go() -> dict[str, list[tuple[str, int, int]]]:
         ws65, ws618 = await open_ws(server, sid65), await open_ws(server, sid618)
-        states = {sid65: wire.decode(await recv(ws65, "snapshot")),
-                  sid618: wire.decode(await recv(ws618, "snapshot"))}
+        states = {
+            sid65: wire.decode(await recv(ws65, "snapshot")),
+            sid618: wire.decode(await recv(ws618, "snapshot")),
+        }
         seen: dict[str, list[tuple[str, int, int]]] = {sid65: [], sid618: []}
         for _ in range(60):  # one control drives both (lockstep)
             await ws618.send(json.dumps({"type": "step"}))
@@ -118,8 +141,9 @@ def test_dirty_zero_ptes_unmerge_on_618_but_stay_on_65(server, http):
                 if msg["type"] == "end":
                     ended += 1
                     continue
-                st = states[sid] = (wire.apply(states[sid], msg) if msg["type"] == "delta"
-                                    else wire.decode(msg))
+                st = states[sid] = (
+                    wire.apply(states[sid], msg) if msg["type"] == "delta" else wire.decode(msg)
+                )
                 seen[sid].append((msg["summary"], *_zero_pages(st)))
             if ended == 2:
                 break
@@ -179,9 +203,10 @@ def test_inject_in_the_past_forks_the_timeline_and_keeps_the_old_branch(server, 
     http.post(f"/api/sessions/{sid}/step", json={"n": 30}).raise_for_status()  # 25: its end
     old = http.get(f"/api/sessions/{sid}/snapshot").json()
     http.post(f"/api/sessions/{sid}/seek", json={"step": 10}).raise_for_status()
-    r = http.post(f"/api/sessions/{sid}/inject",
-                  data={"op": "write", "proc": "A", "vma": "heap", "pages": "0-9",
-                        "content": "B"})
+    r = http.post(
+        f"/api/sessions/{sid}/inject",
+        data={"op": "write", "proc": "A", "vma": "heap", "pages": "0-9", "content": "B"},
+    )
     assert r.status_code == 200, r.text
     info = r.json()
     assert (info["step"], info["branch"], info["branches"]) == (11, 1, 2)
@@ -243,12 +268,18 @@ def test_several_viewers_see_the_same_steps(server, http):
     run(go())
 
 
-BIG = {"name": "big", "sysfs": {"pages_to_scan": 400, "use_zero_pages": 1}, "steps": [
-    {"op": "spawn", "proc": "A"}, {"op": "mmap", "proc": "A", "vma": "heap", "pages": 24000},
-    {"op": "write", "proc": "A", "vma": "heap", "content": "zero", "pages": "0-11999"},
-    {"op": "write", "proc": "A", "vma": "heap", "content": "unique", "pages": "12000-23999"},
-    {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
-    {"op": "scan", "passes": 3}]}
+BIG = {
+    "name": "big",
+    "sysfs": {"pages_to_scan": 400, "use_zero_pages": 1},
+    "steps": [
+        {"op": "spawn", "proc": "A"},
+        {"op": "mmap", "proc": "A", "vma": "heap", "pages": 24000},
+        {"op": "write", "proc": "A", "vma": "heap", "content": "zero", "pages": "0-11999"},
+        {"op": "write", "proc": "A", "vma": "heap", "content": "unique", "pages": "12000-23999"},
+        {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
+        {"op": "scan", "passes": 3},
+    ],
+}
 
 
 class RawViewer:
@@ -260,9 +291,13 @@ class RawViewer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             self.buf += self.sock.recv(4096)
@@ -291,7 +326,7 @@ class RawViewer:
                     self._need(10)
                     n, off = struct.unpack(">Q", self.buf[2:10])[0], 10
                 self._need(off + n)
-                payload, self.buf = self.buf[off:off + n], self.buf[off + n:]
+                payload, self.buf = self.buf[off : off + n], self.buf[off + n :]
                 if b1 & 0x0F == 1:
                     yield json.loads(payload)
         except TimeoutError:
@@ -347,12 +382,18 @@ def test_malformed_messages_get_errors_and_the_socket_stays_open(server, http):
         ws = await open_ws(server, sid)
         await recv(ws, "snapshot")
         bad = [
-            "not json", "[]", '{"type": "fly"}', '{"type": "step", "n": "many"}',
-            '{"type": "step", "n": 0}', '{"type": "seek"}', '{"type": "seek", "step": 999}',
+            "not json",
+            "[]",
+            '{"type": "fly"}',
+            '{"type": "step", "n": "many"}',
+            '{"type": "step", "n": 0}',
+            '{"type": "seek"}',
+            '{"type": "seek", "step": 999}',
             '{"type": "knob", "knob": "max_page_sharing", "value": 1}',
             '{"type": "knob", "knob": "no_such_knob", "value": 1}',
             '{"type": "inject", "op": {"op": "write", "proc": "Z", "vma": "heap", "content": "A"}}',
-            '{"type": "speed", "batches_per_second": -1}', "x" * 100_000,
+            '{"type": "speed", "batches_per_second": -1}',
+            "x" * 100_000,
         ]
         for text in bad:
             await ws.send(text)

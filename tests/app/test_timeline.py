@@ -9,8 +9,12 @@ from sim import Kernel
 
 def make(preset: str, memory_bytes: int, interval: int = 4) -> Timeline:
     sc = load_preset(preset)
-    return Timeline(sc, Machine(Kernel(sc.kernel, sc.sysfs, record=True)),
-                    interval=interval, memory_bytes=memory_bytes)
+    return Timeline(
+        sc,
+        Machine(Kernel(sc.kernel, sc.sysfs, record=True)),
+        interval=interval,
+        memory_bytes=memory_bytes,
+    )
 
 
 def test_any_step_is_recomputed_exactly_from_sparse_checkpoints():
@@ -59,7 +63,13 @@ def test_the_batch_that_only_ends_a_pass_says_so():
         res = t.forward()
         assert res is not None
         texts.append(res.action)
-    assert texts[-4:] == ["scan 1: ksmd scanned 100 pages", "ksmd scanned 100 pages",
-                          "ksmd scanned 100 pages", "ksmd found no page left in this pass"]
+    assert texts[-4:] == [
+        "scan 1: ksmd scanned 100 pages",
+        "ksmd scanned 100 pages",
+        "ksmd scanned 100 pages",
+        "ksmd found no page left in this pass",
+    ]
     assert [t.forward("page").action for _ in range(2)] == [  # type: ignore[union-attr]
-        "checkpoint 'pass1'", "scan 1: ksmd scanned 1 page"]
+        "checkpoint 'pass1'",
+        "scan 1: ksmd scanned 1 page",
+    ]

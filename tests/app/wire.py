@@ -42,18 +42,27 @@ def decode(snap: dict[str, Any]) -> dict[str, Any]:
         procs[p["name"]] = {k: p[k] for k in ("pid", "registered", "merge_any", "ksm_stat")}
         for v in p["vmas"]:
             vmas[v["uid"]] = {
-                "proc": p["name"], "name": v["name"], "npages": v["npages"],
+                "proc": p["name"],
+                "name": v["name"],
+                "npages": v["npages"],
                 "mergeable": [list(r) for r in v["mergeable"]],
-                "pfn": _i32(v["pfn"]), "pte": list(_b64(v["pte"])),
-                "kind": list(_b64(v["kind"])), "item": list(_b64(v["item"])),
+                "pfn": _i32(v["pfn"]),
+                "pte": list(_b64(v["pte"])),
+                "kind": list(_b64(v["kind"])),
+                "item": list(_b64(v["item"])),
             }
     frames = snap["frames"]
     return {
-        "step": snap["step"], "kernel": snap["kernel"], "knobs": dict(snap["knobs"]),
-        "global": dict(snap["global"]), "procs": procs, "vmas": vmas,
+        "step": snap["step"],
+        "kernel": snap["kernel"],
+        "knobs": dict(snap["knobs"]),
+        "global": dict(snap["global"]),
+        "procs": procs,
+        "vmas": vmas,
         "frames": {"kind": list(_b64(frames["kind"])), "mapcount": _i32(frames["mapcount"])},
         "stable_nodes": {row[0]: list(row) for row in snap["stable_nodes"]},
-        "ksmd": snap["ksmd"], "unstable_tree": snap["unstable_tree"],
+        "ksmd": snap["ksmd"],
+        "unstable_tree": snap["unstable_tree"],
     }
 
 

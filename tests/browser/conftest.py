@@ -31,8 +31,7 @@ def dashboard_server(**settings: Any) -> Any:
     from app.server.threaded import ThreadedServer, free_port
 
     port = free_port()
-    return ThreadedServer(create_app(Settings(port=port, **settings)), port,
-                          ws_max_size=16 << 20)
+    return ThreadedServer(create_app(Settings(port=port, **settings)), port, ws_max_size=16 << 20)
 
 
 @pytest.fixture(scope="session")

@@ -177,17 +177,20 @@ def test_keyboard_and_charts_grow_while_playing(
 
     # left arrow steps back, PageDown (a clicker) steps forward
     page.keyboard.press("ArrowLeft")
-    page.wait_for_function(f"() => document.querySelector('{view}').dataset.step === '{step - 1}'",
-                           timeout=TIMEOUT)
+    page.wait_for_function(
+        f"() => document.querySelector('{view}').dataset.step === '{step - 1}'", timeout=TIMEOUT
+    )
     page.keyboard.press("PageDown")
-    page.wait_for_function(f"() => document.querySelector('{view}').dataset.step === '{step}'",
-                           timeout=TIMEOUT)
+    page.wait_for_function(
+        f"() => document.querySelector('{view}').dataset.step === '{step}'", timeout=TIMEOUT
+    )
 
     # + raises the speed; v switches to the physical view; p presenter mode
     speed = page.input_value("input.speed")
     page.keyboard.press("+")
-    page.wait_for_function(f"() => document.querySelector('input.speed').value !== '{speed}'",
-                           timeout=TIMEOUT)
+    page.wait_for_function(
+        f"() => document.querySelector('input.speed').value !== '{speed}'", timeout=TIMEOUT
+    )
     page.keyboard.press("v")
     assert page.get_attribute(f"{view} canvas.page-grid", "data-view") == "physical"
     page.keyboard.press("v")
@@ -272,7 +275,8 @@ def test_side_by_side_unmergeable_6_5_vs_6_18(page: Any, live_server: Any, scree
     # the link to this step carries the injected MADV_UNMERGEABLE (`do`) and rebuilds it
     page.wait_for_function(
         "() => new URL(document.querySelector('.share-link').href).searchParams.has('do')",
-        timeout=TIMEOUT)
+        timeout=TIMEOUT,
+    )
     share = page.get_attribute(".share-link", "href") or ""
     page.goto(live_server.url + share if share.startswith("/") else share)
     page.wait_for_function("() => window.__ksm && window.__ksm.views.length === 2")
@@ -296,15 +300,20 @@ def test_upload_scenario_and_inspect_a_process(page: Any, live_server: Any) -> N
     page.click("#upload button[type=submit]")
     page.wait_for_selector("#upload .error", timeout=TIMEOUT)  # inline, the page stays
     doc = {
-        "format": "ksm-scenario/1", "name": "two-readers", "kernel": "6.18",
+        "format": "ksm-scenario/1",
+        "name": "two-readers",
+        "kernel": "6.18",
         "steps": [
             {"op": "spawn", "proc": "P"},
             {"op": "mmap", "proc": "P", "vma": "buf", "pages": 64},
             {"op": "read", "proc": "P", "vma": "buf", "pages": "0-31"},
         ],
     }
-    good = {"name": "two-readers.json", "mimeType": "application/json",
-            "buffer": json.dumps(doc).encode()}
+    good = {
+        "name": "two-readers.json",
+        "mimeType": "application/json",
+        "buffer": json.dumps(doc).encode(),
+    }
     page.set_input_files("#upload input[type=file]", good)
     page.click("#upload button[type=submit]")
     page.wait_for_selector(".session-view[data-session]", timeout=TIMEOUT)
@@ -326,8 +335,9 @@ def test_deleted_session_says_so_and_its_link_rebuilds_it(page: Any, live_server
     import urllib.request
 
     view = open_session(page, live_server.url, f"preset={PRESET}&kernel=6.18&step=3")
-    page.wait_for_function(f"() => document.querySelector('{view}').dataset.step === '3'",
-                           timeout=TIMEOUT)
+    page.wait_for_function(
+        f"() => document.querySelector('{view}').dataset.step === '3'", timeout=TIMEOUT
+    )
     sid = page.get_attribute(view, "data-session")
     req = urllib.request.Request(f"{live_server.url}/api/sessions/{sid}", method="DELETE")
     urllib.request.urlopen(req, timeout=10).close()

@@ -81,8 +81,9 @@ def test_controls_partial_steps_and_targets_itself(client: TestClient) -> None:
     assert client.get(f"/api/sessions/{sid}").json()["step"] == 1
     r = client.post(f"/ui/sessions/{sid}/controls", data={"action": "back"}, headers=HX)
     assert client.get(f"/api/sessions/{sid}").json()["step"] == 0
-    r = client.post(f"/ui/sessions/{sid}/controls", data={"action": "speed", "speed": "99"},
-                    headers=HX)
+    r = client.post(
+        f"/ui/sessions/{sid}/controls", data={"action": "speed", "speed": "99"}, headers=HX
+    )
     assert r.status_code == 422 and 'class="error"' in r.text and "speed" in r.text
     r = client.post(f"/ui/sessions/{sid}/controls", data={"action": "realtime"}, headers=HX)
     assert r.status_code == 200 and "real time" in r.text
@@ -93,8 +94,7 @@ def test_controls_partial_steps_and_targets_itself(client: TestClient) -> None:
 
 def test_knob_error_comes_back_next_to_its_field(client: TestClient) -> None:
     sid, _ = open_session(client, f"preset={PRESET}")
-    r = client.post(f"/ui/sessions/{sid}/knobs", data={"knob.max_page_sharing": "1"},
-                    headers=HX)
+    r = client.post(f"/ui/sessions/{sid}/knobs", data={"knob.max_page_sharing": "1"}, headers=HX)
     assert r.status_code in (409, 422)
     label = re.search(r'<label class="knob invalid">.*?</label>', r.text, re.S)
     assert label and "max_page_sharing" in label.group(0) and "EINVAL" in label.group(0)
@@ -156,17 +156,24 @@ def test_compare_opens_two_kernels_in_lockstep(client: TestClient) -> None:
 
 
 def test_upload_errors_inline_and_success_redirects(client: TestClient) -> None:
-    r = client.post("/session", files={"scenario": ("x.json", b"{not json", "application/json")},
-                    headers=HX)
+    r = client.post(
+        "/session", files={"scenario": ("x.json", b"{not json", "application/json")}, headers=HX
+    )
     assert r.status_code == 422 and r.text.lstrip().startswith('<form id="upload"')
     doc = {"format": "ksm-scenario/1", "name": "t", "steps": [{"op": "spawn", "proc": "P"}]}
-    r = client.post("/session", data={"kernel": "6.5"},
-                    files={"scenario": ("t.json", json.dumps(doc).encode(), "application/json")},
-                    headers=HX)
+    r = client.post(
+        "/session",
+        data={"kernel": "6.5"},
+        files={"scenario": ("t.json", json.dumps(doc).encode(), "application/json")},
+        headers=HX,
+    )
     assert r.status_code == 200 and r.headers["HX-Redirect"].startswith("/session?sid=")
     yaml_doc = b"format: ksm-scenario/1\nname: y\nsteps:\n  - {op: spawn, proc: Q}\n"
-    r = client.post("/session", files={"scenario": ("t.yaml", yaml_doc, "application/yaml")},
-                    follow_redirects=False)
+    r = client.post(
+        "/session",
+        files={"scenario": ("t.yaml", yaml_doc, "application/yaml")},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
 
 
@@ -177,8 +184,9 @@ def test_injecting_in_the_past_forks_and_the_branch_can_be_chosen(client: TestCl
     assert client.post(f"/ui/sessions/{sid}/inject", data=form, headers=HX).status_code == 200
     r = client.get(f"/ui/sessions/{sid}/controls")
     assert '<select name="branch"' in r.text and r.text.count("<option") >= 2
-    r = client.post(f"/ui/sessions/{sid}/controls", data={"action": "branch", "branch": "0"},
-                    headers=HX)
+    r = client.post(
+        f"/ui/sessions/{sid}/controls", data={"action": "branch", "branch": "0"}, headers=HX
+    )
     assert r.status_code == 200
     info = client.get(f"/api/sessions/{sid}").json()
     assert info["branch"] == 0 and info["step"] == 5
@@ -203,8 +211,18 @@ def test_share_link_carries_what_was_done_by_hand(client: TestClient) -> None:
         ("inject", {"op": {"op": "fork", "proc": "A", "child": "B"}}),
         ("knob", {"knob": "pages_to_scan", "value": 7}),
         ("step", {"n": 5, "grain": "page"}),
-        ("inject", {"op": {"op": "write", "proc": "B", "vma": "heap", "content": "zero",
-                           "pages": "200-209"}}),
+        (
+            "inject",
+            {
+                "op": {
+                    "op": "write",
+                    "proc": "B",
+                    "vma": "heap",
+                    "content": "zero",
+                    "pages": "200-209",
+                }
+            },
+        ),
         ("step", {"n": 4}),
     ):
         assert client.post(f"{api}/{path}", json=body).status_code == 200, (path, body)
@@ -235,11 +253,18 @@ def test_a_bad_share_link_is_refused_and_leaves_no_session(client: TestClient) -
     import zlib
 
     before = len(client.get("/api/sessions").json())
-    forged = base64.urlsafe_b64encode(zlib.compress(
-        b'[[2,"batch"],{"op":"fork","proc":"nobody","child":"X"}]')).rstrip(b"=").decode()
-    for do, words in (("%%%not-base64", "cannot decode"), (forged, "recorded action failed"),
-                      (base64.urlsafe_b64encode(zlib.compress(b'[[0,"batch"]]')).decode(),
-                       "action 0")):
+    forged = (
+        base64.urlsafe_b64encode(
+            zlib.compress(b'[[2,"batch"],{"op":"fork","proc":"nobody","child":"X"}]')
+        )
+        .rstrip(b"=")
+        .decode()
+    )
+    for do, words in (
+        ("%%%not-base64", "cannot decode"),
+        (forged, "recorded action failed"),
+        (base64.urlsafe_b64encode(zlib.compress(b'[[0,"batch"]]')).decode(), "action 0"),
+    ):
         r = client.get(f"/session?preset={PRESET}&step=3&do={do}", follow_redirects=False)
         assert r.status_code == 422, (do, r.status_code)
         assert "do" in r.text and words in r.text, r.text[-2000:]

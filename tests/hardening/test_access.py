@@ -27,9 +27,16 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 def test_viewer_without_token_reads_but_cannot_control(token_server: Server) -> None:
     sid = create(token_server, TOKEN)["id"]
     with client(token_server) as http:
-        for path in ("/", "/healthz", "/api/sessions", f"/api/sessions/{sid}",
-                     f"/api/sessions/{sid}/snapshot", f"/api/sessions/{sid}/counters.csv",
-                     f"/session?sid={sid}", f"/ui/sessions/{sid}/controls"):
+        for path in (
+            "/",
+            "/healthz",
+            "/api/sessions",
+            f"/api/sessions/{sid}",
+            f"/api/sessions/{sid}/snapshot",
+            f"/api/sessions/{sid}/counters.csv",
+            f"/session?sid={sid}",
+            f"/ui/sessions/{sid}/controls",
+        ):
             assert http.get(path).status_code == 200, path
         refused = [
             http.post("/api/sessions", json={"preset": "zero-pages-unmerge"}),
@@ -48,8 +55,11 @@ def test_viewer_without_token_reads_but_cannot_control(token_server: Server) -> 
             http.post(f"/ui/sessions/{sid}/controls", data={"action": "step"}),
             http.post(f"/ui/sessions/{sid}/knobs", data={"knob.run": "0"}),
             http.post(f"/ui/sessions/{sid}/inject", data={"op": "run-0"}),
-            http.post("/session", files={"scenario": ("s.json", b"{}", "application/json")},
-                      headers={"HX-Request": "true"}),
+            http.post(
+                "/session",
+                files={"scenario": ("s.json", b"{}", "application/json")},
+                headers={"HX-Request": "true"},
+            ),
         ]
         for r in partials:
             assert r.status_code == 401, (r.request.url, r.text)
@@ -94,8 +104,11 @@ def test_ws_viewer_watches_read_only(token_server: Server) -> None:
         presenter = await ws_open(token_server, sid, f"?token={TOKEN}")
         assert (await recv(viewer, "snapshot"))["step"] == 0
         await recv(presenter, "snapshot")
-        for msg in ({"type": "step"}, {"type": "play"}, {"type": "knob", "knob": "run",
-                                                         "value": 0}):
+        for msg in (
+            {"type": "step"},
+            {"type": "play"},
+            {"type": "knob", "knob": "run", "value": 0},
+        ):
             await viewer.send(json.dumps(msg))
             err = await recv(viewer, "error")
             assert err["field"] == "token" and "presenter's token" in err["message"]
@@ -126,8 +139,12 @@ def test_ws_bearer_header_controls(token_server: Server) -> None:
 def test_ws_foreign_origin_refused(open_server: Server, path: str) -> None:
     async def go() -> None:
         url = f"{open_server.ws_url}{path}"
-        for origin in ("http://evil.example", f"http://localhost:{open_server.port}",
-                       f"https://127.0.0.1:{open_server.port}", "null"):
+        for origin in (
+            "http://evil.example",
+            f"http://localhost:{open_server.port}",
+            f"https://127.0.0.1:{open_server.port}",
+            "null",
+        ):
             with pytest.raises(InvalidStatus) as info:
                 await asyncio.wait_for(_connect(url, origin), 10)
             assert info.value.response.status_code == 403
@@ -152,10 +169,12 @@ def test_live_only_server_checks_the_origin_too() -> None:
     from app.live.settings import LiveSettings
 
     with Server(app=create_live_app(LiveSettings(live_interval=0.1))) as live:
+
         async def go() -> None:
             with pytest.raises(InvalidStatus) as info:
-                await asyncio.wait_for(_connect(f"{live.ws_url}/ws/live", "http://evil.example"),
-                                       10)
+                await asyncio.wait_for(
+                    _connect(f"{live.ws_url}/ws/live", "http://evil.example"), 10
+                )
             assert info.value.response.status_code == 403
             ws = await _connect(f"{live.ws_url}/ws/live", f"http://127.0.0.1:{live.port}")
             assert json.loads(await asyncio.wait_for(ws.recv(), 20))["type"]
@@ -178,8 +197,13 @@ def test_token_never_reaches_the_access_log() -> None:
         port = sock.getsockname()[1]
     secret = "Pr3senter-s3cret"
     env = {**os.environ, "KSMLAB_TOKEN": secret}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -192,8 +216,11 @@ def test_token_never_reaches_the_access_log() -> None:
                 time.sleep(0.1)
         page = httpx.get(f"{base}/?token={secret}", timeout=10)
         assert page.status_code == 200 and page.cookies.get("ksmlab_token") == secret
-        wrong = httpx.post(f"{base}/api/sessions?token=guess-{secret}&x=1",
-                           json={"preset": "zero-pages-unmerge"}, timeout=10)
+        wrong = httpx.post(
+            f"{base}/api/sessions?token=guess-{secret}&x=1",
+            json={"preset": "zero-pages-unmerge"},
+            timeout=10,
+        )
         assert wrong.status_code == 403
     finally:
         proc.terminate()
@@ -223,8 +250,9 @@ def test_loopback_default_and_generated_token() -> None:
     assert create_app(Settings(host="0.0.0.0")).state.settings.token  # never open by mistake
 
 
-def test_serve_prints_presenter_link(monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_prints_presenter_link(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import uvicorn
 
     from app.cli import main
@@ -309,7 +337,8 @@ def test_kernel_replayer_not_reachable() -> None:
         "import sys; from app.server.app import create_app; create_app();"
         "print(sorted(m for m in sys.modules if m.startswith('app.kernel')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     imported = set(json.loads(out.replace("'", '"')))
     assert imported <= {"app.kernel", "app.kernel.procfs"}, imported

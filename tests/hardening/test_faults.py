@@ -33,7 +33,7 @@ def endless(pages: int = PAGES) -> dict[str, Any]:
     steps = [
         {"op": "spawn", "proc": "A"},
         {"op": "mmap", "proc": "A", "vma": "heap", "pages": pages},
-        {"op": "write", "proc": "A", "vma": "heap", "content": "unique", "pages": f"0-{pages-1}"},
+        {"op": "write", "proc": "A", "vma": "heap", "content": "unique", "pages": f"0-{pages - 1}"},
         {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
         {"op": "sysfs", "knob": "pages_to_scan", "value": 500},
         {"op": "sysfs", "knob": "run", "value": 1},

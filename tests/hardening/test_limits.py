@@ -18,9 +18,18 @@ from app.config import Settings
 from .conftest import Server, create, recv, run, ws_open
 
 LIMITS: dict[str, Any] = {
-    "max_sessions": 6, "max_pages": 2000, "max_body_bytes": 4096, "max_scenario_steps": 20,
-    "max_timeline_steps": 40, "max_branches": 3, "ws_queue": 4, "ws_max_message_bytes": 512,
-    "max_viewers": 2, "max_step_n": 25, "max_speed": 50.0, "ws_queue_bytes": 64 * 1024,
+    "max_sessions": 6,
+    "max_pages": 2000,
+    "max_body_bytes": 4096,
+    "max_scenario_steps": 20,
+    "max_timeline_steps": 40,
+    "max_branches": 3,
+    "ws_queue": 4,
+    "ws_max_message_bytes": 512,
+    "max_viewers": 2,
+    "max_step_n": 25,
+    "max_speed": 50.0,
+    "ws_queue_bytes": 64 * 1024,
 }
 
 
@@ -39,10 +48,12 @@ def http(small: Server) -> Iterator[httpx.Client]:
 
 
 def scenario(pages: int = 10, steps: int = 0) -> dict[str, Any]:
-    body = [{"op": "spawn", "proc": "A"}, {"op": "mmap", "proc": "A", "vma": "heap",
-                                           "pages": pages},
-            {"op": "write", "proc": "A", "vma": "heap", "content": "A", "pages": f"0-{pages-1}"},
-            {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"}]
+    body = [
+        {"op": "spawn", "proc": "A"},
+        {"op": "mmap", "proc": "A", "vma": "heap", "pages": pages},
+        {"op": "write", "proc": "A", "vma": "heap", "content": "A", "pages": f"0-{pages - 1}"},
+        {"op": "madvise", "proc": "A", "vma": "heap", "advice": "MADV_MERGEABLE"},
+    ]
     body += [{"op": "checkpoint", "name": f"c{i}"} for i in range(steps)]
     body.append({"op": "sysfs", "knob": "run", "value": 1})
     return {"format": "ksm-scenario/1", "name": "limits", "kernel": "6.18", "steps": body}
@@ -79,8 +90,11 @@ def test_pages_per_session(http: httpx.Client) -> None:
     http.post(f"/api/sessions/{sid}/step", json={"n": 5})
     op = {"op": "mmap", "proc": "A", "vma": "more", "pages": 600}
     refused(http.post(f"/api/sessions/{sid}/inject", json=op), 413, "pages")
-    refused(http.post(f"/api/sessions/{sid}/inject", json={"op": "fork", "proc": "A",
-                                                           "child": "B"}), 413, "pages")
+    refused(
+        http.post(f"/api/sessions/{sid}/inject", json={"op": "fork", "proc": "A", "child": "B"}),
+        413,
+        "pages",
+    )
 
 
 def test_sessions(http: httpx.Client) -> None:
@@ -176,7 +190,7 @@ def test_timeline_memory_bounded_and_replayed() -> None:
                 first.append(http.get(f"/api/sessions/{sid}/snapshot").json()["global"])
             timeline = live.app.state.manager.sessions[sid].timeline
             kept = len(timeline.branch.checkpoints)
-            print(f'checkpoints kept: {kept} of {80 // 2 + 1}')
+            print(f"checkpoints kept: {kept} of {80 // 2 + 1}")
             assert kept < 80 // 2, kept  # thinned below one per checkpoint_interval
             for i, counters in enumerate(first):
                 http.post(f"/api/sessions/{sid}/seek", json={"step": 10 * (i + 1)})
@@ -203,8 +217,21 @@ def test_idle_sessions_evicted() -> None:
 
 def test_every_limit_is_a_setting() -> None:
     fields = Settings.model_fields
-    for name in ("max_sessions", "max_pages", "max_body_bytes", "max_scenario_steps",
-                 "max_timeline_steps", "max_branches", "timeline_memory_mb", "ws_queue",
-                 "ws_queue_bytes", "ws_max_message_bytes", "max_viewers", "max_step_n", "max_speed",
-                 "idle_expiry_seconds", "token"):
+    for name in (
+        "max_sessions",
+        "max_pages",
+        "max_body_bytes",
+        "max_scenario_steps",
+        "max_timeline_steps",
+        "max_branches",
+        "timeline_memory_mb",
+        "ws_queue",
+        "ws_queue_bytes",
+        "ws_max_message_bytes",
+        "max_viewers",
+        "max_step_n",
+        "max_speed",
+        "idle_expiry_seconds",
+        "token",
+    ):
         assert name in fields, name

@@ -33,8 +33,10 @@ def api_server() -> Iterator[Server]:
     with Server(**limits) as live:
         yield live
     ops = len(FIGURES["operations"])
-    print(f"\nschemathesis: {ops} operations, {FIGURES['requests']} requests, "
-          f"status {dict(sorted(FIGURES['status'].items()))}, 5xx: {len(FIGURES['5xx'])}")
+    print(
+        f"\nschemathesis: {ops} operations, {FIGURES['requests']} requests, "
+        f"status {dict(sorted(FIGURES['status'].items()))}, 5xx: {len(FIGURES['5xx'])}"
+    )
 
 
 @pytest.fixture(scope="module")

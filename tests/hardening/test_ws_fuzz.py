@@ -29,33 +29,86 @@ def fuzz_server() -> Iterator[Server]:
         yield live
 
 
-FIELDS = ("n", "grain", "step", "branch", "op", "knob", "value", "batches_per_second",
-          "realtime", "type")
+FIELDS = (
+    "n",
+    "grain",
+    "step",
+    "branch",
+    "op",
+    "knob",
+    "value",
+    "batches_per_second",
+    "realtime",
+    "type",
+)
 TYPES = ("step", "back", "seek", "play", "pause", "reset", "speed", "inject", "knob", "ack")
-JUNK: list[Any] = [None, True, -1, 0, 2**70, -(2**70), 1.5, float("inf"), "", "x" * 300, [],
-                   {}, [1, "a"], {"a": {"b": []}}, "NaN", "batch", "\u0000", "é"]
+JUNK: list[Any] = [
+    None,
+    True,
+    -1,
+    0,
+    2**70,
+    -(2**70),
+    1.5,
+    float("inf"),
+    "",
+    "x" * 300,
+    [],
+    {},
+    [1, "a"],
+    {"a": {"b": []}},
+    "NaN",
+    "batch",
+    "\u0000",
+    "é",
+]
 
 
 def bad_messages(n: int, seed: int = 8) -> list[str]:
     """Client frames the protocol rejects: hand-picked, then random mutations."""
     rnd = random.Random(seed)
     frames = [
-        "", "{", "}", "not json", "[]", "null", "42", '"step"', "{'type': 'step'}",
-        '{"type": "step",}', '{"type": "step"} trailing', "\ufeff{}", "{}", '{"n": 1}',
-        '{"type": null}', '{"type": 1}', '{"type": "STEP"}', '{"type": "fly"}',
-        '{"type": "step", "n": "many"}', '{"type": "step", "n": -3}', '{"type": "step", "n": 0}',
-        '{"type": "step", "grain": "byte"}', '{"type": "seek"}', '{"type": "seek", "step": "0"}',
-        '{"type": "knob", "knob": 5, "value": 1}', '{"type": "inject"}',
-        '{"type": "inject", "op": "write"}', '{"type": "speed", "batches_per_second": "fast"}',
-        '{"type": "ack", "step": [1]}', json.dumps({"type": "step", "n": 1, "x": "a" * 100}),
-        '{"type": "step", "n": 1e400}', '{"type": "' + "x" * 1000 + '"}',
-        "\x00\x01\x02", "[" * 500 + "]" * 500,
+        "",
+        "{",
+        "}",
+        "not json",
+        "[]",
+        "null",
+        "42",
+        '"step"',
+        "{'type': 'step'}",
+        '{"type": "step",}',
+        '{"type": "step"} trailing',
+        "\ufeff{}",
+        "{}",
+        '{"n": 1}',
+        '{"type": null}',
+        '{"type": 1}',
+        '{"type": "STEP"}',
+        '{"type": "fly"}',
+        '{"type": "step", "n": "many"}',
+        '{"type": "step", "n": -3}',
+        '{"type": "step", "n": 0}',
+        '{"type": "step", "grain": "byte"}',
+        '{"type": "seek"}',
+        '{"type": "seek", "step": "0"}',
+        '{"type": "knob", "knob": 5, "value": 1}',
+        '{"type": "inject"}',
+        '{"type": "inject", "op": "write"}',
+        '{"type": "speed", "batches_per_second": "fast"}',
+        '{"type": "ack", "step": [1]}',
+        json.dumps({"type": "step", "n": 1, "x": "a" * 100}),
+        '{"type": "step", "n": 1e400}',
+        '{"type": "' + "x" * 1000 + '"}',
+        "\x00\x01\x02",
+        "[" * 500 + "]" * 500,
     ]
     while len(frames) < n:
         msg: dict[str, Any] = {}
         if rnd.random() < 0.9:
-            msg["type"] = rnd.choice(TYPES + ("", "nope", "Step")) if rnd.random() < 0.9 \
-                else rnd.choice(JUNK)
+            msg["type"] = (
+                rnd.choice(TYPES + ("", "nope", "Step")) if rnd.random() < 0.9 else rnd.choice(JUNK)
+            )
         for key in rnd.sample(FIELDS, rnd.randint(0, 4)):
             msg[key] = rnd.choice(JUNK)
         frames.append(json.dumps(msg, allow_nan=True))
@@ -131,10 +184,18 @@ def test_control_spam_keeps_socket_and_other_sessions(fuzz_server: Server) -> No
         await watcher.send(json.dumps({"type": "play"}))
         spam = await ws_open(fuzz_server, spammed)
         await recv(spam, "snapshot")
-        controls = [{"type": "step", "n": 3}, {"type": "back", "n": 2}, {"type": "play"},
-                    {"type": "pause"}, {"type": "reset"}, {"type": "seek", "step": 1},
-                    {"type": "speed", "batches_per_second": 1000}, {"type": "knob",
-                    "knob": "pages_to_scan", "value": 7}, {"type": "bogus"}, "{{{"]
+        controls = [
+            {"type": "step", "n": 3},
+            {"type": "back", "n": 2},
+            {"type": "play"},
+            {"type": "pause"},
+            {"type": "reset"},
+            {"type": "seek", "step": 1},
+            {"type": "speed", "batches_per_second": 1000},
+            {"type": "knob", "knob": "pages_to_scan", "value": 7},
+            {"type": "bogus"},
+            "{{{",
+        ]
         t0 = time.monotonic()
         for i in range(3000):
             c = controls[i % len(controls)]

@@ -55,8 +55,9 @@ def kernel() -> Iterator[KsmSysfs]:
     before = ksm_snapshot(check_alone=True)
     yield sysfs
     after = ksm_snapshot()
-    assert comparable(after, before) == comparable(before, before), \
+    assert comparable(after, before) == comparable(before, before), (
         "/sys/kernel/mm/ksm differs after the test"
+    )
 
 
 @pytest.fixture
@@ -64,18 +65,31 @@ def fake_sysfs(tmp_path: Path) -> KsmSysfs:
     """A temporary directory standing in for /sys/kernel/mm/ksm (6.18's files)."""
     root = tmp_path / "ksm"
     root.mkdir()
-    knobs: dict[str, object] = {**DEFAULT_KNOBS, "advisor_max_cpu": 70,
-                                "advisor_max_pages_to_scan": 30000,
-                                "advisor_min_pages_to_scan": 500,
-                                "advisor_target_scan_time": 200}
+    knobs: dict[str, object] = {
+        **DEFAULT_KNOBS,
+        "advisor_max_cpu": 70,
+        "advisor_max_pages_to_scan": 30000,
+        "advisor_min_pages_to_scan": 500,
+        "advisor_target_scan_time": 200,
+    }
     for name, value in knobs.items():
         (root / name).write_text(f"{value}\n")
         (root / name).chmod(0o644)
     (root / "advisor_mode").write_text("[none] scan-time\n")
     (root / "advisor_mode").chmod(0o644)
-    for name in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
-                 "full_scans", "general_profit", "stable_node_chains", "stable_node_dups",
-                 "pages_scanned", "ksm_zero_pages", "pages_skipped"):
+    for name in (
+        "pages_shared",
+        "pages_sharing",
+        "pages_unshared",
+        "pages_volatile",
+        "full_scans",
+        "general_profit",
+        "stable_node_chains",
+        "stable_node_dups",
+        "pages_scanned",
+        "ksm_zero_pages",
+        "pages_skipped",
+    ):
         (root / name).write_text("0\n")
         (root / name).chmod(0o444)
     return KsmSysfs(root)

@@ -57,10 +57,16 @@ def test_save_writes_state_file_and_restore_puts_everything_back(
     assert saved == before
     doc = json.loads(state.read_text())
     assert doc["knobs"] == before and doc["pid"] == os.getpid()
-    for name, value in {"run": 1, "pages_to_scan": 1_000_000_000, "sleep_millisecs": 3600000,
-                        "use_zero_pages": 1, "max_page_sharing": 2, "smart_scan": 0,
-                        "stable_node_chains_prune_millisecs": 0,
-                        "advisor_max_cpu": 5}.items():
+    for name, value in {
+        "run": 1,
+        "pages_to_scan": 1_000_000_000,
+        "sleep_millisecs": 3600000,
+        "use_zero_pages": 1,
+        "max_page_sharing": 2,
+        "smart_scan": 0,
+        "stable_node_chains_prune_millisecs": 0,
+        "advisor_max_cpu": 5,
+    }.items():
         fake_sysfs.write(name, value)
     assert g.restore() == {}
     assert fake_sysfs.knobs() == before

@@ -41,8 +41,7 @@ def _sim_available() -> bool:
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_public_scenario_reproduces_its_trace(kernel: KsmSysfs, shared: Path,
-                                              path: Path) -> None:
+def test_public_scenario_reproduces_its_trace(kernel: KsmSysfs, shared: Path, path: Path) -> None:
     expected = load_trace(shared / "traces" / path.name)
     trace = replay_scenario(load_scenario(path), ReplayConfig())
     meta = trace["meta"]
@@ -55,14 +54,16 @@ def test_public_scenario_reproduces_its_trace(kernel: KsmSysfs, shared: Path,
     assert trace["source"] == f"kernel {os.uname().release}"
 
 
-@pytest.mark.skipif(not _sim_available(), reason="the simulator (sim.run_scenario) is not "
-                    "importable yet")
+@pytest.mark.skipif(
+    not _sim_available(), reason="the simulator (sim.run_scenario) is not importable yet"
+)
 def test_differential_fuzz_agrees(kernel: KsmSysfs, tmp_path: Path) -> None:
     from app.kernel import fuzz
 
     with replayer.KernelSession(ReplayConfig()) as session:
-        result = fuzz.fuzz(fuzz.host_runner(session), count=20, seed=20251201, out=tmp_path,
-                           shrink_budget=60)
+        result = fuzz.fuzz(
+            fuzz.host_runner(session), count=20, seed=20251201, out=tmp_path, shrink_budget=60
+        )
     assert session.restore_problems == {}
     assert result.disagree == 0, json.dumps(result.failures, indent=1)
     assert result.agree == 20
@@ -71,15 +72,24 @@ def test_differential_fuzz_agrees(kernel: KsmSysfs, tmp_path: Path) -> None:
 def test_merge_any_worker_only_exposes_scenario_mappings(kernel: KsmSysfs) -> None:
     """prctl(1) marks the interpreter's own VMAs; the replayer unmarks them (and a
     merge-any process dropped by ksmd is not registered again by the worker's Python)."""
-    doc = {"format": "ksm-scenario/1", "name": "merge-any", "steps": [
-        {"op": "spawn", "proc": "P"}, {"op": "spawn", "proc": "Q"},
-        {"op": "prctl", "proc": "P", "value": 1},
-        {"op": "scan", "passes": 1}, {"op": "checkpoint", "name": "dropped"},
-        {"op": "fork", "proc": "P", "child": "C"},
-        {"op": "scan", "passes": 1}, {"op": "checkpoint", "name": "still-dropped"},
-        {"op": "mmap", "proc": "P", "vma": "m", "pages": 8},
-        {"op": "write", "proc": "P", "vma": "m", "content": "A"},
-        {"op": "scan", "passes": 2}, {"op": "checkpoint", "name": "merged"}]}
+    doc = {
+        "format": "ksm-scenario/1",
+        "name": "merge-any",
+        "steps": [
+            {"op": "spawn", "proc": "P"},
+            {"op": "spawn", "proc": "Q"},
+            {"op": "prctl", "proc": "P", "value": 1},
+            {"op": "scan", "passes": 1},
+            {"op": "checkpoint", "name": "dropped"},
+            {"op": "fork", "proc": "P", "child": "C"},
+            {"op": "scan", "passes": 1},
+            {"op": "checkpoint", "name": "still-dropped"},
+            {"op": "mmap", "proc": "P", "vma": "m", "pages": 8},
+            {"op": "write", "proc": "P", "vma": "m", "content": "A"},
+            {"op": "scan", "passes": 2},
+            {"op": "checkpoint", "name": "merged"},
+        ],
+    }
     trace = replay_scenario(parse_scenario(doc), ReplayConfig())
     cps = {c["name"]: c for c in trace["checkpoints"]}
     assert trace["meta"]["warnings"] == []
@@ -100,21 +110,33 @@ def test_merge_any_worker_only_exposes_scenario_mappings(kernel: KsmSysfs) -> No
 # interruptions
 
 
-LONG_SCAN = {"format": "ksm-scenario/1", "name": "long-scan", "sysfs": {"use_zero_pages": 1},
-             "steps": [
-                 {"op": "spawn", "proc": "P"},
-                 {"op": "mmap", "proc": "P", "vma": "m", "pages": 64},
-                 {"op": "write", "proc": "P", "vma": "m", "content": "A"},
-                 {"op": "madvise", "proc": "P", "vma": "m", "advice": "MADV_MERGEABLE"},
-                 {"op": "fork", "proc": "P", "child": "C"},
-                 {"op": "scan", "passes": 100000},
-                 {"op": "checkpoint", "name": "never"}]}
+LONG_SCAN = {
+    "format": "ksm-scenario/1",
+    "name": "long-scan",
+    "sysfs": {"use_zero_pages": 1},
+    "steps": [
+        {"op": "spawn", "proc": "P"},
+        {"op": "mmap", "proc": "P", "vma": "m", "pages": 64},
+        {"op": "write", "proc": "P", "vma": "m", "content": "A"},
+        {"op": "madvise", "proc": "P", "vma": "m", "advice": "MADV_MERGEABLE"},
+        {"op": "fork", "proc": "P", "child": "C"},
+        {"op": "scan", "passes": 100000},
+        {"op": "checkpoint", "name": "never"},
+    ],
+}
 
 
 def _python(*args: str, **kw: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -125,15 +147,28 @@ def private_files(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         yield tmp_path / "replay.lock", tmp_path / "state.json"
 
 
-def _start_long_scan(tmp_path: Path, lock: Path, state: Path,
-                     sysfs: KsmSysfs) -> tuple[subprocess.Popen[str], list[int]]:
+def _start_long_scan(
+    tmp_path: Path, lock: Path, state: Path, sysfs: KsmSysfs
+) -> tuple[subprocess.Popen[str], list[int]]:
     scen = tmp_path / "long.json"
     scen.write_text(json.dumps(LONG_SCAN))
-    proc = _python("-m", "app.kernel.replayer", str(scen), "--trace", str(tmp_path / "t.json"),
-                   "--lock-file", str(lock), "--state-file", str(state))
+    proc = _python(
+        "-m",
+        "app.kernel.replayer",
+        str(scen),
+        "--trace",
+        str(tmp_path / "t.json"),
+        "--lock-file",
+        str(lock),
+        "--state-file",
+        str(state),
+    )
     deadline = time.monotonic() + 20
-    while not (sysfs.read("run") == 1 and sysfs.read("pages_to_scan") == SCAN_PAGES
-               and sysfs.read_int("full_scans")):
+    while not (
+        sysfs.read("run") == 1
+        and sysfs.read("pages_to_scan") == SCAN_PAGES
+        and sysfs.read_int("full_scans")
+    ):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the replay never reached its scan"
         time.sleep(0.005)
@@ -148,8 +183,9 @@ def _gone(pids: list[int]) -> bool:
     return all(ProcFs().state(pid) in (None, "Z", "X") for pid in pids)
 
 
-def test_sigkill_mid_scan_then_restore(kernel: KsmSysfs, tmp_path: Path,
-                                       private_files: tuple[Path, Path]) -> None:
+def test_sigkill_mid_scan_then_restore(
+    kernel: KsmSysfs, tmp_path: Path, private_files: tuple[Path, Path]
+) -> None:
     lock, state = private_files
     before = kernel.knobs()
     proc, workers = _start_long_scan(tmp_path, lock, state, kernel)
@@ -158,8 +194,9 @@ def test_sigkill_mid_scan_then_restore(kernel: KsmSysfs, tmp_path: Path,
     dirty = kernel.knobs()
     assert dirty != before and dirty["pages_to_scan"] == SCAN_PAGES
     assert state.exists()
-    restore = _python("-m", "app.cli", "replay", "--restore", "--lock-file", str(lock),
-                      "--state-file", str(state))
+    restore = _python(
+        "-m", "app.cli", "replay", "--restore", "--lock-file", str(lock), "--state-file", str(state)
+    )
     out, err = restore.communicate(timeout=60)
     assert restore.returncode == 0, err
     assert "restored" in err
@@ -171,8 +208,9 @@ def test_sigkill_mid_scan_then_restore(kernel: KsmSysfs, tmp_path: Path,
         time.sleep(0.01)
 
 
-def test_sigterm_mid_scan_restores_by_itself(kernel: KsmSysfs, tmp_path: Path,
-                                             private_files: tuple[Path, Path]) -> None:
+def test_sigterm_mid_scan_restores_by_itself(
+    kernel: KsmSysfs, tmp_path: Path, private_files: tuple[Path, Path]
+) -> None:
     lock, state = private_files
     before = kernel.knobs()
     proc, workers = _start_long_scan(tmp_path, lock, state, kernel)
@@ -203,11 +241,18 @@ print("ready", flush=True)
 time.sleep(120)
 """
 
-SMALL = {"format": "ksm-scenario/1", "name": "small", "steps": [
-    {"op": "spawn", "proc": "P"}, {"op": "mmap", "proc": "P", "vma": "m", "pages": 4},
-    {"op": "write", "proc": "P", "vma": "m", "content": "A"},
-    {"op": "madvise", "proc": "P", "vma": "m", "advice": "MADV_MERGEABLE"},
-    {"op": "scan", "passes": 2}, {"op": "checkpoint", "name": "c"}]}
+SMALL = {
+    "format": "ksm-scenario/1",
+    "name": "small",
+    "steps": [
+        {"op": "spawn", "proc": "P"},
+        {"op": "mmap", "proc": "P", "vma": "m", "pages": 4},
+        {"op": "write", "proc": "P", "vma": "m", "content": "A"},
+        {"op": "madvise", "proc": "P", "vma": "m", "advice": "MADV_MERGEABLE"},
+        {"op": "scan", "passes": 2},
+        {"op": "checkpoint", "name": "c"},
+    ],
+}
 
 
 def test_refuses_when_another_process_has_mergeable_memory(
@@ -221,9 +266,18 @@ def test_refuses_when_another_process_has_mergeable_memory(
     try:
         assert helper.stdout is not None
         assert helper.stdout.readline().strip() == "ready"
-        proc = _python("-m", "app.cli", "replay", str(scen), "--trace",
-                       str(tmp_path / "t.json"), "--state-file", str(state),
-                       "--lock-file", str(lock))
+        proc = _python(
+            "-m",
+            "app.cli",
+            "replay",
+            str(scen),
+            "--trace",
+            str(tmp_path / "t.json"),
+            "--state-file",
+            str(state),
+            "--lock-file",
+            str(lock),
+        )
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2
         lines = err.strip().splitlines()
@@ -231,9 +285,19 @@ def test_refuses_when_another_process_has_mergeable_memory(
         assert "another process uses KSM" in lines[0] and f"pid {helper.pid}" in lines[0]
         assert not state.exists() and not (tmp_path / "t.json").exists()
         assert kernel.knobs() == before
-        forced = _python("-m", "app.cli", "replay", str(scen), "--trace",
-                         str(tmp_path / "t.json"), "--state-file", str(state),
-                         "--lock-file", str(lock), "--force")
+        forced = _python(
+            "-m",
+            "app.cli",
+            "replay",
+            str(scen),
+            "--trace",
+            str(tmp_path / "t.json"),
+            "--state-file",
+            str(state),
+            "--lock-file",
+            str(lock),
+            "--force",
+        )
         _, err = forced.communicate(timeout=120)
         assert forced.returncode == 0, err
         meta = json.loads((tmp_path / "t.json").read_text())["meta"]
@@ -245,11 +309,19 @@ def test_refuses_when_another_process_has_mergeable_memory(
 
 
 def test_unsupported_prctl_exits_4_before_touching_anything(
-    kernel: KsmSysfs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    kernel: KsmSysfs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    doc = {**SMALL, "steps": [*SMALL["steps"][:1], {"op": "prctl", "proc": "P", "value": 1},
-                              {"op": "checkpoint", "name": "c"}]}
+    doc = {
+        **SMALL,
+        "steps": [
+            *SMALL["steps"][:1],
+            {"op": "prctl", "proc": "P", "value": 1},
+            {"op": "checkpoint", "name": "c"},
+        ],
+    }
     scen = tmp_path / "prctl.json"
     scen.write_text(json.dumps(doc))
     state = tmp_path / "state.json"
@@ -257,8 +329,9 @@ def test_unsupported_prctl_exits_4_before_touching_anything(
     before = kernel.knobs()
     parser = argparse.ArgumentParser()
     replayer.add_arguments(parser)
-    args = parser.parse_args([str(scen), "--trace", str(tmp_path / "t.json"),
-                              "--state-file", str(state)])
+    args = parser.parse_args(
+        [str(scen), "--trace", str(tmp_path / "t.json"), "--state-file", str(state)]
+    )
     assert replayer.run(args) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unsupported on this kernel" in err[0]
@@ -274,8 +347,7 @@ def test_replay_from_a_worker_thread(kernel: KsmSysfs, shared: Path) -> None:
     out: dict[str, Any] = {}
 
     def run() -> None:
-        out["trace"] = replay_scenario(load_scenario(shared / "scenarios" / name),
-                                       ReplayConfig())
+        out["trace"] = replay_scenario(load_scenario(shared / "scenarios" / name), ReplayConfig())
 
     t = threading.Thread(target=run)
     t.start()

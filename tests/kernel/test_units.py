@@ -24,22 +24,34 @@ ksm_mergeable: yes
 
 def test_parse_ksm_stat() -> None:
     assert parse_ksm_stat(KSM_STAT_618) == {
-        "ksm_rmap_items": 200, "ksm_zero_pages": 100, "ksm_merging_pages": 100,
-        "ksm_process_profit": 806400, "ksm_merge_any": False, "ksm_mergeable": True}
+        "ksm_rmap_items": 200,
+        "ksm_zero_pages": 100,
+        "ksm_merging_pages": 100,
+        "ksm_process_profit": 806400,
+        "ksm_merge_any": False,
+        "ksm_mergeable": True,
+    }
     assert parse_ksm_stat("ksm_process_profit -7680\n") == {"ksm_process_profit": -7680}
 
 
 def test_parse_maps_and_smaps() -> None:
-    maps = parse_maps("100000000000-10000000a000 rw-p 00000000 00:00 0 \n"
-                      "7ffd1000-7ffd2000 rw-p 00000000 00:00 0     [stack]\n")
+    maps = parse_maps(
+        "100000000000-10000000a000 rw-p 00000000 00:00 0 \n"
+        "7ffd1000-7ffd2000 rw-p 00000000 00:00 0     [stack]\n"
+    )
     assert [(v.start, v.end, v.name) for v in maps] == [
-        (0x100000000000, 0x10000000A000, ""), (0x7FFD1000, 0x7FFD2000, "[stack]")]
+        (0x100000000000, 0x10000000A000, ""),
+        (0x7FFD1000, 0x7FFD2000, "[stack]"),
+    ]
     smaps = parse_smaps(
         "100000000000-100000004000 rw-p 00000000 00:00 0 \nSize: 16 kB\nKSM:   8 kB\n"
         "VmFlags: rd wr mr mw me ac nh mg \n"
-        "7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]\nVmFlags: rd wr mr mw me gd ac \n")
+        "7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]\nVmFlags: rd wr mr mw me gd ac \n"
+    )
     assert [(v.start, v.ksm_kb, v.mergeable) for v in smaps] == [
-        (0x100000000000, 8, True), (0x7FFD1000, None, False)]
+        (0x100000000000, 8, True),
+        (0x7FFD1000, None, False),
+    ]
 
 
 def _proc_tree(root: Path, procs: dict[int, dict[str, str]]) -> ProcFs:
@@ -52,23 +64,40 @@ def _proc_tree(root: Path, procs: dict[int, dict[str, str]]) -> ProcFs:
 
 
 def test_ksm_users_and_old_kernel_fields(tmp_path: Path) -> None:
-    idle = "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit 0\n" \
-           "ksm_merge_any: no\nksm_mergeable: no\n"
-    proc = _proc_tree(tmp_path, {
-        1: {"ksm_stat": idle, "comm": "init\n"},
-        20: {"ksm_stat": idle.replace("ksm_mergeable: no", "ksm_mergeable: yes"),
-             "comm": "qemu\n"},
-        30: {"ksm_stat": KSM_STAT_618, "comm": "other\n"},
-        40: {"ksm_stat": "ksm_rmap_items 0\n", "ksm_merging_pages": "0\n", "comm": "old\n",
-             "smaps": "1000-2000 rw-p 0 00:00 0\nVmFlags: rd wr mg \n"},
-        50: {"ksm_stat": "ksm_rmap_items 7\n", "ksm_merging_pages": "3\n", "comm": "old2\n"},
-    })
+    idle = (
+        "ksm_rmap_items 0\nksm_zero_pages 0\nksm_merging_pages 0\nksm_process_profit 0\n"
+        "ksm_merge_any: no\nksm_mergeable: no\n"
+    )
+    proc = _proc_tree(
+        tmp_path,
+        {
+            1: {"ksm_stat": idle, "comm": "init\n"},
+            20: {
+                "ksm_stat": idle.replace("ksm_mergeable: no", "ksm_mergeable: yes"),
+                "comm": "qemu\n",
+            },
+            30: {"ksm_stat": KSM_STAT_618, "comm": "other\n"},
+            40: {
+                "ksm_stat": "ksm_rmap_items 0\n",
+                "ksm_merging_pages": "0\n",
+                "comm": "old\n",
+                "smaps": "1000-2000 rw-p 0 00:00 0\nVmFlags: rd wr mg \n",
+            },
+            50: {"ksm_stat": "ksm_rmap_items 7\n", "ksm_merging_pages": "3\n", "comm": "old2\n"},
+        },
+    )
     users = {u["pid"]: u["comm"] for u in proc.ksm_users()}
     assert users == {20: "qemu", 30: "other", 40: "old", 50: "old2"}
     assert [u["pid"] for u in proc.ksm_users(exclude=[20, 30, 40])] == [50]
     fields, sources = proc.proc_fields(50)  # 6.1: one ksm_stat line
-    assert fields == {"ksm_rmap_items": 7, "ksm_zero_pages": None, "ksm_merging_pages": 3,
-                      "ksm_process_profit": None, "ksm_mergeable": None, "ksm_merge_any": None}
+    assert fields == {
+        "ksm_rmap_items": 7,
+        "ksm_zero_pages": None,
+        "ksm_merging_pages": 3,
+        "ksm_process_profit": None,
+        "ksm_mergeable": None,
+        "ksm_merge_any": None,
+    }
     assert sources == {"ksm_merging_pages": "/proc/PID/ksm_merging_pages"}
 
 
@@ -92,18 +121,36 @@ def test_generation_is_deterministic_valid_and_covers_every_op() -> None:
         parse_scenario(doc)
         kinds |= fuzz.op_kinds(doc)
     assert kinds >= {
-        "spawn", "fork", "exit", "mmap", "munmap", "write:zero", "write:unique",
-        "write:label", "read", "madvise:MADV_MERGEABLE", "madvise:MADV_UNMERGEABLE",
-        "prctl:1", "prctl:0", "sysfs:use_zero_pages", "sysfs:max_page_sharing",
-        "sysfs:smart_scan", "sysfs:stable_node_chains_prune_millisecs", "sysfs:run", "scan",
-        "checkpoint"}
-    assert not any("prctl" in k for i in range(100) for k in fuzz.op_kinds(
-        fuzz.generate(7, i, kernel="6.1")))
+        "spawn",
+        "fork",
+        "exit",
+        "mmap",
+        "munmap",
+        "write:zero",
+        "write:unique",
+        "write:label",
+        "read",
+        "madvise:MADV_MERGEABLE",
+        "madvise:MADV_UNMERGEABLE",
+        "prctl:1",
+        "prctl:0",
+        "sysfs:use_zero_pages",
+        "sysfs:max_page_sharing",
+        "sysfs:smart_scan",
+        "sysfs:stable_node_chains_prune_millisecs",
+        "sysfs:run",
+        "scan",
+        "checkpoint",
+    }
+    assert not any(
+        "prctl" in k for i in range(100) for k in fuzz.op_kinds(fuzz.generate(7, i, kernel="6.1"))
+    )
 
 
 def test_chain_scenarios_have_one_mergeable_content_and_prune_zero() -> None:
-    chains = [d for d in (fuzz.generate(3, i) for i in range(200))
-              if "max_page_sharing" in d["sysfs"]]
+    chains = [
+        d for d in (fuzz.generate(3, i) for i in range(200)) if "max_page_sharing" in d["sysfs"]
+    ]
     assert chains
     for doc in chains:
         assert doc["sysfs"]["stable_node_chains_prune_millisecs"] == 0
@@ -111,8 +158,7 @@ def test_chain_scenarios_have_one_mergeable_content_and_prune_zero() -> None:
         assert contents <= {"A", "unique", "zero"}
         if "zero" in contents:
             assert doc["sysfs"].get("use_zero_pages") == 1
-        assert not any(s["op"] == "sysfs" and s["knob"] == "use_zero_pages"
-                       for s in doc["steps"])
+        assert not any(s["op"] == "sysfs" and s["knob"] == "use_zero_pages" for s in doc["steps"])
 
 
 def test_shrink_keeps_the_failure_and_drops_the_rest() -> None:
@@ -136,12 +182,18 @@ def test_shrink_keeps_the_failure_and_drops_the_rest() -> None:
 
 
 def test_shrunk_mapping_clips_page_selections() -> None:
-    doc = {"format": "ksm-scenario/1", "name": "x", "steps": [
-        {"op": "spawn", "proc": "P"}, {"op": "mmap", "proc": "P", "vma": "m", "pages": 16},
-        {"op": "fork", "proc": "P", "child": "C"},
-        {"op": "write", "proc": "C", "vma": "m", "content": "A", "pages": ["2-12", 15]},
-        {"op": "read", "proc": "P", "vma": "m", "pages": 14},
-        {"op": "checkpoint", "name": "c"}]}
+    doc = {
+        "format": "ksm-scenario/1",
+        "name": "x",
+        "steps": [
+            {"op": "spawn", "proc": "P"},
+            {"op": "mmap", "proc": "P", "vma": "m", "pages": 16},
+            {"op": "fork", "proc": "P", "child": "C"},
+            {"op": "write", "proc": "C", "vma": "m", "content": "A", "pages": ["2-12", 15]},
+            {"op": "read", "proc": "P", "vma": "m", "pages": 14},
+            {"op": "checkpoint", "name": "c"},
+        ],
+    }
     small = fuzz._shrink_mapping(doc, 1)
     assert small is not None
     parse_scenario(small)
@@ -160,8 +212,10 @@ def test_dirty_rule_solutions_find_ties_and_forced_choices() -> None:
 
     # two frames each mapped once in a and once in b, one KSM page in each: a tie
     assert count_solutions([{a: 1, b: 1}], [2], exact(a=1, b=1)) == ([[1]], True)
-    assert solve_ksm_frames({10: {a: 1, b: 1}, 11: {a: 1, b: 1}}, exact(a=1, b=1)) == \
-        ({10}, {10, 11})
+    assert solve_ksm_frames({10: {a: 1, b: 1}, 11: {a: 1, b: 1}}, exact(a=1, b=1)) == (
+        {10},
+        {10, 11},
+    )
     # a frame mapped twice and one mapped once; two KSM PTEs: only the first can be KSM
     assert count_solutions([{a: 2}, {a: 1}], [1, 1], exact(a=2)) == ([[1, 0]], True)
     assert solve_ksm_frames({7: {a: 1}, 8: {a: 2}}, exact(a=2)) == ({8}, set())
@@ -182,13 +236,21 @@ def test_dirty_rule_solutions_find_ties_and_forced_choices() -> None:
 def _tie_case() -> tuple[dict[str, Any], dict[str, Any]]:
     """P1's copy-on-write pages (shared with its child P2) merge; P1 exits: in P2 the KSM
     frame and the left-over frames are each mapped once, dirty and not exclusive."""
-    doc = {"format": "ksm-scenario/1", "name": "tie", "kernel": "6.12", "steps": [
-        {"op": "spawn", "proc": "P1"}, {"op": "mmap", "proc": "P1", "vma": "m", "pages": 3},
-        {"op": "write", "proc": "P1", "vma": "m", "content": "B"},
-        {"op": "fork", "proc": "P1", "child": "P2"},
-        {"op": "madvise", "proc": "P1", "vma": "m", "advice": "MADV_MERGEABLE"},
-        {"op": "scan", "passes": 3}, {"op": "exit", "proc": "P1"},
-        {"op": "checkpoint", "name": "c"}]}
+    doc = {
+        "format": "ksm-scenario/1",
+        "name": "tie",
+        "kernel": "6.12",
+        "steps": [
+            {"op": "spawn", "proc": "P1"},
+            {"op": "mmap", "proc": "P1", "vma": "m", "pages": 3},
+            {"op": "write", "proc": "P1", "vma": "m", "content": "B"},
+            {"op": "fork", "proc": "P1", "child": "P2"},
+            {"op": "madvise", "proc": "P1", "vma": "m", "advice": "MADV_MERGEABLE"},
+            {"op": "scan", "passes": 3},
+            {"op": "exit", "proc": "P1"},
+            {"op": "checkpoint", "name": "c"},
+        ],
+    }
     strace, err = fuzz.run_sim(doc)
     assert strace is not None, err
     return doc, strace
@@ -200,11 +262,17 @@ def test_ties_are_judged_by_their_ksm_count_only(tmp_path: Path) -> None:
     assert sorted(sim_pages.split()) == ["A", "A", "K0"]  # one KSM frame left in P2
     ktrace = copy.deepcopy(strace)
     tokens = sim_pages.split()
-    ktrace["checkpoints"][0]["pages"]["P2"]["m"] = " ".join(reversed(tokens)) \
-        if tokens != tokens[::-1] else "A A K0"
+    ktrace["checkpoints"][0]["pages"]["P2"]["m"] = (
+        " ".join(reversed(tokens)) if tokens != tokens[::-1] else "A A K0"
+    )
     assert fuzz.judge(doc, (ktrace, None)).kind == "diff"  # no ties recorded: a diff
-    ktrace["meta"] = {"page_classification": {"ambiguous_pages": [
-        {"checkpoint": 0, "name": "c", "proc": "P2", "vma": "m", "pages": [0, 1, 2]}]}}
+    ktrace["meta"] = {
+        "page_classification": {
+            "ambiguous_pages": [
+                {"checkpoint": 0, "name": "c", "proc": "P2", "vma": "m", "pages": [0, 1, 2]}
+            ]
+        }
+    }
     outcome = fuzz.judge(doc, (ktrace, None))
     assert outcome.kind == "tied" and outcome.diffs
     ktrace["checkpoints"][0]["pages"]["P2"]["m"] = "K0 K1 A"  # two KSM pages: too many
@@ -218,5 +286,4 @@ def test_ties_are_judged_by_their_ksm_count_only(tmp_path: Path) -> None:
     assert where.name == "0007-tied" and (where / "diff.txt").read_text().startswith("checkpoint 0")
     assert json.loads((where / "kernel.json").read_text())["meta"]["page_classification"]
     result = fuzz.FuzzResult(agree=100, tied=3)
-    assert result.summary == "100 agree, 0 disagree, 3 agree only up to ties userspace " \
-                             "cannot see"
+    assert result.summary == "100 agree, 0 disagree, 3 agree only up to ties userspace cannot see"

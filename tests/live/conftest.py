@@ -47,8 +47,13 @@ def make_tree(tmp_path: Path, name: str) -> Tree:
     root = tmp_path / name
     shutil.copytree(FIXTURES / name, root)
     doc = json.loads((FIXTURES / "host-6.18" / "pages.json").read_text())
-    tree = Tree(root, doc["pid"], doc["address"], doc["pagemap"],
-                {int(k): v for k, v in doc["kpageflags"].items()})
+    tree = Tree(
+        root,
+        doc["pid"],
+        doc["address"],
+        doc["pagemap"],
+        {int(k): v for k, v in doc["kpageflags"].items()},
+    )
     tree.write_binaries()
     return tree
 

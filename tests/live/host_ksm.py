@@ -21,8 +21,11 @@ WORKER = Path(__file__).with_name("ksm_worker.py")
 
 #: knobs that make ksmd merge the worker's pages within a second or two
 MERGE_KNOBS: dict[str, int | str] = {
-    "advisor_mode": "none", "pages_to_scan": 1000, "sleep_millisecs": 10,
-    "use_zero_pages": 1, "smart_scan": 0,
+    "advisor_mode": "none",
+    "pages_to_scan": 1000,
+    "sleep_millisecs": 10,
+    "use_zero_pages": 1,
+    "smart_scan": 0,
 }
 
 
@@ -54,8 +57,9 @@ def ksm_host(knobs: dict[str, int | str], lock_timeout: float = 900) -> Iterator
 @contextmanager
 def worker() -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A running ksm_worker.py: ``(process, mapping address)``; closed and reaped at exit."""
-    proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().split()

@@ -16,7 +16,11 @@ ADDRESS = 0x200000000
 PAGE = os.sysconf("SC_PAGE_SIZE")
 #: (first page, count, content): "A"/"B" duplicates, "0" written zeros, "U" unique, None untouched
 LAYOUT: list[tuple[int, int, str | None]] = [
-    (0, 32, "A"), (32, 32, "B"), (64, 32, "0"), (96, 16, "U"), (112, 16, None),
+    (0, 32, "A"),
+    (32, 32, "B"),
+    (64, 32, "0"),
+    (96, 16, "U"),
+    (112, 16, None),
 ]
 PAGES = 128
 MADV_MERGEABLE, MADV_NOHUGEPAGE = 12, 15
@@ -25,8 +29,14 @@ MADV_MERGEABLE, MADV_NOHUGEPAGE = 12, 15
 def main() -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     length = PAGES * PAGE
     # PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE

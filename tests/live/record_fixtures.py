@@ -54,8 +54,13 @@ def main() -> int:
                     pfn = e & ((1 << 55) - 1)
                     f.seek(pfn * 8)
                     flags[str(pfn)] = struct.unpack("<Q", f.read(8))[0]
-        doc = {"pid": proc.pid, "address": addr, "pagemap": entries, "kpageflags": flags,
-               "kernel": Path("/proc/sys/kernel/osrelease").read_text().strip()}
+        doc = {
+            "pid": proc.pid,
+            "address": addr,
+            "pagemap": entries,
+            "kpageflags": flags,
+            "kernel": Path("/proc/sys/kernel/osrelease").read_text().strip(),
+        }
         (dest / "pages.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(f"recorded {dest} (worker pid {doc['pid']})")
     return 0

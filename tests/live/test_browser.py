@@ -42,14 +42,17 @@ def _add_process(tree: Tree, pid: int, merging: int) -> None:
     (dst / "comm").write_text("other\n")
     (dst / "ksm_stat").write_text(
         f"ksm_rmap_items 10\nksm_zero_pages 0\nksm_merging_pages {merging}\n"
-        f"ksm_process_profit {merging * 4096 - 640}\nksm_merge_any: yes\nksm_mergeable: yes\n")
+        f"ksm_process_profit {merging * 4096 - 640}\nksm_merge_any: yes\nksm_mergeable: yes\n"
+    )
 
 
-def test_live_page_shows_chart_table_and_page_map(host_tree: Tree, browser_page: Any,
-                                                  tmp_path: Path) -> None:
+def test_live_page_shows_chart_table_and_page_map(
+    host_tree: Tree, browser_page: Any, tmp_path: Path
+) -> None:
     _add_process(host_tree, 4242, merging=5)
-    settings = LiveSettings(sys_root=host_tree.sys_root, proc_root=host_tree.proc_root,
-                            live_interval=0.2)
+    settings = LiveSettings(
+        sys_root=host_tree.sys_root, proc_root=host_tree.proc_root, live_interval=0.2
+    )
     page = browser_page
     with ThreadedServer(create_live_app(settings)) as srv:
         url = srv.url
@@ -57,24 +60,27 @@ def test_live_page_shows_chart_table_and_page_map(host_tree: Tree, browser_page:
         # the counters chart: plotly drew it and it grows with the samples
         page.wait_for_selector("#counters-chart .main-svg")
         page.wait_for_function(
-            "Number(document.querySelector('#counters-chart').dataset.points) >= 3")
+            "Number(document.querySelector('#counters-chart').dataset.points) >= 3"
+        )
         legend = page.locator("#counters-chart .legendtext").all_text_contents()
         assert {"pages_shared", "pages_sharing", "ksm_zero_pages", "general_profit"} <= set(legend)
         # the process table, sorted by ksm_merging_pages (descending) by default
         page.wait_for_selector(f"#procs-table tbody tr[data-pid='{WORKER_PID}']")
         pids = page.locator("#procs-table tbody tr").evaluate_all(
-            "rows => rows.map(r => r.dataset.pid)")
+            "rows => rows.map(r => r.dataset.pid)"
+        )
         assert pids == [str(WORKER_PID), "4242"]
         page.click("#procs-table th[data-key='pid']")  # numbers sort descending first
         page.click("#procs-table th[data-key='pid']")
         pids = page.locator("#procs-table tbody tr").evaluate_all(
-            "rows => rows.map(r => r.dataset.pid)")
+            "rows => rows.map(r => r.dataset.pid)"
+        )
         assert pids == ["4242", str(WORKER_PID)]
         row = page.locator(f"#procs-table tbody tr[data-pid='{WORKER_PID}'] td")
-        assert row.all_inner_texts()[:6] == [
-            str(WORKER_PID), "python", "80", "32", "64", "388096"]
+        assert row.all_inner_texts()[:6] == [str(WORKER_PID), "python", "80", "32", "64", "388096"]
         assert page.locator("#derived-list dt[data-name='sharing_ratio']").inner_text() == (
-            "sharing ratio: 31 sharers per KSM page")
+            "sharing ratio: 31 sharers per KSM page"
+        )
         # the page map of the chosen process
         page.click(f"#procs-table tbody tr[data-pid='{WORKER_PID}']")
         page.wait_for_function("document.querySelector('#page-map').dataset.k === '64'")
@@ -87,11 +93,11 @@ def test_live_page_shows_chart_table_and_page_map(host_tree: Tree, browser_page:
         assert shot.stat().st_size > 10_000
 
 
-def test_old_kernel_shows_missing_and_an_unavailable_map(old_tree: Tree,
-                                                         browser_page: Any) -> None:
+def test_old_kernel_shows_missing_and_an_unavailable_map(old_tree: Tree, browser_page: Any) -> None:
     (old_tree.proc_root / "kpageflags").unlink()
-    settings = LiveSettings(sys_root=old_tree.sys_root, proc_root=old_tree.proc_root,
-                            live_interval=0.2)
+    settings = LiveSettings(
+        sys_root=old_tree.sys_root, proc_root=old_tree.proc_root, live_interval=0.2
+    )
     page = browser_page
     with ThreadedServer(create_live_app(settings)) as srv:
         url = srv.url
@@ -124,8 +130,11 @@ def test_live_page_on_this_host(browser_page: Any) -> None:
     has_mergeable_line = "ksm_mergeable" in Path("/proc/self/ksm_stat").read_text()
     page = browser_page
     try:
-        with host_lock(lock_file_path(), timeout=300), worker() as (proc, _), \
-                ThreadedServer(create_live_app(LiveSettings(live_interval=0.2))) as srv:
+        with (
+            host_lock(lock_file_path(), timeout=300),
+            worker() as (proc, _),
+            ThreadedServer(create_live_app(LiveSettings(live_interval=0.2))) as srv,
+        ):
             url = srv.url
             page.goto(f"{url}/live")
             page.wait_for_selector("#counters-chart .main-svg")
@@ -138,7 +147,8 @@ def test_live_page_on_this_host(browser_page: Any) -> None:
             page.click(row)
             page.wait_for_function(
                 "document.querySelector('#page-map').dataset.cells.length === 128"
-                " || !document.querySelector('#page-map-reason').hidden")
+                " || !document.querySelector('#page-map-reason').hidden"
+            )
             ksmd_stopped = Path("/sys/kernel/mm/ksm/run").read_text().strip() != "1"
             if os.geteuid() == 0 and ksmd_stopped:  # written pages stay plain anonymous
                 cells = page.locator("#page-map").get_attribute("data-cells")

@@ -23,7 +23,8 @@ from .host_ksm import MERGE_KNOBS, ksm_host, wait_merged
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KSMLAB_KERNEL_TESTS") != "1",
-    reason="writes KSM knobs on the host: set KSMLAB_KERNEL_TESTS=1 (root, KSM kernel)")
+    reason="writes KSM knobs on the host: set KSMLAB_KERNEL_TESTS=1 (root, KSM kernel)",
+)
 
 EXPECTED = "K" * 64 + "Z" * 32 + "A" * 16 + "-" * 16
 
@@ -78,8 +79,9 @@ def test_live_view_sees_ksm_pages_and_zero_pages() -> None:
             assert len({groups[i] for i in range(32, 64)}) == 1
             assert groups[0] != groups[32]
             assert pm["classification"] == "KPF_KSM"
-            window = client.get(f"/api/live/procs/{w.pid}/pages",
-                                params={"offset": 90, "limit": 10}).json()
+            window = client.get(
+                f"/api/live/procs/{w.pid}/pages", params={"offset": 90, "limit": 10}
+            ).json()
             assert window["cells"] == "ZZZZZZAAAA"
         finally:
             w.kill()

@@ -139,7 +139,8 @@ def test_missing_kpageflags_says_why(host_tree: Tree) -> None:
 
 def test_no_mergeable_vma(host_tree: Tree) -> None:
     (host_tree.proc_root / "1" / "smaps").write_text(
-        "00400000-00401000 r-xp 00000000 fe:00 1 /sbin/init\nVmFlags: rd ex mr mw me \n")
+        "00400000-00401000 r-xp 00000000 fe:00 1 /sbin/init\nVmFlags: rd ex mr mw me \n"
+    )
     pm = pagemap.read_page_map(host_tree.proc_root, 1, 0, 128)
     assert not pm.available and pm.total_pages == 0
     assert pm.reason is not None and "no mergeable VMA" in pm.reason
@@ -163,8 +164,9 @@ def test_short_pagemap_read_means_gone(host_tree: Tree) -> None:
         pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
 
 
-def test_kpageflags_runs_are_read_in_few_preads(host_tree: Tree,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kpageflags_runs_are_read_in_few_preads(
+    host_tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     real = os.pread
 
@@ -181,8 +183,11 @@ def test_kpageflags_runs_are_read_in_few_preads(host_tree: Tree,
 
 def test_reader_never_writes(host_tree: Tree) -> None:
     def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
-        return {str(p): (p.stat().st_mtime_ns, p.read_bytes()[:4096])
-                for p in root.rglob("*") if p.is_file()}
+        return {
+            str(p): (p.stat().st_mtime_ns, p.read_bytes()[:4096])
+            for p in root.rglob("*")
+            if p.is_file()
+        }
 
     before = snapshot(host_tree.root)
     pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
@@ -193,8 +198,10 @@ def test_several_vmas_form_one_sequence(host_tree: Tree) -> None:
     """Split the worker's VMA in two, the second moved to another address."""
     smaps_path = host_tree.proc_root / str(WORKER_PID) / "smaps"
     second = 0x300000000
-    extra = f"{second:x}-{second + 64 * 4096:x} rw-p 00000000 00:00 0 \nKSM: 0 kB\n" \
-             "VmFlags: rd wr mr mw me ac nh mg \n"
+    extra = (
+        f"{second:x}-{second + 64 * 4096:x} rw-p 00000000 00:00 0 \nKSM: 0 kB\n"
+        "VmFlags: rd wr mr mw me ac nh mg \n"
+    )
     text = smaps_path.read_text().replace("200000000-200080000", "200000000-200040000")
     smaps_path.write_text(text + extra)
     with open(host_tree.proc_root / str(WORKER_PID) / "pagemap", "r+b") as f:
@@ -202,7 +209,9 @@ def test_several_vmas_form_one_sequence(host_tree: Tree) -> None:
         f.write(struct.pack("<64Q", *host_tree.pagemap[64:]))
     pm = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
     assert [(v.start, v.first_page, v.pages) for v in pm.vmas] == [
-        (0x200000000, 0, 64), (second, 64, 64)]
+        (0x200000000, 0, 64),
+        (second, 64, 64),
+    ]
     assert pm.cells == EXPECTED and pm.classification == "KPF_KSM"
     window = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 60, 10)
     assert window.cells == "KKKKZZZZZZ"  # a window across the two VMAs

@@ -14,9 +14,16 @@ from app.live import reader
 from .conftest import WORKER_PID, Tree
 
 OLD_KERNEL_ABSENT = {
-    "general_profit", "ksm_zero_pages", "pages_scanned", "pages_skipped", "smart_scan",
-    "advisor_mode", "advisor_max_cpu", "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan", "advisor_target_scan_time",
+    "general_profit",
+    "ksm_zero_pages",
+    "pages_scanned",
+    "pages_skipped",
+    "smart_scan",
+    "advisor_mode",
+    "advisor_max_cpu",
+    "advisor_min_pages_to_scan",
+    "advisor_max_pages_to_scan",
+    "advisor_target_scan_time",
 }
 
 
@@ -52,7 +59,8 @@ def test_an_unknown_new_file_is_kept(host_tree: Tree) -> None:
 
 
 def test_an_unreadable_file_is_an_error_not_missing(
-        host_tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    host_tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def fake_open(path: Any, *args: Any, **kwargs: Any) -> Any:
         if str(path).endswith("/pages_volatile"):
             raise PermissionError(13, "Permission denied")
@@ -65,21 +73,33 @@ def test_an_unreadable_file_is_an_error_not_missing(
     assert "pages_volatile" not in sample.missing
 
 
-@pytest.mark.parametrize("text, value, choices", [
-    ("100\n", 100, None), ("-640\n", -640, None),
-    ("[none] scan-time\n", "none", ["none", "scan-time"]),
-    ("none [scan-time]\n", "scan-time", ["none", "scan-time"]), ("abc\n", "abc", None),
-])
+@pytest.mark.parametrize(
+    "text, value, choices",
+    [
+        ("100\n", 100, None),
+        ("-640\n", -640, None),
+        ("[none] scan-time\n", "none", ["none", "scan-time"]),
+        ("none [scan-time]\n", "scan-time", ["none", "scan-time"]),
+        ("abc\n", "abc", None),
+    ],
+)
 def test_parse_sysfs_value(text: str, value: object, choices: object) -> None:
     assert reader.parse_sysfs_value(text) == (value, choices)
 
 
 def test_parse_ksm_stat_numbers_and_yes_no() -> None:
-    text = ("ksm_rmap_items 5\nksm_zero_pages 0\nksm_merging_pages 2\n"
-            "ksm_process_profit -640\nksm_merge_any: no\nksm_mergeable: yes\n")
+    text = (
+        "ksm_rmap_items 5\nksm_zero_pages 0\nksm_merging_pages 2\n"
+        "ksm_process_profit -640\nksm_merge_any: no\nksm_mergeable: yes\n"
+    )
     assert reader.parse_ksm_stat(text) == {
-        "ksm_rmap_items": 5, "ksm_zero_pages": 0, "ksm_merging_pages": 2,
-        "ksm_process_profit": -640, "ksm_merge_any": False, "ksm_mergeable": True}
+        "ksm_rmap_items": 5,
+        "ksm_zero_pages": 0,
+        "ksm_merging_pages": 2,
+        "ksm_process_profit": -640,
+        "ksm_merge_any": False,
+        "ksm_mergeable": True,
+    }
 
 
 def test_processes_using_ksm(host_tree: Tree) -> None:
@@ -87,7 +107,11 @@ def test_processes_using_ksm(host_tree: Tree) -> None:
     assert [p.pid for p in table.procs] == [WORKER_PID]
     p = table.procs[0]
     assert (p.command, p.ksm_rmap_items, p.ksm_zero_pages, p.ksm_merging_pages) == (
-        "python", 80, 32, 64)
+        "python",
+        80,
+        32,
+        64,
+    )
     assert (p.ksm_process_profit, p.mergeable, p.merge_any) == (388096, True, False)
     assert (table.scanned, table.vanished, table.unreadable) == (3, 0, 0)
 
@@ -101,11 +125,16 @@ def test_old_kernel_process_lines_are_missing(old_tree: Tree) -> None:
     (p,) = reader.read_procs(old_tree.proc_root).procs
     assert (p.ksm_rmap_items, p.ksm_merging_pages) == (80, 64)  # merging from its own file
     assert (p.ksm_zero_pages, p.ksm_process_profit, p.mergeable, p.merge_any) == (
-        None, None, None, None)
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def test_a_process_that_exits_mid_read_is_skipped(
-        host_tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    host_tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = reader._read_proc_file
 
     def exit_after_ksm_stat(root: Path, pid: int, name: str) -> str | None:
@@ -119,10 +148,12 @@ def test_a_process_that_exits_mid_read_is_skipped(
     assert table.procs == [] and table.vanished == 1
 
 
-@pytest.mark.parametrize("error", [ProcessLookupError(3, "No such process"),
-                                   PermissionError(13, "Permission denied")])
+@pytest.mark.parametrize(
+    "error", [ProcessLookupError(3, "No such process"), PermissionError(13, "Permission denied")]
+)
 def test_gone_or_unreadable_processes_are_counted(
-        host_tree: Tree, monkeypatch: pytest.MonkeyPatch, error: OSError) -> None:
+    host_tree: Tree, monkeypatch: pytest.MonkeyPatch, error: OSError
+) -> None:
     def fake_open(path: Any, *args: Any, **kwargs: Any) -> Any:
         if f"/{WORKER_PID}/ksm_stat" in str(path):
             raise error
@@ -132,7 +163,8 @@ def test_gone_or_unreadable_processes_are_counted(
     table = reader.read_procs(host_tree.proc_root)
     assert table.procs == []
     assert (table.vanished, table.unreadable) == (
-        (1, 0) if isinstance(error, ProcessLookupError) else (0, 1))
+        (1, 0) if isinstance(error, ProcessLookupError) else (0, 1)
+    )
 
 
 def test_derived_figures(host_tree: Tree) -> None:

@@ -29,7 +29,10 @@ def test_ksm_sample(client: TestClient) -> None:
     assert doc["available"] and doc["missing"] == []
     assert doc["values"]["pages_sharing"] == 62 and doc["values"]["advisor_mode"] == "none"
     assert {d["name"] for d in doc["derived"]} == {
-        "sharing_ratio", "profit_per_rmap_item", "zero_pages_share"}
+        "sharing_ratio",
+        "profit_per_rmap_item",
+        "zero_pages_share",
+    }
 
 
 def test_old_kernel_sample_shows_missing_as_null(old_tree: Tree) -> None:
@@ -49,8 +52,9 @@ def test_procs(client: TestClient) -> None:
 
 
 def test_page_map_window(client: TestClient) -> None:
-    doc = client.get(f"/api/live/procs/{WORKER_PID}/pages",
-                     params={"offset": 60, "limit": 10}).json()
+    doc = client.get(
+        f"/api/live/procs/{WORKER_PID}/pages", params={"offset": 60, "limit": 10}
+    ).json()
     assert doc["cells"] == "KKKKZZZZZZ" and doc["total_pages"] == 128
     assert doc["vmas"][0]["start"] == "0x200000000"
     default = client.get(f"/api/live/procs/{WORKER_PID}/pages").json()
@@ -60,8 +64,9 @@ def test_page_map_window(client: TestClient) -> None:
 def test_page_map_limits(client: TestClient) -> None:
     too_many = client.get(f"/api/live/procs/{WORKER_PID}/pages", params={"limit": 101})
     assert too_many.status_code == 422 and "page through" in too_many.json()["detail"]
-    assert client.get(f"/api/live/procs/{WORKER_PID}/pages",
-                      params={"offset": -1}).status_code == 422
+    assert (
+        client.get(f"/api/live/procs/{WORKER_PID}/pages", params={"offset": -1}).status_code == 422
+    )
     gone = client.get("/api/live/procs/999999/pages")
     assert gone.status_code == 404 and "999999" in gone.json()["detail"]
 
@@ -76,8 +81,13 @@ def test_page_map_unavailable_is_not_an_http_error(host_tree: Tree) -> None:
 def test_page_and_assets(client: TestClient) -> None:
     page = client.get("/live")
     assert page.status_code == 200
-    for needle in ('id="counters-chart"', 'id="procs-table"', 'id="page-map"',
-                   "/live/plotly.min.js", "/live/assets/live.js"):
+    for needle in (
+        'id="counters-chart"',
+        'id="procs-table"',
+        'id="page-map"',
+        "/live/plotly.min.js",
+        "/live/assets/live.js",
+    ):
         assert needle in page.text
     plotly = client.get("/live/plotly.min.js")
     assert plotly.status_code == 200 and "javascript" in plotly.headers["content-type"]
@@ -129,7 +139,8 @@ def test_router_in_another_app(host_tree: Tree) -> None:
     app = FastAPI()
     app.include_router(router)
     app.dependency_overrides[get_live_settings] = lambda: LiveSettings(
-        sys_root=host_tree.sys_root, proc_root=host_tree.proc_root)
+        sys_root=host_tree.sys_root, proc_root=host_tree.proc_root
+    )
     client = TestClient(app)
     assert client.get("/api/live/ksm").json()["values"]["ksm_zero_pages"] == 32
     assert "/api/live/procs/{pid}/pages" in json.dumps(client.get("/openapi.json").json())
@@ -148,7 +159,8 @@ def test_the_dashboard_includes_the_live_view(host_tree: Tree) -> None:
     server_app = pytest.importorskip("app.server.app")
     app = server_app.create_app()
     app.dependency_overrides[get_live_settings] = lambda: LiveSettings(
-        sys_root=host_tree.sys_root, proc_root=host_tree.proc_root)
+        sys_root=host_tree.sys_root, proc_root=host_tree.proc_root
+    )
     with TestClient(app) as client:
         assert client.get("/live").status_code == 200
         assert client.get("/api/live/ksm").json()["values"]["pages_shared"] == 2

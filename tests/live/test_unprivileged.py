@@ -19,7 +19,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/sys/kernel/mm/ksm").is_dir(),
-    reason="needs root (to become nobody) and a KSM kernel")
+    reason="needs root (to become nobody) and a KSM kernel",
+)
 
 CHILD = r"""
 import ctypes, json, os, sys
@@ -50,8 +51,14 @@ def test_not_root_gets_reasons_not_a_map() -> None:
     root = Path(__file__).resolve().parents[2]
     try:
         with host_lock(lock_file_path(), timeout=300):
-            out = subprocess.run([sys.executable, "-c", CHILD, str(os.getpid())], cwd=root,
-                                 capture_output=True, text=True, timeout=60, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(os.getpid())],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
     except LockTimeout:
         pytest.skip("another kernel user held /var/tmp/ksmlab-kernel.lock for 300 s")
     doc = json.loads(out.stdout)

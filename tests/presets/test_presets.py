@@ -69,8 +69,17 @@ def test_preset_metadata(name: str) -> None:
     assert list(doc["checkpoint_notes"]) == checkpoints
     if "sweep_until" in doc:
         assert doc["sweep_until"] in checkpoints
-    allowed = {"format", "name", "title", "description", "kernel", "sysfs", "steps",
-               "checkpoint_notes", "sweep_until"}
+    allowed = {
+        "format",
+        "name",
+        "title",
+        "description",
+        "kernel",
+        "sysfs",
+        "steps",
+        "checkpoint_notes",
+        "sweep_until",
+    }
     assert set(doc) <= allowed
 
 
@@ -164,8 +173,10 @@ def test_chains_and_dups_story() -> None:
 
 def test_smart_scan_story() -> None:
     tr = trace("smart-scan")
-    skipped = [cp(tr, n)["global"]["pages_skipped"] for n in
-               ("pass4", "pass5", "pass6", "pass9", "pass14", "pass23")]
+    skipped = [
+        cp(tr, n)["global"]["pages_skipped"]
+        for n in ("pass4", "pass5", "pass6", "pass9", "pass14", "pass23")
+    ]
     assert skipped == [0, 800, 800, 2400, 5600, 12000]
     before = cp(tr, "pass23")["global"]
     after = cp(tr, "smart-off+5")["global"]

@@ -46,9 +46,18 @@ def _root() -> None:
 def test_preset_agrees_with_kernel(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "replay", str(PRESETS_DIR / f"{name}.json"),
-         "--trace", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "replay",
+            str(PRESETS_DIR / f"{name}.json"),
+            "--trace",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode == EXIT_UNSUPPORTED:
         assert any(s.op == "prctl" for s in load_preset(name).steps), proc.stderr

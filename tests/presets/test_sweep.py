@@ -28,8 +28,21 @@ GRID = ["pages_to_scan=50,500", "use_zero_pages=0,1"]
 
 def sweep_csv(tmp_path: Path, name: str, jobs: int) -> str:
     out = tmp_path / name
-    status = ksmlab(["sweep", "--presets", ",".join(PRESETS), "--grid", GRID[0],
-                     "--grid", GRID[1], "--out", str(out), "--jobs", str(jobs)])
+    status = ksmlab(
+        [
+            "sweep",
+            "--presets",
+            ",".join(PRESETS),
+            "--grid",
+            GRID[0],
+            "--grid",
+            GRID[1],
+            "--out",
+            str(out),
+            "--jobs",
+            str(jobs),
+        ]
+    )
     assert status == 0
     return (out / "sweep.csv").read_text()
 
@@ -52,8 +65,22 @@ def test_small_sweep_csv_rows_and_determinism(tmp_path: Path) -> None:
 
 def test_html_report_works_offline(tmp_path: Path) -> None:
     out = tmp_path / "r"
-    assert ksmlab(["sweep", "--presets", "smart-scan", "--grid", "smart_scan=0,1",
-                   "--out", str(out), "--jobs", "1"]) == 0
+    assert (
+        ksmlab(
+            [
+                "sweep",
+                "--presets",
+                "smart-scan",
+                "--grid",
+                "smart_scan=0,1",
+                "--out",
+                str(out),
+                "--jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
     page = (out / "sweep.html").read_text()
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
     assert not re.search(r"<link[^>]*href\s*=\s*[\"']?https?:", page, re.I)
@@ -76,15 +103,16 @@ def test_settle_time_and_cpu_definitions() -> None:
 
 
 def test_smart_scan_costs_skipped_pages() -> None:
-    on, off = (run_point(SweepPoint("smart-scan", "6.18", (("smart_scan", v),)))
-               for v in (1, 0))
+    on, off = (run_point(SweepPoint("smart-scan", "6.18", (("smart_scan", v),))) for v in (1, 0))
     assert on.pages_skipped > 0 and off.pages_skipped == 0
     assert on.cpu_ns < off.cpu_ns
     assert on.general_profit == off.general_profit
     costs = CpuCosts()
-    assert on.cpu_ns == (on.first_pass_pages * costs.first_ns
-                         + on.later_pass_pages * costs.later_ns
-                         + on.pages_skipped * costs.skip_ns)
+    assert on.cpu_ns == (
+        on.first_pass_pages * costs.first_ns
+        + on.later_pass_pages * costs.later_ns
+        + on.pages_skipped * costs.skip_ns
+    )
 
 
 def test_small_batches_take_longer_to_settle() -> None:

@@ -18,9 +18,13 @@ def main(argv: list[str]) -> int:
     name = doc["name"]
     if name == "ok":
         knobs = {p.name: p.read_text().strip() for p in Path("/sys/kernel/mm/ksm").iterdir()}
-        trace = {"format": "ksm-trace/1", "scenario": name,
-                 "source": f"kernel {os.uname().release}", "checkpoints": [],
-                 "meta": {"ksm": knobs, "euid": os.geteuid(), "pid": os.getpid()}}
+        trace = {
+            "format": "ksm-trace/1",
+            "scenario": name,
+            "source": f"kernel {os.uname().release}",
+            "checkpoints": [],
+            "meta": {"ksm": knobs, "euid": os.geteuid(), "pid": os.getpid()},
+        }
         out.write_text(json.dumps(trace))
         return 0
     if name == "unsupported":

@@ -52,8 +52,7 @@ def test_cpio_writer_output_lists_with_cpio(tmp_path: Path) -> None:
 
 
 def test_job_archive_holds_the_project_packages() -> None:
-    data = qemu_initramfs.build_job(Path(__file__).resolve().parents[2],
-                                    {"job.json": b"{}"})
+    data = qemu_initramfs.build_job(Path(__file__).resolve().parents[2], {"job.json": b"{}"})
     names = set()
     buf = io.BytesIO(data)
     while True:
@@ -65,8 +64,13 @@ def test_job_archive_holds_the_project_packages() -> None:
         if name == "TRAILER!!!":
             break
         names.add(name)
-    assert {"ksmlab/app/__init__.py", "ksmlab/sim/scenario.py", "ksmlab/sim/trace.py",
-            "ksmlab/app/kernel/guest_runner.py", "ksmlab/job/job.json"} <= names
+    assert {
+        "ksmlab/app/__init__.py",
+        "ksmlab/sim/scenario.py",
+        "ksmlab/sim/trace.py",
+        "ksmlab/app/kernel/guest_runner.py",
+        "ksmlab/job/job.json",
+    } <= names
 
 
 def test_unknown_kernel_version_is_one_line() -> None:
@@ -74,8 +78,7 @@ def test_unknown_kernel_version_is_one_line() -> None:
         qemu_packages.check_version("4.19")
 
 
-def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KSMLAB_CACHE", str(tmp_path))
     assert qemu_packages.cache_dir() == tmp_path
     monkeypatch.delenv("KSMLAB_CACHE")
@@ -83,8 +86,9 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert qemu_packages.cache_dir() == tmp_path / "x" / "ksmlab"
 
 
-def test_missing_qemu_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_qemu_is_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from app.kernel import qemu
 
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -97,8 +101,9 @@ def test_missing_qemu_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert not (tmp_path / "t.json").exists()
 
 
-def test_uncached_kernel_without_apt_is_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_uncached_kernel_without_apt_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("KSMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(qemu_packages.MissingPiece, match="not cached in .* and no apt-get"):
@@ -107,8 +112,9 @@ def test_uncached_kernel_without_apt_is_one_line(monkeypatch: pytest.MonkeyPatch
         qemu_packages.ensure_kernel("6.12", fetch=False)
 
 
-def test_missing_busybox_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
+def test_missing_busybox_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(qemu_initramfs, "BUSYBOX", tmp_path / "busybox")
     with pytest.raises(qemu_initramfs.InitramfsError, match="apt-get install busybox-static"):
         qemu_initramfs.base_key()
@@ -152,10 +158,13 @@ def test_dying_boots_are_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
     monkeypatch.setattr(qemu, "_boot_job", fake_boot)
     seen: list[int] = []
-    results = qemu.replay_many_in_guest([{"name": str(i)} for i in range(3)], "6.1",
-                                        on_result=lambda i, r: seen.append(i))
+    results = qemu.replay_many_in_guest(
+        [{"name": str(i)} for i in range(3)], "6.1", on_result=lambda i, r: seen.append(i)
+    )
     assert calls == [["00000.json", "00001.json", "00002.json"]] * 2 + [
-        ["00001.json", "00002.json"], ["00002.json"]]
+        ["00001.json", "00002.json"],
+        ["00002.json"],
+    ]
     assert [r.status for r in results] == [0, 1, 0]
     assert results[2].trace is not None and results[2].trace["scenario"] == "00002.json"
     assert "boot 3: Kernel panic" in results[1].stderr

@@ -24,10 +24,13 @@ def _scenario(name: str) -> dict[str, Any]:
     return {"format": "ksm-scenario/1", "name": name, "steps": []}
 
 
-@pytest.mark.parametrize("version,release,has_smart_scan", [
-    ("6.1", "6.1.0-57-cloud-amd64", False),
-    ("6.12", "6.12.117+deb12-cloud-amd64", True),
-])
+@pytest.mark.parametrize(
+    "version,release,has_smart_scan",
+    [
+        ("6.1", "6.1.0-57-cloud-amd64", False),
+        ("6.12", "6.12.117+deb12-cloud-amd64", True),
+    ],
+)
 def test_probe_boots_the_debian_kernel(version: str, release: str, has_smart_scan: bool) -> None:
     t0 = time.monotonic()
     info = qemu.probe_guest(version)
@@ -46,8 +49,12 @@ def test_results_failures_and_a_dying_guest() -> None:
     names = ["ok", "ok", "unsupported", "hang", "raise", "panic", "ok"]
     seen: list[int] = []
     results = qemu.replay_many_in_guest(
-        [_scenario(n) for n in names], "6.1", timeout=6, replayer="guest_fake_replayer",
-        extra_files={"guest_fake_replayer.py": FAKE}, on_result=lambda i, r: seen.append(i),
+        [_scenario(n) for n in names],
+        "6.1",
+        timeout=6,
+        replayer="guest_fake_replayer",
+        extra_files={"guest_fake_replayer.py": FAKE},
+        on_result=lambda i, r: seen.append(i),
     )
     assert [r.status for r in results] == [0, 0, 4, 124, 3, 1, 0]
     assert sorted(seen) == list(range(7))
@@ -68,8 +75,12 @@ def test_results_failures_and_a_dying_guest() -> None:
 def test_without_fork_each_replay_is_a_fresh_interpreter() -> None:
     names = ["ok", "ok", "unsupported", "raise"]
     results = qemu.replay_many_in_guest(
-        [_scenario(n) for n in names], "6.12", timeout=60, replayer="guest_fake_replayer",
-        extra_files={"guest_fake_replayer.py": FAKE}, fork=False,
+        [_scenario(n) for n in names],
+        "6.12",
+        timeout=60,
+        replayer="guest_fake_replayer",
+        extra_files={"guest_fake_replayer.py": FAKE},
+        fork=False,
     )
     assert [r.status for r in results] == [0, 0, 4, 1]
     assert "RuntimeError: boom" in results[3].stderr
@@ -114,9 +125,11 @@ def _qemu_pids(tmpdir: Path) -> list[int]:
 def test_qemu_dies_with_its_caller(sig: signal.Signals) -> None:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
-    caller = subprocess.Popen([sys.executable, "-c", _HANG,
-                               str(Path(__file__).with_name("guest_fake_replayer.py"))],
-                              env=env, cwd=root)
+    caller = subprocess.Popen(
+        [sys.executable, "-c", _HANG, str(Path(__file__).with_name("guest_fake_replayer.py"))],
+        env=env,
+        cwd=root,
+    )
     try:
         deadline = time.monotonic() + 60
         tmpdir = None

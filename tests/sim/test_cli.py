@@ -127,11 +127,25 @@ def test_compare_accepts_consistent_k_renumbering(tmp_path: Path) -> None:
 
 def test_compare_sets_tied_pages_aside_but_counts_their_ksm_pages(tmp_path: Path) -> None:
     def trace(pages: str, ties: bool) -> dict[str, object]:
-        meta = {"page_classification": {"ambiguous_pages": [
-            {"checkpoint": 0, "name": "c", "proc": "P2", "vma": "m", "pages": [0, 1, 2]}]}}
-        return {"format": "ksm-trace/1", "meta": meta if ties else {}, "checkpoints": [
-            {"name": "c", "global": {"pages_shared": 1}, "procs": {},
-             "pages": {"P2": {"m": pages}, "P3": {"m": "A K9"}}}]}
+        meta = {
+            "page_classification": {
+                "ambiguous_pages": [
+                    {"checkpoint": 0, "name": "c", "proc": "P2", "vma": "m", "pages": [0, 1, 2]}
+                ]
+            }
+        }
+        return {
+            "format": "ksm-trace/1",
+            "meta": meta if ties else {},
+            "checkpoints": [
+                {
+                    "name": "c",
+                    "global": {"pages_shared": 1},
+                    "procs": {},
+                    "pages": {"P2": {"m": pages}, "P3": {"m": "A K9"}},
+                }
+            ],
+        }
 
     kernel = write(tmp_path, "k.json", trace("K0 A A K1", ties=True))
     plain = write(tmp_path, "plain.json", trace("K0 A A K1", ties=False))
