@@ -11,24 +11,11 @@ import re
 from typing import Any
 
 from .errors import KnobError
+from .ksm_files import KNOB_DEFAULTS
 from .process import ProcessMixin
 from .trace import GLOBAL_FIELDS
 
-DEFAULTS: dict[str, Any] = {
-    "run": 0,
-    "pages_to_scan": 100,
-    "sleep_millisecs": 20,
-    "use_zero_pages": 0,
-    "max_page_sharing": 256,
-    "merge_across_nodes": 1,
-    "stable_node_chains_prune_millisecs": 2000,
-    "smart_scan": 1,
-    "advisor_mode": "none",
-    "advisor_max_cpu": 70,
-    "advisor_min_pages_to_scan": 500,
-    "advisor_max_pages_to_scan": 30000,
-    "advisor_target_scan_time": 200,
-}
+DEFAULTS: dict[str, Any] = dict(KNOB_DEFAULTS)
 
 #: the knobs a scenario starts from (``scenario-format.md``: "default knobs"); the replayer
 #: writes them before every replay, the simulator starts from :data:`DEFAULTS`

@@ -14,29 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScenarioError
+from .ksm_files import GLOBAL_COUNTERS, KSM_STAT
 
 FORMAT = "ksm-trace/1"
-GLOBAL_FIELDS = (
-    "pages_shared",
-    "pages_sharing",
-    "pages_unshared",
-    "pages_volatile",
-    "ksm_zero_pages",
-    "general_profit",
-    "stable_node_chains",
-    "stable_node_dups",
-    "full_scans",
-    "pages_scanned",
-    "pages_skipped",
-)
-PROC_FIELDS = (
-    "ksm_rmap_items",
-    "ksm_zero_pages",
-    "ksm_merging_pages",
-    "ksm_process_profit",
-    "ksm_mergeable",
-    "ksm_merge_any",
-)
+GLOBAL_FIELDS = GLOBAL_COUNTERS
+PROC_FIELDS = KSM_STAT
 
 
 def load_trace(path: str | Path) -> dict[str, Any]:
