@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.presets import load_preset
 from app.server.timeline import Machine, Timeline, estimate_bytes
 from sim import Kernel
+from sim.presets import load_preset
 
 
 def make(preset: str, memory_bytes: int, interval: int = 4) -> Timeline:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main as ksmlab
-from app.sweep import (
+from app.whatif.sweep import (
     CSV_COLUMNS,
     CpuCosts,
     SweepPoint,
@@ -163,7 +163,7 @@ class _Tty(io.StringIO):
 
 
 def test_progress_bar_only_on_a_terminal() -> None:
-    from app.presets_cli import Progress
+    from app.whatif.cli import Progress
 
     tty, pipe = _Tty(), io.StringIO()
     for stream in (tty, pipe):
