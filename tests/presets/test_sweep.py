@@ -172,3 +172,11 @@ def test_progress_bar_only_on_a_terminal() -> None:
             bar(done, 3)
     assert "3/3 runs" in tty.getvalue() and tty.getvalue().endswith("\n")
     assert pipe.getvalue() == ""
+
+
+def test_the_sweeps_knobs_and_counters_are_files_of_the_ksm_table() -> None:
+    from app.whatif.sweep import SETTLE_COUNTERS, SWEEP_KNOBS
+    from sim.ksm_files import GLOBAL_COUNTERS, KNOBS, KSM_STAT
+
+    assert set(SWEEP_KNOBS) <= set(KNOBS)
+    assert set(SETTLE_COUNTERS) <= set(GLOBAL_COUNTERS) | set(KSM_STAT)
