@@ -1,9 +1,9 @@
 """The ``ksmlab`` command line.
 
-Each feature registers its own subcommands: a module listed in ``_COMMAND_MODULES`` exposes
+Each feature registers its own subcommands: every module in :data:`COMMAND_MODULES` exposes
 ``register(subparsers)``, which adds parsers whose ``func`` attribute takes the parsed
-arguments and returns the exit status. Modules are imported lazily so that a command never
-pays for (or depends on) another command's imports.
+arguments and returns the exit status. Those modules keep their heavy imports (FastAPI,
+plotly, ...) inside the commands, so building the parser stays cheap.
 
 Exit statuses: 0 success, 1 the command ran and found a problem (e.g. traces disagree),
 2 bad usage or bad input (one line on stderr saying why), 4 unsupported on this kernel.
@@ -12,15 +12,19 @@ Exit statuses: 0 success, 1 the command ran and found a problem (e.g. traces dis
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-_COMMAND_MODULES = (
-    "sim.cli",  # run, compare (also `python -m sim`)
-    "app.kernel.cli",  # replay, fuzz
-    "app.server.cli",  # serve
-    "app.presets_cli",  # presets, sweep
+import sim.cli
+from app.kernel import cli as kernel_cli
+from app.server import cli as server_cli
+from app.whatif import cli as whatif_cli
+
+COMMAND_MODULES = (
+    sim.cli,  # run, compare (also `python -m sim`)
+    kernel_cli,  # replay, fuzz
+    server_cli,  # serve
+    whatif_cli,  # presets, sweep
 )
 
 
@@ -32,13 +36,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ksmlab", description="KSM Lab: Linux KSM, simulated and replayed")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue  # feature not present in this build
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

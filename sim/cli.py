@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScenarioError, UnsupportedError
+from .presets import PRESETS_DIR
 from .runner import run_scenario
 from .scenario import KERNELS, Scenario, load_scenario
 from .trace import compare_traces, load_trace, tied_pages, without_ties
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-
 
 def resolve_scenario(name: str) -> Scenario:
-    """A scenario from a path, or from a preset name (``sim/presets/NAME.json``)."""
+    """A scenario from a path, or from a preset name (:mod:`sim.presets`, ``NAME.json``)."""
     path = Path(name)
     if not path.exists() and not name.endswith((".json", ".yaml", ".yml")):
         preset = PRESETS_DIR / f"{name}.json"

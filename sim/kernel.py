@@ -59,7 +59,7 @@ class Kernel(KnobsMixin):
         """
         start = self.seqnr
         while True:
-            if not self.slots and self.cursor is None:
+            if not self.can_scan:
                 return False
             self._ksm_do_scan(None)
             if self.seqnr != start or self.cursor is None:
@@ -68,13 +68,26 @@ class Kernel(KnobsMixin):
     def scan(self, passes: int) -> int:
         """The scenario's ``scan``: ``passes`` full passes, then ksmd stops (run=0)."""
         done = 0
-        self.knobs["run"] = 1
+        self.start_scan()
         for _ in range(passes):
             if not self.scan_pass():
                 break
             done += 1
-        self.knobs["run"] = 0
+        self.stop_scan()
         return done
+
+    def start_scan(self) -> None:
+        """ksmd starts for a scenario ``scan`` (run=1, set directly: no sysfs write checks)."""
+        self.knobs["run"] = 1
+
+    def stop_scan(self) -> None:
+        """ksmd stops at the end of a scenario ``scan`` (run=0)."""
+        self.knobs["run"] = 0
+
+    @property
+    def can_scan(self) -> bool:
+        """ksmd has something to scan: an mm registered, or a pass in progress."""
+        return bool(self.slots) or self.cursor is not None
 
     @property
     def ksmd_should_run(self) -> bool:

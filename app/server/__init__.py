@@ -4,8 +4,8 @@ DOC: Overview
 
 - :mod:`app.server.app`: ``create_app(settings)``, the FastAPI application (routers, static
   files, vendored JS, the pages router and the live view when present).
-- :mod:`app.server.timeline`: a session's timeline: recorded actions, branches, sparse
-  ``sim.Kernel`` checkpoints, deterministic replay.
+- :mod:`app.server.timeline`: a session's timeline: recorded ``sim.stepper`` actions,
+  branches, sparse ``sim.stepper.Stepper`` checkpoints, deterministic replay.
 - :mod:`app.server.encode`: snapshots and compact deltas of a kernel (``docs/protocol.md``).
 - :mod:`app.server.messages`: the websocket messages, pydantic models tagged by ``type``.
 - :mod:`app.server.sessions`: the :class:`SessionManager` (the Python API the HTML pages

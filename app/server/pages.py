@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile
 
-from app.presets import UnknownPresetError, list_presets, preset_info
+from sim.presets import UnknownPresetError, list_presets, preset_info
 from sim.scenario import KERNELS
 
 from . import messages as m

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sim import Kernel, SimError
 from sim.scenario import Scenario
 from sim.snapshot import page_detail, structure
+from sim.stepper import Stepper
 from sim.trace import PROC_FIELDS
 
 from . import messages as m
@@ -24,7 +25,7 @@ from .errors import ApiError
 from .fastsend import text_frame
 from .groups import Group
 from .schemas import SessionInfo
-from .timeline import Machine, StepResult, Timeline
+from .timeline import StepResult, Timeline
 from .viewers import Viewer
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class Session:
         manager: SessionManager,
         sid: str,
         scenario: Scenario,
-        machine: Machine,
+        machine: Stepper,
         preset: str | None,
         origin: str,
     ):

@@ -25,12 +25,13 @@ from typing import Any
 from app.config import Settings
 from sim import Kernel, SimError
 from sim.scenario import Scenario
+from sim.stepper import Inject, Stepper, WriteKnob, validate_op
 
 from . import messages as m
 from .errors import ApiError, translate
 from .groups import Group
 from .session import Session
-from .timeline import LimitError, Machine, validate_op
+from .timeline import LimitError
 from .viewers import Viewer
 
 __all__ = ["Group", "Session", "SessionManager"]
@@ -52,11 +53,13 @@ class SessionManager:
             )
 
     def _new(
-        self, scenario: Scenario, machine: Machine | None, preset: str | None, origin: str
+        self, scenario: Scenario, machine: Stepper | None, preset: str | None, origin: str
     ) -> Session:
         if machine is None:
             try:
-                machine = Machine(Kernel(scenario.kernel, scenario.sysfs, record=True))
+                machine = Stepper(
+                    Kernel(scenario.kernel, scenario.sysfs, record=True), scenario.steps
+                )
             except SimError as exc:
                 raise translate(exc, "knobs") from None
         sid = secrets.token_urlsafe(6)
@@ -87,7 +90,7 @@ class SessionManager:
         """A new independent session that starts as ``session`` was at ``step``."""
         self._check_room(1)
         try:
-            machine = session.timeline.machine_at(step)
+            machine = session.timeline.stepper_at(step)
         except LimitError as exc:
             raise translate(exc) from None
         return self._new(
@@ -186,13 +189,13 @@ class SessionManager:
                 step = validate_op(sess.kernel, msg.op)
                 self._check_pages(sess, step)
             for sess in group.sessions:
-                sess.publish(sess.timeline.act(("inject", validate_op(sess.kernel, msg.op))))
+                sess.publish(sess.timeline.act(Inject(validate_op(sess.kernel, msg.op))))
         elif isinstance(msg, m.KnobMsg):
             members = group.sessions
             if len(members) > 1:  # lockstep: a knob one kernel lacks is skipped there
                 members = [x for x in members if msg.knob in x.kernel.profile.knobs] or members
             for sess in members:
-                sess.publish(sess.timeline.act(("knob", msg.knob, msg.value)))
+                sess.publish(sess.timeline.act(WriteKnob(msg.knob, msg.value)))
         else:  # pragma: no cover - the union is closed
             raise ApiError(422, "type", "unknown message")
 

@@ -3,16 +3,20 @@
 A session page's link rebuilds its state from the preset, kernel, knob overrides and
 ``step``. That is enough while every step was "what comes next" in batches; an injected op,
 a knob written from the dashboard or a step by page or pass is carried by ``do``: the
-branch's actions as JSON, zlib-compressed, base64url without padding. Items:
+branch's typed actions (:mod:`sim.stepper`) as JSON, zlib-compressed, base64url without
+padding. Items:
 
-- ``[n, grain]``: ``n`` times "what comes next" by ``grain`` (``batch``, ``page``,
+- ``[n, grain]``: ``n`` times :class:`~sim.stepper.Next` by ``grain`` (``batch``, ``page``,
   ``pass``);
-- ``{"op": ...}``: a scenario op injected (``docs/protocol.md``, ``inject``);
-- ``["knob", name, value]``: a sysfs write.
+- ``{"op": ...}``: :class:`~sim.stepper.Inject`, a scenario op injected
+  (``docs/protocol.md``, ``inject``), as its scenario step;
+- ``["knob", name, value]``: :class:`~sim.stepper.WriteKnob`, a sysfs write.
 
 Opening the link replays them through the same validated controls as the buttons (so a
 forged ``do`` gets the same errors, naming the field ``do``), then goes to ``step``: the
-recorded future after ``step`` stays reachable, as it was for the presenter.
+recorded future after ``step`` stays reachable, as it was for the presenter. Items therefore
+decode to client messages (:func:`messages`), not straight to actions: an injected op only
+becomes a :class:`~sim.stepper.Inject` once validated against the session's kernel.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sim.stepper import GRAINS, Action, Inject, Next
+
 from . import messages as m
 from .errors import ApiError
-from .timeline import Action
 
-GRAINS = ("batch", "page", "pass")
 MAX_ENCODED = 16 * 1024  # characters of ``do``
 MAX_JSON = 256 * 1024  # bytes once inflated
 Item = list[Any] | dict[str, Any]
@@ -40,17 +44,16 @@ def compact(actions: Sequence[Action]) -> list[Item]:
     """The actions as ``do`` items (runs of "next" by the same grain collapsed)."""
     items: list[Item] = []
     for action in actions:
-        kind = action[0]
-        if kind == "next":
+        if isinstance(action, Next):
             last = items[-1] if items else None
-            if isinstance(last, list) and last[0] != "knob" and last[1] == action[1]:
+            if isinstance(last, list) and last[0] != "knob" and last[1] == action.grain:
                 last[0] += 1
             else:
-                items.append([1, action[1]])
-        elif kind == "inject":
-            items.append(action[1].to_dict())
+                items.append([1, action.grain])
+        elif isinstance(action, Inject):
+            items.append(action.step.to_dict())
         else:
-            items.append(["knob", action[1], action[2]])
+            items.append(["knob", action.knob, action.value])
     return items
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from app.config import Settings
-from app.presets import UnknownPresetError, list_presets, load_preset
 from sim import ScenarioError, parse_scenario
+from sim.presets import UnknownPresetError, list_presets, load_preset
 from sim.runner import check_supported
 from sim.scenario import KERNELS, Scenario
 

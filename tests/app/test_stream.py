@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.presets import preset_names
 from app.server.messages import Delta
+from sim.presets import preset_names
 
 from . import wire
 from .conftest import LiveServer, new_session, open_ws, recv, run

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from app.presets import load_preset
-from app.server.timeline import Machine, Timeline, estimate_bytes
+from app.server.timeline import Timeline, estimate_bytes
 from sim import Kernel
+from sim.presets import load_preset
+from sim.stepper import Stepper, WriteKnob
 
 
 def make(preset: str, memory_bytes: int, interval: int = 4) -> Timeline:
     sc = load_preset(preset)
     return Timeline(
         sc,
-        Machine(Kernel(sc.kernel, sc.sysfs, record=True)),
+        Stepper(Kernel(sc.kernel, sc.sysfs, record=True), sc.steps),
         interval=interval,
         memory_bytes=memory_bytes,
     )
@@ -47,7 +48,7 @@ def test_an_action_in_the_past_starts_a_branch_and_the_old_one_is_kept():
         t.forward()
     head = t.kernel.checkpoint("s")
     t.seek(8)
-    t.act(("knob", "pages_to_scan", 7))
+    t.act(WriteKnob("pages_to_scan", 7))
     assert (t.branch.id, t.branch.base, t.step, len(t.branches)) == (1, 8, 9, 2)
     assert t.kernel.knobs["pages_to_scan"] == 7
     t.seek(20, 0)

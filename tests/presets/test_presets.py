@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from app.presets import (
+from sim import UnsupportedError, run_scenario
+from sim.cli import main as sim_main
+from sim.presets import (
     PRESETS_DIR,
     STORY_ORDER,
     UnknownPresetError,
@@ -17,8 +19,6 @@ from app.presets import (
     load_preset,
     preset_names,
 )
-from sim import UnsupportedError, run_scenario
-from sim.cli import main as sim_main
 from sim.scenario import KERNELS
 
 NAMES = preset_names()

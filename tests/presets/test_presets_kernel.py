@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from app.presets import PRESETS_DIR, load_preset, preset_names
 from sim import compare_traces, run_scenario
+from sim.presets import PRESETS_DIR, load_preset, preset_names
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KSMLAB_KERNEL_TESTS") != "1",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main as ksmlab
-from app.sweep import (
+from app.whatif.sweep import (
     CSV_COLUMNS,
     CpuCosts,
     SweepPoint,
@@ -163,7 +163,7 @@ class _Tty(io.StringIO):
 
 
 def test_progress_bar_only_on_a_terminal() -> None:
-    from app.presets_cli import Progress
+    from app.whatif.cli import Progress
 
     tty, pipe = _Tty(), io.StringIO()
     for stream in (tty, pipe):
@@ -172,3 +172,11 @@ def test_progress_bar_only_on_a_terminal() -> None:
             bar(done, 3)
     assert "3/3 runs" in tty.getvalue() and tty.getvalue().endswith("\n")
     assert pipe.getvalue() == ""
+
+
+def test_the_sweeps_knobs_and_counters_are_files_of_the_ksm_table() -> None:
+    from app.whatif.sweep import SETTLE_COUNTERS, SWEEP_KNOBS
+    from sim.ksm_files import GLOBAL_COUNTERS, KNOBS, KSM_STAT
+
+    assert set(SWEEP_KNOBS) <= set(KNOBS)
+    assert set(SETTLE_COUNTERS) <= set(GLOBAL_COUNTERS) | set(KSM_STAT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,18 @@ def test_importing_sim_loads_no_third_party_module() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=SIM.parent, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_only_sim_drives_ksmd_and_reads_its_cursor() -> None:
+    """Outside ``sim`` ksmd is started and stopped by the stepper (``Kernel.start_scan``...):
+    no one writes ``knobs["run"]`` directly or reads ksmd's ``cursor``/``slots``."""
+    root = SIM.parent
+    bad = re.compile(r"""\.(cursor|slots)\b|knobs\[["']run["']\]\s*=[^=]""")
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for top in ("app", "bench")
+        for path in sorted((root / top).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if bad.search(line)
+    ]
+    assert found == []

@@ -7,7 +7,8 @@
 combination of the grid's knob values in the simulator, on all cores, and writes
 ``DIR/sweep.csv`` (rows in grid order, identical from run to run), ``DIR/sweep.html``
 (self-contained plotly report) and, with ``--png``, one plot as a PNG (headless chromium).
-Definitions of "settled" and of the CPU model: :mod:`app.sweep`, ``docs/cpu-model.md``.
+Definitions of "settled" and of the CPU model: :mod:`app.whatif.sweep`,
+``docs/cpu-model.md``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim import ScenarioError
+from sim.presets import list_presets, preset_names
 from sim.scenario import KERNELS
 
-from .presets import list_presets, preset_names
 from .sweep import (
     DEFAULT_MAX_PASSES,
     CpuCosts,
@@ -125,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         csv_path.write_text(results_csv(results), encoding="utf-8")
         html_path = out / "sweep.html"
         if not args.no_html:
-            from .sweep_report import render_report  # plotly only when a report is wanted
+            from .report import render_report  # plotly only when a report is wanted
 
             command = "ksmlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             html_path.write_text(
@@ -133,7 +134,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 encoding="utf-8",
             )
         if args.png:
-            from .sweep_report import figure_page, screenshot
+            from .report import figure_page, screenshot
 
             png = Path(args.png)
             png.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """What-if sweeps: a grid of sysfs knobs x presets, run in the simulator.
 
-One *run* replays a preset with some knobs overridden, driving ksmd batch by batch
-(:meth:`sim.Kernel.scan_batch`, ``pages_to_scan`` pages each) instead of the replayer's
+One *run* replays a preset with some knobs overridden, feeding a
+:class:`sim.stepper.Stepper` (the same "what comes next" as the dashboard's timeline) so that
+ksmd runs batch by batch (``pages_to_scan`` pages each) instead of the replayer's
 one-batch-per-pass ``scan`` steps, and then lets ksmd keep running until merging settles.
 
 Definitions (also in ``docs/cpu-model.md``):
@@ -9,7 +10,8 @@ Definitions (also in ``docs/cpu-model.md``):
 - **Replay.** The preset's steps run up to its ``sweep_until`` checkpoint if it names one
   (a story that ends by unmerging stops before that), else to the end. Every non-``scan``
   step is applied as in :func:`sim.run_scenario`; a ``scan N`` step runs ksmd (run=1)
-  batch by batch until ``full_scans`` has advanced by N, then stops it (run=0). The state
+  batch by batch until ``full_scans`` has advanced by N (or no mm is left to scan), then
+  stops it (run=0). The state
   at each checkpoint is therefore the same as in the scenario's trace, whatever
   ``pages_to_scan`` is. A preset ``sysfs`` step still runs (a story that switches
   ``smart_scan`` off does so here too).
@@ -32,8 +34,8 @@ Definitions (also in ``docs/cpu-model.md``):
   ``skip_us``. Defaults: 0.9, 3.5 and 0.1 us (measured, see ``bench/ksmd_costs.py``).
 
 Results are plain dataclasses; every number is an integer (times in nanoseconds) so the
-CSV is identical from run to run and machine to machine. Standard library only; the HTML
-report lives in :mod:`app.sweep_report`.
+CSV is identical from run to run and machine to machine. Standard library and ``sim`` only;
+the HTML report lives in :mod:`app.whatif.report`, the CLI in :mod:`app.whatif.cli`.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sim import Kernel, KnobError, Scenario, SimError, UnsupportedError
+from sim.kernel import PAGE_SIZE, RMAP_ITEM_SIZE
+from sim.presets import load_preset
 from sim.runner import check_supported
+from sim.scenario import Step
+from sim.stepper import Action, Inject, Next, Stepper
 
-from .presets import load_preset
-
-#: knobs a sweep may vary
+#: knobs a sweep may vary (in CSV column order; each a knob of :data:`sim.ksm_files.KNOBS`)
 SWEEP_KNOBS = (
     "pages_to_scan",
     "sleep_millisecs",
@@ -61,7 +65,9 @@ SWEEP_KNOBS = (
     "max_page_sharing",
 )
 
-#: the counters whose stillness over a full pass means "settled"
+#: the counters whose stillness over a full pass means "settled": files of
+#: :mod:`sim.ksm_files` (global counters, and the rmap_items the ``ksm_stat`` lines sum up),
+#: read from the kernel's attributes of those names
 SETTLE_COUNTERS = (
     "pages_shared",
     "pages_sharing",
@@ -70,9 +76,6 @@ SETTLE_COUNTERS = (
     "stable_node_chains",
     "stable_node_dups",
 )
-
-PAGE_SIZE = 4096
-RMAP_ITEM_SIZE = 64
 DEFAULT_MAX_PASSES = 64
 #: safety net against a grid point that never ends a pass
 MAX_BATCHES = 2_000_000
@@ -186,11 +189,16 @@ def expand_grid(
 
 
 # ------------------------------------------------------------------------------ a run
-class _Driver:
-    """Runs ksmd batch by batch on one :class:`Kernel`, keeping the sweep's accounts."""
+#: what :meth:`_Driver.settle` injects: one more pass of ksmd
+_SCAN_ONE_PASS = Step(index=0, op="scan", passes=1, raw={"op": "scan", "passes": 1})
 
-    def __init__(self, k: Kernel, costs: CpuCosts) -> None:
-        self.k = k
+
+class _Driver:
+    """Feeds a :class:`Stepper` batch by batch, keeping the sweep's accounts (CPU, time)."""
+
+    def __init__(self, stepper: Stepper, costs: CpuCosts) -> None:
+        self.stepper = stepper
+        self.k = stepper.kernel
         self.costs = costs
         self.now_ns = 0
         self.last_change_ns = 0
@@ -203,19 +211,50 @@ class _Driver:
     def watched(self) -> tuple[int, ...]:
         return tuple(int(getattr(self.k, name)) for name in SETTLE_COUNTERS)
 
-    def batch(self) -> bool:
-        """One ksmd batch; False if ksmd cannot run (no registered mm)."""
+    def story(self) -> None:
+        """The scenario's steps; a knob write the kernel refuses is passed over (as the
+        replayer records it and goes on), any other failed op ends the run."""
+        st = self.stepper
+        while st.in_scenario:
+            step = st.upcoming
+            if step is not None and step.op == "scan":
+                self.scan(Next("batch"))
+                continue
+            out = st.feed(Next("batch"))
+            if out is not None and out.error is not None and not isinstance(out.error, KnobError):
+                raise out.error
+
+    def scan(self, start: Action) -> int:
+        """A ``scan`` that ``start`` begins, batch by batch to its end; the passes completed."""
         k = self.k
-        if not k.slots and k.cursor is None:
-            return False
+        if k.knobs["pages_to_scan"] == 0:
+            raise SimError("pages_to_scan=0: ksmd makes no progress")
+        seq0 = k.seqnr
+        self.batch(start)
+        while self.stepper.scanning:
+            self.batch(Next("batch"))
+        return k.seqnr - seq0
+
+    def batch(self, action: Action) -> None:
+        """Feed an action that runs one ksmd batch, and account for the batch.
+
+        A batch with no mm registered (and no pass in progress) does nothing and is not
+        counted; the stepper ends the scan.
+        """
+        k = self.k
+        if not k.can_scan:
+            self.stepper.feed(action)
+            return
         if self.batches >= MAX_BATCHES:
             raise SimError(f"more than {MAX_BATCHES} batches")
         before = self.watched()
         skipped0 = k.pages_skipped
         seq0 = k.seqnr
         k.take_changes()
-        handed = k.scan_batch()
+        out = self.stepper.feed(action)
+        assert out is not None
         log = k.take_changes()
+        handed = int(out.what["scanned"])
         first = sum(1 for kind, _ in log.events if kind == "item_new")
         skipped = k.pages_skipped - skipped0
         later = handed - first
@@ -230,34 +269,12 @@ class _Driver:
             self.passes += 1
         if self.watched() != before:
             self.last_change_ns = self.now_ns
-        return True
-
-    def run_passes(self, passes: int) -> int:
-        """The scenario's ``scan``: ``passes`` full passes (fewer if ksmd cannot run)."""
-        k = self.k
-        if k.knobs["pages_to_scan"] == 0:
-            raise SimError("pages_to_scan=0: ksmd makes no progress")
-        done = 0
-        k.sysfs_write("run", 1)
-        try:
-            while done < passes:
-                seq0 = k.seqnr
-                while True:
-                    if not self.batch():
-                        return done
-                    if k.seqnr != seq0 or k.cursor is None:
-                        break
-                if k.seqnr != seq0:
-                    done += 1
-        finally:
-            k.sysfs_write("run", 0)
-        return done
 
     def settle(self, max_passes: int) -> bool:
         """Keep ksmd running until a full pass changes none of :data:`SETTLE_COUNTERS`."""
         for _ in range(max_passes):
             before = self.watched()
-            if self.run_passes(1) == 0:
+            if self.scan(Inject(_SCAN_ONE_PASS)) == 0:
                 return True  # nothing registered: nothing will ever change
             if self.watched() == before:
                 return True
@@ -286,18 +303,14 @@ def run_point(
         sysfs.update(point.knobs)
         k = Kernel(point.kernel, sysfs, record=True)
         result.knobs = _knob_values(k)
-        drive = _Driver(k, costs)
         until = scenario.raw.get("sweep_until")
-        for step in scenario.steps:
+        steps = scenario.steps
+        for i, step in enumerate(steps):
             if step.op == "checkpoint" and until is not None and step.name == until:
+                steps = steps[:i]
                 break
-            if step.op == "scan":
-                drive.run_passes(step.passes or 0)
-            elif step.op != "checkpoint":
-                try:
-                    k.apply(step)
-                except KnobError:
-                    pass  # the replayer records a failed knob write and goes on
+        drive = _Driver(Stepper(k, steps), costs)
+        drive.story()
         result.settled = drive.settle(max_passes)
     except UnsupportedError as exc:
         result.error = f"unsupported: {exc}"

@@ -1,11 +1,12 @@
-"""The preset library: scenario stories shipped in ``sim/presets/*.json``.
+"""The preset library: scenario stories shipped beside this module, ``sim/presets/*.json``.
 
 A preset is an ordinary ``ksm-scenario/1`` file with two extra top-level fields that
 :func:`sim.parse_scenario` ignores: ``title`` (one short line) and ``checkpoint_notes``
 (checkpoint name -> one line saying what to look at there). The dashboard lists presets
 from here, ``ksmlab presets`` prints them and ``python -m sim run NAME`` runs one.
 
-Standard library and ``sim`` only (no FastAPI), so the CLI and the tests import it cheaply.
+Standard library only, like the rest of ``sim``: the CLIs, the dashboard (``app.server``),
+the what-if sweep (``app.whatif``) and the tests import it cheaply.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim import Scenario, ScenarioError, UnsupportedError, parse_scenario
-from sim.runner import check_supported
-from sim.scenario import KERNELS
+from ..errors import ScenarioError, UnsupportedError
+from ..runner import check_supported
+from ..scenario import KERNELS, Scenario, parse_scenario
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "sim" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent
 
 #: the order of the stories (issue 6); presets not listed follow alphabetically
 STORY_ORDER = (
