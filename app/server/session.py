@@ -3,7 +3,12 @@
 :class:`Session` publishes each step to its viewers (one serialised delta, or a snapshot),
 and gives the views the pages and the REST routes use: :meth:`~Session.info`,
 :meth:`~Session.snapshot`, :meth:`~Session.state_view`, :meth:`~Session.page_detail`,
-:meth:`~Session.trace`, :meth:`~Session.counters_csv`.
+:meth:`~Session.trace`, :meth:`~Session.counters_csv`. :meth:`Session.control` hands a
+command to the session's :class:`~app.server.groups.Group` (a group of one unless the session
+is in a compare pair), which applies it to every member.
+
+A session gets the settings it needs as :class:`SessionSettings`, not the manager:
+``sessions -> session -> groups``, never back.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
+from app.config import Settings
 from sim import Kernel, SimError
 from sim.scenario import Scenario
 from sim.snapshot import page_detail, structure
@@ -22,13 +29,31 @@ from . import messages as m
 from .encode import Encoder, describe
 from .errors import ApiError
 from .fastsend import text_frame
-from .groups import Group
+from .groups import Group, GroupSettings
 from .schemas import SessionInfo
 from .timeline import Machine, StepResult, Timeline
 from .viewers import Viewer
 
-if TYPE_CHECKING:
-    from .sessions import SessionManager
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The settings a session (its timeline, its group) needs; see :class:`app.config.Settings`."""
+
+    checkpoint_interval: int = 32
+    timeline_memory_mb: int = 256
+    max_timeline_steps: int = 100_000
+    max_branches: int = 64
+    group: GroupSettings = field(default_factory=GroupSettings)
+
+    @classmethod
+    def of(cls, s: Settings) -> SessionSettings:
+        return cls(
+            s.checkpoint_interval,
+            s.timeline_memory_mb,
+            s.max_timeline_steps,
+            s.max_branches,
+            GroupSettings.of(s),
+        )
 
 
 def _now_ms() -> float:
@@ -40,15 +65,14 @@ class Session:
 
     def __init__(
         self,
-        manager: SessionManager,
+        settings: SessionSettings,
         sid: str,
         scenario: Scenario,
         machine: Machine,
         preset: str | None,
         origin: str,
     ):
-        s = manager.settings
-        self.manager = manager
+        s = settings
         self.id = sid
         self.scenario = scenario
         self.preset = preset
@@ -62,7 +86,7 @@ class Session:
         )
         self.encoder = Encoder(sid)
         self.viewers: set[Viewer] = set()
-        self.group: Group = Group(manager, [self])
+        self.group: Group[Session] = Group(settings.group, [self])
         self.last_active = time.monotonic()
         self.version = 0
         self.summary = origin
@@ -77,6 +101,11 @@ class Session:
 
     def pages(self) -> int:
         return sum(v.npages for mm in self.kernel.procs.values() for v in mm.vmas.values())
+
+    def control(self, msg: m.Command) -> None:
+        """Apply one command to the session's group (every member; ApiError on refusal)."""
+        self.touch()
+        self.group.apply(msg)
 
     # ------------------------------------------------------------------ views
     def info(self) -> SessionInfo:
