@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from .. import messages as m
 from ..errors import ApiError, translate
-from ..sessions import Session
+from ..session import Session
 from .render import SPEEDS
 
 CONTROL_ACTIONS = (

@@ -24,7 +24,8 @@ from sim.scenario import KERNELS
 from .. import share
 from ..errors import ApiError
 from ..security import control_refusal
-from ..sessions import Session, SessionManager
+from ..session import Session
+from ..sessions import SessionManager
 from ..sources import YAML_TYPES, decode_document, resolve
 from .forms import command, knob_overrides, to_int
 from .render import (

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from ..errors import ApiError
-from ..sessions import Session, SessionManager
+from ..session import Session
+from ..sessions import SessionManager
 from .forms import control_command, inject_command, inject_op, knob_command, knob_overrides
 from .render import ManagerDep, RefusalDep, error_dict, render, session_context
 

@@ -22,7 +22,8 @@ from sim.scenario import KERNELS
 from ..deps import get_manager
 from ..errors import ApiError
 from ..security import check_control
-from ..sessions import Session, SessionManager
+from ..session import Session
+from ..sessions import SessionManager
 
 #: the ``/ui/`` control routes and uploads need the presenter's token (when the server has
 #: one); a refusal is shown inline in the partial, like any refused control
