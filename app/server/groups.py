@@ -39,10 +39,10 @@ MAX_STREAMED_STEPS = 8
 class GroupSettings:
     """The settings a group needs (see :class:`app.config.Settings` for their meaning)."""
 
-    default_speed: float = 10.0
-    max_speed: float = 1000.0
-    max_step_n: int = 10_000
-    max_pages: int = 1 << 20
+    default_speed: float
+    max_speed: float
+    max_step_n: int
+    max_pages: int
 
     @classmethod
     def of(cls, s: Settings) -> GroupSettings:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
@@ -39,11 +39,11 @@ from .viewers import Viewer
 class SessionSettings:
     """The settings a session (its timeline, its group) needs; see :class:`app.config.Settings`."""
 
-    checkpoint_interval: int = 32
-    timeline_memory_mb: int = 256
-    max_timeline_steps: int = 100_000
-    max_branches: int = 64
-    group: GroupSettings = field(default_factory=GroupSettings)
+    checkpoint_interval: int
+    timeline_memory_mb: int
+    max_timeline_steps: int
+    max_branches: int
+    group: GroupSettings
 
     @classmethod
     def of(cls, s: Settings) -> SessionSettings:
