@@ -1,13 +1,18 @@
 """Websocket messages: every frame is one of these pydantic models, tagged by ``type``.
 
 Server to client: :class:`Snapshot`, :class:`Delta`, :class:`State`, :class:`End`,
-:class:`Error`. Client to server: :data:`ClientMessage` (``step``, ``back``, ``seek``,
-``play``, ``pause``, ``speed``, ``reset``, ``inject``, ``knob``, ``ack``), parsed by
-:func:`parse_client_message`. ``docs/protocol.md`` explains each field.
+:class:`Error`. Client to server: :data:`ClientMessage`, parsed by
+:func:`parse_client_message`: a :data:`Command` (``step``, ``back``, ``seek``, ``play``,
+``pause``, ``speed``, ``reset``, ``inject``, ``knob``), or ``ack``, a viewer's report of the
+last step it drew. The commands are the one command model of the dashboard: the REST control
+routes and the HTML forms build them with :func:`command` (their bodies are the same models
+without ``type``: ``StepBody``, ...), shared links with the ``*Msg`` classes.
+``docs/protocol.md`` explains each field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter
@@ -140,25 +145,58 @@ ServerMessage = Snapshot | Delta | State | End | Error
 
 
 # ------------------------------------------------------------------ client messages
+# One command model. Each control's fields are one model (``StepBody``, ...: the REST body,
+# unknown fields ignored, as a form carries its buttons); the websocket message is the same
+# model tagged by ``type`` with unknown fields refused (``StepMsg``, ...). REST, the HTML
+# forms, the websocket and shared links all end in a :data:`Command`, so the two shapes
+# cannot drift apart.
+Grain = Literal["batch", "page", "pass"]
+KnobName = Annotated[str, Field(min_length=1, max_length=64)]
+"""A sysfs knob's name, wherever a command names one."""
+
+
 class _Client(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StepMsg(_Client):
-    type: Literal["step"]
+class StepBody(BaseModel):
     n: int = Field(1, ge=1)
-    grain: Literal["batch", "page", "pass"] = "batch"
+    grain: Grain = "batch"
 
 
-class BackMsg(_Client):
-    type: Literal["back"]
+class BackBody(BaseModel):
     n: int = Field(1, ge=1)
 
 
-class SeekMsg(_Client):
-    type: Literal["seek"]
+class SeekBody(BaseModel):
     step: int = Field(ge=0)
     branch: int | None = Field(None, ge=0)
+
+
+class SpeedBody(BaseModel):
+    batches_per_second: float | None = Field(None, ge=0.01)
+    realtime: bool = False
+
+
+class KnobBody(BaseModel):
+    knob: KnobName
+    value: int | str
+
+
+class InjectBody(BaseModel):
+    op: dict[str, Any]
+
+
+class StepMsg(StepBody, _Client):
+    type: Literal["step"]
+
+
+class BackMsg(BackBody, _Client):
+    type: Literal["back"]
+
+
+class SeekMsg(SeekBody, _Client):
+    type: Literal["seek"]
 
 
 class PlayMsg(_Client):
@@ -173,41 +211,52 @@ class ResetMsg(_Client):
     type: Literal["reset"]
 
 
-class SpeedMsg(_Client):
+class SpeedMsg(SpeedBody, _Client):
     type: Literal["speed"]
-    batches_per_second: float | None = Field(None, ge=0.01)
-    realtime: bool = False
 
 
-class InjectMsg(_Client):
+class InjectMsg(InjectBody, _Client):
     type: Literal["inject"]
-    op: dict[str, Any]
 
 
-class KnobMsg(_Client):
+class KnobMsg(KnobBody, _Client):
     type: Literal["knob"]
-    knob: str
-    value: int | str
 
 
 class AckMsg(_Client):
+    """Not a control: the viewer reports the last step it drew (``acked`` in ``/viewers``)."""
+
     type: Literal["ack"]
     step: int
 
 
-ClientMessage = Annotated[
-    StepMsg
-    | BackMsg
-    | SeekMsg
-    | PlayMsg
-    | PauseMsg
-    | ResetMsg
-    | SpeedMsg
-    | InjectMsg
-    | KnobMsg
-    | AckMsg,
-    Field(discriminator="type"),
-]
+Command = (
+    StepMsg | BackMsg | SeekMsg | PlayMsg | PauseMsg | ResetMsg | SpeedMsg | InjectMsg | KnobMsg
+)
+"""A control of a session's group (everything a client sends but ``ack``)."""
+
+ClientMessage = Annotated[Command | AckMsg, Field(discriminator="type")]
+
+COMMANDS: dict[str, type[Command]] = {
+    "step": StepMsg,
+    "back": BackMsg,
+    "seek": SeekMsg,
+    "play": PlayMsg,
+    "pause": PauseMsg,
+    "reset": ResetMsg,
+    "speed": SpeedMsg,
+    "inject": InjectMsg,
+    "knob": KnobMsg,
+}
+
+
+def command(kind: str, fields: Mapping[str, Any] | None = None) -> Command:
+    """The command ``kind`` from a REST or form body's fields (unknown fields ignored; raises
+    pydantic.ValidationError naming the field, as the body model did)."""
+    model = COMMANDS[kind]
+    known = {k: v for k, v in (fields or {}).items() if k in model.model_fields and k != "type"}
+    return model.model_validate({**known, "type": kind})
+
 
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 

@@ -1,10 +1,32 @@
-"""REST request and response bodies (the websocket messages are in ``messages``)."""
+"""REST request and response bodies (the websocket messages are in ``messages``).
+
+The control routes' bodies (``StepBody``, ``BackBody``, ``SeekBody``, ``SpeedBody``,
+``KnobBody``) are the fields of the websocket commands and live with them in
+:mod:`app.server.messages`; they are re-exported here.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .messages import BackBody, KnobBody, SeekBody, SpeedBody, StepBody
+
+__all__ = [
+    "BackBody",
+    "BranchInfo",
+    "CompareInfo",
+    "CreateCompare",
+    "CreateSession",
+    "Health",
+    "Kernel",
+    "KnobBody",
+    "SeekBody",
+    "SessionInfo",
+    "SpeedBody",
+    "StepBody",
+]
 
 Kernel = Literal["6.18", "6.12", "6.5", "6.1"]
 
@@ -48,30 +70,6 @@ class CreateCompare(CreateSession):
 class CompareInfo(BaseModel):
     group: str
     sessions: list[SessionInfo]
-
-
-class StepBody(BaseModel):
-    n: int = Field(1, ge=1)
-    grain: Literal["batch", "page", "pass"] = "batch"
-
-
-class BackBody(BaseModel):
-    n: int = Field(1, ge=1)
-
-
-class SeekBody(BaseModel):
-    step: int = Field(ge=0)
-    branch: int | None = Field(None, ge=0)
-
-
-class SpeedBody(BaseModel):
-    batches_per_second: float | None = Field(None, ge=0.01)
-    realtime: bool = False
-
-
-class KnobBody(BaseModel):
-    knob: str = Field(min_length=1, max_length=64)
-    value: int | str
 
 
 class BranchInfo(BaseModel):

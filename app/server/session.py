@@ -3,7 +3,12 @@
 :class:`Session` publishes each step to its viewers (one serialised delta, or a snapshot),
 and gives the views the pages and the REST routes use: :meth:`~Session.info`,
 :meth:`~Session.snapshot`, :meth:`~Session.state_view`, :meth:`~Session.page_detail`,
-:meth:`~Session.trace`, :meth:`~Session.counters_csv`.
+:meth:`~Session.trace`, :meth:`~Session.counters_csv`. :meth:`Session.control` hands a
+command to the session's :class:`~app.server.groups.Group` (a group of one unless the session
+is in a compare pair), which applies it to every member.
+
+A session gets the settings it needs as :class:`SessionSettings`, not the manager:
+``sessions -> session -> groups``, never back.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
+from app.config import Settings
 from sim import Kernel, SimError
 from sim.scenario import Scenario
 from sim.snapshot import page_detail, structure
@@ -23,13 +30,31 @@ from . import messages as m
 from .encode import Encoder, describe
 from .errors import ApiError
 from .fastsend import text_frame
-from .groups import Group
+from .groups import Group, GroupSettings
 from .schemas import SessionInfo
 from .timeline import StepResult, Timeline
 from .viewers import Viewer
 
-if TYPE_CHECKING:
-    from .sessions import SessionManager
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The settings a session (its timeline, its group) needs; see :class:`app.config.Settings`."""
+
+    checkpoint_interval: int
+    timeline_memory_mb: int
+    max_timeline_steps: int
+    max_branches: int
+    group: GroupSettings
+
+    @classmethod
+    def of(cls, s: Settings) -> SessionSettings:
+        return cls(
+            s.checkpoint_interval,
+            s.timeline_memory_mb,
+            s.max_timeline_steps,
+            s.max_branches,
+            GroupSettings.of(s),
+        )
 
 
 def _now_ms() -> float:
@@ -41,21 +66,20 @@ class Session:
 
     def __init__(
         self,
-        manager: SessionManager,
+        settings: SessionSettings,
         sid: str,
         scenario: Scenario,
-        machine: Stepper,
+        stepper: Stepper,
         preset: str | None,
         origin: str,
     ):
-        s = manager.settings
-        self.manager = manager
+        s = settings
         self.id = sid
         self.scenario = scenario
         self.preset = preset
         self.timeline = Timeline(
             scenario,
-            machine,
+            stepper,
             interval=s.checkpoint_interval,
             memory_bytes=s.timeline_memory_mb << 20,
             max_steps=s.max_timeline_steps,
@@ -63,7 +87,7 @@ class Session:
         )
         self.encoder = Encoder(sid)
         self.viewers: set[Viewer] = set()
-        self.group: Group = Group(manager, [self])
+        self.group: Group[Session] = Group(settings.group, [self])
         self.last_active = time.monotonic()
         self.version = 0
         self.summary = origin
@@ -78,6 +102,11 @@ class Session:
 
     def pages(self) -> int:
         return sum(v.npages for mm in self.kernel.procs.values() for v in mm.vmas.values())
+
+    def control(self, msg: m.Command) -> None:
+        """Apply one command to the session's group (every member; ApiError on refusal)."""
+        self.touch()
+        self.group.apply(msg)
 
     # ------------------------------------------------------------------ views
     def info(self) -> SessionInfo:

@@ -1,17 +1,20 @@
-"""Sessions, compare groups, play loops and the :class:`SessionManager`.
+"""The :class:`SessionManager`: it finds sessions and creates, deletes and forks them.
 
 The manager is the Python API of the dashboard: the REST and websocket routes and the HTML
-pages router (``app.server.pages``) all go through it. Everything runs on the event loop
-thread (handlers are ``async def``), so the simulator is never touched concurrently.
+pages (``app.server.pages``) all go through it. Everything runs on the event loop thread
+(handlers are ``async def``), so the simulator is never touched concurrently.
 
 - :meth:`SessionManager.create`, :meth:`~SessionManager.create_compare`,
   :meth:`~SessionManager.fork`
 - :meth:`SessionManager.get` (404 as :class:`~app.server.errors.ApiError`), ``list_sessions``,
-  ``delete``
-- :meth:`SessionManager.control`: one control message (the websocket's client messages,
-  which the REST routes build too), applied to every session of the group (lockstep).
+  ``delete``; idle sessions expire (:meth:`~SessionManager.expire_idle`).
+- Controls are not the manager's: :meth:`Session.control` hands a command
+  (:data:`app.server.messages.Command`) to the session's :class:`Group`, which applies it to
+  every member (lockstep).
 - :meth:`Session.info`, :meth:`Session.snapshot`, :meth:`Session.page_detail`,
   :meth:`Session.state_view`, :meth:`Session.trace`, :meth:`Session.counters_csv`.
+
+Imports go one way: ``sessions -> session -> groups``.
 """
 
 from __future__ import annotations
@@ -20,19 +23,17 @@ import asyncio
 import contextlib
 import secrets
 import time
-from typing import Any
 
 from app.config import Settings
 from sim import Kernel, SimError
 from sim.scenario import Scenario
-from sim.stepper import Inject, Stepper, WriteKnob, validate_op
+from sim.stepper import Stepper
 
 from . import messages as m
 from .errors import ApiError, translate
 from .groups import Group
-from .session import Session
+from .session import Session, SessionSettings
 from .timeline import LimitError
-from .viewers import Viewer
 
 __all__ = ["Group", "Session", "SessionManager"]
 
@@ -42,6 +43,7 @@ class SessionManager:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.session_settings = SessionSettings.of(settings)
         self.sessions: dict[str, Session] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -53,17 +55,17 @@ class SessionManager:
             )
 
     def _new(
-        self, scenario: Scenario, machine: Stepper | None, preset: str | None, origin: str
+        self, scenario: Scenario, stepper: Stepper | None, preset: str | None, origin: str
     ) -> Session:
-        if machine is None:
+        if stepper is None:
             try:
-                machine = Stepper(
+                stepper = Stepper(
                     Kernel(scenario.kernel, scenario.sysfs, record=True), scenario.steps
                 )
             except SimError as exc:
                 raise translate(exc, "knobs") from None
         sid = secrets.token_urlsafe(6)
-        session = Session(self, sid, scenario, machine, preset, origin)
+        session = Session(self.session_settings, sid, scenario, stepper, preset, origin)
         self.sessions[sid] = session
         return session
 
@@ -76,12 +78,12 @@ class SessionManager:
 
     def create_compare(
         self, scenario: Scenario, kernels: list[str], preset: str | None = None
-    ) -> Group:
+    ) -> Group[Session]:
         if len(kernels) != 2:
             raise ApiError(422, "kernels", "give exactly two kernel profiles")
         self._check_room(2)
         members = [self.create(scenario.with_kernel(kv), preset) for kv in kernels]
-        group = Group(self, members)
+        group = Group(self.session_settings.group, members)
         for s in members:
             s.group = group
         return group
@@ -90,12 +92,12 @@ class SessionManager:
         """A new independent session that starts as ``session`` was at ``step``."""
         self._check_room(1)
         try:
-            machine = session.timeline.stepper_at(step)
+            stepper = session.timeline.stepper_at(step)
         except LimitError as exc:
             raise translate(exc) from None
         return self._new(
             session.scenario,
-            machine,
+            stepper,
             session.preset,
             f"forked from session {session.id} at step {step}",
         )
@@ -128,91 +130,6 @@ class SessionManager:
         )
         for v in list(session.viewers):
             v.close_after(frame)
-
-    # --------------------------------------------------------------- controls
-    def control(self, session: Session, msg: Any, viewer: Viewer | None = None) -> None:
-        """Apply one client message (``app.server.messages``) to the session's group."""
-        session.touch()
-        group = session.group
-        try:
-            self._control(group, msg, viewer)
-        except (SimError, LimitError) as exc:
-            raise translate(exc) from None
-
-    def _control(self, group: Group, msg: Any, viewer: Viewer | None) -> None:
-        s = self.settings
-        if isinstance(msg, m.AckMsg):
-            if viewer is not None:
-                viewer.acked = msg.step
-        elif isinstance(msg, m.PlayMsg):
-            group.play()
-        elif isinstance(msg, m.PauseMsg):
-            group.pause()
-        elif isinstance(msg, m.SpeedMsg):
-            if msg.batches_per_second is None and not msg.realtime:
-                raise ApiError(422, "batches_per_second", "give batches_per_second or realtime")
-            if msg.batches_per_second is not None and msg.batches_per_second > s.max_speed:
-                raise ApiError(422, "batches_per_second", f"at most {s.max_speed}")
-            group.realtime = msg.realtime
-            if msg.batches_per_second is not None:
-                group.speed = msg.batches_per_second
-            group.broadcast_state()
-        elif isinstance(msg, m.StepMsg):
-            if msg.n > s.max_step_n:
-                raise ApiError(422, "n", f"at most {s.max_step_n} steps at once")
-            group.step(msg.n, msg.grain)
-        elif isinstance(msg, (m.BackMsg, m.SeekMsg, m.ResetMsg)):
-            if isinstance(msg, m.BackMsg) and msg.n > s.max_step_n:
-                raise ApiError(422, "n", f"at most {s.max_step_n} steps at once")
-            if isinstance(msg, m.ResetMsg):
-                group.pause()
-            for sess in group.sessions:
-                t = sess.timeline
-                if isinstance(msg, m.BackMsg):
-                    res = t.seek(max(0, t.step - msg.n))
-                elif isinstance(msg, m.SeekMsg):
-                    target = msg.step
-                    if len(group.sessions) > 1:  # lockstep: a shorter member stops at its head
-                        b = (
-                            t.branch
-                            if msg.branch is None
-                            else t.branches[min(msg.branch, len(t.branches) - 1)]
-                        )
-                        target = min(target, b.head)
-                    res = t.seek(target, msg.branch)
-                else:
-                    res = t.seek(0, 0)
-                sess.publish(res, stream=False)
-                sess.broadcast_snapshot()
-        elif isinstance(msg, m.InjectMsg):
-            for sess in group.sessions:
-                step = validate_op(sess.kernel, msg.op)
-                self._check_pages(sess, step)
-            for sess in group.sessions:
-                sess.publish(sess.timeline.act(Inject(validate_op(sess.kernel, msg.op))))
-        elif isinstance(msg, m.KnobMsg):
-            members = group.sessions
-            if len(members) > 1:  # lockstep: a knob one kernel lacks is skipped there
-                members = [x for x in members if msg.knob in x.kernel.profile.knobs] or members
-            for sess in members:
-                sess.publish(sess.timeline.act(WriteKnob(msg.knob, msg.value)))
-        else:  # pragma: no cover - the union is closed
-            raise ApiError(422, "type", "unknown message")
-
-    def _check_pages(self, session: Session, step: Any) -> None:
-        k = session.kernel
-        extra = 0
-        if step.op == "mmap":
-            extra = step.count or 0
-        elif step.op == "fork":
-            extra = sum(v.npages for v in k.mm(step.proc).vmas.values())
-        if extra and session.pages() + extra > self.settings.max_pages:
-            raise ApiError(
-                413,
-                "pages",
-                f"this would map {session.pages() + extra} pages; "
-                f"this server allows {self.settings.max_pages} per session",
-            )
 
     # ----------------------------------------------------------------- expiry
     def expire_idle(self) -> list[str]:

@@ -249,6 +249,7 @@ export class SessionView {
       const st = window.__ksm, took = performance.now() - t0;
       if (st) { st.chartMs = (st.chartMs || 0) + took; st.maxChartMs = Math.max(st.maxChartMs || 0, took); }
     }
+    // `ack`: the last step drawn, shown as this viewer's `acked` in /viewers (its drawing lag)
     if (this.pendingAck !== undefined && this.pendingAck !== this.lastAck) {
       this.lastAck = this.pendingAck;
       this.send({ type: "ack", step: this.lastAck });

@@ -7,6 +7,7 @@ import io
 import json
 import time
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 
@@ -253,3 +254,69 @@ def test_ksmlab_serve_is_registered():
 
     args = build_parser().parse_args(["serve", "--port", "0", "--live-only"])
     assert (args.command, args.port, args.live_only, args.host) == ("serve", 0, True, None)
+
+
+def test_one_command_model_rest_bodies_are_the_messages_fields():
+    from app.server import messages as m
+
+    pairs = [
+        (m.StepBody, m.StepMsg),
+        (m.BackBody, m.BackMsg),
+        (m.SeekBody, m.SeekMsg),
+        (m.SpeedBody, m.SpeedMsg),
+        (m.KnobBody, m.KnobMsg),
+        (m.InjectBody, m.InjectMsg),
+    ]
+    for body, msg in pairs:
+        assert issubclass(msg, body)
+        assert set(msg.model_fields) == {*body.model_fields, "type"}
+        assert "type" not in body.model_json_schema()["properties"]
+    assert set(m.COMMANDS) == {"step", "back", "seek", "play", "pause", "reset"} | {
+        "speed",
+        "inject",
+        "knob",
+    }
+    assert m.command("step", {"n": 2, "action": "ignored"}) == m.StepMsg(type="step", n=2)
+
+
+def test_a_knob_name_is_1_to_64_characters_everywhere(http):
+    from pydantic import ValidationError
+
+    from app.server import messages as m
+    from app.server.errors import ApiError
+    from app.server.share import messages as link_messages
+
+    sid = new_session(http, scenario=SMALL)["id"]
+    long = "x" * 65
+    r = http.post(f"/api/sessions/{sid}/knob", json={"knob": long, "value": 1})
+    assert (r.status_code, r.json()["detail"]["field"]) == (422, "knob")
+    r = http.post(f"/api/sessions/{sid}/knob", data={"knob": "", "value": "1"})
+    assert r.status_code == 422
+    r = http.post(f"/ui/sessions/{sid}/knobs", data={f"knob.{long}": "1"})
+    assert r.status_code == 422 and "at most 64 characters" in r.text
+    for name in ("", long):
+        with pytest.raises(ValidationError):
+            m.parse_client_message(json.dumps({"type": "knob", "knob": name, "value": 1}))
+    with pytest.raises(ApiError) as bad_link:
+        link_messages([["knob", long, 1]], 100)
+    assert bad_link.value.field == "do"
+    assert http.get(f"/api/sessions/{sid}").json()["step"] == 0
+
+
+def test_sessions_session_and_groups_import_one_way():
+    """``sessions -> session -> groups``: no import back, not even for type checking."""
+    import ast
+    from pathlib import Path
+
+    import app.server
+
+    root = Path(app.server.__file__).parent
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {
+            n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+        }
+
+    assert not imports("groups") & {"session", "sessions"}
+    assert "sessions" not in imports("session") and "groups" in imports("session")

@@ -1,7 +1,8 @@
 """Controls of a session (and of its compare group): JSON or form-encoded bodies.
 
-Each handler builds the same client message the websocket takes and hands it to
-:meth:`app.server.sessions.SessionManager.control`.
+Each handler validates its body into the same command the websocket takes
+(:func:`app.server.messages.command`; unknown fields are ignored, as before) and hands it to
+:meth:`app.server.session.Session.control`.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
 
 from .. import messages as m
-from ..deps import ManagerDep, SessionDep, body_doc, read_fields, validate
-from ..errors import ApiError
-from ..schemas import BackBody, KnobBody, SeekBody, SessionInfo, SpeedBody, StepBody
+from ..deps import FORM_TYPES, SessionDep, body_doc, content_type, read_fields
+from ..errors import ApiError, translate
+from ..schemas import SessionInfo
 from ..security import require_control
+from ..session import Session
 
 router = APIRouter(
     prefix="/api/sessions/{session_id}",
@@ -25,54 +28,54 @@ router = APIRouter(
 _INT_FIELDS = {"passes", "value"}
 
 
-def _control(manager: ManagerDep, session: SessionDep, msg: Any) -> SessionInfo:
-    manager.control(session, msg)
+def _control(session: Session, kind: str, fields: dict[str, Any] | None = None) -> SessionInfo:
+    """The body's fields as the command ``kind`` (the websocket's message), applied."""
+    try:
+        msg = m.command(kind, fields)
+    except ValidationError as exc:
+        raise translate(exc) from None
+    session.control(msg)
     return session.info()
 
 
 @router.post("/play")
-async def play_session(session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    return _control(manager, session, m.PlayMsg(type="play"))
+async def play_session(session: SessionDep) -> SessionInfo:
+    return _control(session, "play")
 
 
 @router.post("/pause")
-async def pause_session(session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    return _control(manager, session, m.PauseMsg(type="pause"))
+async def pause_session(session: SessionDep) -> SessionInfo:
+    return _control(session, "pause")
 
 
 @router.post("/reset")
-async def reset_session(session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    return _control(manager, session, m.ResetMsg(type="reset"))
+async def reset_session(session: SessionDep) -> SessionInfo:
+    return _control(session, "reset")
 
 
-@router.post("/speed", openapi_extra=body_doc(SpeedBody))
-async def set_speed(request: Request, session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    body = validate(SpeedBody, await read_fields(request))
-    return _control(manager, session, m.SpeedMsg(type="speed", **body.model_dump()))
+@router.post("/speed", openapi_extra=body_doc(m.SpeedBody))
+async def set_speed(request: Request, session: SessionDep) -> SessionInfo:
+    return _control(session, "speed", await read_fields(request))
 
 
-@router.post("/step", openapi_extra=body_doc(StepBody))
-async def step_session(request: Request, session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    body = validate(StepBody, await read_fields(request))
-    return _control(manager, session, m.StepMsg(type="step", **body.model_dump()))
+@router.post("/step", openapi_extra=body_doc(m.StepBody))
+async def step_session(request: Request, session: SessionDep) -> SessionInfo:
+    return _control(session, "step", await read_fields(request))
 
 
-@router.post("/back", openapi_extra=body_doc(BackBody))
-async def step_back(request: Request, session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    body = validate(BackBody, await read_fields(request))
-    return _control(manager, session, m.BackMsg(type="back", **body.model_dump()))
+@router.post("/back", openapi_extra=body_doc(m.BackBody))
+async def step_back(request: Request, session: SessionDep) -> SessionInfo:
+    return _control(session, "back", await read_fields(request))
 
 
-@router.post("/seek", openapi_extra=body_doc(SeekBody, required=True))
-async def seek_step(request: Request, session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    body = validate(SeekBody, await read_fields(request))
-    return _control(manager, session, m.SeekMsg(type="seek", **body.model_dump()))
+@router.post("/seek", openapi_extra=body_doc(m.SeekBody, required=True))
+async def seek_step(request: Request, session: SessionDep) -> SessionInfo:
+    return _control(session, "seek", await read_fields(request))
 
 
-@router.post("/knob", openapi_extra=body_doc(KnobBody, required=True))
-async def write_knob(request: Request, session: SessionDep, manager: ManagerDep) -> SessionInfo:
-    body = validate(KnobBody, await read_fields(request))
-    return _control(manager, session, m.KnobMsg(type="knob", **body.model_dump()))
+@router.post("/knob", openapi_extra=body_doc(m.KnobBody, required=True))
+async def write_knob(request: Request, session: SessionDep) -> SessionInfo:
+    return _control(session, "knob", await read_fields(request))
 
 
 _OP_SCHEMA = {
@@ -95,17 +98,15 @@ _OP_SCHEMA = {
 
 
 @router.post("/inject", openapi_extra=body_doc(schema=_OP_SCHEMA, required=True))
-async def inject_op(request: Request, session: SessionDep, manager: ManagerDep) -> SessionInfo:
+async def inject_op(request: Request, session: SessionDep) -> SessionInfo:
     fields = await read_fields(request)
     if isinstance(fields.get("op"), dict):
         fields = fields["op"]
     elif not isinstance(fields.get("op"), str):
         raise ApiError(422, "op", "missing")
-    from ..deps import FORM_TYPES, content_type
-
     if content_type(request) in FORM_TYPES:
         fields = form_op(fields)
-    return _control(manager, session, m.InjectMsg(type="inject", op=fields))
+    return _control(session, "inject", {"op": fields})
 
 
 def form_op(fields: dict[str, Any]) -> dict[str, Any]:

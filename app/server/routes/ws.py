@@ -1,4 +1,10 @@
-"""``/ws/sessions/{id}``: a snapshot on connect, then deltas; controls as client messages."""
+"""``/ws/sessions/{id}``: a snapshot on connect, then deltas; controls as client messages.
+
+A client message is a command (:data:`app.server.messages.Command`, applied with
+:meth:`~app.server.session.Session.control`, refused for a viewer without the presenter's
+token) or ``ack``: the viewer reports the last step it drew, kept as its ``acked`` in
+``GET /api/sessions/{id}/viewers`` (how far each browser's drawing lags the session).
+"""
 
 from __future__ import annotations
 
@@ -71,11 +77,15 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
                 continue
             if manager.sessions.get(session_id) is not session:
                 break
-            if refusal is not None and not isinstance(msg, m.AckMsg):
+            if isinstance(msg, m.AckMsg):  # a viewer's report, not a control: never refused
+                viewer.acked = msg.step
+                session.touch()
+                continue
+            if refusal is not None:
                 viewer.push(m.dump(refusal.message_model()))
                 continue
             try:
-                manager.control(session, msg, viewer)
+                session.control(msg)
             except ApiError as exc:
                 viewer.push(m.dump(exc.message_model()))
             except Exception as exc:  # a bug: say so, keep the socket and the server

@@ -1,0 +1,234 @@
+"""The full pages: the index, a session page, a compare page, the scenario upload.
+
+- ``GET /``: pick a preset (or upload a scenario), a kernel profile, knob overrides, or the
+  side-by-side comparison;
+- ``GET /session?preset=&kernel=&knob.<name>=&step=&do=``: a session page; the URL carries
+  everything needed to rebuild the state (plus ``sid``, the live session to attach to), so
+  a shared link reopens the same step, with what was injected by hand (``do``,
+  :mod:`app.server.share`, replayed by :func:`step_to` as the same commands the buttons
+  send); ``POST /session`` uploads a scenario;
+- ``GET /compare?preset=&left=6.5&right=6.18&step=``: two kernels in lockstep.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import UploadFile
+
+from sim.presets import list_presets
+from sim.scenario import KERNELS
+
+from .. import share
+from ..errors import ApiError
+from ..security import control_refusal
+from ..session import Session
+from ..sessions import SessionManager
+from ..sources import YAML_TYPES, decode_document, resolve
+from .forms import command, knob_overrides, to_int
+from .render import (
+    HTMX,
+    KNOB_HINTS,
+    ManagerDep,
+    RefusalDep,
+    error_dict,
+    error_page,
+    find,
+    render,
+    session_context,
+    story,
+)
+
+router = APIRouter(include_in_schema=False)
+
+
+def step_to(manager: SessionManager, session: Session, step: int, do: str | None = None) -> None:
+    """Bring a new session to a shared link's ``step``: the plain steps, or the link's
+    recorded actions (``do``, :mod:`app.server.share`) and then a seek back to ``step``."""
+    limit = manager.settings.max_step_n
+    step = max(0, min(step, limit))
+    if not do:
+        if step:
+            session.control(command("step", {"n": step}))
+        return
+    for msg in share.messages(share.decode(do), limit):
+        try:
+            session.control(msg)
+        except ApiError as exc:
+            raise ApiError(exc.status, "do", f"a recorded action failed: {exc.message}") from None
+    t = session.timeline
+    if step < t.head:
+        session.control(command("seek", {"step": step, "branch": None}))
+    elif step > t.step:  # the link's step moved on while playing: plain steps after ``do``
+        session.control(command("step", {"n": step - t.step}))
+
+
+def share_params(session: Session) -> dict[str, str | None]:
+    """The link parameters of the session's current step (``sid``/``a``/``b`` dropped)."""
+    t = session.timeline
+    return {"step": str(t.step), "do": share.encode(t.branch.actions[: t.step])}
+
+
+def with_params(request: Request, **params: str | None) -> str:
+    """The request's URL with some query parameters set (None removes one)."""
+    q = dict(request.query_params.multi_items())
+    for k, v in params.items():
+        if v is None:
+            q.pop(k, None)
+        else:
+            q[k] = v
+    return f"{request.url.path}?{urlencode(q)}"
+
+
+# --------------------------------------------------------------------------- full pages
+@router.get("/", response_class=HTMLResponse)
+async def get_index(request: Request, manager: ManagerDep) -> HTMLResponse:
+    return render(
+        manager,
+        request,
+        "index.html",
+        presets=list_presets(manager.settings.presets_dir),
+        knob_hints=KNOB_HINTS,
+    )
+
+
+@router.get("/session", response_class=HTMLResponse)
+async def get_session_page(request: Request, manager: ManagerDep) -> Response:
+    q = request.query_params
+    session = find(manager, q.get("sid"))
+    if session is None:
+        if not q.get("preset"):
+            return error_page(
+                manager,
+                request,
+                ApiError(
+                    404,
+                    "session",
+                    "this session is gone and its link names no preset to rebuild it",
+                ),
+            )
+        refusal = control_refusal(manager.settings, request)
+        if refusal is not None:  # a read-only viewer cannot start sessions
+            return error_page(manager, request, refusal)
+        try:
+            sc = resolve(
+                manager.settings,
+                q["preset"],
+                None,
+                q.get("kernel"),
+                knob_overrides(q.multi_items()),
+            )
+            session = manager.create(sc, q["preset"])
+        except ApiError as exc:
+            return error_page(manager, request, exc)
+        try:
+            step_to(manager, session, to_int(q.get("step")), q.get("do"))
+        except ApiError as exc:
+            manager.delete(session.id, "its link could not be replayed")
+            return error_page(manager, request, exc)
+        return RedirectResponse(
+            with_params(
+                request,
+                sid=session.id,
+                kernel=session.kernel.version,
+                step=str(session.timeline.step),
+            ),
+            status_code=303,
+        )
+    title, description = story(manager, session)
+    return render(
+        manager,
+        request,
+        "session.html",
+        **session_context(session),
+        title=title,
+        description=description,
+        share_url=with_params(request, sid=None, token=None, **share_params(session)),
+    )
+
+
+@router.post("/session", response_class=HTMLResponse)
+async def post_session_upload(
+    request: Request, manager: ManagerDep, refusal: RefusalDep
+) -> Response:
+    """Upload a scenario file: a new session, or the upload form with the error inline."""
+    form = await request.form()
+    upload = form.get("scenario")
+    kernel = form.get("kernel")
+    try:
+        if refusal is not None:
+            raise refusal
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "scenario", "choose a scenario file")
+        data = await upload.read(manager.settings.max_body_bytes + 1)
+        if len(data) > manager.settings.max_body_bytes:
+            raise ApiError(413, "scenario", f"at most {manager.settings.max_body_bytes} bytes")
+        name = (upload.filename or "").lower()
+        yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
+        doc = decode_document(data, yaml_ok)
+        sc = resolve(manager.settings, None, doc, kernel if isinstance(kernel, str) else None, None)
+        session = manager.create(sc)
+    except ApiError as exc:
+        if HTMX in request.headers:
+            return render(
+                manager, request, "partials/upload.html", status=exc.status, error=error_dict(exc)
+            )
+        return error_page(manager, request, exc)
+    url = "/session?" + urlencode({"sid": session.id, "kernel": session.kernel.version})
+    if HTMX in request.headers:
+        return Response(status_code=200, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/compare", response_class=HTMLResponse)
+async def get_compare_page(request: Request, manager: ManagerDep) -> Response:
+    q = request.query_params
+    left, right = find(manager, q.get("a")), find(manager, q.get("b"))
+    if left is None or right is None or left.group is not right.group:
+        preset = q.get("preset") or "zero-pages-unmerge"
+        kernels = [q.get("left") or "6.5", q.get("right") or "6.18"]
+        refusal = control_refusal(manager.settings, request)
+        if refusal is not None:
+            return error_page(manager, request, refusal)
+        try:
+            for kv in kernels:
+                if kv not in KERNELS:
+                    raise ApiError(422, "kernel", f"unknown kernel {kv!r}")
+            sc = resolve(manager.settings, preset, None, None, knob_overrides(q.multi_items()))
+            group = manager.create_compare(sc, kernels, preset)
+        except ApiError as exc:
+            return error_page(manager, request, exc)
+        try:
+            step_to(manager, group.sessions[0], to_int(q.get("step")), q.get("do"))
+        except ApiError as exc:
+            for member in list(group.sessions):
+                manager.delete(member.id, "its link could not be replayed")
+            return error_page(manager, request, exc)
+        a, b = group.sessions
+        return RedirectResponse(
+            with_params(
+                request,
+                preset=preset,
+                left=kernels[0],
+                right=kernels[1],
+                a=a.id,
+                b=b.id,
+                step=str(a.timeline.step),
+            ),
+            status_code=303,
+        )
+    title, description = story(manager, left)
+    ctx = session_context(left)
+    return render(
+        manager,
+        request,
+        "compare.html",
+        **ctx,
+        left=left.info(),
+        right=right.info(),
+        title=title,
+        description=description,
+        share_url=with_params(request, a=None, b=None, token=None, **share_params(left)),
+    )
