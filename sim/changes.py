@@ -3,7 +3,8 @@
 Its size is proportional to what changed, never to memory size: ``events`` lists what
 happened to which page (with the kernel path in :data:`EVENT_PATHS`), ``pages`` the
 (mapping uid, page) pairs whose PTE or rmap_item changed, ``frames`` the frames whose
-kind or map count changed. Page keys are ``uid << 32 | page``.
+kind or map count changed. Page keys are ``uid << 32 | page``: build one with
+:func:`page_key`, take one apart with :func:`split_key` (front ends never shift keys).
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from dataclasses import dataclass, field
 
 KEY_SHIFT = 32
 KEY_MASK = (1 << KEY_SHIFT) - 1
+
+
+def page_key(vma_uid: int, page: int) -> int:
+    """The key of page ``page`` of the mapping whose uid is ``vma_uid``."""
+    return (vma_uid << KEY_SHIFT) | page
+
+
+def split_key(key: int) -> tuple[int, int]:
+    """``(vma_uid, page)`` of a page key (not for the ``-1`` of a global event)."""
+    return key >> KEY_SHIFT, key & KEY_MASK
+
 
 #: event kind -> the kernel path that produces it (6.6+ wording; see :func:`event_path`)
 EVENT_PATHS: dict[str, str] = {

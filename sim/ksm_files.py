@@ -10,6 +10,7 @@ the table in each snapshot). Standard library only.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any, Literal
 
 Role = Literal["knob", "counter"]
@@ -28,6 +29,8 @@ class KsmFile:
     unit: Unit
     meaning: str
     default: int | str | None = None  #: a knob's value after boot
+    #: a running total since boot (full_scans, pages_scanned...), not a level
+    cumulative: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,8 +40,8 @@ def _knob(name: str, added: str, unit: Unit, default: int | str, meaning: str) -
     return KsmFile(name, "knob", "sysfs", added, unit, meaning, default)
 
 
-def _counter(name: str, added: str, unit: Unit, meaning: str) -> KsmFile:
-    return KsmFile(name, "counter", "sysfs", added, unit, meaning)
+def _counter(name: str, added: str, unit: Unit, meaning: str, total: bool = False) -> KsmFile:
+    return KsmFile(name, "counter", "sysfs", added, unit, meaning, cumulative=total)
 
 
 def _stat(name: str, added: str, unit: Unit, meaning: str) -> KsmFile:
@@ -68,9 +71,9 @@ FILES: tuple[KsmFile, ...] = (
     _counter("general_profit", "6.4", "bytes", "memory saved minus what the rmap_items cost"),
     _counter("stable_node_chains", "4.13", "count", "KSM contents split into a chain of dups"),
     _counter("stable_node_dups", "4.13", "count", "KSM pages (dups) on those chains"),
-    _counter("full_scans", "2.6.32", "passes", "passes ksmd has completed"),
-    _counter("pages_scanned", "6.6", "pages", "pages ksmd has scanned since boot"),
-    _counter("pages_skipped", "6.7", "pages", "pages smart scan skipped"),
+    _counter("full_scans", "2.6.32", "passes", "passes ksmd has completed", total=True),
+    _counter("pages_scanned", "6.6", "pages", "pages ksmd has scanned since boot", total=True),
+    _counter("pages_skipped", "6.7", "pages", "pages smart scan skipped", total=True),
     _stat("ksm_rmap_items", "6.1", "count", "rmap_items of the process (64 bytes each)"),
     _stat("ksm_zero_pages", "6.6", "pages", "its PTEs KSM mapped to the zero page"),
     _stat("ksm_merging_pages", "6.4", "pages", "its PTEs that map a KSM page"),
@@ -104,6 +107,21 @@ def release_key(release: str) -> tuple[int, ...]:
 
 def sysfs_file(name: str) -> KsmFile:
     return BY_NAME[("sysfs", name)]
+
+
+def present(f: KsmFile, release: str) -> bool:
+    """Whether kernel ``release`` has the file (it is at least the release that added it)."""
+    return release_key(f.added) <= release_key(release)
+
+
+@cache
+def files_of(release: str, place: Place, role: Role | None = None) -> tuple[str, ...]:
+    """The names of the files (or ksm_stat lines) kernel ``release`` has, in table order."""
+    return tuple(
+        f.name
+        for f in FILES
+        if f.place == place and (role is None or f.role == role) and present(f, release)
+    )
 
 
 def table() -> list[dict[str, Any]]:

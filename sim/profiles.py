@@ -4,21 +4,18 @@
 ksm_merge_any/ksm_mergeable lines); "6.5" is the last kernel before the zero-page series
 ("ksm: support unsharing KSM-placed zero pages", merged in 6.6); "6.1" is Debian's 6.1
 (6.5 behaviour with an older interface: no prctl, no profit counters).
+
+A profile's behaviour switches are named capabilities (``has_prctl``, ``smart_scan``...):
+code asks for a capability, never compares version strings. Its files (knobs, global
+counters, ``ksm_stat`` lines) derive from :mod:`sim.ksm_files`: a kernel has every file that
+its release or an earlier one added.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-GLOBAL_FILES_61 = (
-    "pages_shared",
-    "pages_sharing",
-    "pages_unshared",
-    "pages_volatile",
-    "full_scans",
-    "stable_node_chains",
-    "stable_node_dups",
-)
+from .ksm_files import files_of
 
 
 @dataclass(frozen=True)
@@ -47,52 +44,18 @@ class Profile:
 
     @property
     def knobs(self) -> tuple[str, ...]:
-        base = (
-            "run",
-            "pages_to_scan",
-            "sleep_millisecs",
-            "use_zero_pages",
-            "max_page_sharing",
-            "merge_across_nodes",
-            "stable_node_chains_prune_millisecs",
-        )
-        if not self.smart_scan:
-            return base
-        return base + (
-            "smart_scan",
-            "advisor_mode",
-            "advisor_max_cpu",
-            "advisor_min_pages_to_scan",
-            "advisor_max_pages_to_scan",
-            "advisor_target_scan_time",
-        )
+        """Writable files of /sys/kernel/mm/ksm this kernel has, in the table's order."""
+        return files_of(self.version, "sysfs", "knob")
 
     @property
     def global_fields(self) -> tuple[str, ...]:
-        """Global counters this kernel has (the others are reported as null)."""
-        fields = list(GLOBAL_FILES_61)
-        if self.has_profit:
-            fields.append("general_profit")
-        if self.zero_page_series:
-            fields.append("ksm_zero_pages")
-        if self.has_pages_scanned:
-            fields.append("pages_scanned")
-        if self.smart_scan:
-            fields.append("pages_skipped")
-        return tuple(fields)
+        """Global counters this kernel has (the others are reported as null), in trace order."""
+        return files_of(self.version, "sysfs", "counter")
 
     @property
     def ksm_stat_lines(self) -> tuple[str, ...]:
-        """Lines of /proc/PID/ksm_stat, in order (the 6.1 replayer adds ksm_merging_pages)."""
-        if not self.has_profit:
-            return ("ksm_rmap_items",)
-        lines = ["ksm_rmap_items"]
-        if self.zero_page_series:
-            lines.append("ksm_zero_pages")
-        lines += ["ksm_merging_pages", "ksm_process_profit"]
-        if self.has_mergeable_lines:
-            lines += ["ksm_merge_any", "ksm_mergeable"]
-        return tuple(lines)
+        """Lines of /proc/PID/ksm_stat, in trace order (the 6.1 replayer adds ksm_merging_pages)."""
+        return files_of(self.version, "ksm_stat")
 
 
 PROFILES: dict[str, Profile] = {

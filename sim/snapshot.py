@@ -6,16 +6,25 @@
   per-page data);
 - :func:`page_detail`: everything about one page (PTE bits, frame, rmap_item, stable node
   with its sharers) and a one-line answer to "why is this page not merged (yet)?";
-- :func:`describe_events`: a change record's events as dicts with their kernel paths.
+- :func:`describe_events`: a change record's events as dicts with their kernel paths;
+- :func:`describe`: one step in words (the "what just happened" line, its lead event chosen
+  by :data:`SUMMARY_ORDER`) and as data (its first events, the count per kind, and the
+  step's structured description, :attr:`sim.stepper.Outcome.what`);
+- the tables front ends draw from: :data:`PAGE_KINDS` (the page kinds with their labels and
+  meanings) and :data:`FRAME_KINDS` (:func:`frame_kind`), :func:`kinds_table`;
+- what a front end mirrors to compute changes: :func:`stable_node_rows`, :func:`signature`,
+  :func:`all_ksm_stats`, :func:`event_paths`.
 
 Nothing here changes the kernel's state.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .changes import ChangeLog, event_path
+from .changes import EVENT_PATHS, ChangeLog, event_path, split_key
 from .mm import (
     ITEM_NONE,
     ITEM_STABLE,
@@ -29,6 +38,7 @@ from .mm import (
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .stepper import Outcome
 
 KIND_NONE = 0  # PTE not present
 KIND_ANON = 1  # private anonymous page, no rmap_item
@@ -39,16 +49,79 @@ KIND_ZERO = 5  # the shared zero page, placed by a read fault (clean PTE)
 KIND_KSM_ZERO = 6  # the shared zero page placed by KSM, PTE marked dirty (6.6+)
 KIND_SKIPPED = 7  # smart scan skipped it in its last visit
 
-KIND_NAMES = (
-    "none",
-    "anon",
-    "volatile",
-    "unstable",
-    "ksm",
-    "zero",
-    "ksm_zero",
-    "skipped",
+
+@dataclass(frozen=True)
+class KindRow:
+    """One page kind (or frame kind): its number on the wire, name, legend label, meaning."""
+
+    id: int
+    name: str
+    label: str
+    meaning: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "label": self.label, "meaning": self.meaning}
+
+
+#: the page kinds, in :data:`KIND_NAMES` order (the cell colour classes of the page grid)
+PAGE_KINDS: tuple[KindRow, ...] = (
+    KindRow(KIND_NONE, "none", "not present", "the PTE is not present"),
+    KindRow(KIND_ANON, "anon", "private anon", "a private anonymous page, no rmap_item"),
+    KindRow(
+        KIND_VOLATILE, "volatile", "volatile", "an rmap_item in no tree (new or changing checksum)"
+    ),
+    KindRow(KIND_UNSTABLE, "unstable", "unstable tree", "tracked in the unstable tree"),
+    KindRow(KIND_KSM, "ksm", "KSM page (darker: more sharers)", "maps a KSM page"),
+    KindRow(
+        KIND_ZERO,
+        "zero",
+        "zero page, clean PTE (read fault; KSM before 6.6)",
+        "the shared zero page placed by a read fault (clean PTE)",
+    ),
+    KindRow(
+        KIND_KSM_ZERO,
+        "ksm_zero",
+        "KSM-placed zero page (dirty PTE)",
+        "the shared zero page placed by KSM, PTE marked dirty (6.6+)",
+    ),
+    KindRow(KIND_SKIPPED, "skipped", "skipped by smart scan", "smart scan skipped it last visit"),
 )
+
+#: page kind names, indexed by the ``KIND_*`` numbers (the snapshot's ``kinds``)
+KIND_NAMES: tuple[str, ...] = tuple(row.name for row in PAGE_KINDS)
+assert all(row.id == i for i, row in enumerate(PAGE_KINDS))
+
+FRAME_FREE, FRAME_ANON, FRAME_KSM, FRAME_ZERO = 0, 1, 2, 3
+
+#: the frame kinds of the physical view (:func:`frame_kind`)
+FRAME_KINDS: tuple[KindRow, ...] = (
+    KindRow(FRAME_FREE, "free", "free", "no PTE maps it"),
+    KindRow(FRAME_ANON, "anon", "anonymous page", "a private anonymous page"),
+    KindRow(FRAME_KSM, "ksm", "KSM page", "a KSM page (in the stable tree)"),
+    KindRow(FRAME_ZERO, "zero", "zero page", "the shared zero page (pfn 0)"),
+)
+
+
+def kinds_table() -> dict[str, list[dict[str, Any]]]:
+    """The page and frame kinds as JSON-ready rows (sent to the browser)."""
+    return {
+        "pages": [row.as_dict() for row in PAGE_KINDS],
+        "frames": [row.as_dict() for row in FRAME_KINDS],
+    }
+
+
+def frame_kind(k: Kernel, pfn: int) -> int:
+    """The :data:`FRAME_KINDS` number of a frame."""
+    if pfn == 0:
+        return FRAME_ZERO
+    if k.f_map[pfn] <= 0:
+        return FRAME_FREE
+    return FRAME_KSM if k.f_node[pfn] >= 0 else FRAME_ANON
+
+
+def frame_kinds(k: Kernel) -> bytearray:
+    """The kind of every frame, one byte each."""
+    return bytearray(frame_kind(k, pfn) for pfn in range(len(k.f_map)))
 
 
 def page_kind(k: Kernel, vma: Vma, i: int) -> int:
@@ -178,11 +251,11 @@ def page_detail(k: Kernel, proc: str, vma_name: str, i: int) -> dict[str, Any]:
         "stable_node": None,
     }
     if pfn == 0:
-        detail["frame"] = {"kind": "zero page", "pfn": 0, "content": "zero"}
+        detail["frame"] = {"kind": FRAME_KINDS[FRAME_ZERO].label, "pfn": 0, "content": "zero"}
     elif pfn > 0:
         nid = k.f_node[pfn]
         detail["frame"] = {
-            "kind": "KSM page" if nid >= 0 else "anonymous page",
+            "kind": FRAME_KINDS[FRAME_KSM if nid >= 0 else FRAME_ANON].label,
             "pfn": pfn,
             "mapcount": k.f_map[pfn],
             "content": _label(k, k.f_content[pfn]),
@@ -287,8 +360,132 @@ def describe_events(k: Kernel, log: ChangeLog, limit: int | None = None) -> list
     for kind, key in log.events[:limit] if limit is not None else log.events:
         event: dict[str, Any] = {"kind": kind, "path": event_path(kind, zero_series)}
         if key >= 0:
-            v = k.vmas_by_uid.get(key >> 32)
+            uid, page = split_key(key)
+            v = k.vmas_by_uid.get(uid)
             if v is not None:
-                event.update(proc=v.mm.name, vma=v.name, page=key & 0xFFFFFFFF)
+                event.update(proc=v.mm.name, vma=v.name, page=page)
         out.append(event)
     return out
+
+
+# ------------------------------------------------------------------ mirrored views
+StableNodeRow = tuple[int, str, int, int, int]
+"""``(nid, kind, pfn, rmap_hlist_len, chain nid or -1)``."""
+
+
+def stable_node_rows(k: Kernel) -> dict[int, StableNodeRow]:
+    """Every stable node (regular, chain, dup) as a row, by nid."""
+    return {
+        n.nid: (n.nid, n.kind, n.pfn, len(n.items), n.chain.nid if n.chain is not None else -1)
+        for n in k.nodes.values()
+    }
+
+
+def signature(k: Kernel) -> tuple[Any, ...]:
+    """What a change of pages cannot express: processes, their flags and their live mappings."""
+    return tuple(
+        (
+            name,
+            mm.pid,
+            mm.registered,
+            mm.merge_any,
+            tuple((v.uid, v.npages) for v in mm.vmas.values()),
+        )
+        for name, mm in k.procs.items()
+    )
+
+
+def all_ksm_stats(k: Kernel) -> dict[str, dict[str, int | bool | None]]:
+    """``/proc/PID/ksm_stat`` of every process."""
+    return {name: k.ksm_stat(name) for name in k.procs}
+
+
+def event_paths(k: Kernel) -> dict[str, str]:
+    """Every event kind's kernel path, in this profile's wording."""
+    series = k.profile.zero_page_series
+    return {kind: event_path(kind, series) for kind in EVENT_PATHS}
+
+
+# ------------------------------------------------------------------------ describe
+#: the most telling event first: it names the step in the "what just happened" line
+SUMMARY_ORDER = (
+    "zero_merge",
+    "merge_new",
+    "merge",
+    "unshare_zero",
+    "unshare",
+    "unmerge_all",
+    "cow_zero",
+    "cow",
+    "zap_zero",
+    "zap",
+    "ksm_append",
+    "chain_created",
+    "chain_collapsed",
+    "chain_freed",
+    "node_removed",
+    "volatile",
+    "unstable_insert",
+    "smart_skip",
+    "item_free",
+    "item_new",
+    "read_fault",
+    "write",
+    "mm_dropped",
+    "pass_end",
+)
+
+#: events listed one by one in a step's description (all are counted)
+MAX_EVENTS = 16
+
+Event = tuple[str, str | None, str | None, int | None]
+"""``(kind, proc, vma, page)``; proc, vma and page are None for a global event."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One step described: ``text`` (the "what just happened" line), its first ``events``,
+    ``counts`` (events per kind) and ``what`` (the step's structured description,
+    :attr:`sim.stepper.Outcome.what`, with ``counts`` added)."""
+
+    text: str
+    events: list[Event] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    what: dict[str, Any] = field(default_factory=dict)
+
+
+def event_where(k: Kernel, kind: str, key: int) -> Event:
+    """An event with the process, mapping and page its key names."""
+    if key < 0:
+        return (kind, None, None, None)
+    uid, page = split_key(key)
+    v = k.vmas_by_uid.get(uid)
+    if v is None:
+        return (kind, None, None, page)
+    return (kind, v.mm.name, v.name, page)
+
+
+def describe(k: Kernel, log: ChangeLog | None, outcome: Outcome) -> Summary:
+    """One step: ``outcome`` (what the action did) and ``log`` (what it changed)."""
+    action = outcome.text
+    if log is None or not log.events:
+        facts = outcome.what
+        if facts.get("scanned") and facts.get("grain") in ("page", "batch"):
+            # a page or batch of ksmd where nothing changed still names its path
+            action += ": ksm_do_scan -> cmp_and_merge_page: nothing changed"
+        return Summary(action, [], {}, {**outcome.what, "counts": {}})
+    counts = dict(Counter(kind for kind, _ in log.events))
+    events = [event_where(k, kind, key) for kind, key in log.events[:MAX_EVENTS]]
+    lead = next((kind for kind in SUMMARY_ORDER if kind in counts), log.events[0][0])
+    first = next(key for kind, key in log.events if kind == lead)
+    _, proc, vma, page = event_where(k, lead, first)
+    path, _, what = event_path(lead, k.profile.zero_page_series).partition(": ")
+    where = f"{proc} {vma}[{page}] " if proc is not None else ""
+    line = f"{path}: {where}{what}"
+    if counts[lead] > 1:
+        line += f" (+{counts[lead] - 1} more)"
+    if lead != "pass_end" and "pass_end" in counts:
+        line += "; full scan completed"
+    if action:
+        line = f"{action}: {line}"
+    return Summary(line, events, counts, {**outcome.what, "counts": counts})

@@ -4,7 +4,8 @@ Websocket ``/ws/live`` protocol (one JSON object per message, tagged by ``type``
 
 Server -> client
   ``sample``  every interval: ``ksm`` (every sysfs file, missing ones ``null`` and listed in
-              ``missing``, with the derived figures) and ``procs`` (the KSM users).
+              ``missing``, with the derived figures), ``procs`` (the KSM users) and
+              ``files`` (sim/ksm_files.py's table: unit, role, meaning of each file).
   ``error``   ``detail`` says what went wrong (bad client message, a read that failed); the
               socket stays open.
 
@@ -16,9 +17,11 @@ Client -> server
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from sim.ksm_files import table as ksm_files_table
 
 from . import pagemap, reader
 
@@ -153,6 +156,7 @@ class SampleMessage(BaseModel):
     type: Literal["sample"] = "sample"
     ksm: KsmSample
     procs: ProcTable
+    files: list[dict[str, Any]] = Field(default_factory=ksm_files_table)
 
 
 class ErrorMessage(BaseModel):

@@ -1,10 +1,14 @@
-"""Snapshots and compact deltas of a :class:`sim.Kernel` (the wire format of ``docs/protocol.md``).
+"""The wire format of ``docs/protocol.md``: snapshots and compact deltas of a :class:`sim.Kernel`.
 
 :class:`Encoder` keeps a mirror of what its viewers last received (page columns, frame
 columns, counters, stable nodes...) and computes each step's :class:`~app.server.messages.Delta`
 by comparing the kernel with the mirror. Candidates come from the kernel's change record and
 from a chunked comparison of the columns (C-speed slice compares), so the cost of a delta is
 proportional to what changed plus a small scan, never a Python loop over every page.
+
+Only the encoding lives here (b64 columns, varint records, deltas, message assembly); what
+the messages say about the kernel (page and frame kinds, stable-node rows, the step's
+description) comes from :mod:`sim.snapshot`.
 """
 
 from __future__ import annotations
@@ -13,18 +17,28 @@ import base64
 import struct
 import sys
 from array import array
-from collections import Counter
 from typing import Any
 
 from sim import Kernel
-from sim.changes import EVENT_PATHS as _EVENT_PATHS
-from sim.changes import ChangeLog, event_path
+from sim.changes import ChangeLog, split_key
+from sim.ksm_files import table as ksm_files_table
 from sim.mm import Vma
-from sim.snapshot import KIND_NAMES, page_kind, page_kinds, structure
+from sim.snapshot import (
+    KIND_NAMES,
+    all_ksm_stats,
+    event_paths,
+    frame_kind,
+    frame_kinds,
+    kinds_table,
+    page_kind,
+    page_kinds,
+    signature,
+    stable_node_rows,
+    structure,
+)
 
 from .messages import (
     Delta,
-    Event,
     FrameRecords,
     FramesView,
     PageRecords,
@@ -35,40 +49,13 @@ from .messages import (
     VmaView,
 )
 
-FRAME_FREE, FRAME_ANON, FRAME_KSM, FRAME_ZERO = 0, 1, 2, 3
-MAX_EVENTS = 16
 CHUNK = 256
+#: the same in every snapshot: the KSM-files table and the page and frame kinds
+KSM_FILES = ksm_files_table()
+KIND_TABLE = kinds_table()
 
 if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
     raise ImportError("app.server.encode assumes a little-endian host")
-
-#: the most telling event first: it names the step in the "what just happened" line
-SUMMARY_ORDER = (
-    "zero_merge",
-    "merge_new",
-    "merge",
-    "unshare_zero",
-    "unshare",
-    "unmerge_all",
-    "cow_zero",
-    "cow",
-    "zap_zero",
-    "zap",
-    "ksm_append",
-    "chain_created",
-    "chain_collapsed",
-    "chain_freed",
-    "node_removed",
-    "volatile",
-    "unstable_insert",
-    "smart_skip",
-    "item_free",
-    "item_new",
-    "read_fault",
-    "write",
-    "mm_dropped",
-    "pass_end",
-)
 
 
 def b64(data: bytes | bytearray) -> str:
@@ -100,80 +87,6 @@ def runs(flags: bytearray) -> list[tuple[int, int]]:
         out.append((lo, hi))
         i = hi
     return out
-
-
-def frame_kind(k: Kernel, pfn: int) -> int:
-    if pfn == 0:
-        return FRAME_ZERO
-    if k.f_map[pfn] <= 0:
-        return FRAME_FREE
-    return FRAME_KSM if k.f_node[pfn] >= 0 else FRAME_ANON
-
-
-def node_rows(k: Kernel) -> dict[int, StableNodeRow]:
-    return {
-        n.nid: (n.nid, n.kind, n.pfn, len(n.items), n.chain.nid if n.chain is not None else -1)
-        for n in k.nodes.values()
-    }
-
-
-def signature(k: Kernel) -> tuple[Any, ...]:
-    """What a delta cannot express: processes, their flags and their live mappings."""
-    return tuple(
-        (
-            name,
-            mm.pid,
-            mm.registered,
-            mm.merge_any,
-            tuple((v.uid, v.npages) for v in mm.vmas.values()),
-        )
-        for name, mm in k.procs.items()
-    )
-
-
-def all_ksm_stats(k: Kernel) -> dict[str, dict[str, int | bool | None]]:
-    return {name: k.ksm_stat(name) for name in k.procs}
-
-
-def paths(k: Kernel) -> dict[str, str]:
-    series = k.profile.zero_page_series
-    return {kind: event_path(kind, series) for kind in _EVENT_PATHS}
-
-
-def describe(
-    k: Kernel, log: ChangeLog | None, action: str
-) -> tuple[str, list[Event], dict[str, int]]:
-    """The "what just happened" line, the first events and the count per kind."""
-    if log is None or not log.events:
-        if "ksmd scanned" in action:  # a batch where nothing changed still names its path
-            action += ": ksm_do_scan -> cmp_and_merge_page: nothing changed"
-        return action, [], {}
-    counts = Counter(kind for kind, _ in log.events)
-    events: list[Event] = []
-    for kind, key in log.events[:MAX_EVENTS]:
-        events.append(_event(k, kind, key))
-    lead = next((kind for kind in SUMMARY_ORDER if kind in counts), log.events[0][0])
-    first = next(key for kind, key in log.events if kind == lead)
-    _, proc, vma, page = _event(k, lead, first)
-    path, _, what = event_path(lead, k.profile.zero_page_series).partition(": ")
-    where = f"{proc} {vma}[{page}] " if proc is not None else ""
-    line = f"{path}: {where}{what}"
-    if counts[lead] > 1:
-        line += f" (+{counts[lead] - 1} more)"
-    if lead != "pass_end" and "pass_end" in counts:
-        line += "; full scan completed"
-    if action:
-        line = f"{action}: {line}"
-    return line, events, dict(counts)
-
-
-def _event(k: Kernel, kind: str, key: int) -> Event:
-    if key < 0:
-        return (kind, None, None, None)
-    v = k.vmas_by_uid.get(key >> 32)
-    if v is None:
-        return (kind, None, None, key & 0xFFFFFFFF)
-    return (kind, v.mm.name, v.name, key & 0xFFFFFFFF)
 
 
 def _diff(old: Any, new: Any, out: set[int], base: int = 0) -> None:
@@ -248,7 +161,7 @@ class Encoder:
                 )
             )
         nframes = len(k.f_map)
-        fkinds = bytearray(frame_kind(k, pfn) for pfn in range(nframes))
+        fkinds = frame_kinds(k)
         return Snapshot(
             session=self.session,
             **meta,
@@ -261,7 +174,9 @@ class Encoder:
             ksmd=self._ksmd,
             unstable_tree=self._unstable,
             kinds=list(KIND_NAMES),
-            paths=paths(k),
+            paths=event_paths(k),
+            ksm_files=KSM_FILES,
+            kind_table=KIND_TABLE,
         )
 
     def _sync(self, k: Kernel) -> None:
@@ -273,7 +188,7 @@ class Encoder:
         self._stats = all_ksm_stats(k)
         self._knobs = dict(k.knobs)
         self._ksmd = structure(k)["ksmd"]
-        self._nodes = node_rows(k)
+        self._nodes = stable_node_rows(k)
         self._unstable = len(k.unstable)
 
     # -------------------------------------------------------------------- delta
@@ -299,7 +214,7 @@ class Encoder:
                 stat_diff[name] = changed
         knobs = {kn: v for kn, v in k.knobs.items() if self._knobs.get(kn) != v}
         ksmd = structure(k)["ksmd"]
-        nodes = node_rows(k)
+        nodes = stable_node_rows(k)
         upsert = [row for nid, row in nodes.items() if self._nodes.get(nid) != row]
         removed = sorted(self._nodes.keys() - nodes.keys())
         delta = Delta(
@@ -351,7 +266,8 @@ class Encoder:
         logged: dict[int, set[int]] = {}
         if log is not None:
             for key in log.pages:
-                logged.setdefault(key >> 32, set()).add(key & 0xFFFFFFFF)
+                uid, page = split_key(key)
+                logged.setdefault(uid, set()).add(page)
         retyped_b = [struct.pack("<i", pfn) for pfn in retyped]
         out: list[PageRecords] = []
         mergeable: dict[str, list[tuple[int, int]]] = {}

@@ -35,6 +35,7 @@ class _Step(BaseModel):
     summary: str = ""
     events: list[Event] = Field(default_factory=list)
     event_counts: dict[str, int] = Field(default_factory=dict)
+    what: dict[str, Any] = Field(default_factory=dict, description="the step as data")
 
 
 class VmaView(BaseModel):
@@ -78,6 +79,8 @@ class Snapshot(_Step):
     unstable_tree: int
     kinds: list[str]
     paths: dict[str, str]
+    ksm_files: list[dict[str, Any]] = Field(default_factory=list)
+    kind_table: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
 
 
 class PageRecords(BaseModel):

@@ -22,12 +22,12 @@ from typing import Any
 from app.config import Settings
 from sim import Kernel, SimError
 from sim.scenario import Scenario
-from sim.snapshot import page_detail, structure
+from sim.snapshot import describe, page_detail, structure
 from sim.stepper import Stepper
 from sim.trace import PROC_FIELDS
 
 from . import messages as m
-from .encode import Encoder, describe
+from .encode import Encoder
 from .errors import ApiError
 from .fastsend import text_frame
 from .groups import Group, GroupSettings
@@ -93,6 +93,7 @@ class Session:
         self.summary = origin
         self.events: list[m.Event] = []
         self.event_counts: dict[str, int] = {}
+        self.what: dict[str, Any] = {}
         self.ts = _now_ms()
         self._snapshot: tuple[int, str] | None = None
 
@@ -141,6 +142,7 @@ class Session:
             "summary": self.summary,
             "events": self.events,
             "event_counts": self.event_counts,
+            "what": self.what,
         }
 
     def snapshot(self) -> m.Snapshot:
@@ -226,11 +228,11 @@ class Session:
         self.version += 1
         self.ts = _now_ms()
         if res is None:
-            self.summary, self.events, self.event_counts = "step 0", [], {}
+            self.summary, self.events, self.event_counts, self.what = "step 0", [], {}, {}
         else:
-            self.summary, self.events, self.event_counts = describe(
-                self.kernel, res.log, res.action
-            )
+            d = describe(self.kernel, res.log, res.outcome)
+            self.summary, self.events, self.event_counts = d.text, d.events, d.counts
+            self.what = d.what
         if not stream:
             return
         delta = self.encoder.delta(self.kernel, res.log if res else None, self._meta())

@@ -1,8 +1,10 @@
 // Counter charts: plotly, streamed with extendTraces, with markers where events such as
 // MADV_UNMERGEABLE or run=2 happened. A pure renderer: it plots the counters it is given.
 // Points are buffered and flushed at most every FLUSH_MS so plotly never slows the grid.
+// The global figure plots the levels of the KSM-files table each snapshot carries
+// (`ksm_files`, sim/ksm_files.py): the page counters on the left axis, the byte counters
+// (general_profit) in KiB on the right; running totals (full_scans...) are left out.
 
-const GLOBAL = ["pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "ksm_zero_pages"];
 const COLOURS = {
   pages_shared: "#2ec260",
   pages_sharing: "#7ee2a0",
@@ -11,6 +13,7 @@ const COLOURS = {
   ksm_zero_pages: "#ff20c8",
   general_profit: "#e6edf3",
 };
+const OTHER_COLOUR = "#8b949e";
 const PROC_COLOURS = ["#ffd400", "#58d5ff", "#ff8a5c", "#b69cff", "#9be564", "#ff6fa8"];
 const FLUSH_MS = 250;
 // A plotly redraw is one long task (tens of ms for a figure); the interval between two
@@ -70,6 +73,8 @@ export class Charts {
     this.lastPush = 0;
     this.points = 0;
     this.markers = [];
+    this.pages = []; // counters on the pages axis
+    this.bytes = []; // counters on the KiB axis
     // a figure nobody can see is not redrawn (points wait until it scrolls into view)
     this.visible = true;
     if (window.IntersectionObserver) {
@@ -80,18 +85,32 @@ export class Charts {
     this.reset();
   }
 
+  /** Which counters to plot, from a snapshot's `ksm_files`; resets the figures if they change. */
+  setFiles(files) {
+    const levels = files.filter((f) => f.place === "sysfs" && f.role === "counter" && !f.cumulative);
+    const pages = levels.filter((f) => f.unit === "pages").map((f) => f.name);
+    const bytes = levels.filter((f) => f.unit === "bytes").map((f) => f.name);
+    if (pages.join() === this.pages.join() && bytes.join() === this.bytes.join()) return;
+    this.pages = pages;
+    this.bytes = bytes;
+    this.reset();
+  }
+
   reset() {
     const P = this.Plotly;
     if (!P) return;
-    const traces = GLOBAL.map((name) => ({
-      x: [], y: [], name, mode: "lines", line: { color: COLOURS[name], width: name === "ksm_zero_pages" ? 4 : 2.5 },
+    const colour = (n) => COLOURS[n] ?? OTHER_COLOUR;
+    const traces = this.pages.map((name) => ({
+      x: [], y: [], name, mode: "lines", line: { color: colour(name), width: name === "ksm_zero_pages" ? 4 : 2.5 },
     }));
-    traces.push({ x: [], y: [], name: "general_profit (KiB)", yaxis: "y2", mode: "lines", line: { color: COLOURS.general_profit, width: 2, dash: "dot" } });
+    for (const name of this.bytes) {
+      traces.push({ x: [], y: [], name: `${name} (KiB)`, yaxis: "y2", mode: "lines", line: { color: colour(name), width: 2, dash: "dot" } });
+    }
     const config = { displayModeBar: false, responsive: true, staticPlot: false };
-    P.newPlot(this.globalEl, traces, layout("global counters", "pages", "KiB", this.big), config);
+    P.newPlot(this.globalEl, traces, layout("global counters", "pages", this.bytes.length ? "KiB" : null, this.big), config);
     legendOf(this.globalEl).set([
-      ...GLOBAL.map((n) => [n, COLOURS[n], false]),
-      ["general_profit (KiB, right axis)", COLOURS.general_profit, true],
+      ...this.pages.map((n) => [n, colour(n), false]),
+      ...this.bytes.map((n) => [`${n} (KiB, right axis)`, colour(n), true]),
     ]);
     if (this.procEl) {
       P.newPlot(this.procEl, [], layout("ksm_process_profit per process", "KiB", null, this.big), config);
@@ -100,7 +119,7 @@ export class Charts {
     this.procIndex.clear();
     this.markers = [];
     this.points = 0;
-    this.pending = { x: [], g: GLOBAL.map(() => []), profit: [], procs: new Map() };
+    this.pending = { x: [], g: this.pages.map(() => []), kib: this.bytes.map(() => []), procs: new Map() };
     this._publish();
   }
 
@@ -118,9 +137,11 @@ export class Charts {
     const p = this.pending;
     this.lastPush = performance.now();
     p.x.push(step);
-    GLOBAL.forEach((name, i) => p.g[i].push(global?.[name] ?? null));
-    const gp = global?.general_profit;
-    p.profit.push(gp === null || gp === undefined ? null : gp / 1024);
+    this.pages.forEach((name, i) => p.g[i].push(global?.[name] ?? null));
+    this.bytes.forEach((name, i) => {
+      const v = global?.[name];
+      p.kib[i].push(v === null || v === undefined ? null : v / 1024);
+    });
     for (const [name, stat] of Object.entries(procs || {})) {
       if (!p.procs.has(name)) p.procs.set(name, { x: [], y: [] });
       const v = stat?.ksm_process_profit;
@@ -158,18 +179,18 @@ export class Charts {
     const t0 = performance.now();
     const procTurn = procsDue && (this._turn = !this._turn);
     if (force || !procTurn) {
-      if (p.x.length) {
-        const n = GLOBAL.length + 1;
+      const n = this.pages.length + this.bytes.length;
+      if (p.x.length && n) {
         P.extendTraces(
           this.globalEl,
-          { x: Array.from({ length: n }, () => p.x), y: [...p.g, p.profit] },
+          { x: Array.from({ length: n }, () => p.x), y: [...p.g, ...p.kib] },
           Array.from({ length: n }, (_, i) => i),
           MAX_POINTS,
         );
         this.points += p.x.length;
       }
       if (this._markersDirty) this._drawMarkers();
-      p.x = []; p.g = GLOBAL.map(() => []); p.profit = [];
+      p.x = []; p.g = this.pages.map(() => []); p.kib = this.bytes.map(() => []);
     }
     if (this.procEl && (force || procTurn)) {
       this._flushProcs(p.procs);

@@ -1,12 +1,10 @@
 // The counters panel: global sysfs counters and every process's ksm_stat, as a table.
 // A pure renderer of the values it is given; "—" where the kernel has no such counter.
+// Its rows are the counters of the KSM-files table each snapshot carries (`ksm_files`,
+// sim/ksm_files.py), in the table's order, the dimmed ones last.
 
-const GLOBAL = [
-  "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "ksm_zero_pages",
-  "general_profit", "full_scans", "pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups",
-];
+// rows shown dimmed: secondary figures (a style choice, like the colours)
 const MINOR = new Set(["pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_merge_any"]);
-const PROC = ["ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages", "ksm_process_profit", "ksm_mergeable", "ksm_merge_any"];
 
 function fmt(v) {
   if (v === null || v === undefined) return "—";
@@ -19,6 +17,23 @@ export class Counters {
     this.el = el;
     this.cells = new Map();
     this.procs = "";
+    this.global = [];
+    this.proc = [];
+    this.meaning = new Map();
+  }
+
+  /** The rows: the counters of a snapshot's `ksm_files` ([{name, role, place, meaning...}]). */
+  setFiles(files) {
+    const rows = (place) => {
+      const names = files.filter((f) => f.role === "counter" && f.place === place).map((f) => f.name);
+      return [...names.filter((n) => !MINOR.has(n)), ...names.filter((n) => MINOR.has(n))];
+    };
+    const global = rows("sysfs"), proc = rows("ksm_stat");
+    if (global.join() === this.global.join() && proc.join() === this.proc.join()) return;
+    this.global = global;
+    this.proc = proc;
+    this.meaning = new Map(files.map((f) => [`${f.place}.${f.name}`, f.meaning]));
+    this.table = null;
   }
 
   update(global, procStats, kernel) {
@@ -29,8 +44,8 @@ export class Counters {
     this.last = now;
     const names = Object.keys(procStats || {});
     if (!this.table || names.join() !== this.procs) this._build(names, kernel);
-    for (const k of GLOBAL) this._set(`g.${k}`, global?.[k]);
-    for (const p of names) for (const k of PROC) this._set(`${p}.${k}`, procStats[p]?.[k]);
+    for (const k of this.global) this._set(`g.${k}`, global?.[k]);
+    for (const p of names) for (const k of this.proc) this._set(`${p}.${k}`, procStats[p]?.[k]);
   }
 
   _set(key, v) {
@@ -50,12 +65,13 @@ export class Counters {
     this.cells.clear();
     const t = document.createElement("table");
     t.className = "counter-table";
-    const row = (label, key, cls) => {
+    const row = (label, key, cls, meaning) => {
       const tr = t.insertRow();
       if (cls) tr.className = cls;
       const th = document.createElement("th");
       th.textContent = label;
       th.scope = "row";
+      if (meaning) th.title = meaning;
       tr.appendChild(th);
       const td = tr.insertCell();
       td.className = "num";
@@ -71,13 +87,12 @@ export class Counters {
       tr.appendChild(th);
     };
     head(`/sys/kernel/mm/ksm (${kernel})`);
-    for (const k of GLOBAL) row(k, `g.${k}`, k === "ksm_zero_pages" ? "star" : MINOR.has(k) ? "minor" : "");
+    const cls = (k) => (k === "ksm_zero_pages" ? "star" : MINOR.has(k) ? "minor" : "");
+    for (const k of this.global) row(k, `g.${k}`, cls(k), this.meaning.get(`sysfs.${k}`));
     for (const p of names) {
       head(`/proc/${p}/ksm_stat`);
-      for (const k of PROC) {
-        row(k, `${p}.${k}`, k === "ksm_zero_pages" ? "star" : MINOR.has(k) ? "minor" : "");
-      }
-      const last = t.rows[t.rows.length - PROC.length - 1];
+      for (const k of this.proc) row(k, `${p}.${k}`, cls(k), this.meaning.get(`ksm_stat.${k}`));
+      const last = t.rows[t.rows.length - this.proc.length - 1];
       last.classList.add("proc-head");
       last.dataset.proc = p;
     }

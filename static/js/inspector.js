@@ -1,5 +1,6 @@
 // The inspector panel: server-rendered partials (htmx) for a page or a process; a frame
-// clicked in the physical view is described from what the grid was sent.
+// clicked in the physical view is described from what the grid was sent (its kind's label
+// from the snapshot's `kind_table`).
 
 function url(view, path) {
   const token = new URLSearchParams(location.search).get("token");
@@ -24,8 +25,6 @@ export function inspectProc(view, proc) {
   window.htmx.ajax("GET", url(view, `procs/${encodeURIComponent(proc)}`), { target: el, swap: "innerHTML" });
 }
 
-const FRAME_KINDS = ["free", "anonymous page", "KSM page", "zero page"];
-
 export function inspectFrame(view, { pfn, kind, mapcount }) {
   const el = target(view);
   if (!el) return;
@@ -33,7 +32,8 @@ export function inspectFrame(view, { pfn, kind, mapcount }) {
   const h = document.createElement("h3");
   h.textContent = `frame pfn ${pfn}`;
   const dl = document.createElement("dl");
-  for (const [k, v] of [["kind", FRAME_KINDS[kind] ?? kind], ["PTEs mapping it (map count)", mapcount]]) {
+  const label = view.kindTable?.frames.find((f) => f.id === kind)?.label ?? kind;
+  for (const [k, v] of [["kind", label], ["PTEs mapping it (map count)", mapcount]]) {
     const dt = document.createElement("dt"); dt.textContent = k;
     const dd = document.createElement("dd"); dd.textContent = String(v);
     dl.append(dt, dd);

@@ -4,11 +4,6 @@
 
 const body = document.body;
 const MAX_POINTS = 600;
-const PAGE_COUNTERS = [
-  "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "ksm_zero_pages",
-  "stable_node_chains", "stable_node_dups",
-];
-const BYTE_COUNTERS = ["general_profit"];
 // "?": KSM or a page left behind copy-on-write by a merge (6.12: no interface tells which)
 const COLOURS = { "-": "#e5e7eb", A: "#bfdbfe", Z: "#f59e0b", F: "#9ca3af", "?": "#a855f7" };
 
@@ -39,17 +34,20 @@ function setStatus(state, text) {
 
 const chart = { traces: null, points: 0 };
 
-function initChart(ksm) {
-  // every numeric file is a trace; the page counters and general_profit show by default,
-  // the others (knobs, cumulative counters) are one legend click away
+function initChart(ksm, files) {
+  // every numeric file is a trace; the levels (counters of pages or stable nodes, then of
+  // bytes: general_profit) show by default, the others (knobs, running totals) are one
+  // legend click away. Which is which comes from the KSM-files table (`files` of a sample).
+  const levels = files.filter((f) => f.place === "sysfs" && f.role === "counter" && !f.cumulative);
+  const bytes = levels.filter((f) => f.unit === "bytes").map((f) => f.name);
+  const shown = [...levels.filter((f) => f.unit !== "bytes").map((f) => f.name), ...bytes];
   const numeric = Object.keys(ksm.values).filter((n) => typeof ksm.values[n] === "number");
-  const shown = [...PAGE_COUNTERS, ...BYTE_COUNTERS];
   const names = [...shown.filter((n) => numeric.includes(n)),
     ...numeric.filter((n) => !shown.includes(n))];
   chart.traces = names;
   const data = names.map((n) => ({
     x: [], y: [], name: n, mode: "lines", type: "scatter",
-    yaxis: BYTE_COUNTERS.includes(n) ? "y2" : "y",
+    yaxis: bytes.includes(n) ? "y2" : "y",
     visible: shown.includes(n) ? true : "legendonly",
   }));
   const layout = {
@@ -66,9 +64,9 @@ function initChart(ksm) {
   Plotly.newPlot("counters-chart", data, layout, { displaylogo: false, responsive: true });
 }
 
-function extendChart(ksm) {
+function extendChart(ksm, files) {
   if (!ksm.available) return;
-  if (chart.traces === null) initChart(ksm);
+  if (chart.traces === null) initChart(ksm, files || []);
   const t = new Date(ksm.time * 1000);
   const idx = chart.traces.map((_, i) => i);
   const update = {
@@ -277,7 +275,7 @@ function onMessage(msg) {
       setStatus("live", `live · ${new Date(msg.ksm.time * 1000).toLocaleTimeString()}`);
       renderFiles(msg.ksm);
       renderDerived(msg.ksm);
-      extendChart(msg.ksm);
+      extendChart(msg.ksm, msg.files);
       renderProcs(msg.procs);
       if ($("#pm-follow").checked) loadPageMap();
       break;

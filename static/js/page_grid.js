@@ -1,5 +1,7 @@
 // The page grid: one cell per virtual page, one lane per process and VMA, on a canvas.
-// A pure renderer: it draws the kinds it is given and computes no KSM state.
+// A pure renderer: it draws the kinds it is given and computes no KSM state. The page and
+// frame kinds (names and numbers) come with each snapshot (`kind_table`, sim/snapshot.py);
+// palette.js gives each kind name its colour.
 //
 // Cells live in an offscreen image at one pixel per cell (ImageData, updated only where
 // pages changed, putImageData of the dirty rectangle); each animation frame scales it onto
@@ -9,7 +11,7 @@
 import { Layer, mix, pack } from "./cell_image.js";
 import { drawCursor, drawSelection, gridLines, labels, laneGaps, mapCounts } from "./grid_overlay.js";
 import { bindPointer } from "./grid_pointer.js";
-import { FLASH_COLOURS, KIND_COLOURS, KIND_NAMES, ksmShade } from "./palette.js";
+import { FLASH_COLOURS, KIND_COLOURS, ksmShade } from "./palette.js";
 
 const COLS = [8, 10, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024];
 // A flash recolours the cells in the cell image itself (no extra layer to draw each frame):
@@ -18,12 +20,13 @@ const FLASH_STAGES = [0, 260, 520]; // ms: flash colour, blend, restored
 const MAX_FLASH_BATCHES = 8;
 const KSM_REPAINT_MS = 1000;
 const BG = "#0b0e13";
-const KIND_RGB = KIND_NAMES.map((n) => KIND_COLOURS[n]);
-const KSM_ZERO = KIND_NAMES.indexOf("ksm_zero");
-const ZERO = KIND_NAMES.indexOf("zero");
-const KSM = KIND_NAMES.indexOf("ksm");
+const UNKNOWN = [255, 0, 0]; // a kind palette.js has no colour for
+// set by PageGrid.setKinds from the snapshot's kind table
+let KIND_NAMES = [];
+let KIND_PACKED = [];
+let NONE = -1, ANON = -1, KSM = -1, KSM_ZERO = -1;
+let F_FREE = -1, F_KSM = -1, F_ZERO = -1;
 
-const KIND_PACKED = KIND_RGB.map((c) => pack(c));
 const PHYS_ZERO = pack(KIND_COLOURS.zero);
 const PHYS_COW = pack([150, 162, 178]); // anonymous page mapped by several PTEs (fork)
 const PHYS_FREE = pack([40, 46, 56]);
@@ -42,7 +45,7 @@ export class PageGrid {
     this.flashes = []; // batches: {t, stage, lanes: [], pages: [], colours: []}
     this.batch = null;
     this.shades = new Uint32Array(4096); // packed KSM shade by map count
-    this.counts = new Array(KIND_NAMES.length).fill(0);
+    this.counts = [];
     this.needs = true;
     this.fitted = false;
     bindPointer(this);
@@ -52,8 +55,24 @@ export class PageGrid {
 
   // ---------------------------------------------------------------- data
   /**
+   * The page and frame kinds: a snapshot's `kind_table` ({pages: [{id, name, ...}], frames}),
+   * before its first setLayout.
+   */
+  setKinds(table) {
+    const names = table.pages.map((k) => k.name);
+    if (names.join() === KIND_NAMES.join() && this.counts.length === names.length) return;
+    const page = (n) => names.indexOf(n);
+    const frame = (n) => table.frames.find((f) => f.name === n)?.id ?? -1;
+    KIND_NAMES = names;
+    KIND_PACKED = names.map((n) => pack(KIND_COLOURS[n] ?? UNKNOWN));
+    [NONE, ANON, KSM, KSM_ZERO] = ["none", "anon", "ksm", "ksm_zero"].map(page);
+    [F_FREE, F_KSM, F_ZERO] = ["free", "ksm", "zero"].map(frame);
+    this.counts = new Array(names.length).fill(0);
+  }
+
+  /**
    * lanes: [{proc, vma, uid, npages, kinds: Uint8Array, pfns: Int32Array}];
-   * frames: {count, kind: Uint8Array (0 free, 1 anon, 2 KSM page, 3 zero page), mapcount: Int32Array}
+   * frames: {count, kind: Uint8Array (frame kind ids), mapcount: Int32Array}
    */
   setLayout(lanes, frames) {
     this.lanes = lanes.map((l) => ({ ...l, kinds: l.kinds ?? new Uint8Array(l.npages), pfns: l.pfns ?? null }));
@@ -324,13 +343,13 @@ export class PageGrid {
     const k = this.fkind[pfn], m = this.fmap[pfn];
     if (pfn === 0) {
       if (this.counts[KSM_ZERO] > 0) return KIND_PACKED[KSM_ZERO]; // some PTEs are KSM-placed
-      return this.zeroPtes > 0 || m > 0 ? PHYS_ZERO : KIND_PACKED[0];
+      return this.zeroPtes > 0 || m > 0 ? PHYS_ZERO : KIND_PACKED[NONE];
     }
-    if (k === 3) return PHYS_ZERO;
-    if (k === 2) return this._shade(m);
+    if (k === F_ZERO) return PHYS_ZERO;
+    if (k === F_KSM) return this._shade(m);
     if (m > 1) return PHYS_COW;
-    if (m === 1) return KIND_PACKED[1];
-    return k === 0 ? KIND_PACKED[0] : PHYS_FREE;
+    if (m === 1) return KIND_PACKED[ANON];
+    return k === F_FREE ? KIND_PACKED[NONE] : PHYS_FREE;
   }
 
   _repaintKsm() {
@@ -368,7 +387,7 @@ export class PageGrid {
       if (this.view === "physical") this.fit();
     }
     const px = this.phys.px;
-    px.fill(KIND_PACKED[0]);
+    px.fill(KIND_PACKED[NONE]);
     for (let pfn = 0; pfn < this.fcount; pfn++) px[pfn] = this._frameColour(pfn);
     this.phys.markAll();
     this.needs = true;
@@ -446,4 +465,3 @@ export class PageGrid {
   }
 }
 
-export { KIND_NAMES, KSM_ZERO, ZERO };

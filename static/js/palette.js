@@ -1,7 +1,6 @@
-// Colours of the page kinds (sim/snapshot.py KIND_NAMES order) and of the flashes.
-// One place, so the canvas, the legend and the tests agree.
-
-export const KIND_NAMES = ["none", "anon", "volatile", "unstable", "ksm", "zero", "ksm_zero", "skipped"];
+// Colours of the page kinds and of the flashes, keyed by name. One place, so the canvas,
+// the legend and the tests agree. The kinds themselves (numbers, names, labels, meanings)
+// come with each snapshot (`kinds`, `kind_table`: sim/snapshot.py PAGE_KINDS).
 
 export const KIND_COLOURS = {
   none: [30, 35, 43],        // not present: almost the background
@@ -12,17 +11,6 @@ export const KIND_COLOURS = {
   zero: [225, 228, 232],     // zero page from a read fault (clean PTE)
   ksm_zero: [255, 32, 200],  // zero page placed by KSM, PTE marked dirty: the star
   skipped: [168, 96, 50],    // smart scan skipped it
-};
-
-export const KIND_LABELS = {
-  none: "not present",
-  anon: "private anon",
-  volatile: "volatile (checksum changing)",
-  unstable: "unstable tree",
-  ksm: "KSM page (darker = more sharers)",
-  zero: "zero page, clean PTE (read fault; KSM before 6.6)",
-  ksm_zero: "KSM-placed zero page (dirty PTE)",
-  skipped: "skipped by smart scan",
 };
 
 // event kinds (sim/changes.py EVENT_PATHS) -> flash class

@@ -5,14 +5,11 @@
 import { Charts } from "./charts.js";
 import { Counters } from "./counters.js";
 import { PageGrid } from "./page_grid.js";
-import { KIND_NAMES } from "./palette.js";
 import { b64bytes, b64int32, forEachPage, frameRecords } from "./protocol.js";
 
-const K = Object.fromEntries(KIND_NAMES.map((n, i) => [n, i]));
-const MERGED = new Set([K.ksm, K.ksm_zero]);
-
 /** The flash of a page whose kind changed in a step (events of the step break ties). */
-function flashClass(old, kind, counts) {
+function flashClass(K, old, kind, counts) {
+  const MERGED = K.merged;
   if (kind === K.ksm && old !== K.ksm) return "merge";
   if (kind === K.ksm_zero && old !== K.ksm_zero) return "zero_merge";
   if (kind === K.zero && old !== K.zero && old !== K.none && counts.zero_merge) return "zero_merge";
@@ -25,16 +22,41 @@ function flashClass(old, kind, counts) {
   return null;
 }
 
-/** Chart markers: the step's events that a talk points at, named by the op when known. */
-const MARKED_OPS = /^(madvise|sysfs|prctl|fork|exit|munmap)\b[^:]*/;
+/** Page ranges [[start, stop)] as a scenario writes them: "0-99,200". */
+function rangesText(pages) {
+  return pages.map(([a, b]) => (b - a === 1 ? `${a}` : `${a}-${b - 1}`)).join(",");
+}
 
+// ops a talk points at (madvise only with MADV_UNMERGEABLE, sysfs only with run=2)
+const MARKED_OPS = new Set(["madvise", "prctl", "fork", "exit", "munmap"]);
+
+/** The marker of an op or knob write of the step's description (`what`), or null. */
+function opMarker(w) {
+  const knob = w.kind === "knob" || (w.kind === "op" && w.op === "sysfs");
+  if (knob) return w.knob === "run" && String(w.value) === "2" ? "sysfs run=2" : null;
+  if (w.kind !== "op" || !MARKED_OPS.has(w.op)) return null;
+  if (w.op === "madvise" && w.advice !== "MADV_UNMERGEABLE") return null;
+  const where = [w.proc, w.vma].filter((x) => x != null).join(" ");
+  const pages = Array.isArray(w.pages) && w.pages.length ? `[${rangesText(w.pages)}]` : "";
+  return [w.op, where + pages, w.child, w.advice, w.value].filter((x) => x != null && x !== "").join(" ");
+}
+
+/** Chart markers: the step's ops and events that a talk points at (from `what`, never the summary). */
 function markerOf(msg) {
-  const c = msg.event_counts || {};
-  const op = (msg.summary || "").match(MARKED_OPS);
-  if (op && /UNMERGEABLE|run=2|value=2|prctl|fork|exit|munmap/.test(op[0])) return op[0].slice(0, 40);
+  const w = msg.what || {};
+  const c = w.counts || {};
+  const op = opMarker(w);
+  if (op) return op.slice(0, 40);
   if (c.unmerge_all) return "run=2";
   if (c.unshare || c.unshare_zero) return "unmerge";
   return null;
+}
+
+/** Kind numbers by name, from a snapshot's `kinds`. */
+function kindIndex(kinds) {
+  const K = Object.fromEntries(kinds.map((n, i) => [n, i]));
+  K.merged = new Set([K.ksm, K.ksm_zero]);
+  return K;
 }
 
 /** counters.csv: step, global counters, then <proc>.<ksm_stat field> columns. */
@@ -87,8 +109,13 @@ export class SessionView {
   }
 
   applySnapshot(msg) {
-    const kinds = msg.kinds || KIND_NAMES;
-    if (kinds.join() !== KIND_NAMES.join()) throw new Error(`unexpected kinds ${kinds}`);
+    const table = msg.kind_table;
+    if (table.pages.map((k) => k.name).join() !== msg.kinds.join()) throw new Error(`unexpected kinds ${msg.kinds}`);
+    this.K = kindIndex(msg.kinds);
+    this.kindTable = table;
+    this.grid.setKinds(table);
+    this.counters.setFiles(msg.ksm_files);
+    if (this.charts) this.charts.setFiles(msg.ksm_files);
     const lanes = [];
     for (const proc of msg.procs) {
       for (const v of proc.vmas) {
@@ -128,7 +155,7 @@ export class SessionView {
       forEachPage(pg.d, pg.n, (i, pfn, pte, item, kind) => {
         const old = grid.setPage(lane, i, kind, pfn);
         if (old !== kind) {
-          const f = flashClass(old, kind, counts);
+          const f = flashClass(this.K, old, kind, counts);
           if (f) grid.flash(lane, i, f);
         }
       });

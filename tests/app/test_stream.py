@@ -427,3 +427,33 @@ def test_deleting_a_session_ends_its_viewers(server, http):
         assert (await recv(ws2, "error"))["field"] == "session"
 
     run(go())
+
+
+def test_messages_carry_the_tables_and_the_step_as_data() -> None:
+    from app.server.encode import Encoder
+    from app.server.messages import dump
+    from sim import Kernel
+    from sim.ksm_files import table
+    from sim.snapshot import describe, kinds_table
+    from sim.stepper import Outcome
+
+    k = Kernel("6.18", {"use_zero_pages": 1}, record=True)
+    k.spawn("A")
+    k.mmap("A", "heap", 8)
+    k.write("A", "heap", ((0, 8),), "zero")
+    k.madvise("A", "heap", None, "MADV_MERGEABLE")
+    k.take_changes()
+    enc = Encoder("s")
+    meta = {"step": 0, "head": 0, "branch": 0, "ts": 0.0}
+    snap = json.loads(dump(enc.snapshot(k, meta)))
+    assert snap["ksm_files"] == table() and snap["kind_table"] == kinds_table()
+    assert snap["what"] == {}
+    k.scan(2)
+    log = k.take_changes()
+    d = describe(k, log, Outcome("ksmd ran two passes", {"kind": "ksmd"}))
+    meta = {"step": 1, "head": 1, "branch": 0, "ts": 0.0, "summary": d.text, "what": d.what}
+    delta = enc.delta(k, log, meta)
+    assert delta is not None
+    msg = json.loads(dump(delta))
+    assert msg["what"] == {"kind": "ksmd", "counts": d.counts} and d.counts["zero_merge"] == 8
+    assert "ksm_files" not in msg and "kind_table" not in msg

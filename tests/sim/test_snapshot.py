@@ -115,3 +115,41 @@ def test_structure_shows_the_cursor_mid_pass() -> None:
     assert s["ksmd"]["cursor"]["proc"] == "A"
     assert s["ksmd"]["cursor"]["vma"] == "heap"
     assert s["procs"][0]["ksm_stat"]["ksm_zero_pages"] == 4
+
+
+def test_split_key_takes_apart_what_page_key_builds() -> None:
+    from sim.changes import page_key, split_key
+
+    assert split_key(page_key(7, 12)) == (7, 12)
+    assert split_key(page_key(1 << 20, (1 << 32) - 1)) == (1 << 20, (1 << 32) - 1)
+
+
+def test_describe_names_the_lead_event_and_carries_the_step_as_data() -> None:
+    from sim.snapshot import describe
+    from sim.stepper import Outcome
+
+    k = merged(record=True)
+    k.take_changes()
+    k.write("A", "heap", ((0, 1),), "Y")
+    log = k.take_changes()
+    what = {"kind": "op", "op": "write", "proc": "A", "vma": "heap", "pages": [[0, 1]]}
+    d = describe(k, log, Outcome(text="write A heap[0] 'Y'", what=what))
+    assert d.text.startswith("write A heap[0] 'Y': do_wp_page -> wp_page_copy ")
+    assert "A heap[0]" in d.text.split(": ", 1)[1]
+    assert d.counts == {"cow_zero": 1} and d.events == [("cow_zero", "A", "heap", 0)]
+    assert d.what == {**what, "counts": {"cow_zero": 1}}
+    ksmd = {"kind": "ksmd", "grain": "batch", "scanned": 3, "pass_end": False}
+    quiet = describe(k, None, Outcome(text="ksmd scanned 3 pages", what=ksmd))
+    assert quiet.text == "ksmd scanned 3 pages: ksm_do_scan -> cmp_and_merge_page: nothing changed"
+    assert (quiet.events, quiet.counts, quiet.what) == ([], {}, {**ksmd, "counts": {}})
+
+
+def test_kinds_table_follows_the_kind_numbers() -> None:
+    from sim.snapshot import FRAME_KINDS, KIND_NAMES, PAGE_KINDS, kinds_table
+
+    table = kinds_table()
+    assert [row["name"] for row in table["pages"]] == list(KIND_NAMES)
+    assert [row["id"] for row in table["pages"]] == list(range(len(PAGE_KINDS)))
+    assert KIND_NAMES[KIND_KSM_ZERO] == "ksm_zero" and KIND_NAMES[KIND_ZERO] == "zero"
+    assert [row["id"] for row in table["frames"]] == list(range(len(FRAME_KINDS)))
+    assert all(row["label"] and row["meaning"] for row in table["pages"] + table["frames"])
