@@ -16,7 +16,6 @@ File reads are blocking and run in the thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
+
+from app.origin import OriginCheck
 
 from . import models, pagemap, reader
 from .settings import LiveSettings, get_live_settings
@@ -50,10 +51,9 @@ def plotly_path() -> Path:
     vendored = REPO_ROOT / "static" / "vendor" / "plotly.min.js"
     if vendored.is_file():
         return vendored
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or spec.origin is None:
-        return vendored
-    return Path(spec.origin).parent / "package_data" / "plotly.min.js"
+    import plotly  # type: ignore[import-untyped]  # heavy: only when the file is asked for
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 def take_sample(settings: LiveSettings) -> models.SampleMessage:
@@ -230,8 +230,6 @@ def create_live_app(settings: LiveSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="KSM Lab: live host view", description="Read-only view of this machine's KSM."
     )
-    from app.server.security import OriginCheck
-
     app.include_router(router)
     app.add_middleware(OriginCheck)  # the websocket refuses other sites' pages, as the lab's
     if settings is not None:
