@@ -22,6 +22,7 @@ from typing import Any
 from . import qemu, replayer
 from .guard import Refusal, check_privileges
 from .qemu_packages import MissingPiece
+from .session import Interrupted, KernelSession, ReplayConfig
 from .sysfs import KsmSysfs
 
 
@@ -130,12 +131,12 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             _err("fuzz", f"--kernel {args.kernel}: {exc}")
             return int(getattr(exc, "status", 2))
     else:
-        cfg = replayer.ReplayConfig(
+        cfg = ReplayConfig(
             force=args.force, lock_timeout=args.lock_timeout, log=lambda line: _err("fuzz", line)
         )
         try:
             check_privileges(KsmSysfs(cfg.sysfs_root))
-            with replayer.KernelSession(cfg) as session:
+            with KernelSession(cfg) as session:
                 kernel = _host_profile()
                 result = fuzz.fuzz(
                     fuzz.host_runner(session),
@@ -154,7 +155,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             progress.end()
             _err("fuzz", str(exc))
             return replayer.EXIT_REFUSED
-        except replayer.Interrupted as exc:
+        except Interrupted as exc:
             progress.end()
             _err("fuzz", f"{exc}; knobs restored")
             return 128 + exc.signum

@@ -28,9 +28,12 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from app.kernel.host import ksm as host_ksm
+from app.kernel.host import pagemap
+from app.kernel.host.procfs import ProcessGone
 from app.origin import OriginCheck
 
-from . import models, pagemap, reader
+from . import models
 from .settings import LiveSettings, get_live_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +60,8 @@ def plotly_path() -> Path:
 
 
 def take_sample(settings: LiveSettings) -> models.SampleMessage:
-    ksm = models.KsmSample.of(reader.read_ksm(settings.sys_root))
-    procs = models.ProcTable.of(reader.read_procs(settings.proc_root))
+    ksm = models.KsmSample.model_validate(host_ksm.read_ksm(settings.sys_root))
+    procs = models.ProcTable.model_validate(host_ksm.read_procs(settings.proc_root))
     return models.SampleMessage(ksm=ksm, procs=procs)
 
 
@@ -95,7 +98,7 @@ def read_asset(name: str) -> FileResponse:
 
 @router.get("/api/live/ksm", response_model=models.KsmSample)
 def read_ksm(settings: SettingsDep) -> models.KsmSample:
-    return models.KsmSample.of(reader.read_ksm(settings.sys_root))
+    return models.KsmSample.model_validate(host_ksm.read_ksm(settings.sys_root))
 
 
 @router.get("/api/live/procs", response_model=models.ProcTable)
@@ -103,7 +106,9 @@ def read_procs(
     settings: SettingsDep,
     include_all: Annotated[bool, Query(alias="all")] = False,
 ) -> models.ProcTable:
-    return models.ProcTable.of(reader.read_procs(settings.proc_root, include_all=include_all))
+    return models.ProcTable.model_validate(
+        host_ksm.read_procs(settings.proc_root, include_all=include_all)
+    )
 
 
 @router.get("/api/live/procs/{pid}/pages", response_model=models.PageMap)
@@ -123,9 +128,9 @@ def read_proc_pages(
         )
     try:
         pm = pagemap.read_page_map(settings.proc_root, pid, offset, limit)
-    except reader.ProcessGone:
+    except ProcessGone:
         raise HTTPException(404, f"process {pid} does not exist (or exited)") from None
-    return models.PageMap.of(pm)
+    return models.PageMap.model_validate(pm)
 
 
 # --------------------------------------------------------------------------------------
