@@ -14,24 +14,16 @@ failed, 4 unsupported on this kernel.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import replayer
+from . import qemu, replayer
 from .guard import Refusal, check_privileges
+from .qemu_packages import MissingPiece
+from .session import Interrupted, KernelSession, ReplayConfig
 from .sysfs import KsmSysfs
-
-
-def _qemu() -> Any | None:
-    try:
-        return importlib.import_module("app.kernel.qemu")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("app.kernel.qemu",):
-            return None
-        raise
 
 
 def register(subparsers: Any) -> None:
@@ -86,18 +78,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.restore:
             _err("replay", "--restore is for the host kernel; it takes no --kernel")
             return replayer.EXIT_REFUSED
-        qemu = _qemu()
-        if qemu is None:
-            _err(
-                "replay",
-                f"--kernel {args.kernel}: qemu replay (app.kernel.qemu) is not part of this build",
-            )
-            return replayer.EXIT_REFUSED
         if not args.scenario:
             _err("replay", "a scenario file is required")
             return replayer.EXIT_REFUSED
-        status: int = qemu.replay_in_guest(args.scenario, args.kernel, args.trace)
-        return status
+        return qemu.replay_in_guest(args.scenario, args.kernel, args.trace)
     return replayer.run(args)
 
 
@@ -129,13 +113,6 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         sys.stderr.write(f"  #{index} shrunk: {first}" + (f"  -> {where}" if where else "") + "\n")
 
     if args.kernel:
-        qemu = _qemu()
-        if qemu is None:
-            _err(
-                "fuzz",
-                f"--kernel {args.kernel}: qemu replay (app.kernel.qemu) is not part of this build",
-            )
-            return replayer.EXIT_REFUSED
         try:
             result = fuzz.fuzz(
                 fuzz.guest_runner(args.kernel),
@@ -149,19 +126,17 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                 on_failure=on_failure,
                 progress=progress,
             )
-        except Exception as exc:
-            if type(exc).__name__ in ("QemuError", "MissingPiece"):
-                progress.end()
-                _err("fuzz", f"--kernel {args.kernel}: {exc}")
-                return int(getattr(exc, "status", 2))
-            raise
+        except (qemu.QemuError, MissingPiece) as exc:
+            progress.end()
+            _err("fuzz", f"--kernel {args.kernel}: {exc}")
+            return int(getattr(exc, "status", 2))
     else:
-        cfg = replayer.ReplayConfig(
+        cfg = ReplayConfig(
             force=args.force, lock_timeout=args.lock_timeout, log=lambda line: _err("fuzz", line)
         )
         try:
             check_privileges(KsmSysfs(cfg.sysfs_root))
-            with replayer.KernelSession(cfg) as session:
+            with KernelSession(cfg) as session:
                 kernel = _host_profile()
                 result = fuzz.fuzz(
                     fuzz.host_runner(session),
@@ -180,7 +155,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             progress.end()
             _err("fuzz", str(exc))
             return replayer.EXIT_REFUSED
-        except replayer.Interrupted as exc:
+        except Interrupted as exc:
             progress.end()
             _err("fuzz", f"{exc}; knobs restored")
             return 128 + exc.signum

@@ -15,7 +15,7 @@ It stays away from what ``ksm-model.md`` §6 calls nondeterministic on the real 
   pages never merge; zero pages only with ``use_zero_pages=1`` for the whole scenario, which
   sends them to the zero page instead), so the tree holds at most one top-level node.
 
-Every scenario is replayed on the kernel (one :class:`~.replayer.KernelSession` for the
+Every scenario is replayed on the kernel (one :class:`~.session.KernelSession` for the
 whole run, or inside a qemu guest with ``kernel``) and run with ``sim.run_scenario``; a
 disagreement is saved to ``out/NNNN/``: ``scenario.json``, ``kernel.json``, ``sim.json``,
 ``diff.txt`` and the shrunk versions (``shrunk.json``, ``shrunk-kernel.json``,
@@ -302,8 +302,9 @@ def judge(doc: Doc, kernel: tuple[Doc | None, str | None]) -> Outcome:
 
 
 def host_runner(session: Any) -> KernelRunner:
-    """Replays on this machine's kernel, in an open :class:`~.replayer.KernelSession`."""
-    from .replayer import ReplayFailed, Unsupported
+    """Replays on this machine's kernel, in an open :class:`~.session.KernelSession`."""
+    from .ops import ReplayFailed
+    from .session import Unsupported
 
     def run(docs: Sequence[Doc]) -> list[tuple[Doc | None, str | None]]:
         out: list[tuple[Doc | None, str | None]] = []

@@ -9,7 +9,7 @@ import ctypes
 import os
 from functools import cache
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+from .host.procfs import PAGE_SIZE as PAGE_SIZE  # the host's, defined once
 
 PROT_NONE = 0
 PROT_READ = 1

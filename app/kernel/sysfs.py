@@ -1,30 +1,35 @@
-"""``/sys/kernel/mm/ksm``: knobs and counters.
+"""``/sys/kernel/mm/ksm`` for the replayer: knobs (read and written) and counters.
 
-The directory is a parameter (``KsmSysfs(root)``) so that everything here can be tested
-without root against a temporary directory holding plain files. A *knob* is a file with a
-write bit in its mode; a *counter* is read-only. Values are returned as ``int`` when the file
-holds an integer, otherwise as the selected word of a ``[choice] other`` list
-(``advisor_mode``) or the stripped text. A file that does not exist reads as ``None``.
+The counters, the knobs and their defaults come from ``sim.ksm_files`` (the defaults through
+``sim.knobs``); values are parsed by :func:`app.kernel.host.ksm.parse_value`, the parser the
+live view reads with. The directory is a parameter (``KsmSysfs(root)``) so that everything
+here can be tested without root against a temporary directory holding plain files. A *knob*
+is a file with a write bit in its mode; a *counter* is read-only. Values are returned as
+``int`` when the file holds an integer, otherwise as the selected word of a ``[choice]
+other`` list (``advisor_mode``) or the stripped text. A file that does not exist reads as
+``None``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from pathlib import Path
 
 from sim.knobs import DEFAULTS, FORMAT_KNOBS
-from sim.trace import GLOBAL_FIELDS
+from sim.ksm_files import GLOBAL_COUNTERS
+
+from .host.ksm import Value
+from .host.ksm import parse_value as parse_value  # re-exported: KsmSysfs reads with it
 
 DEFAULT_ROOT = "/sys/kernel/mm/ksm"
 
 #: the format's default knobs (scenario-format.md); a scenario's ``sysfs`` overrides them
 DEFAULT_KNOBS: dict[str, int] = {k: int(DEFAULTS[k]) for k in FORMAT_KNOBS}
 
-#: global counters of a trace checkpoint, in trace order
-COUNTERS = GLOBAL_FIELDS
+#: global counters of a trace checkpoint, in trace order (the read-only sysfs files)
+COUNTERS = GLOBAL_COUNTERS
 
 #: counters that only ever grow (recorded as the increase since the scenario started)
 CUMULATIVE = ("full_scans", "pages_scanned", "pages_skipped")
@@ -32,21 +37,7 @@ CUMULATIVE = ("full_scans", "pages_scanned", "pages_skipped")
 #: knobs that give EBUSY while pages are shared (run=2 first)
 BUSY_KNOBS = ("max_page_sharing", "merge_across_nodes")
 
-_INT = re.compile(r"^-?\d+$")
-_CHOICE = re.compile(r"\[([^\]]*)\]")
-
-KnobValue = int | str
-
-
-def parse_value(text: str) -> KnobValue:
-    """``"100\\n"`` -> 100, ``"[none] scan-time"`` -> ``"none"``, anything else stripped."""
-    text = text.strip()
-    if _INT.match(text):
-        return int(text)
-    m = _CHOICE.search(text)
-    if m:
-        return m.group(1)
-    return text
+KnobValue = Value
 
 
 def errno_name(exc: OSError) -> str:

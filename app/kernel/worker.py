@@ -46,7 +46,7 @@ from functools import cache
 from typing import Any, NoReturn
 
 from . import libc
-from .procfs import ProcFs
+from .host.procfs import ProcFs
 from .sysfs import errno_name
 
 PAGE = libc.PAGE_SIZE

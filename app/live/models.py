@@ -13,27 +13,35 @@ Client -> server
   ``{"type": "interval", "seconds": 2.5}``  change this socket's sampling period
                                             (clamped to 0.05 s .. 3600 s).
   ``{"type": "sample"}``                    send a sample now.
+
+The answers are validated from the attributes of what :mod:`app.kernel.host` reads
+(``from_attributes``): ``KsmSample.model_validate(host.ksm.read_ksm(...))`` and so on; no
+field is copied by hand.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sim.ksm_files import table as ksm_files_table
 
-from . import pagemap, reader
+
+class HostModel(BaseModel):
+    """A model read from the attributes of a host dataclass (``model_validate(obj)``)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
-class DerivedFigure(BaseModel):
+class DerivedFigure(HostModel):
     name: str
     value: float | None
     unit: str
     explanation: str
 
 
-class KsmSample(BaseModel):
+class KsmSample(HostModel):
     """One reading of ``/sys/kernel/mm/ksm``: ``values[name]`` is null when missing."""
 
     time: float
@@ -45,22 +53,8 @@ class KsmSample(BaseModel):
     errors: dict[str, str] = Field(description="files that exist but could not be read")
     derived: list[DerivedFigure]
 
-    @classmethod
-    def of(cls, sample: reader.KsmSample) -> KsmSample:
-        derived = [DerivedFigure(**vars(d)) for d in reader.derive(sample.values)]
-        return cls(
-            time=sample.time,
-            available=sample.available,
-            values=sample.values,
-            missing=sample.missing,
-            knobs=sample.knobs,
-            choices=sample.choices,
-            errors=sample.errors,
-            derived=derived,
-        )
 
-
-class ProcKsm(BaseModel):
+class ProcKsm(HostModel):
     """A process's KSM counters; null where the kernel lacks the ksm_stat line."""
 
     pid: int
@@ -73,25 +67,15 @@ class ProcKsm(BaseModel):
     merge_any: bool | None
 
 
-class ProcTable(BaseModel):
+class ProcTable(HostModel):
     time: float
     procs: list[ProcKsm]
     scanned: int = Field(description="process directories looked at")
     vanished: int = Field(description="processes that exited while being read")
     unreadable: int = Field(description="processes whose files were not readable")
 
-    @classmethod
-    def of(cls, table: reader.ProcTable) -> ProcTable:
-        return cls(
-            time=table.time,
-            procs=[ProcKsm(**vars(p)) for p in table.procs],
-            scanned=table.scanned,
-            vanished=table.vanished,
-            unreadable=table.unreadable,
-        )
 
-
-class Vma(BaseModel):
+class Vma(HostModel):
     start: str = Field(description="hex address")
     end: str
     perms: str
@@ -100,8 +84,13 @@ class Vma(BaseModel):
     first_page: int = Field(description="index of its first page among the mergeable pages")
     ksm_kb: int | None = Field(description="smaps KSM: (6.6+), null when absent")
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _hex(cls, value: object) -> object:
+        return f"{value:#x}" if isinstance(value, int) else value
 
-class PageMap(BaseModel):
+
+class PageMap(HostModel):
     """A window of a process's mergeable pages, one character per page in ``cells``.
 
     ``-`` not present, ``Z`` zero page, ``K`` KSM page, ``A`` other anonymous page, ``F``
@@ -122,34 +111,6 @@ class PageMap(BaseModel):
     groups: list[list[int]]
     counts: dict[str, int]
     classification: str
-
-    @classmethod
-    def of(cls, pm: pagemap.PageMap) -> PageMap:
-        vmas = [
-            Vma(
-                start=f"{v.start:#x}",
-                end=f"{v.end:#x}",
-                perms=v.perms,
-                name=v.name,
-                pages=v.pages,
-                first_page=v.first_page,
-                ksm_kb=v.ksm_kb,
-            )
-            for v in pm.vmas
-        ]
-        return cls(
-            pid=pm.pid,
-            vmas=vmas,
-            total_pages=pm.total_pages,
-            offset=pm.offset,
-            limit=pm.limit,
-            available=pm.available,
-            reason=pm.reason,
-            cells=pm.cells,
-            groups=pm.groups,
-            counts=pm.counts,
-            classification=pm.classification,
-        )
 
 
 class SampleMessage(BaseModel):

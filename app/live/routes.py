@@ -16,7 +16,6 @@ File reads are blocking and run in the thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,12 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from . import models, pagemap, reader
+from app.kernel.host import ksm as host_ksm
+from app.kernel.host import pagemap
+from app.kernel.host.procfs import ProcessGone
+from app.origin import OriginCheck
+
+from . import models
 from .settings import LiveSettings, get_live_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,15 +54,14 @@ def plotly_path() -> Path:
     vendored = REPO_ROOT / "static" / "vendor" / "plotly.min.js"
     if vendored.is_file():
         return vendored
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or spec.origin is None:
-        return vendored
-    return Path(spec.origin).parent / "package_data" / "plotly.min.js"
+    import plotly  # type: ignore[import-untyped]  # heavy: only when the file is asked for
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 def take_sample(settings: LiveSettings) -> models.SampleMessage:
-    ksm = models.KsmSample.of(reader.read_ksm(settings.sys_root))
-    procs = models.ProcTable.of(reader.read_procs(settings.proc_root))
+    ksm = models.KsmSample.model_validate(host_ksm.read_ksm(settings.sys_root))
+    procs = models.ProcTable.model_validate(host_ksm.read_procs(settings.proc_root))
     return models.SampleMessage(ksm=ksm, procs=procs)
 
 
@@ -95,7 +98,7 @@ def read_asset(name: str) -> FileResponse:
 
 @router.get("/api/live/ksm", response_model=models.KsmSample)
 def read_ksm(settings: SettingsDep) -> models.KsmSample:
-    return models.KsmSample.of(reader.read_ksm(settings.sys_root))
+    return models.KsmSample.model_validate(host_ksm.read_ksm(settings.sys_root))
 
 
 @router.get("/api/live/procs", response_model=models.ProcTable)
@@ -103,7 +106,9 @@ def read_procs(
     settings: SettingsDep,
     include_all: Annotated[bool, Query(alias="all")] = False,
 ) -> models.ProcTable:
-    return models.ProcTable.of(reader.read_procs(settings.proc_root, include_all=include_all))
+    return models.ProcTable.model_validate(
+        host_ksm.read_procs(settings.proc_root, include_all=include_all)
+    )
 
 
 @router.get("/api/live/procs/{pid}/pages", response_model=models.PageMap)
@@ -123,9 +128,9 @@ def read_proc_pages(
         )
     try:
         pm = pagemap.read_page_map(settings.proc_root, pid, offset, limit)
-    except reader.ProcessGone:
+    except ProcessGone:
         raise HTTPException(404, f"process {pid} does not exist (or exited)") from None
-    return models.PageMap.of(pm)
+    return models.PageMap.model_validate(pm)
 
 
 # --------------------------------------------------------------------------------------
@@ -230,8 +235,6 @@ def create_live_app(settings: LiveSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="KSM Lab: live host view", description="Read-only view of this machine's KSM."
     )
-    from app.server.security import OriginCheck
-
     app.include_router(router)
     app.add_middleware(OriginCheck)  # the websocket refuses other sites' pages, as the lab's
     if settings is not None:

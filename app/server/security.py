@@ -12,8 +12,9 @@ one when unset); anyone else may watch read-only: GET pages, snapshots and webso
   show the refusal inline in their partial;
   the websocket handler asks :func:`is_presenter` once and refuses control messages of a
   viewer without the token with an ``error`` (the socket stays open for watching).
-- :class:`OriginCheck` refuses a websocket handshake whose ``Origin`` is not this server's
-  own ``host:port`` (absent: a non-browser client, accepted).
+- :class:`~app.origin.OriginCheck` (in :mod:`app.origin`, shared with the live view) refuses
+  a websocket handshake whose ``Origin`` is not this server's own ``host:port`` (absent: a
+  non-browser client, accepted); re-exported here for the app factory.
 - :func:`redact_access_log` keeps the token out of uvicorn's access log (the presenter's
   link carries it in the query).
 """
@@ -26,12 +27,13 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
 from app.config import Settings
+from app.origin import OriginCheck as OriginCheck  # re-exported for the app factory
 
 from .errors import ApiError
 
@@ -171,41 +173,3 @@ class TokenCookie:
             await send(message)
 
         await self.app(scope, receive, with_cookie)
-
-
-def origin_allowed(scope: Scope) -> bool:
-    """A websocket handshake's Origin: absent, or this server's own scheme and host:port."""
-    headers = {k.lower(): v for k, v in scope.get("headers", [])}
-    origin = headers.get(b"origin")
-    if origin is None:
-        return True
-    host = headers.get(b"host", b"").decode("latin-1").lower()
-    try:
-        parts = urlsplit(origin.decode("latin-1").lower())
-    except ValueError:
-        return False
-    ours = "https" if scope.get("scheme") in ("wss", "https") else "http"
-    if parts.scheme != ours or not parts.netloc:
-        return False
-    default = "443" if parts.scheme == "https" else "80"
-    return _with_port(parts.netloc, default) == _with_port(host, default)
-
-
-def _with_port(netloc: str, default: str) -> str:
-    if netloc.endswith("]") or ":" not in netloc.rsplit("]", 1)[-1]:
-        return f"{netloc}:{default}"
-    return netloc
-
-
-class OriginCheck:
-    """ASGI middleware: refuse (HTTP 403) a websocket handshake from another origin."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and not origin_allowed(scope):
-            log.warning("websocket %s refused: foreign Origin", scope.get("path"))
-            await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
-            return
-        await self.app(scope, receive, send)

@@ -317,6 +317,10 @@ def test_live_view_is_read_only() -> None:
             assert isinstance(route, APIWebSocketRoute), route
 
 
+#: the read-only modules of app.kernel.host (none writes to /sys or /proc)
+HOST_READER = ("procfs", "frames", "ksm", "pagemap")
+
+
 def test_kernel_replayer_not_reachable() -> None:
     app = create_app(Settings())
     for route in all_routes(app.routes):
@@ -332,7 +336,7 @@ def test_kernel_replayer_not_reachable() -> None:
         for mod in modules:
             assert not mod.startswith("app.kernel"), (path, mod)
     # a fresh interpreter: building the app imports nothing of app.kernel but the read-only
-    # /proc parser the live view shares (no replayer, fuzz, worker, qemu or sysfs writer)
+    # host reader the live view shares (no replayer, fuzz, worker, qemu or sysfs writer)
     code = (
         "import sys; from app.server.app import create_app; create_app();"
         "print(sorted(m for m in sys.modules if m.startswith('app.kernel')))"
@@ -341,4 +345,5 @@ def test_kernel_replayer_not_reachable() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     imported = set(json.loads(out.replace("'", '"')))
-    assert imported <= {"app.kernel", "app.kernel.procfs"}, imported
+    host = {"app.kernel.host", *(f"app.kernel.host.{m}" for m in HOST_READER)}
+    assert imported <= {"app.kernel", *host}, imported

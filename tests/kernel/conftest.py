@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.kernel.guard import Refusal, check_privileges, host_lock, lock_file_path
-from app.kernel.procfs import ProcFs
+from app.kernel.host.procfs import ProcFs
 from app.kernel.sysfs import DEFAULT_KNOBS, KsmSysfs
 
 KERNEL_TESTS = os.environ.get("KSMLAB_KERNEL_TESTS") == "1"

@@ -21,8 +21,10 @@ import pytest
 
 from app.kernel import libc, replayer
 from app.kernel.guard import host_lock, lock_file_path, read_state
-from app.kernel.procfs import ProcFs
-from app.kernel.replayer import SCAN_PAGES, ReplayConfig, replay_scenario
+from app.kernel.host.procfs import ProcFs
+from app.kernel.ops import SCAN_PAGES
+from app.kernel.replayer import replay_scenario
+from app.kernel.session import KernelSession, ReplayConfig
 from app.kernel.sysfs import KsmSysfs
 from sim.scenario import load_scenario, parse_scenario
 from sim.trace import compare_traces, load_trace
@@ -60,7 +62,7 @@ def test_public_scenario_reproduces_its_trace(kernel: KsmSysfs, shared: Path, pa
 def test_differential_fuzz_agrees(kernel: KsmSysfs, tmp_path: Path) -> None:
     from app.kernel import fuzz
 
-    with replayer.KernelSession(ReplayConfig()) as session:
+    with KernelSession(ReplayConfig()) as session:
         result = fuzz.fuzz(
             fuzz.host_runner(session), count=20, seed=20251201, out=tmp_path, shrink_budget=60
         )

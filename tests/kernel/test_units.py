@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.kernel import fuzz, worker
-from app.kernel.procfs import ProcFs, parse_ksm_stat, parse_maps, parse_smaps
+from app.kernel.host.procfs import ProcFs, parse_ksm_stat, parse_maps, parse_smaps
 from sim.scenario import parse_scenario
 
 KSM_STAT_618 = """ksm_rmap_items 200
@@ -203,7 +203,7 @@ def test_shrunk_mapping_clips_page_selections() -> None:
 
 
 def test_dirty_rule_solutions_find_ties_and_forced_choices() -> None:
-    from app.kernel.procfs import count_solutions, solve_ksm_frames
+    from app.kernel.host.frames import count_solutions, solve_ksm_frames
 
     a, b = ("P2", "m1"), ("P3", "m1")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.live.reader import PAGE_SIZE
+from app.kernel.host.procfs import PAGE_SIZE
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WORKER_PID = 21700

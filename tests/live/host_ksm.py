@@ -77,7 +77,7 @@ def worker() -> Iterator[tuple[subprocess.Popen[str], int]]:
 
 def wait_merged(pid: int, merging: int, zero: int, timeout: float = 60) -> dict[str, int]:
     """Poll ``/proc/PID/ksm_stat`` until the worker's pages are merged; returns the stat."""
-    from app.live.reader import parse_ksm_stat
+    from app.kernel.host.procfs import parse_ksm_stat
 
     deadline = time.monotonic() + timeout
     stat: dict[str, Any] = {}

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.live import pagemap
-from app.live.reader import ProcessGone
+from app.kernel.host import pagemap
+from app.kernel.host.procfs import KPF_ANON, KPF_DIRTY, KPF_KSM, ProcessGone
 
 from .conftest import WORKER_PID, Tree
 
@@ -60,8 +60,8 @@ def test_old_kernel_without_smaps_ksm_line(old_tree: Tree) -> None:
 def test_kpf_ksm_on_every_anon_page_falls_back_to_dirty(host_tree: Tree) -> None:
     """6.10-era kernels (6.12) set KPF_KSM on every anonymous page (ksm-model.md §11)."""
     for pfn, flags in host_tree.kpageflags.items():
-        if flags >> pagemap.KPF_ANON & 1:
-            host_tree.kpageflags[pfn] = flags | 1 << pagemap.KPF_KSM
+        if flags >> KPF_ANON & 1:
+            host_tree.kpageflags[pfn] = flags | 1 << KPF_KSM
     host_tree.write_binaries()
     pm = pagemap.read_page_map(host_tree.proc_root, WORKER_PID, 0, 128)
     assert pm.cells == EXPECTED
@@ -73,10 +73,10 @@ def _as_6_12(tree: Tree, dirty_anon: bool) -> None:
     as pages a merge left behind copy-on-write are."""
     a_pfns = {e & pagemap.PM_PFN_MASK for i, e in enumerate(tree.pagemap) if EXPECTED[i] == "A"}
     for pfn, flags in tree.kpageflags.items():
-        if flags >> pagemap.KPF_ANON & 1:
-            flags |= 1 << pagemap.KPF_KSM
+        if flags >> KPF_ANON & 1:
+            flags |= 1 << KPF_KSM
             if dirty_anon and pfn in a_pfns:
-                flags |= 1 << pagemap.KPF_DIRTY
+                flags |= 1 << KPF_DIRTY
             tree.kpageflags[pfn] = flags
     tree.write_binaries()
 

@@ -1,4 +1,4 @@
-"""app/live/reader.py against the recorded 6.18 tree and the 6.1-shaped tree."""
+"""app/kernel/host/ksm.py (the live view's reader): the recorded 6.18 tree, the 6.1-shaped one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.live import reader
+from app.kernel.host import ksm as reader
 
 from .conftest import WORKER_PID, Tree
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 CHILD = r"""
 import ctypes, json, os, sys
-from app.live import pagemap, reader
+from app.kernel.host import ksm as reader, pagemap
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,

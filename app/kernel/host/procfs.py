@@ -1,8 +1,14 @@
-"""``/proc`` readers: per-process KSM counters, page frames and flags, maps, KSM users.
+"""``/proc`` readers: per-process KSM counters, page frames and flags, maps, smaps, KSM users.
+
+The one place that knows ``/proc``'s formats for KSM Lab: the replayer (through
+:class:`ProcFs`) and the live view (through :mod:`.ksm` and :mod:`.pagemap`) both read with
+it. It holds the host's ``PAGE_SIZE``, the ``KPF_*`` and ``PM_*`` bits, the one smaps parser,
+the one (batched) ``/proc/kpageflags`` reader and the one :class:`ProcessGone`.
 
 The ``/proc`` root is a parameter (``ProcFs(root)``) so parsing can be tested against fixture
 trees. Missing files and lines read as ``None`` (older kernels lack some of them, see
-``ksm-model.md`` §0.1); a process that vanished raises :class:`ProcessGone`.
+``ksm-model.md`` §0.1); a process that vanished raises :class:`ProcessGone`. Nothing here
+writes.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sim.trace import PROC_FIELDS as TRACE_PROC_FIELDS
+
+#: the host's page size (``sysconf``; pagemap and kpageflags are indexed by it)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 #: ``/proc/kpageflags`` bits (include/uapi/linux/kernel-page-flags.h)
 KPF_DIRTY = 4
@@ -33,93 +41,12 @@ PM_PFN_MASK = (1 << 55) - 1
 PROC_FIELDS = TRACE_PROC_FIELDS
 
 
-def solve_ksm_frames(
-    frames: dict[int, dict[Any, int]],
-    bounds: dict[Any, tuple[int, int]],
-) -> tuple[set[int], set[int]] | None:
-    """Which candidate frames are KSM pages, when ``KPF_KSM`` cannot say (6.10-era kernels).
-
-    ``frames`` maps each candidate (anonymous, PG_dirty, in insertion order) to how many
-    PTEs map it in each mapping; ``bounds`` gives each mapping's number of KSM PTEs as
-    ``(lowest, highest)`` (smaps ``KSM:``; exact when the whole VMA was read). Frames mapped
-    alike are interchangeable: every choice of how many of each such group are KSM that
-    meets every bound is enumerated. Returns ``(ksm, ambiguous)``: the KSM frames of the
-    first choice (most mapped groups first, each as KSM as it can be: a KSM frame gathers
-    mappings) and the frames whose status differs between choices or within their group,
-    which no userspace interface tells apart. None when no choice meets the bounds.
-    """
-    groups: dict[tuple[tuple[Any, int], ...], list[int]] = {}
-    for pfn, sig in frames.items():
-        groups.setdefault(tuple(sorted(sig.items(), key=repr)), []).append(pfn)
-    gl = sorted(groups.items(), key=lambda g: -sum(n for _, n in g[0]))
-    solutions, complete = count_solutions(
-        [dict(sig) for sig, _ in gl], [len(m) for _, m in gl], bounds
-    )
-    if not solutions:
-        return None
-    ksm: set[int] = set()
-    ambiguous: set[int] = set()
-    for i, (_, members) in enumerate(gl):
-        ks = {sol[i] for sol in solutions}
-        ksm.update(members[: solutions[0][i]])
-        if not complete or len(ks) > 1 or 0 < solutions[0][i] < len(members):
-            ambiguous.update(members)
-    return ksm, ambiguous
-
-
-def count_solutions(
-    sigs: list[dict[Any, int]],
-    sizes: list[int],
-    bounds: dict[Any, tuple[int, int]],
-    limit: int = 64,
-    budget: int = 200_000,
-) -> tuple[list[list[int]], bool]:
-    """Every way (up to ``limit``) to choose how many frames of each group are KSM pages.
-
-    Group ``i`` has ``sizes[i]`` interchangeable frames, each mapped ``sigs[i][m]`` times
-    in mapping ``m``; a choice must give every mapping between ``bounds[m]`` KSM PTEs
-    (both included). Groups are tried in the order given, each from "all" down to "none".
-    The flag is False when the search stopped at ``limit`` solutions or ``budget`` calls.
-    """
-    out: list[list[int]] = []
-    low = {m: lo for m, (lo, _) in bounds.items()}  # still needed
-    high = {m: hi for m, (_, hi) in bounds.items()}  # still allowed
-    # what the groups from i on can still add to each mapping, to prune early
-    room: list[dict[Any, int]] = [{} for _ in range(len(sigs) + 1)]
-    for i in range(len(sigs) - 1, -1, -1):
-        room[i] = dict(room[i + 1])
-        for m, n in sigs[i].items():
-            room[i][m] = room[i].get(m, 0) + n * sizes[i]
-    pick: list[int] = []
-    steps = 0
-
-    def go(i: int) -> None:
-        nonlocal steps
-        steps += 1
-        if len(out) >= limit or steps > budget:
-            return
-        if any(v < 0 for v in high.values()) or any(v > room[i].get(m, 0) for m, v in low.items()):
-            return
-        if i == len(sigs):
-            out.append(list(pick))
-            return
-        for k in range(sizes[i], -1, -1):
-            for m, n in sigs[i].items():
-                low[m] = low.get(m, 0) - k * n
-                high[m] = high.get(m, 1 << 62) - k * n
-            pick.append(k)
-            go(i + 1)
-            pick.pop()
-            for m, n in sigs[i].items():
-                low[m] += k * n
-                high[m] += k * n
-
-    go(0)
-    return out, len(out) < limit and steps <= budget
+#: longest run of kpageflags entries read with one pread when PFNs are close together
+KPF_GAP = 64
 
 
 class ProcessGone(Exception):
-    """The process no longer exists."""
+    """The process no longer exists (or exited while it was being read)."""
 
 
 @dataclass(frozen=True)
@@ -163,31 +90,72 @@ def parse_maps(text: str) -> list[Vma]:
 class SmapsVma:
     start: int
     end: int
-    ksm_kb: int | None = None  # the ``KSM:`` line (6.6+), None when absent
-    mergeable: bool = False  # VmFlags ``mg``
+    perms: str = ""
+    name: str = ""  # the mapped file or ``[heap]``-like name, "" for anonymous memory
+    ksm_kb: int | None = None  # the ``KSM:`` line (6.6+; KSM pages only), None when absent
+    mergeable: bool = False  # VmFlags ``mg`` (VM_MERGEABLE)
 
 
 def parse_smaps(text: str) -> list[SmapsVma]:
-    """Per VMA of an smaps file: range, ``KSM:`` kB and whether VmFlags has ``mg``."""
+    """Per VMA of an smaps file: range, perms, name, ``KSM:`` kB and whether VmFlags has ``mg``.
+
+    A malformed range line ends the VMA being read (its later lines are ignored); a ``KSM:``
+    line without a number reads as None.
+    """
     out: list[SmapsVma] = []
+    current: SmapsVma | None = None
     for line in text.splitlines():
-        head = line.split(None, 1)[0] if line else ""
+        head = line.split(None, 1)[0] if line.strip() else ""
         if "-" in head and not head.endswith(":"):
+            parts = line.split(None, 5)
             lo, _, hi = head.partition("-")
             try:
-                out.append(SmapsVma(int(lo, 16), int(hi, 16)))
+                current = SmapsVma(
+                    int(lo, 16),
+                    int(hi, 16),
+                    parts[1] if len(parts) > 1 else "",
+                    parts[5].strip() if len(parts) > 5 else "",
+                )
             except ValueError:
+                current = None
                 continue
-        elif head == "KSM:" and out:
-            out[-1].ksm_kb = int(line.split()[1])
-        elif head == "VmFlags:" and out:
-            out[-1].mergeable = "mg" in line.split()[1:]
+            out.append(current)
+        elif current is not None and head == "KSM:":
+            fields = line.split()
+            current.ksm_kb = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+        elif current is not None and head == "VmFlags:":
+            current.mergeable = "mg" in line.split()[1:]
     return out
 
 
 def stat_fields(text: str) -> list[str]:
     """Fields of ``/proc/PID/stat`` after the command (``[0]`` is the state letter)."""
     return text[text.rindex(")") + 2 :].split()
+
+
+def read_kpageflags(proc_root: str | Path, pfns: Iterable[int]) -> dict[int, int]:
+    """``{pfn: flags}`` from ``<proc_root>/kpageflags``, reading nearby PFNs (at most
+    ``KPF_GAP`` apart) with one pread per run; a PFN beyond the end of the file reads as 0.
+    Opening the file may raise ``PermissionError`` (root only) or ``FileNotFoundError``."""
+    flags: dict[int, int] = {}
+    fd = os.open(Path(proc_root) / "kpageflags", os.O_RDONLY)
+    try:
+        ordered = sorted(set(pfns))
+        i = 0
+        while i < len(ordered):
+            j = i
+            while j + 1 < len(ordered) and ordered[j + 1] - ordered[j] <= KPF_GAP:
+                j += 1
+            first, count = ordered[i], ordered[j] - ordered[i] + 1
+            data = os.pread(fd, 8 * count, first * 8)
+            got = len(data) // 8
+            words = struct.unpack(f"<{got}Q", data[: 8 * got])
+            for pfn in ordered[i : j + 1]:
+                flags[pfn] = words[pfn - first] if pfn - first < got else 0
+            i = j + 1
+    finally:
+        os.close(fd)
+    return flags
 
 
 class ProcFs:
@@ -296,16 +264,8 @@ class ProcFs:
         return list(struct.unpack(f"<{npages}Q", data))
 
     def kpageflags(self, pfns: Iterable[int]) -> dict[int, int]:
-        """``{pfn: flags}`` from ``/proc/kpageflags``."""
-        out: dict[int, int] = {}
-        fd = os.open(self.root / "kpageflags", os.O_RDONLY)
-        try:
-            for pfn in sorted(set(pfns)):
-                data = os.pread(fd, 8, pfn * 8)
-                out[pfn] = struct.unpack("<Q", data)[0] if len(data) == 8 else 0
-        finally:
-            os.close(fd)
-        return out
+        """``{pfn: flags}`` from ``/proc/kpageflags`` (:func:`read_kpageflags`)."""
+        return read_kpageflags(self.root, pfns)
 
     def ksm_users(self, exclude: Sequence[int] = ()) -> list[dict[str, object]]:
         """Processes (other than ``exclude``) with KSM state: mergeable memory or counters."""

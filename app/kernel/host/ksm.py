@@ -1,8 +1,10 @@
-"""Reading the host's KSM state: sysfs files, per-process counters, derived figures.
+"""The host's KSM at a glance: every sysfs file, the processes that use KSM, derived figures.
 
-Standard library only (the kernel replayer may share it). Both roots are parameters so tests
-can point them at fixture trees: ``sys_root`` is the directory mounted at ``/sys`` (the KSM
-files are in ``<sys_root>/kernel/mm/ksm``) and ``proc_root`` the one mounted at ``/proc``.
+What the live view shows (``app.live`` only turns it into JSON). Standard library only. Both
+roots are parameters so tests can point them at fixture trees: ``sys_root`` is the directory
+mounted at ``/sys`` (the KSM files are in ``<sys_root>/kernel/mm/ksm``) and ``proc_root`` the
+one mounted at ``/proc``. The sysfs value parser here is the one the replayer's
+:class:`app.kernel.sysfs.KsmSysfs` reads with too.
 
 Conventions (``ksm-model.md`` §0.1, §8):
 
@@ -23,59 +25,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.kernel.procfs import parse_ksm_stat
+from sim.kernel import RMAP_ITEM_SIZE
+from sim.ksm_files import FILES, release_key
+
+from .procfs import PAGE_SIZE, ProcessGone, parse_ksm_stat
 
 KSM_SUBDIR = "kernel/mm/ksm"
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-#: sizeof(struct ksm_rmap_item) on 64-bit kernels (§8: the 64 in general_profit)
-RMAP_ITEM_SIZE = 64
 
 #: every file of /sys/kernel/mm/ksm on 6.1 to 6.18, with the release that added it
+#: (``sim.ksm_files``; oldest first)
 KNOWN_FILES: dict[str, str] = {
-    "run": "2.6.32",
-    "pages_to_scan": "2.6.32",
-    "sleep_millisecs": "2.6.32",
-    "pages_shared": "2.6.32",
-    "pages_sharing": "2.6.32",
-    "pages_unshared": "2.6.32",
-    "pages_volatile": "2.6.32",
-    "full_scans": "2.6.32",
-    "merge_across_nodes": "3.9",
-    "use_zero_pages": "4.11",
-    "max_page_sharing": "4.13",
-    "stable_node_chains_prune_millisecs": "4.13",
-    "stable_node_chains": "4.13",
-    "stable_node_dups": "4.13",
-    "general_profit": "6.4",
-    "pages_scanned": "6.6",
-    "ksm_zero_pages": "6.6",
-    "pages_skipped": "6.7",
-    "smart_scan": "6.7",
-    "advisor_mode": "6.8",
-    "advisor_max_cpu": "6.8",
-    "advisor_min_pages_to_scan": "6.8",
-    "advisor_max_pages_to_scan": "6.8",
-    "advisor_target_scan_time": "6.8",
+    f.name: f.added
+    for f in sorted((f for f in FILES if f.place == "sysfs"), key=lambda f: release_key(f.added))
 }
 
 #: the writable files among KNOWN_FILES (git does not keep file modes of fixtures)
-KNOBS = frozenset(
-    {
-        "run",
-        "pages_to_scan",
-        "sleep_millisecs",
-        "merge_across_nodes",
-        "use_zero_pages",
-        "max_page_sharing",
-        "stable_node_chains_prune_millisecs",
-        "smart_scan",
-        "advisor_mode",
-        "advisor_max_cpu",
-        "advisor_min_pages_to_scan",
-        "advisor_max_pages_to_scan",
-        "advisor_target_scan_time",
-    }
-)
+KNOBS = frozenset(f.name for f in FILES if f.place == "sysfs" and f.role == "knob")
 
 #: per-process numeric fields, in ksm_stat order
 PROC_COUNTERS = ("ksm_rmap_items", "ksm_zero_pages", "ksm_merging_pages", "ksm_process_profit")
@@ -101,6 +66,11 @@ def parse_sysfs_value(text: str) -> tuple[Value, list[str] | None]:
     return text, None
 
 
+def parse_value(text: str) -> Value:
+    """``"100\\n"`` -> 100, ``"[none] scan-time"`` -> ``"none"``, anything else stripped."""
+    return parse_sysfs_value(text)[0]
+
+
 @dataclass
 class KsmSample:
     """One reading of every file of ``<sys_root>/kernel/mm/ksm``."""
@@ -112,6 +82,11 @@ class KsmSample:
     knobs: list[str]
     choices: dict[str, list[str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def derived(self) -> list[Derived]:
+        """The derived figures of these values (:func:`derive`)."""
+        return derive(self.values)
 
 
 def read_ksm(sys_root: str | Path) -> KsmSample:
@@ -158,10 +133,6 @@ def _writable(path: Path) -> bool:
 
 # --------------------------------------------------------------------------------------
 # processes
-
-
-class ProcessGone(Exception):
-    """The process exited while it was being read."""
 
 
 @dataclass

@@ -21,6 +21,9 @@ leave an ordinary dirty page behind copy-on-write, so the candidates must also m
 VMA's ``KSM:`` count; ``?`` marks frames that are KSM or such a left-over page, which no
 interface tells apart.
 
+Which frames are KSM pages is :mod:`.frames`' decision (the replayer's too); the VMAs come
+from :func:`.procfs.parse_smaps` and the flags from :func:`.procfs.read_kpageflags`.
+
 Reading PFNs needs root (CAP_SYS_ADMIN): otherwise pagemap shows them as zero, or cannot be
 opened at all, and ``/proc/kpageflags`` is root-only. Then the map is *unavailable* and the
 answer says why. Nothing here writes.
@@ -35,29 +38,22 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.kernel.procfs import solve_ksm_frames
-
-from .reader import PAGE_SIZE, ProcessGone
-
-KPF_DIRTY = 4
-KPF_ANON = 12
-KPF_KSM = 21
-KPF_ZERO_PAGE = 24
-
-PM_PRESENT = 1 << 63
-PM_PFN_MASK = (1 << 55) - 1
-
-#: longest run of kpageflags entries read with one pread when PFNs are close together
-_KPF_GAP = 64
+from . import procfs
+from .frames import dirty_anon, has_ksm_bit, is_zero_page, solve_dirty_rule
+from .procfs import (
+    KPF_ANON,
+    KPF_DIRTY,
+    PAGE_SIZE,
+    PM_PFN_MASK,
+    PM_PRESENT,
+    ProcessGone,
+    SmapsVma,
+    parse_smaps,
+)
 
 
 @dataclass
-class MergeableVma:
-    start: int
-    end: int
-    perms: str
-    name: str
-    ksm_kb: int | None  # smaps "KSM:" (6.6+), KSM pages only (not zero pages)
+class MergeableVma(SmapsVma):
     first_page: int = 0  # index of its first page in the sequence of mergeable pages
 
     @property
@@ -67,30 +63,11 @@ class MergeableVma:
 
 def parse_smaps_mergeable(text: str) -> list[MergeableVma]:
     """The VMAs of an smaps file whose VmFlags contain ``mg``, in address order."""
-    vmas: list[MergeableVma] = []
-    current: MergeableVma | None = None
-    for line in text.splitlines():
-        head = line.split(None, 1)[0] if line.strip() else ""
-        if "-" in head and not head.endswith(":"):
-            parts = line.split(None, 5)
-            lo, _, hi = head.partition("-")
-            try:
-                current = MergeableVma(
-                    int(lo, 16),
-                    int(hi, 16),
-                    parts[1] if len(parts) > 1 else "",
-                    parts[5].strip() if len(parts) > 5 else "",
-                    None,
-                )
-            except ValueError:
-                current = None
-        elif current is not None and head == "KSM:":
-            fields = line.split()
-            current.ksm_kb = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-        elif current is not None and head == "VmFlags:":
-            if "mg" in line.split()[1:]:
-                vmas.append(current)
-            current = None
+    vmas = [
+        MergeableVma(v.start, v.end, v.perms, v.name, v.ksm_kb, v.mergeable)
+        for v in parse_smaps(text)
+        if v.mergeable
+    ]
     first = 0
     for vma in vmas:
         vma.first_page = first
@@ -115,18 +92,6 @@ class PageMap:
 
 class PageMapUnavailable(Exception):
     """The page map cannot be read; the message says why, in plain words."""
-
-
-def _open_or_explain(path: Path, what: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except PermissionError:
-        raise PageMapUnavailable(
-            f"{what} is not readable (permission denied): the server must run as root "
-            f"(CAP_SYS_ADMIN) to see page frames"
-        ) from None
-    except FileNotFoundError:
-        raise PageMapUnavailable(f"{what} does not exist on this kernel") from None
 
 
 def read_pagemap(
@@ -171,27 +136,17 @@ def read_pagemap(
 
 
 def read_kpageflags(proc_root: Path, pfns: set[int]) -> dict[int, int]:
-    """``{pfn: flags}``, reading nearby PFNs with one pread per run."""
-    flags: dict[int, int] = {}
-    fd = _open_or_explain(proc_root / "kpageflags", "/proc/kpageflags")
+    """``{pfn: flags}`` (:func:`.procfs.read_kpageflags`, batched); PageMapUnavailable when
+    the file cannot be opened, saying why."""
     try:
-        ordered = sorted(pfns)
-        i = 0
-        while i < len(ordered):
-            j = i
-            while j + 1 < len(ordered) and ordered[j + 1] - ordered[j] <= _KPF_GAP:
-                j += 1
-            first, count = ordered[i], ordered[j] - ordered[i] + 1
-            data = os.pread(fd, 8 * count, first * 8)
-            got = len(data) // 8
-            words = struct.unpack(f"<{got}Q", data[: 8 * got])
-            for pfn in ordered[i : j + 1]:
-                if pfn - first < got:
-                    flags[pfn] = words[pfn - first]
-            i = j + 1
-    finally:
-        os.close(fd)
-    return flags
+        return procfs.read_kpageflags(proc_root, pfns)
+    except PermissionError:
+        raise PageMapUnavailable(
+            "/proc/kpageflags is not readable (permission denied): the server must run as "
+            "root (CAP_SYS_ADMIN) to see page frames"
+        ) from None
+    except FileNotFoundError:
+        raise PageMapUnavailable("/proc/kpageflags does not exist on this kernel") from None
 
 
 def _ksm_bit_unreliable(
@@ -204,7 +159,7 @@ def _ksm_bit_unreliable(
     ksm_pages = [0] * len(vmas)
     for index, entry in present:
         f = flags.get(entry & PM_PFN_MASK, 0)
-        if f >> KPF_KSM & 1 and not f >> KPF_ZERO_PAGE & 1:
+        if has_ksm_bit(f) and not is_zero_page(f):
             if f >> KPF_ANON & 1 and not f >> KPF_DIRTY & 1:
                 return True
             ksm_pages[bisect.bisect_right(starts, index) - 1] += 1
@@ -221,20 +176,16 @@ def _solve_dirty(
     offset: int,
     limit: int,
 ) -> tuple[set[int], set[int]] | None:
-    """The dirty rule narrowed by each VMA's smaps ``KSM:`` count (``solve_ksm_frames``):
-    a PG_dirty anonymous frame may also be a page left behind copy-on-write by a merge.
+    """The dirty rule narrowed by each VMA's smaps ``KSM:`` count (:mod:`.frames`): a
+    PG_dirty anonymous frame may also be a page left behind copy-on-write by a merge.
     A VMA only partly in the window bounds the count from both sides."""
     if any(v.ksm_kb is None for v in vmas):
         return None
     starts = [v.first_page - offset for v in vmas]
-    frames: dict[int, dict[int, int]] = {}
-    for index, entry in present:
-        pfn = entry & PM_PFN_MASK
-        f = flags.get(pfn, 0)
-        if f >> KPF_ANON & 1 and f >> KPF_DIRTY & 1 and not f >> KPF_ZERO_PAGE & 1:
-            v = bisect.bisect_right(starts, index) - 1
-            sig = frames.setdefault(pfn, {})
-            sig[v] = sig.get(v, 0) + 1
+    pages = (
+        (bisect.bisect_right(starts, index) - 1, entry, flags.get(entry & PM_PFN_MASK, 0))
+        for index, entry in present
+    )
     bounds: dict[int, tuple[int, int]] = {}
     for v, vma in enumerate(vmas):
         lo, hi = max(vma.first_page, offset), min(vma.first_page + vma.pages, offset + limit)
@@ -242,7 +193,8 @@ def _solve_dirty(
             continue
         n = (vma.ksm_kb or 0) * 1024 // PAGE_SIZE
         bounds[v] = (max(0, n - (vma.pages - (hi - lo))), n)
-    return solve_ksm_frames(frames, bounds)
+    solved = solve_dirty_rule(pages, bounds)
+    return None if solved is None else (solved[0], solved[1])
 
 
 def classify(
@@ -263,16 +215,16 @@ def classify(
     for index, entry in present:
         pfn = entry & PM_PFN_MASK
         f = flags.get(pfn, 0)
-        if f >> KPF_ZERO_PAGE & 1:
+        if is_zero_page(f):
             cells[index] = "Z"
         elif solved is not None and pfn in solved[1]:
             cells[index] = "?"
         elif (
             (pfn in solved[0])
             if solved is not None
-            else (f >> KPF_ANON & 1 and f >> KPF_DIRTY & 1)
+            else dirty_anon(f)
             if dirty_rule
-            else (f >> KPF_KSM & 1)
+            else has_ksm_bit(f)
         ):
             cells[index] = "K"
             groups.append([index, pfn])
