@@ -303,14 +303,14 @@ def judge(doc: Doc, kernel: tuple[Doc | None, str | None]) -> Outcome:
 
 def host_runner(session: Any) -> KernelRunner:
     """Replays on this machine's kernel, in an open :class:`~.session.KernelSession`."""
-    from .ops import ReplayFailed
+    from .ops import ReplayFailed, replay
     from .session import Unsupported
 
     def run(docs: Sequence[Doc]) -> list[tuple[Doc | None, str | None]]:
         out: list[tuple[Doc | None, str | None]] = []
         for doc in docs:
             try:
-                out.append((session.replay(parse_scenario(doc)), None))
+                out.append((replay(session, parse_scenario(doc)), None))
             except (ReplayFailed, Unsupported) as exc:
                 out.append((None, f"{type(exc).__name__}: {exc}"))
         return out

@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sim.scenario import Scenario, Step
 
 from .host.procfs import ProcessGone
 from .observe import Observer, Proc
+from .session import KernelSession, Unsupported, scenario_needs_prctl
 from .sysfs import CUMULATIVE, DEFAULT_KNOBS, KnobValue, errno_name
 from .worker import PAGE, WorkerError
-
-if TYPE_CHECKING:
-    from .session import KernelSession
 
 REPLAYER = "ksmlab-replay/1"
 TRACE_FORMAT = "ksm-trace/1"
@@ -384,3 +382,16 @@ class Replay:
             except ProcessGone:
                 raise ReplayFailed(f"worker {name!r} vanished") from None
         self.checkpoints.append({"name": step.name, "global": glob, "procs": procs, "pages": pages})
+
+
+def replay(session: KernelSession, scenario: Scenario) -> dict[str, Any]:
+    """Replay ``scenario`` in the open ``session``; returns its ``ksm-trace/1`` trace."""
+    if not session.is_open:
+        raise RuntimeError("session is not open")
+    step = scenario_needs_prctl(scenario)
+    if step is not None and not session.features.get("prctl_memory_merge"):
+        raise Unsupported(
+            f"step {step.index}: prctl PR_SET_MEMORY_MERGE does not exist "
+            f"on kernel {os.uname().release} (6.4+)"
+        )
+    return Replay(session, scenario).run()

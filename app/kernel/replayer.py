@@ -36,7 +36,7 @@ from .guard import (
     state_file_path,
 )
 from .host.procfs import ProcFs
-from .ops import ReplayFailed
+from .ops import ReplayFailed, replay
 from .session import (
     Interrupted,
     KernelSession,
@@ -141,7 +141,7 @@ def replay_scenario(scenario: Scenario, cfg: ReplayConfig) -> dict[str, Any]:
         )
     session = KernelSession(cfg)
     with session:
-        trace = session.replay(scenario)
+        trace = replay(session, scenario)
     trace["meta"]["restore_problems"] = session.restore_problems
     trace["meta"]["warnings"].extend(session.warnings)
     return trace

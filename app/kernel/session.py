@@ -36,7 +36,6 @@ from .guard import (
     state_file_path,
 )
 from .host.procfs import KPF_ANON_EXCLUSIVE, KPF_KSM, PM_PFN_MASK, PM_PRESENT, ProcFs
-from .ops import Replay
 from .sysfs import COUNTERS, DEFAULT_KNOBS, DEFAULT_ROOT, KnobValue, KsmSysfs
 from .worker import PAGE, WorkerError, WorkerHandle, spawn_worker
 
@@ -96,6 +95,11 @@ class KernelSession:
         self._open = False
 
     # -- lifecycle
+
+    @property
+    def is_open(self) -> bool:
+        """Knobs saved, lock held, ready to replay (:func:`app.kernel.ops.replay`)."""
+        return self._open
 
     def __enter__(self) -> KernelSession:
         self.open()
@@ -248,19 +252,6 @@ class KernelSession:
     def kill_recorded(self, workers: list[dict[str, int]]) -> None:
         """Kill workers listed in a state file (pid and start time must both match)."""
         kill_recorded_workers(self.proc, workers)
-
-    # -- replay
-
-    def replay(self, scenario: Scenario) -> dict[str, Any]:
-        if not self._open:
-            raise RuntimeError("session is not open")
-        step = scenario_needs_prctl(scenario)
-        if step is not None and not self.features.get("prctl_memory_merge"):
-            raise Unsupported(
-                f"step {step.index}: prctl PR_SET_MEMORY_MERGE does not exist "
-                f"on kernel {os.uname().release} (6.4+)"
-            )
-        return Replay(self, scenario).run()
 
 
 def kill_recorded_workers(proc: ProcFs, workers: list[dict[str, int]]) -> None:
