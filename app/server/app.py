@@ -8,7 +8,6 @@ from the installed plotly package and ``/static/vendor/htmx.min.js`` from ``stat
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -20,7 +19,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings, get_settings
+from app.live import routes as live_routes
 
+from . import pages
 from .errors import ApiError
 from .routes import controls, exports, health, sessions, ws
 from .security import (
@@ -110,16 +111,6 @@ async def _no_receive() -> Message:  # pragma: no cover - a response never reads
     return {"type": "http.disconnect"}
 
 
-def _optional_router(module: str) -> Any:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
-    return getattr(mod, "router", None)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     given = settings or get_settings()
     settings = ensure_token(given)
@@ -164,12 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(404, "htmx", "run `npm ci --prefix static` to install htmx")
         return FileResponse(path, media_type="text/javascript")
 
-    for router in (health.router, sessions.router, controls.router, exports.router, ws.router):
-        app.include_router(router)
-    for module in ("app.server.pages", "app.live.routes"):
-        extra = _optional_router(module)
-        if extra is not None:
-            app.include_router(extra)
+    routers = (health, sessions, controls, exports, ws, pages, live_routes)
+    for module in routers:
+        app.include_router(module.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
