@@ -16,8 +16,11 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from sim.ksm_files import KNOB_DEFAULTS
 from sim.presets import UnknownPresetError, list_presets, preset_info
+from sim.profiles import Profile, get_profile
 from sim.scenario import KERNELS
+from sim.snapshot import PAGE_KINDS
 
 from ..deps import get_manager
 from ..errors import ApiError
@@ -33,32 +36,44 @@ ManagerDep = Annotated[SessionManager, Depends(get_manager)]
 #: speed slider stops, batches per second
 SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 250.0, 500.0, 1000.0)
 
-LEGEND = (
-    ("none", "not present"),
-    ("anon", "private anon"),
-    ("volatile", "volatile"),
-    ("unstable", "unstable tree"),
-    ("ksm", "KSM page (darker: more sharers)"),
-    ("zero", "zero page, clean PTE (read fault; KSM before 6.6)"),
-    ("ksm_zero", "KSM-placed zero page (dirty PTE)"),
-    ("skipped", "skipped by smart scan"),
-)
+#: the grid's legend: every page kind and its label (``sim.snapshot.PAGE_KINDS``)
+LEGEND = tuple((row.name, row.label) for row in PAGE_KINDS)
 KIND_LABELS = dict(LEGEND)
 
-KERNEL_NOTES = {
-    "6.18": "zero-page series (6.6+): a KSM-placed zero page has a dirty PTE and is counted",
-    "6.12": "zero-page series (6.6+): a KSM-placed zero page has a dirty PTE and is counted",
-    "6.5": "before the zero-page series: KSM's zero pages look like read faults, uncounted",
-    "6.1": "before the zero-page series; no prctl, no smart scan, no profit counters",
-}
 
-KNOB_HINTS = (
-    ("use_zero_pages", "0"),
-    ("pages_to_scan", "100"),
-    ("sleep_millisecs", "20"),
-    ("max_page_sharing", "256"),
-    ("smart_scan", "1"),
-    ("merge_across_nodes", "1"),
+def kernel_note(profile: Profile) -> str:
+    """One line on what sets this kernel apart, from its capabilities."""
+    if profile.zero_page_series:
+        return "zero-page series (6.6+): a KSM-placed zero page has a dirty PTE and is counted"
+    if profile.has_prctl:
+        return "before the zero-page series: KSM's zero pages look like read faults, uncounted"
+    lacks = [
+        what
+        for has, what in (
+            (profile.has_prctl, "no prctl"),
+            (profile.smart_scan, "no smart scan"),
+            (profile.has_profit, "no profit counters"),
+        )
+        if not has
+    ]
+    return "before the zero-page series; " + ", ".join(lacks)
+
+
+KERNEL_NOTES = {version: kernel_note(get_profile(version)) for version in KERNELS}
+#: the kernels whose badge is drawn as old: before the zero-page series
+OLD_KERNELS = frozenset(v for v in KERNELS if not get_profile(v).zero_page_series)
+
+#: the knobs the upload form suggests, with their defaults (``sim.ksm_files``)
+KNOB_HINTS = tuple(
+    (name, str(KNOB_DEFAULTS[name]))
+    for name in (
+        "use_zero_pages",
+        "pages_to_scan",
+        "sleep_millisecs",
+        "max_page_sharing",
+        "smart_scan",
+        "merge_across_nodes",
+    )
 )
 
 #: HTML page responses carry no htmx-only markup; partials go to htmx requests
@@ -82,6 +97,7 @@ def render(
         "legend": LEGEND,
         "kind_labels": KIND_LABELS,
         "kernel_notes": KERNEL_NOTES,
+        "old_kernels": OLD_KERNELS,
         "token_qs": token_qs(request),
         "presenter": request.query_params.get("presenter") == "1",
     }
