@@ -15,8 +15,8 @@ Client -> server
   ``{"type": "sample"}``                    send a sample now.
 
 The answers are validated from the attributes of what :mod:`app.kernel.host` reads
-(``from_attributes``): ``KsmSample.model_validate(host.ksm.read_ksm(...))`` and so on; no
-field is copied by hand.
+(``from_attributes``): ``KsmSample.model_validate(host.ksm.read_ksm(...))`` and so on; the
+host's plain records (``ProcKsm``, ``Derived``) are used as they are, never declared twice.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.kernel.host.ksm import Derived, ProcKsm
 from sim.ksm_files import table as ksm_files_table
 
 
@@ -32,13 +33,6 @@ class HostModel(BaseModel):
     """A model read from the attributes of a host dataclass (``model_validate(obj)``)."""
 
     model_config = ConfigDict(from_attributes=True)
-
-
-class DerivedFigure(HostModel):
-    name: str
-    value: float | None
-    unit: str
-    explanation: str
 
 
 class KsmSample(HostModel):
@@ -51,25 +45,12 @@ class KsmSample(HostModel):
     knobs: list[str] = Field(description="the writable files (shown, never written)")
     choices: dict[str, list[str]] = Field(description="e.g. advisor_mode: [none, scan-time]")
     errors: dict[str, str] = Field(description="files that exist but could not be read")
-    derived: list[DerivedFigure]
-
-
-class ProcKsm(HostModel):
-    """A process's KSM counters; null where the kernel lacks the ksm_stat line."""
-
-    pid: int
-    command: str
-    ksm_rmap_items: int | None
-    ksm_zero_pages: int | None
-    ksm_merging_pages: int | None
-    ksm_process_profit: int | None
-    mergeable: bool | None
-    merge_any: bool | None
+    derived: list[Derived] = Field(description="figures derived from the values")
 
 
 class ProcTable(HostModel):
     time: float
-    procs: list[ProcKsm]
+    procs: list[ProcKsm] = Field(description="the KSM users, null where a line is absent")
     scanned: int = Field(description="process directories looked at")
     vanished: int = Field(description="processes that exited while being read")
     unreadable: int = Field(description="processes whose files were not readable")
