@@ -1,4 +1,4 @@
-"""app/live/pagemap.py: mergeable VMAs, page classification, paging, unavailability."""
+"""app/kernel/host/pagemap.py (the live page map): mergeable VMAs, page classification, paging, unavailability."""
 
 from __future__ import annotations
 
