@@ -1,4 +1,4 @@
-"""app/kernel/host/pagemap.py (the live page map): mergeable VMAs, page classification, paging, unavailability."""
+"""app/kernel/host/pagemap.py, the live page map: mergeable VMAs, classification, paging."""
 
 from __future__ import annotations
 
