@@ -229,8 +229,12 @@ class ScannerMixin(StableTreeMixin):
             self._merge_with_zero_page(vma, idx, pfn)
             return
         stable = self.stable
-        # no node of this content and no lone root to walk: the search finds nothing
-        node = self._stable_tree_search(content) if content in stable or len(stable) == 1 else None
+        # a search meets nodes of other contents, but while no chain and no dead node is in
+        # the tree looking at them changes nothing: without a node of its own it finds nothing
+        if content in stable or (stable and (self.stable_node_chains or self.dead_nodes)):
+            node = self._stable_tree_search(content)
+        else:
+            node = None
         if node is not None:
             self._merge_with_ksm_page(vma, idx, pfn, node)
             return
@@ -239,7 +243,10 @@ class ScannerMixin(StableTreeMixin):
     def _cmp_and_merge_65(self, vma: Vma, idx: int, pfn: int) -> None:
         content = self.f_content[pfn]
         stable = self.stable
-        node = self._stable_tree_search(content) if content in stable or len(stable) == 1 else None
+        if content in stable or (stable and (self.stable_node_chains or self.dead_nodes)):
+            node = self._stable_tree_search(content)
+        else:
+            node = None
         self._remove_rmap_item_from_tree(vma, idx)
         if node is not None and node.nid in self.nodes and not node.dead:
             self._merge_with_ksm_page(vma, idx, pfn, node)
