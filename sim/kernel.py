@@ -21,6 +21,8 @@ from .scenario import Step
 
 PAGE_SIZE = 4096
 RMAP_ITEM_SIZE = 64
+#: scenario-format.md, "The clock": consecutive passes of a ``scan`` step start 200 ms apart
+PASS_INTERVAL_MS = 200
 
 
 class Kernel(KnobsMixin):
@@ -66,15 +68,20 @@ class Kernel(KnobsMixin):
                 return self.seqnr != start
 
     def scan(self, passes: int) -> int:
-        """The scenario's ``scan``: ``passes`` full passes, then ksmd stops (run=0)."""
+        """The scenario's ``scan``: ``passes`` full passes 200 ms apart, then ksmd stops."""
         done = 0
         self.knobs["run"] = 1
         for _ in range(passes):
             if not self.scan_pass():
                 break
             done += 1
+            self.advance_clock(PASS_INTERVAL_MS)
         self.knobs["run"] = 0
         return done
+
+    def advance_clock(self, ms: int) -> None:
+        """Let ``ms`` milliseconds pass on the clock the prune timer reads (``clock_ms``)."""
+        self.clock_ms += ms
 
     @property
     def ksmd_should_run(self) -> bool:
