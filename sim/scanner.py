@@ -6,6 +6,16 @@ each to ``cmp_and_merge_page``; a pass end returns nothing and ends the batch ea
 batch never spans two passes. Two orders of ``cmp_and_merge_page`` exist: 6.11+ (detach,
 checksum gate, zero page, stable tree, unstable tree) and the older one (stable tree first,
 on every scan).
+
+The unstable tree is a dictionary from content to the item holding it. The kernel's is a
+red-black tree by memcmp, reset at each pass start, whose walk gives up (inserts nothing)
+when a node on its path has no mergeable page or is the walker's own frame. Within a pass
+only ksmd changes pages, and it takes an item out of the tree before changing its page, so
+every node a walk meets is mergeable and only the node of the same content can share the
+walker's frame (after fork): the dictionary gives the kernel's result for scenario runs.
+Pages changed between two batches of one pass (the dashboard's stepper) are checked only
+when they are the match; which other nodes such a walk would meet depends on the order of
+unique pages, which the format leaves open.
 """
 
 from __future__ import annotations
