@@ -12,10 +12,14 @@ A removal (``rb_erase``) restarts the walk from the root, as the kernel's ``goto
 A search asks chains to prune; a chain prunes when ``stable_node_chains_prune_millisecs``
 have passed on the clock (``clock_ms``) since its creation or last prune (its own
 ``chain_prune_time``; always with the knob at 0). While no chain and no dead node is in the
-tree, a walk has no side effect, and a search is a look-up of its content.
+tree, a walk has no side effect, and a search is a look-up of its content. A chain
+remembers its last look-up (``memo``) while ``tree_gen`` shows that no dup, item or frame
+changed since: a look-up that changed nothing gives the same answer again.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 from .mm import ITEM_NONE, ITEM_STABLE, ITEM_UNSTABLE, Vma
 from .rbtree import rb_erase, rb_insert_color, rb_link_node, rb_replace_node
@@ -31,6 +35,7 @@ class StableTreeMixin(KsmState):
 
     def _new_node(self, kind: str, content: int, pfn: int = -1) -> StableNode:
         node = StableNode(self.next_nid, kind, content, pfn)
+        node.order = self.content_order(content)
         self.next_nid += 1
         self.nodes[node.nid] = node
         return node
@@ -46,6 +51,8 @@ class StableTreeMixin(KsmState):
                 self._remove_node_from_stable_tree(node)
                 return
             node.items.remove((vma.uid << 32) | idx)
+            if node.chain is not None:
+                self.tree_gen += 1
             if node.items:
                 self.pages_sharing -= 1
             else:
@@ -69,6 +76,8 @@ class StableTreeMixin(KsmState):
         else:
             self.pages_shared += 1
         node.items.append(key)
+        if node.chain is not None:
+            self.tree_gen += 1
         vma.it_state[idx] = ITEM_STABLE
         vma.it_node[idx] = node.nid
         vma.mm.ksm_merging_pages += 1
@@ -86,6 +95,7 @@ class StableTreeMixin(KsmState):
             if self.log is not None:
                 self.log.pages.add(key)
         node.items.clear()
+        self.tree_gen += 1
         if node.dead:
             self.dead_nodes -= 1
         if node.kind == StableNode.DUP:
@@ -104,6 +114,7 @@ class StableTreeMixin(KsmState):
     def _free_chain(self, chain: StableNode) -> None:
         """free_stable_node_chain."""
         assert not chain.dups
+        self.tree_gen += 1
         rb_erase(chain, self.stable_root)
         del self.stable[chain.content]
         del self.nodes[chain.nid]
@@ -125,6 +136,14 @@ class StableTreeMixin(KsmState):
                 prune = False
             else:
                 chain.prune_time = now
+        return self._chain_choose(chain, prune)
+
+    def _chain_choose(self, chain: StableNode, prune: bool) -> StableNode | None:
+        """The body of stable_node_dup once the prune timer has decided ``prune``."""
+        gen = self.tree_gen
+        memo = chain.memo_prune if prune else chain.memo
+        if memo is not None and memo[0] == gen:
+            return memo[1]  # nothing changed since the last look-up, which changed nothing
         new_rules = self.profile.new_dup_choice
         limit: int = self.knobs["max_page_sharing"]
         found: StableNode | None = None
@@ -153,6 +172,7 @@ class StableTreeMixin(KsmState):
             collapse = len(chain.dups) == 1 if new_rules else (prune and nr == 1)
             if collapse:
                 # the single dup replaces the chain as a regular node
+                self.tree_gen += 1
                 rb_replace_node(chain, found, self.stable_root)
                 self.stable[chain.content] = found
                 found.kind = StableNode.REGULAR
@@ -165,10 +185,16 @@ class StableTreeMixin(KsmState):
             elif (
                 chain.dups[0] is not found and len(found.items) + 1 < self.knobs["max_page_sharing"]
             ):
+                self.tree_gen += 1
                 chain.dups.remove(found)
                 chain.dups.insert(0, found)
         elif not chain.dups:
             self._free_chain(chain)
+        if self.tree_gen == gen:
+            if prune:
+                chain.memo_prune = (gen, found)
+            else:
+                chain.memo = (gen, found)
         return found
 
     def _look_at(self, node: StableNode, prune: bool) -> tuple[bool, StableNode | None]:
@@ -194,30 +220,44 @@ class StableTreeMixin(KsmState):
         (None, None, parent, left): where a new node of that content is linked.
         """
         key = self.content_order(content)
-        order = self.content_order
         stable = self.stable
         regular = StableNode.REGULAR
+        chain_kind = StableNode.CHAIN
         plain = self.profile.new_dup_choice
+        interval: int = self.knobs["stable_node_chains_prune_millisecs"]
+        now = self.clock_ms
         while True:  # again:
-            node = self.stable_root.node
+            node = cast("StableNode | None", self.stable_root.node)
             parent: StableNode | None = None
             left = False
             while node is not None:
-                assert isinstance(node, StableNode)
                 here = node.content
-                if node.kind is regular and not node.dead and plain:
+                kind = node.kind
+                if kind is regular and not node.dead and plain:
                     chosen: StableNode | None = node
+                elif kind is chain_kind:
+                    # stable_node_dup: the prune timer, then the look-up (or its memo)
+                    pruning = prune and now >= node.prune_time + interval
+                    if pruning:
+                        node.prune_time = now
+                    memo = node.memo_prune if pruning else node.memo
+                    if memo is not None and memo[0] == self.tree_gen:
+                        chosen = memo[1]
+                    else:
+                        chosen = self._chain_choose(node, pruning)
+                        if chosen is None and not node.dups:
+                            break  # chain freed: goto again
+                        node = stable[here]  # a collapsed chain's dup took its place
                 else:
                     restart, chosen = self._look_at(node, prune)
                     if restart:
                         break
-                    node = stable[here]  # a collapsed chain's dup took its place
                 if here == content:
                     return node, chosen, None, False
-                nkey = order(here)
+                nkey = node.order
                 parent = node
                 left = key < nkey if key != nkey else self.content_less(content, here)
-                node = node.rb_left if left else node.rb_right
+                node = cast("StableNode | None", node.rb_left if left else node.rb_right)
             else:
                 return None, None, parent, left
 
@@ -235,6 +275,7 @@ class StableTreeMixin(KsmState):
     def _stable_tree_insert(self, content: int, pfn: int) -> StableNode:
         """stable_tree_insert: a new KSM frame gets a regular node, or a dup in a chain."""
         top, _, parent, left = self._stable_walk(content, prune=False)
+        self.tree_gen += 1
         if top is None:
             node = self._new_node(StableNode.REGULAR, content, pfn)
             rb_link_node(node, parent, left, self.stable_root)

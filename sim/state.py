@@ -38,7 +38,20 @@ class StableNode(RbNode):
     :class:`~sim.rbtree.RbNode` links); dups are not.
     """
 
-    __slots__ = ("nid", "kind", "content", "pfn", "items", "dups", "chain", "dead", "prune_time")
+    __slots__ = (
+        "nid",
+        "kind",
+        "content",
+        "pfn",
+        "items",
+        "dups",
+        "chain",
+        "dead",
+        "prune_time",
+        "memo",
+        "memo_prune",
+        "order",
+    )
 
     REGULAR = "regular"
     CHAIN = "chain"
@@ -57,6 +70,12 @@ class StableNode(RbNode):
         #: the KSM frame was freed (all its mappings gone); removed when next touched
         self.dead = False
         self.prune_time = 0
+        #: a chain's last look-up without (``memo``) and with pruning: (tree_gen, choice),
+        #: kept while ``tree_gen`` says no dup changed since (it then had no side effect)
+        self.memo: tuple[int, StableNode | None] | None = None
+        self.memo_prune: tuple[int, StableNode | None] | None = None
+        #: the leading page bytes of its content (KsmState.content_order), set by the tree
+        self.order = b""
 
     def __repr__(self) -> str:
         return f"<StableNode {self.nid} {self.kind} pfn={self.pfn} items={len(self.items)}>"
@@ -101,6 +120,8 @@ class KsmState:
         self.stable: dict[int, StableNode] = {}
         #: stable nodes whose frame died, not yet removed from the tree
         self.dead_nodes = 0
+        #: advances on every change a chain look-up depends on (dups, their items, deaths)
+        self.tree_gen = 0
         self.unstable: dict[int, int] = {}
         self.next_nid = 1
         # global counters
@@ -185,6 +206,7 @@ class KsmState:
             if nid >= 0:
                 self.nodes[nid].dead = True
                 self.dead_nodes += 1
+                self.tree_gen += 1
                 self.f_node[pfn] = -1
             self.free_pfns.append(pfn)
 
