@@ -1,7 +1,9 @@
 """The simulated machine's state and its lowest-level primitives.
 
 :class:`KsmState` holds everything: page frames, processes, ksmd's mm_slot list and
-cursor (``struct ksm_scan``), the stable and unstable trees and every counter. The layers
+cursor (``struct ksm_scan``), the stable tree (a red-black tree, :mod:`sim.rbtree`, ordered
+by the contents' page bytes, :mod:`sim.contents`) and the unstable tree, every counter, and
+the format's clock (``clock_ms``, read by the chain prune timer). The layers
 above it (stable tree, scanner, process operations, knobs) are mixins stacked in that order
 and composed by :class:`sim.kernel.Kernel`.
 
