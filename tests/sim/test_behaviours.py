@@ -579,22 +579,26 @@ def test_b72_every_walk_starts_at_the_root() -> None:
 
 
 def test_b72_a_chain_off_the_path_lingers() -> None:
-    """B72: only nodes on a walk's path are looked at. With A's chain a leaf below B and
-    nothing but B's own pages and unique pages searched, no walk need meet it... except the
-    unique pages' walks, whose path below the root is not determined: so here every other
-    content is absent and the chain is the root's child met only by walks going its way."""
+    """B72: only nodes on a walk's path are looked at. B is the root, A's chain its right
+    child (A's bytes sort after B's), zero's place is left of B: after one A dup dies and is
+    removed through its own items, the zero pages' searches and their insert never meet A's
+    chain, which stays a chain with one dup (kernel 6.18: chains 1, dups 1)."""
     lab = Lab(max_page_sharing=2, stable_node_chains_prune_millisecs=0, smart_scan=0)
     lab.area("P", "m", 6, ("0-1", "B"), ("2-5", "A"))
     lab.scan(2)
     k = lab.k
     root = k.stable_root.node
     assert root is k.stable[k.labels["B"]]
-    assert root.rb_right is k.stable[k.labels["A"]]  # A's bytes sort after B's
+    assert root.rb_right is k.stable[k.labels["A"]]
     assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (1, 2)
-    # A's first dup dies; B's pages are KSM pages (no walk): nothing meets A's chain
     lab.w("P", "m", "2-3", "zero")
     lab.scan(1)
     assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (1, 1)
+    lab.scan(3)  # the zero pages search, merge and insert: all left of the root
+    assert lab.kinds("P", "m") == "KKKKKK"
+    assert root.rb_left is k.stable[0]
+    assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (1, 1)
+    assert (lab.g("pages_shared"), lab.g("pages_sharing")) == (3, 3)
 
 
 def test_b73_prune_timer_needs_the_clock() -> None:
