@@ -7,7 +7,9 @@ Like the kernel's ``VM_BUG_ON`` sites, these must hold at any point between oper
 3. a KSM frame's stable node exists, is alive and points back at the frame;
 4. every counter equals a recomputation from the structures (rmap_items, stable and
    unstable items, shared/sharing, chains/dups, zero pages, per-process counters);
-5. ksmd's list holds exactly the registered processes, once each.
+5. ksmd's list holds exactly the registered processes, once each;
+6. the stable tree is a valid red-black tree of exactly the regular nodes and chains, in
+   memcmp order of their contents; ``dead_nodes`` counts the nodes whose frame died.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InvariantError
 from .mm import ITEM_STABLE, ITEM_UNSTABLE, PTE_DIRTY, PTE_WRITE, Vma
+from .rbtree import RbNode, rb_check
 from .state import StableNode
 
 if TYPE_CHECKING:
@@ -132,6 +135,7 @@ def check_invariants(k: Kernel) -> None:
         _fail(f"pages_shared/sharing {k.pages_shared}/{k.pages_sharing} != {shared}/{sharing}")
     if (chains, dups) != (k.stable_node_chains, k.stable_node_dups):
         _fail(f"chains/dups {k.stable_node_chains}/{k.stable_node_dups} != {chains}/{dups}")
+    _check_stable_tree(k)
     for nid in node_items:
         if nid not in k.nodes:
             _fail(f"items point at missing stable node {nid}")
@@ -159,3 +163,35 @@ def check_invariants(k: Kernel) -> None:
             _fail(f"{mm.name} is registered but not on ksmd's list")
     if k.cursor is not None and k.cursor not in k.slots:
         _fail("ksmd's cursor is on an mm that left the list")
+
+
+def _check_stable_tree(k: Kernel) -> None:
+    """Invariant 6: the red-black tree, its order, the content index and ``dead_nodes``."""
+    try:
+        rb_check(k.stable_root)
+    except AssertionError as exc:
+        _fail(f"stable tree: {exc}")
+    in_order: list[StableNode] = []
+    stack: list[RbNode] = []
+    node = k.stable_root.node
+    while stack or node is not None:
+        while node is not None:
+            stack.append(node)
+            node = node.rb_left
+        top = stack.pop()
+        assert isinstance(top, StableNode)
+        in_order.append(top)
+        node = top.rb_right
+    if {n.nid for n in in_order} != {n.nid for n in k.stable.values()} or len(in_order) != len(
+        k.stable
+    ):
+        _fail("stable tree: its nodes are not the content index's")
+    for a, b in zip(in_order, in_order[1:], strict=False):
+        if not k.content_less(a.content, b.content):
+            _fail(f"stable tree: {a!r} and {b!r} out of memcmp order")
+    for n in in_order:
+        if n.kind == StableNode.DUP:
+            _fail(f"stable tree: dup {n!r} is a tree node")
+    dead = sum(1 for n in k.nodes.values() if n.dead)
+    if dead != k.dead_nodes:
+        _fail(f"dead_nodes {k.dead_nodes} != {dead} stable nodes with a dead frame")

@@ -21,6 +21,8 @@ from .scenario import Step
 
 PAGE_SIZE = 4096
 RMAP_ITEM_SIZE = 64
+#: scenario-format.md, "The clock": consecutive passes of a ``scan`` step start 200 ms apart
+PASS_INTERVAL_MS = 200
 
 
 class Kernel(KnobsMixin):
@@ -66,13 +68,14 @@ class Kernel(KnobsMixin):
                 return self.seqnr != start
 
     def scan(self, passes: int) -> int:
-        """The scenario's ``scan``: ``passes`` full passes, then ksmd stops (run=0)."""
+        """The scenario's ``scan``: ``passes`` full passes 200 ms apart, then ksmd stops."""
         done = 0
         self.start_scan()
         for _ in range(passes):
             if not self.scan_pass():
                 break
             done += 1
+            self.advance_clock(PASS_INTERVAL_MS)
         self.stop_scan()
         return done
 
@@ -88,6 +91,10 @@ class Kernel(KnobsMixin):
     def can_scan(self) -> bool:
         """ksmd has something to scan: an mm registered, or a pass in progress."""
         return bool(self.slots) or self.cursor is not None
+
+    def advance_clock(self, ms: int) -> None:
+        """Let ``ms`` milliseconds pass on the clock the prune timer reads (``clock_ms``)."""
+        self.clock_ms += ms
 
     @property
     def ksmd_should_run(self) -> bool:

@@ -112,6 +112,8 @@ class KnobsMixin(ProcessMixin):
                 raise KnobError(knob, "EACCES", "read-only file")
             raise KnobError(knob, "ENOENT", f"no such knob on kernel {self.profile.version}")
         text = _text(value)
+        if not text:
+            return  # sysfs_kf_write: an empty write succeeds and changes nothing
         getattr(self, f"_store_{knob}")(knob, text)
 
     # ------------------------------------------------------------ stores

@@ -6,6 +6,16 @@ each to ``cmp_and_merge_page``; a pass end returns nothing and ends the batch ea
 batch never spans two passes. Two orders of ``cmp_and_merge_page`` exist: 6.11+ (detach,
 checksum gate, zero page, stable tree, unstable tree) and the older one (stable tree first,
 on every scan).
+
+The unstable tree is a dictionary from content to the item holding it. The kernel's is a
+red-black tree by memcmp, reset at each pass start, whose walk gives up (inserts nothing)
+when a node on its path has no mergeable page or is the walker's own frame. Within a pass
+only ksmd changes pages, and it takes an item out of the tree before changing its page, so
+every node a walk meets is mergeable and only the node of the same content can share the
+walker's frame (after fork): the dictionary gives the kernel's result for scenario runs.
+Pages changed between two batches of one pass (the dashboard's stepper) are checked only
+when they are the match; which other nodes such a walk would meet depends on the order of
+unique pages, which the format leaves open.
 """
 
 from __future__ import annotations
@@ -229,8 +239,12 @@ class ScannerMixin(StableTreeMixin):
             self._merge_with_zero_page(vma, idx, pfn)
             return
         stable = self.stable
-        # no node of this content and no lone root to walk: the search finds nothing
-        node = self._stable_tree_search(content) if content in stable or len(stable) == 1 else None
+        # a search meets nodes of other contents, but while no chain and no dead node is in
+        # the tree looking at them changes nothing: without a node of its own it finds nothing
+        if content in stable or (stable and (self.stable_node_chains or self.dead_nodes)):
+            node = self._stable_tree_search(content)
+        else:
+            node = None
         if node is not None:
             self._merge_with_ksm_page(vma, idx, pfn, node)
             return
@@ -239,7 +253,10 @@ class ScannerMixin(StableTreeMixin):
     def _cmp_and_merge_65(self, vma: Vma, idx: int, pfn: int) -> None:
         content = self.f_content[pfn]
         stable = self.stable
-        node = self._stable_tree_search(content) if content in stable or len(stable) == 1 else None
+        if content in stable or (stable and (self.stable_node_chains or self.dead_nodes)):
+            node = self._stable_tree_search(content)
+        else:
+            node = None
         self._remove_rmap_item_from_tree(vma, idx)
         if node is not None and node.nid in self.nodes and not node.dead:
             self._merge_with_ksm_page(vma, idx, pfn, node)

@@ -1,17 +1,28 @@
 """The stable tree: KSM pages, their stable nodes, chains and dups (ksm-model.md §6).
 
-The stable tree is a dictionary from content to its top-level node (a regular node or a
-chain). The kernel's tree is a red-black tree ordered by memcmp; what a walk looks at is
-modelled as the spec requires: a walk for content *c* looks at the top-level node of *c*
-and, when the tree holds exactly one top-level node, at that node (it is the root, met by
-every walk). Looking at a regular node checks its frame is alive (``ksm_get_folio``); looking
-at a chain walks its dups (``stable_node_dup``), removes dead ones, chooses one, and may
-collapse or free the chain. A removal restarts the walk, as the kernel's ``goto again``.
+The stable tree is the kernel's red-black tree (:mod:`sim.rbtree`, ``stable_root``) of
+regular nodes and chains, ordered by memcmp of their contents' page bytes
+(:meth:`KsmState.content_less`); ``stable`` indexes the same nodes by content. A search or
+an insert descends from the root and looks at every node on its path, as
+``stable_tree_search`` / ``stable_tree_insert`` do: looking at a regular node checks its
+frame is alive (``ksm_get_folio``); looking at a chain walks its dups (``stable_node_dup``),
+removes dead ones, chooses one, and may collapse the chain (``rb_replace_node``) or free it.
+A removal (``rb_erase``) restarts the walk from the root, as the kernel's ``goto again``.
+
+A search asks chains to prune; a chain prunes when ``stable_node_chains_prune_millisecs``
+have passed on the clock (``clock_ms``) since its creation or last prune (its own
+``chain_prune_time``; always with the knob at 0). While no chain and no dead node is in the
+tree, a walk has no side effect, and a search is a look-up of its content. A chain
+remembers its last look-up (``memo``) while ``tree_gen`` shows that no dup, item or frame
+changed since: a look-up that changed nothing gives the same answer again.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 from .mm import ITEM_NONE, ITEM_STABLE, ITEM_UNSTABLE, Vma
+from .rbtree import rb_erase, rb_insert_color, rb_link_node, rb_replace_node
 from .state import KsmState, StableNode
 
 
@@ -24,6 +35,7 @@ class StableTreeMixin(KsmState):
 
     def _new_node(self, kind: str, content: int, pfn: int = -1) -> StableNode:
         node = StableNode(self.next_nid, kind, content, pfn)
+        node.order = self.content_order(content)
         self.next_nid += 1
         self.nodes[node.nid] = node
         return node
@@ -39,6 +51,8 @@ class StableTreeMixin(KsmState):
                 self._remove_node_from_stable_tree(node)
                 return
             node.items.remove((vma.uid << 32) | idx)
+            if node.chain is not None:
+                self.tree_gen += 1
             if node.items:
                 self.pages_sharing -= 1
             else:
@@ -62,6 +76,8 @@ class StableTreeMixin(KsmState):
         else:
             self.pages_shared += 1
         node.items.append(key)
+        if node.chain is not None:
+            self.tree_gen += 1
         vma.it_state[idx] = ITEM_STABLE
         vma.it_node[idx] = node.nid
         vma.mm.ksm_merging_pages += 1
@@ -79,12 +95,16 @@ class StableTreeMixin(KsmState):
             if self.log is not None:
                 self.log.pages.add(key)
         node.items.clear()
+        self.tree_gen += 1
+        if node.dead:
+            self.dead_nodes -= 1
         if node.kind == StableNode.DUP:
             chain = node.chain
             assert chain is not None
             chain.dups.remove(node)
             self.stable_node_dups -= 1
-        elif self.stable.get(node.content) is node:
+        else:
+            rb_erase(node, self.stable_root)
             del self.stable[node.content]
         if node.pfn >= 0 and self.f_node[node.pfn] == node.nid:
             self.f_node[node.pfn] = -1
@@ -94,8 +114,9 @@ class StableTreeMixin(KsmState):
     def _free_chain(self, chain: StableNode) -> None:
         """free_stable_node_chain."""
         assert not chain.dups
-        if self.stable.get(chain.content) is chain:
-            del self.stable[chain.content]
+        self.tree_gen += 1
+        rb_erase(chain, self.stable_root)
+        del self.stable[chain.content]
         del self.nodes[chain.nid]
         self.stable_node_chains -= 1
         self._event("chain_freed")
@@ -104,8 +125,25 @@ class StableTreeMixin(KsmState):
     def _stable_node_dup(self, chain: StableNode, prune: bool) -> StableNode | None:
         """stable_node_dup: walk a chain's dups, drop dead ones, choose one.
 
-        Returns the chosen dup (None if the chain had no live dup: it is then freed).
+        ``prune``: the walk asks to prune (a search); the chain prunes only when its timer
+        allows it. Returns the chosen dup (None if the chain had no live dup: it is then
+        freed; on 6.5 also when no dup is a sharing candidate).
         """
+        if prune:
+            # time_before(jiffies, chain_prune_time + msecs_to_jiffies(T)): no prune
+            now = self.clock_ms
+            if now < chain.prune_time + self.knobs["stable_node_chains_prune_millisecs"]:
+                prune = False
+            else:
+                chain.prune_time = now
+        return self._chain_choose(chain, prune)
+
+    def _chain_choose(self, chain: StableNode, prune: bool) -> StableNode | None:
+        """The body of stable_node_dup once the prune timer has decided ``prune``."""
+        gen = self.tree_gen
+        memo = chain.memo_prune if prune else chain.memo
+        if memo is not None and memo[0] == gen:
+            return memo[1]  # nothing changed since the last look-up, which changed nothing
         new_rules = self.profile.new_dup_choice
         limit: int = self.knobs["max_page_sharing"]
         found: StableNode | None = None
@@ -134,6 +172,8 @@ class StableTreeMixin(KsmState):
             collapse = len(chain.dups) == 1 if new_rules else (prune and nr == 1)
             if collapse:
                 # the single dup replaces the chain as a regular node
+                self.tree_gen += 1
+                rb_replace_node(chain, found, self.stable_root)
                 self.stable[chain.content] = found
                 found.kind = StableNode.REGULAR
                 found.chain = None
@@ -145,10 +185,16 @@ class StableTreeMixin(KsmState):
             elif (
                 chain.dups[0] is not found and len(found.items) + 1 < self.knobs["max_page_sharing"]
             ):
+                self.tree_gen += 1
                 chain.dups.remove(found)
                 chain.dups.insert(0, found)
         elif not chain.dups:
             self._free_chain(chain)
+        if self.tree_gen == gen:
+            if prune:
+                chain.memo_prune = (gen, found)
+            else:
+                chain.memo = (gen, found)
         return found
 
     def _look_at(self, node: StableNode, prune: bool) -> tuple[bool, StableNode | None]:
@@ -167,40 +213,80 @@ class StableTreeMixin(KsmState):
 
     def _stable_walk(
         self, content: int, prune: bool
-    ) -> tuple[StableNode | None, StableNode | None]:
-        """A stable-tree walk for ``content``: (top node of that content, chosen dup)."""
-        while True:
-            if len(self.stable) == 1:
-                (root,) = self.stable.values()
-                if root.content != content:
-                    restart, _ = self._look_at(root, prune)
+    ) -> tuple[StableNode | None, StableNode | None, StableNode | None, bool]:
+        """A stable-tree walk for ``content`` from the root, looking at every node on the path.
+
+        Returns (the node of that content, the chosen dup, None, False) on a match, else
+        (None, None, parent, left): where a new node of that content is linked.
+        """
+        key = self.content_order(content)
+        stable = self.stable
+        regular = StableNode.REGULAR
+        chain_kind = StableNode.CHAIN
+        plain = self.profile.new_dup_choice
+        interval: int = self.knobs["stable_node_chains_prune_millisecs"]
+        now = self.clock_ms
+        while True:  # again:
+            node = cast("StableNode | None", self.stable_root.node)
+            parent: StableNode | None = None
+            left = False
+            while node is not None:
+                here = node.content
+                kind = node.kind
+                if kind is regular and not node.dead and plain:
+                    chosen: StableNode | None = node
+                elif kind is chain_kind:
+                    # stable_node_dup: the prune timer, then the look-up (or its memo)
+                    pruning = prune and now >= node.prune_time + interval
+                    if pruning:
+                        node.prune_time = now
+                    memo = node.memo_prune if pruning else node.memo
+                    if memo is not None and memo[0] == self.tree_gen:
+                        chosen = memo[1]
+                    else:
+                        chosen = self._chain_choose(node, pruning)
+                        if chosen is None and not node.dups:
+                            break  # chain freed: goto again
+                        node = stable[here]  # a collapsed chain's dup took its place
+                else:
+                    restart, chosen = self._look_at(node, prune)
                     if restart:
-                        continue
-            node = self.stable.get(content)
-            if node is None:
-                return None, None
-            restart, chosen = self._look_at(node, prune)
-            if restart:
-                continue
-            return self.stable.get(content), chosen
+                        break
+                if here == content:
+                    return node, chosen, None, False
+                nkey = node.order
+                parent = node
+                left = key < nkey if key != nkey else self.content_less(content, here)
+                node = cast("StableNode | None", node.rb_left if left else node.rb_right)
+            else:
+                return None, None, parent, left
 
     def _stable_tree_search(self, content: int) -> StableNode | None:
         """stable_tree_search for an ordinary page: the node to merge into, or None."""
-        prune = self.knobs["stable_node_chains_prune_millisecs"] == 0
-        _, chosen = self._stable_walk(content, prune)
+        if not self.stable_node_chains and not self.dead_nodes:
+            # no walk can change anything: the search is a look-up
+            node = self.stable.get(content)
+            return node if node is not None and self._is_candidate(node) else None
+        _, chosen, _, _ = self._stable_walk(content, True)
         if chosen is None or not self._is_candidate(chosen):
             return None
         return chosen
 
     def _stable_tree_insert(self, content: int, pfn: int) -> StableNode:
         """stable_tree_insert: a new KSM frame gets a regular node, or a dup in a chain."""
-        top, _ = self._stable_walk(content, prune=False)
+        top, _, parent, left = self._stable_walk(content, prune=False)
+        self.tree_gen += 1
         if top is None:
             node = self._new_node(StableNode.REGULAR, content, pfn)
+            rb_link_node(node, parent, left, self.stable_root)
+            rb_insert_color(node, self.stable_root)
             self.stable[content] = node
         else:
             if top.kind != StableNode.CHAIN:
+                # alloc_stable_node_chain: the chain takes the node's place in the tree
                 chain = self._new_node(StableNode.CHAIN, content)
+                chain.prune_time = self.clock_ms
+                rb_replace_node(top, chain, self.stable_root)
                 top.kind = StableNode.DUP
                 top.chain = chain
                 chain.dups.append(top)
@@ -224,8 +310,14 @@ class StableTreeMixin(KsmState):
         return True
 
     def _remove_all_stable_nodes(self) -> bool:
-        """remove_all_stable_nodes: True (EBUSY) if a node's frame is still mapped."""
-        for top in list(self.stable.values()):
+        """remove_all_stable_nodes: True (EBUSY) if a node's frame is still mapped.
+
+        Removes the root, again and again, until the tree is empty or the root is busy.
+        """
+        root = self.stable_root
+        while root.node is not None:
+            top = root.node
+            assert isinstance(top, StableNode)
             if top.kind == StableNode.CHAIN:
                 for dup in list(top.dups):
                     if self._remove_stable_node(dup):

@@ -1,7 +1,9 @@
 """The simulated machine's state and its lowest-level primitives.
 
 :class:`KsmState` holds everything: page frames, processes, ksmd's mm_slot list and
-cursor (``struct ksm_scan``), the stable and unstable trees and every counter. The layers
+cursor (``struct ksm_scan``), the stable tree (a red-black tree, :mod:`sim.rbtree`, ordered
+by the contents' page bytes, :mod:`sim.contents`) and the unstable tree, every counter, and
+the format's clock (``clock_ms``, read by the chain prune timer). The layers
 above it (stable tree, scanner, process operations, knobs) are mixins stacked in that order
 and composed by :class:`sim.kernel.Kernel`.
 
@@ -17,30 +19,48 @@ from array import array
 from typing import Any
 
 from .changes import KEY_MASK, KEY_SHIFT, ChangeLog
+from .contents import order_bytes, page_bytes, unique_bytes
 from .errors import OpError
 from .mm import ITEM_ABSENT, ITEM_NONE, NO_CHECKSUM, MmStruct, Vma
 from .profiles import Profile
+from .rbtree import RbNode, RbRoot
 
 ZERO_CONTENT = 0
 #: content ids are stored as 32-bit signed integers
 MAX_CONTENT = (1 << 31) - 1
 
 
-class StableNode:
+class StableNode(RbNode):
     """``struct ksm_stable_node``: a regular node, a chain, or a dup inside a chain.
 
     A regular node or dup stands for one KSM frame (``pfn``) and lists its rmap_items
     (``items``, page keys; ``rmap_hlist_len`` is their number). A chain lists its dups,
-    head first.
+    head first, and keeps ``prune_time`` (``chain_prune_time``: the clock at its creation or
+    last prune). Regular nodes and chains are nodes of the stable red-black tree (the
+    :class:`~sim.rbtree.RbNode` links); dups are not.
     """
 
-    __slots__ = ("nid", "kind", "content", "pfn", "items", "dups", "chain", "dead")
+    __slots__ = (
+        "nid",
+        "kind",
+        "content",
+        "pfn",
+        "items",
+        "dups",
+        "chain",
+        "dead",
+        "prune_time",
+        "memo",
+        "memo_prune",
+        "order",
+    )
 
     REGULAR = "regular"
     CHAIN = "chain"
     DUP = "dup"
 
     def __init__(self, nid: int, kind: str, content: int, pfn: int = -1):
+        super().__init__()
         self.nid = nid
         self.kind = kind
         self.content = content
@@ -51,6 +71,13 @@ class StableNode:
         self.chain: StableNode | None = None
         #: the KSM frame was freed (all its mappings gone); removed when next touched
         self.dead = False
+        self.prune_time = 0
+        #: a chain's last look-up without (``memo``) and with pruning: (tree_gen, choice),
+        #: kept while ``tree_gen`` says no dup changed since (it then had no side effect)
+        self.memo: tuple[int, StableNode | None] | None = None
+        self.memo_prune: tuple[int, StableNode | None] | None = None
+        #: the leading page bytes of its content (KsmState.content_order), set by the tree
+        self.order = b""
 
     def __repr__(self) -> str:
         return f"<StableNode {self.nid} {self.kind} pfn={self.pfn} items={len(self.items)}>"
@@ -71,6 +98,8 @@ class KsmState:
         self.free_pfns = array("i")
         # contents: 0 = zero, labels interned, "unique" draws fresh ids
         self.labels: dict[str, int] = {"zero": ZERO_CONTENT}
+        #: leading page bytes of zero and of each label, for the trees' memcmp order
+        self.content_bytes: dict[int, bytes] = {ZERO_CONTENT: order_bytes("zero")}
         self.next_content = 1
         # processes
         self.procs: dict[str, MmStruct] = {}
@@ -86,9 +115,15 @@ class KsmState:
         self.cursor_addr = 0
         self.cursor_seen_mergeable = False
         self.seqnr = 0
-        # trees
+        # trees: the stable tree is a red-black tree (``stable_root``) ordered by the page
+        # bytes of the nodes' contents; ``stable`` indexes its nodes by content
         self.nodes: dict[int, StableNode] = {}
+        self.stable_root = RbRoot()
         self.stable: dict[int, StableNode] = {}
+        #: stable nodes whose frame died, not yet removed from the tree
+        self.dead_nodes = 0
+        #: advances on every change a chain look-up depends on (dups, their items, deaths)
+        self.tree_gen = 0
         self.unstable: dict[int, int] = {}
         self.next_nid = 1
         # global counters
@@ -101,6 +136,8 @@ class KsmState:
         self.ksm_zero_pages = 0
         self.stable_node_chains = 0
         self.stable_node_dups = 0
+        #: the format's clock (ms): 200 ms after each pass of a ``scan`` step (prune timer)
+        self.clock_ms = 0
         # knobs
         self.knobs: dict[str, Any] = {}
         self.log: ChangeLog | None = None
@@ -128,8 +165,22 @@ class KsmState:
         cid = self.labels.get(label)
         if cid is None:
             cid = self.labels[label] = self.next_content
+            self.content_bytes[cid] = order_bytes(label)
             self.next_content += 1
         return cid
+
+    def content_order(self, content: int) -> bytes:
+        """The leading page bytes memcmp compares first (a stand-in for unique pages)."""
+        data = self.content_bytes.get(content)
+        return unique_bytes(content) if data is None else data
+
+    def content_less(self, a: int, b: int) -> bool:
+        """memcmp(page of a, page of b) < 0, for two different contents."""
+        ka, kb = self.content_order(a), self.content_order(b)
+        if ka != kb:
+            return ka < kb
+        names = {cid: label for label, cid in self.labels.items()}
+        return page_bytes(names[a]) < page_bytes(names[b])
 
     def _alloc_frame(self, content: int) -> int:
         if self.free_pfns:
@@ -156,6 +207,8 @@ class KsmState:
             nid = self.f_node[pfn]
             if nid >= 0:
                 self.nodes[nid].dead = True
+                self.dead_nodes += 1
+                self.tree_gen += 1
                 self.f_node[pfn] = -1
             self.free_pfns.append(pfn)
 

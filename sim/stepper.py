@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import KnobError, SimError
-from .kernel import Kernel
+from .kernel import PASS_INTERVAL_MS, Kernel
 from .scenario import Step, parse_scenario
 
 Grain = Literal["batch", "page", "pass"]
@@ -221,9 +221,13 @@ class Stepper:
                 if n
                 else "ksmd found no page left in this pass"
             )
-        if self.scan_until is not None and (k.seqnr >= self.scan_until or not k.can_scan):
-            k.stop_scan()
-            self.scan_until = None
+        if self.scan_until is not None:
+            # the format's clock: in a scan step, consecutive passes start 200 ms apart
+            for _ in range(k.seqnr - seq0):
+                k.advance_clock(PASS_INTERVAL_MS)
+            if k.seqnr >= self.scan_until or not k.can_scan:
+                k.stop_scan()
+                self.scan_until = None
         return text, {"kind": "ksmd", "grain": grain, "scanned": n, "pass_end": k.seqnr != seq0}
 
 

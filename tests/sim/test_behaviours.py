@@ -1,7 +1,9 @@
-"""Behaviours B1..B71 of ksm-model.md §12 that the public traces do not cover.
+"""Behaviours B1..B74 of ksm-model.md §12 that the public traces do not cover.
 
 Each test is named by the behaviour it checks; expected values come from the model's text
-(closed forms, worked examples), not from running the simulator.
+(closed forms, worked examples), not from running the simulator. B72-B74 (issue 16: tree
+walks, the prune timer, empty knob writes) are not numbered in §12 yet; their expectations
+were checked on a real 6.18 kernel (``ksmlab replay``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ def test_b2_no_registered_mm_no_full_scan() -> None:
     lab.area("P", "m", 10, (None, "A"), merge=False)
     assert lab.scan(3) == 0
     assert lab.g("full_scans") == 0
+
+
+def test_b74_empty_knob_write_changes_nothing() -> None:
+    """B74 (issue 16 item 4): writing an empty string to any knob succeeds and changes
+    nothing (sysfs passes no empty write to the knob's store), even where any other value
+    would be refused (max_page_sharing while pages are shared)."""
+    lab = Lab()
+    before = {knob: lab.sysfs_read(knob) for knob in lab.k.profile.knobs}
+    for knob in lab.k.profile.knobs:
+        lab.sysfs_write(knob, "")
+    assert {knob: lab.sysfs_read(knob) for knob in lab.k.profile.knobs} == before
+    lab.area("P", "m", 4, (None, "A"))
+    lab.scan(2)
+    lab.sysfs_write("max_page_sharing", "")
+    lab.sysfs_write("run", "")
+    assert (lab.g("pages_shared"), lab.g("pages_sharing")) == (1, 3)
+    with pytest.raises(KnobError):
+        lab.sysfs_write("pages_shared", "")  # read-only files still refuse
 
 
 def test_b33_max_page_sharing_busy_while_shared() -> None:
@@ -537,6 +557,105 @@ def test_b64_dead_dup_replaced_by_a_new_one() -> None:
     lab.scan(2)
     assert lab.tokens("P", "one")[0] == lab.tokens("P", "two")[0]
     assert lab.g("pages_sharing") == 4
+
+
+def test_b72_every_walk_starts_at_the_root() -> None:
+    """B72 (issue 16, example a; ksm-model.md §6 "Tree walks"): a search or an insert
+    descends from the red-black root and looks at every node on its path. B's chain was
+    inserted first (the root; label B's bytes sort before A's); after one of its dups dies,
+    the next pass's searches for unrelated (unique) pages meet it at the root: the dead dup
+    goes and the single-dup chain collapses (kernel 6.18: chains 0, dups 0)."""
+    lab = Lab(max_page_sharing=2, stable_node_chains_prune_millisecs=0, smart_scan=0)
+    lab.area("P", "m", 6, ("0-3", "B"), ("4-5", "A"))
+    lab.area("P", "u", 4, (None, "unique"))
+    lab.scan(2)
+    assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (1, 2)
+    assert lab.k.stable_root.node is lab.k.stable[lab.k.labels["B"]]
+    lab.w("P", "m", "0-1", "unique")
+    lab.scan(1)
+    assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (0, 0)
+    assert (lab.g("pages_shared"), lab.g("pages_sharing")) == (2, 2)
+    assert lab.kinds("P", "m") == "AAKKKK"
+
+
+def test_b72_a_chain_off_the_path_lingers() -> None:
+    """B72: only nodes on a walk's path are looked at. B is the root, A's chain its right
+    child (A's bytes sort after B's), zero's place is left of B: after one A dup dies and is
+    removed through its own items, the zero pages' searches and their insert never meet A's
+    chain, which stays a chain with one dup (kernel 6.18: chains 1, dups 1)."""
+    lab = Lab(max_page_sharing=2, stable_node_chains_prune_millisecs=0, smart_scan=0)
+    lab.area("P", "m", 6, ("0-1", "B"), ("2-5", "A"))
+    lab.scan(2)
+    k = lab.k
+    root = k.stable_root.node
+    assert root is k.stable[k.labels["B"]]
+    assert root.rb_right is k.stable[k.labels["A"]]
+    assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (1, 2)
+    lab.w("P", "m", "2-3", "zero")
+    lab.scan(1)
+    assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (1, 1)
+    lab.scan(3)  # the zero pages search, merge and insert: all left of the root
+    assert lab.kinds("P", "m") == "KKKKKK"
+    assert root.rb_left is k.stable[0]
+    assert (lab.g("stable_node_chains"), lab.g("stable_node_dups")) == (1, 1)
+    assert (lab.g("pages_shared"), lab.g("pages_sharing")) == (3, 3)
+
+
+def test_b73_prune_timer_needs_the_clock() -> None:
+    """B73 (issue 16, example b; ksm-model.md §6 "Prune timer"): with the default prune
+    interval (2000 ms) and the format's clock (passes 200 ms apart), the first search that
+    meets a chain 2000 ms after its creation prunes it and picks the fullest non-full dup:
+    a new page joins the 3-item dup, not the 2-item head dup (kernel 6.18)."""
+    lab = Lab(max_page_sharing=4, smart_scan=0)
+    lab.area("P", "m", 7, ("1-6", "A"))
+    lab.scan(2)  # chain created in the pass at 200 ms: dups [2 items (head), 4 items]
+    lab.w("P", "m", 1, "unique")
+    lab.scan(1)  # the 4-item dup keeps 3
+    lab.scan(7)
+    assert lab.k.clock_ms == 2000
+    lab.w("P", "m", 0, "A")
+    lab.scan(1)  # page 0 volatile; page 1's search at 2000 ms: not due yet
+    lab.scan(1)  # at 2200 ms page 0's search is the first to meet the chain: prune
+    tokens = lab.tokens("P", "m")
+    assert tokens[0] == tokens[2] == tokens[3] == tokens[4] != tokens[5]
+    assert (lab.g("pages_shared"), lab.g("pages_sharing")) == (2, 4)
+
+
+def test_b73_before_the_prune_is_due_the_head_dup_wins() -> None:
+    """B73: one pass earlier (1800 ms after the chain's creation) the search does not prune:
+    it stops at the head dup, a sharing candidate (kernel 6.18)."""
+    lab = Lab(max_page_sharing=4, smart_scan=0)
+    lab.area("P", "m", 7, ("1-6", "A"))
+    lab.scan(2)
+    lab.w("P", "m", 1, "unique")
+    lab.scan(1)
+    lab.scan(6)
+    lab.w("P", "m", 0, "A")
+    lab.scan(2)
+    tokens = lab.tokens("P", "m")
+    assert tokens[0] == tokens[5] == tokens[6] != tokens[2]
+
+
+def test_b73_the_clock_runs_only_in_scan_steps() -> None:
+    """B73: the clock advances 200 ms after each pass of a ``scan`` step and nowhere else;
+    ``advance_clock`` is the one way to move it (the dashboard's stepper uses it too)."""
+    lab = Lab(max_page_sharing=4, smart_scan=0)
+    assert lab.k.clock_ms == 0
+    lab.scan(3)  # no registered mm: no pass, no time
+    assert lab.k.clock_ms == 0
+    lab.area("P", "m", 7, ("1-6", "A"))
+    lab.scan_pass()
+    assert lab.k.clock_ms == 0
+    lab.scan(2)
+    assert lab.k.clock_ms == 400
+    lab.w("P", "m", 1, "unique")
+    lab.scan(1)
+    lab.w("P", "m", 0, "A")
+    lab.scan(1)  # at 600 ms: page 0 volatile, page 1's search finds the chain not due
+    lab.advance_clock(1400)
+    lab.scan(1)  # at 2000 ms, 2000 after the chain's creation: page 0's search prunes
+    tokens = lab.tokens("P", "m")
+    assert tokens[0] == tokens[2] != tokens[5]
 
 
 # ---------------------------------------------------------------- use_zero_pages toggles

@@ -175,3 +175,40 @@ def test_stepping_by_any_grain_reaches_the_checkpoints_of_the_trace(name: str, g
         if out.checkpoint is not None:
             checkpoints.append(st.kernel.checkpoint(out.checkpoint))
     assert checkpoints == run_scenario(sc)["checkpoints"]
+
+
+#: B73's story (a chain pruned by the timer once 2000 ms of the format's clock have passed)
+PRUNE_STORY = {
+    "kernel": "6.18",
+    "sysfs": {"max_page_sharing": 4, "smart_scan": 0},
+    "steps": [
+        {"op": "spawn", "proc": "P"},
+        {"op": "mmap", "proc": "P", "vma": "m", "pages": 7},
+        {"op": "write", "proc": "P", "vma": "m", "pages": "1-6", "content": "A"},
+        {"op": "madvise", "proc": "P", "vma": "m", "advice": "MADV_MERGEABLE"},
+        {"op": "scan", "passes": 2},
+        {"op": "write", "proc": "P", "vma": "m", "pages": 1, "content": "unique"},
+        {"op": "scan", "passes": 8},
+        {"op": "write", "proc": "P", "vma": "m", "pages": 0, "content": "A"},
+        {"op": "scan", "passes": 2},
+        {"op": "checkpoint", "name": "pruned"},
+    ],
+}
+
+
+@pytest.mark.parametrize("grain", GRAINS)
+def test_the_stepper_keeps_the_format_clock_at_any_grain(grain: str) -> None:
+    """Passes of a ``scan`` step are 200 ms apart however the stepper is fed (B73): the
+    prune timer fires in the same pass as in ``run_scenario`` and ``Kernel.scan``."""
+    sc = parse_scenario(PRUNE_STORY)
+    st = Stepper(Kernel(sc.kernel, sc.sysfs), sc.steps)
+    checkpoints = []
+    while st.in_scenario:
+        out = st.feed(Next(grain))  # type: ignore[arg-type]
+        assert out is not None
+        if out.checkpoint is not None:
+            checkpoints.append(st.kernel.checkpoint(out.checkpoint))
+    assert st.kernel.clock_ms == 12 * 200
+    assert checkpoints == run_scenario(sc)["checkpoints"]
+    tokens = checkpoints[0]["pages"]["P"]["m"].split()
+    assert tokens[0] == tokens[2] == tokens[3] == tokens[4] != tokens[5]  # joined the 3-item dup
