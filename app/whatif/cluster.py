@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -76,15 +77,17 @@ def dask_runner(spec: str, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[tuple
     try:
         try:
             if kind == "local":
-                cluster = local_cluster(
-                    n_workers=int(value),
-                    threads_per_worker=1,  # the simulator is pure Python: one run per process
-                    processes=True,
-                    host="127.0.0.1",
-                    protocol="tcp",
-                    dashboard_address=None,
-                    silence_logs=40,  # errors only: stderr carries the progress line
-                )
+                with warnings.catch_warnings():  # "port 8787 in use": it takes another
+                    warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
+                    cluster = local_cluster(
+                        n_workers=int(value),
+                        threads_per_worker=1,  # pure Python: one run per process
+                        processes=True,
+                        host="127.0.0.1",
+                        protocol="tcp",
+                        dashboard_address=None,
+                        silence_logs=40,  # errors only: stderr carries the progress line
+                    )
                 client = client_class(cluster, timeout=timeout)
             else:
                 client = client_class(str(value), timeout=timeout)
