@@ -3,10 +3,14 @@
 ``presets [--json]`` lists the shipped scenario stories (name, title, kernels).
 
 ``sweep [--presets a,b] [--grid KNOB=V1,V2 ...] [--kernel V] [--out DIR] [--jobs N]
-[--max-passes N] [--costs FIRST,LATER,SKIP] [--png FILE]`` runs every preset under every
-combination of the grid's knob values in the simulator, on all cores, and writes
-``DIR/sweep.csv`` (rows in grid order, identical from run to run), ``DIR/sweep.html``
-(self-contained plotly report) and, with ``--png``, one plot as a PNG (headless chromium).
+[--max-passes N] [--costs FIRST,LATER,SKIP] [--png FILE] [--scheduler ADDRESS] [--fresh]``
+runs every preset under every combination of the grid's knob values in the simulator, on
+all cores (or on a Dask cluster: ``--scheduler tcp://HOST:PORT`` or ``local:N``), keeps each
+finished run in ``DIR/sweep.sqlite`` (a killed sweep resumes when run again), shows progress
+on stderr, and writes ``DIR/sweep.csv`` (rows in grid order, identical from run to run and
+on any runner), ``DIR/sweep.html`` (self-contained plotly report) and, with ``--png``, one
+plot as a PNG (headless chromium). Exit status 2 for bad input (a bad ``--scheduler``
+included), 1 if the pool or the cluster fails during the sweep (the runs done are kept).
 Definitions of "settled" and of the CPU model: :mod:`app.whatif.sweep`,
 ``docs/cpu-model.md``.
 """
@@ -34,6 +38,7 @@ from .sweep import (
     DEFAULT_MAX_PASSES,
     CodeMismatchError,
     CpuCosts,
+    RunnerError,
     expand_grid,
     parse_grid,
     pool_runner,
@@ -212,6 +217,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         except (CodeMismatchError, StoreError) as exc:
             _err(f"ksmlab sweep: {exc}; the runs done so far are kept in {db_path}")
             return 2
+        except RunnerError as exc:
+            _err(
+                f"ksmlab sweep: {exc}; the runs done so far are kept in {db_path}: "
+                "run the same command again to resume"
+            )
+            return 1
         except KeyboardInterrupt:
             _err(f"ksmlab sweep: interrupted; run the same command again to resume ({db_path})")
             return 130

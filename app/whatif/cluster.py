@@ -19,6 +19,7 @@ that joined later. Results are therefore the same, bit for bit, as on the local 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 import warnings
@@ -26,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .sweep import Done, Runner, Work, code_fingerprint, run_work
+from .sweep import Done, Runner, RunnerError, Work, code_fingerprint, run_work
 
 #: how long to wait for the scheduler (and, for local:N, for the workers)
 CONNECT_TIMEOUT_S = 10.0
@@ -142,10 +143,14 @@ def _runner(client: Any, as_completed: Any) -> Runner:
         futures = client.map(run_work, work, key=keys, pure=False)
         try:
             for fut in as_completed(futures):
-                done: Done = fut.result()
+                try:
+                    done: Done = fut.result()
+                except (Exception, asyncio.CancelledError) as exc:  # lost scheduler, ...
+                    raise RunnerError(f"the Dask cluster failed: {_reason(exc)}") from exc
                 fut.release()
                 yield done
         finally:  # stopped early (an error, Ctrl-C): drop what is still queued
-            client.cancel(futures)
+            if client.status == "running":
+                client.cancel(futures)
 
     return run

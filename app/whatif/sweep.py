@@ -34,8 +34,12 @@ Definitions (also in ``docs/cpu-model.md``):
   ``skip_us``. Defaults: 0.9, 3.5 and 0.1 us (measured, see ``bench/ksmd_costs.py``).
 
 Results are plain dataclasses; every number is an integer (times in nanoseconds) so the
-CSV is identical from run to run and machine to machine. Standard library and ``sim`` only;
-the HTML report lives in :mod:`app.whatif.report`, the CLI in :mod:`app.whatif.cli`.
+CSV is identical from run to run and machine to machine. :func:`run_sweep` hands the runs
+to a *runner* (:func:`pool_runner`, the embedded default; :func:`serial_runner`; a Dask
+cluster's in :mod:`app.whatif.cluster`) and keeps each finished run in a store
+(:mod:`app.whatif.store`) under :func:`point_key`, so a killed sweep resumes. Standard
+library and ``sim`` only; the HTML report lives in :mod:`app.whatif.report`, the CLI in
+:mod:`app.whatif.cli`; resuming and Dask: ``docs/sweeps.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -376,7 +381,11 @@ def pool_runner(jobs: int) -> Runner:
         try:
             futures = [pool.submit(run_work, item) for item in work]
             for fut in as_completed(futures):
-                yield fut.result()
+                try:
+                    done = fut.result()
+                except BrokenProcessPool as exc:  # a worker process was killed
+                    raise RunnerError(f"a process of the pool died: {exc}") from exc
+                yield done
         finally:  # also when the caller stops early: queued runs are dropped
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -424,6 +433,11 @@ class ResultSink(Protocol):
     def get_many(self, keys: Sequence[str]) -> dict[str, SweepResult]: ...
 
     def put(self, key: str, point: SweepPoint, result: SweepResult) -> None: ...
+
+
+class RunnerError(RuntimeError):
+    """The runs cannot go on (a pool process killed, the Dask scheduler lost...); the runs
+    already finished are kept in the store."""
 
 
 class CodeMismatchError(RuntimeError):
