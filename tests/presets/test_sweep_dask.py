@@ -19,6 +19,8 @@ from app.cli import main as ksmlab  # noqa: E402
 from app.whatif.cluster import parse_scheduler  # noqa: E402
 from app.whatif.store import STORE_NAME  # noqa: E402
 
+#: a second cluster's scheduler HTTP server (health routes, 127.0.0.1) takes another port
+pytestmark = pytest.mark.filterwarnings("ignore:Port .* is already in use")
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = "chains-and-dups,volatile-buffers,zero-pages-unmerge,vm-host,smart-scan"
 GRID = ["--grid", "pages_to_scan=50,500,5000", "--grid", "use_zero_pages=0,1"]
@@ -147,3 +149,69 @@ def test_a_worker_running_other_code_is_refused(
     assert "run other ksmlab code than this process" in err and err.count("\n") == 1
     assert not (tmp_path / "out" / "sweep.csv").exists()
     assert (tmp_path / "out" / STORE_NAME).exists()  # (empty: nothing ran)
+
+
+def test_losing_the_scheduler_midway_is_exit_1_and_the_runs_done_are_kept(
+    tmp_path: Path,
+) -> None:
+    """A real scheduler and two workers (``dask scheduler``, ``dask worker`` processes on
+    127.0.0.1); the scheduler is killed with SIGKILL while the sweep runs: ``ksmlab sweep``
+    stops with one line and exit status 1, and the same sweep on another cluster computes
+    only the runs that were missing, ending with the local pool's CSV."""
+    import signal
+    import socket
+
+    from tests.presets.test_sweep_resume import SLOW_GRID, TOTAL, _stored
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--no-dashboard"],
+        **quiet,  # type: ignore[call-overload]
+    )
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1"]
+        + ["--nworkers", "2", "--no-dashboard", "--host", "127.0.0.1"],
+        **quiet,  # type: ignore[call-overload]
+    )
+    out = tmp_path / "lost"
+    db = out / STORE_NAME
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "sweep", *SLOW_GRID, "--no-html"]
+            + ["--out", str(out), "--scheduler", address],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while _stored(db) < TOTAL // 4 and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sweep.poll() is None, "the sweep ended before the scheduler could be killed"
+        scheduler.send_signal(signal.SIGKILL)
+        _, err = sweep.communicate(timeout=120)
+    finally:
+        for proc in (scheduler, workers):
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(timeout=60)
+    assert sweep.returncode == 1
+    line = next(x for x in err.splitlines() if x.startswith("ksmlab sweep: "))
+    assert line.startswith("ksmlab sweep: the Dask cluster failed: ")
+    assert line.endswith("run the same command again to resume")
+    kept = _stored(db)
+    assert TOTAL // 4 <= kept < TOTAL
+
+    again = ksmlab(["sweep", *SLOW_GRID, "--no-html", "--out", str(out), "--scheduler", "local:2"])
+    assert again == 0 and _stored(db) == TOTAL
+    assert (
+        ksmlab(["sweep", *SLOW_GRID, "--no-html", "--out", str(tmp_path / "p"), "--jobs", "2"]) == 0
+    )
+    assert (out / "sweep.csv").read_bytes() == (tmp_path / "p" / "sweep.csv").read_bytes()
