@@ -77,9 +77,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
 class Progress:
     """Progress on stderr (never stdout): runs done/total, rate, ETA.
 
-    On a terminal, one line redrawn in place with a bar; otherwise (a log, a CI job) one
-    plain line at the start, then at most one every ``interval`` seconds, and one at the
-    end. The rate counts only the runs computed now (not those resumed from the store).
+    On a terminal, one line redrawn in place with a bar (at most 10 times a second);
+    otherwise (a log, a CI job) one plain line at the start, then at most one every
+    ``interval`` seconds, and one at the end. The rate counts only the runs computed now
+    (not those resumed from the store).
     """
 
     def __init__(
@@ -122,6 +123,9 @@ class Progress:
         if total == 0:
             return
         if self.tty:
+            if not (first or done == total or now - self.last >= 0.1):
+                return  # at most 10 redraws a second
+            self.last = now
             fill = self.width * done // total
             bar = "#" * fill + "." * (self.width - fill)
             self.stream.write(f"\r[{bar}] {self.line(done, total, now)}\x1b[K")
