@@ -1,7 +1,7 @@
 """Sweeps on a Dask cluster (``distributed``): ``ksmlab sweep --scheduler SPEC``.
 
 ``SPEC`` is either the address of a running scheduler (``tcp://host:port``; also ``tls://``,
-``ws://``, ``wss://``, ``inproc://``, ``ucx://`` as ``distributed`` knows them), reached with
+``ws://``, ``wss://``, ``ucx://`` as ``distributed`` knows them), reached with
 ``distributed.Client(address)``, or ``local:N``: a ``distributed.LocalCluster`` of N worker
 processes (one thread each) on 127.0.0.1, started for the sweep and stopped after it. Without
 ``--scheduler`` the sweep runs on the embedded local process pool.
