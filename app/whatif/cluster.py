@@ -43,13 +43,13 @@ class SchedulerError(Exception):
 def parse_scheduler(spec: str) -> tuple[str, str | int]:
     """``("local", N)`` or ``("address", "tcp://host:port")``; ValueError with the reason."""
     spec = spec.strip()
-    local = _LOCAL.match(spec)
+    local = _LOCAL.fullmatch(spec)
     if local:
         n = int(local.group(1))
         if not 1 <= n <= MAX_LOCAL_WORKERS:
             raise ValueError(f"--scheduler local:N needs 1 <= N <= {MAX_LOCAL_WORKERS}")
         return "local", n
-    m = _ADDRESS.match(spec)
+    m = _ADDRESS.fullmatch(spec)
     if not m or not 0 < int(m.group(3)) < 65536:
         raise ValueError(
             f"bad --scheduler {spec!r}: expected tcp://HOST:PORT (the Dask scheduler's "
@@ -91,6 +91,7 @@ def dask_runner(spec: str, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[tuple
                     )
                 client = client_class(cluster, timeout=timeout)
             else:
+                _probe(str(value), timeout)
                 client = client_class(str(value), timeout=timeout)
         except (OSError, TimeoutError, ValueError) as exc:
             raise SchedulerError(
@@ -115,6 +116,37 @@ def dask_runner(spec: str, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[tuple
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Ask ``address`` who it is, within ``timeout`` whatever listens there.
+
+    ``distributed.Client(address, timeout=...)`` bounds the TCP connection, not the
+    handshake: pointed at a server that is not a Dask scheduler (an HTTP server, say) it
+    waits for ever. This asks for the ``identity`` over one comm, with a deadline on the
+    whole exchange, and wants a ``Scheduler`` to answer.
+    """
+    from distributed.comm import core
+
+    connect: Any = core.connect  # (untyped)
+
+    async def ask() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(ask(), timeout))
+    except OSError as exc:  # refused, unresolvable, or (TimeoutError) no answer in time
+        why = _reason(exc) if str(exc) else f"no answer within {timeout:g} s"
+        raise SchedulerError(f"cannot reach the Dask scheduler {address}: {why}") from None
+    except Exception as exc:  # noqa: BLE001 (whatever a foreign server's bytes make of it)
+        raise SchedulerError(f"{address} is not a Dask scheduler: {_reason(exc)}") from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise SchedulerError(f"{address} is not a Dask scheduler (it answered {reply!r:.80})")
 
 
 def _check_workers(client: Any, spec: str) -> None:

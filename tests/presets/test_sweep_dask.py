@@ -215,3 +215,33 @@ def test_losing_the_scheduler_midway_is_exit_1_and_the_runs_done_are_kept(
         ksmlab(["sweep", *SLOW_GRID, "--no-html", "--out", str(tmp_path / "p"), "--jobs", "2"]) == 0
     )
     assert (out / "sweep.csv").read_bytes() == (tmp_path / "p" / "sweep.csv").read_bytes()
+
+
+def test_an_address_where_another_server_listens_is_refused_in_bounded_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``distributed.Client`` alone would wait for ever on a server that is not a Dask
+    scheduler (its timeout bounds the TCP connection, not the handshake): a real HTTP
+    server on 127.0.0.1 that never answers Dask's handshake is refused, exit 2."""
+    import threading
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # (its log would land in the stderr checked below)
+
+    server = HTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    address = f"tcp://127.0.0.1:{server.server_address[1]}"
+    try:
+        started = time.monotonic()
+        assert _sweep(tmp_path, "--scheduler", address) == 2
+        assert time.monotonic() - started < 60
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert err.startswith(f"ksmlab sweep: cannot reach the Dask scheduler {address}: ")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "sweep.csv").exists()
