@@ -3,10 +3,14 @@
 ``presets [--json]`` lists the shipped scenario stories (name, title, kernels).
 
 ``sweep [--presets a,b] [--grid KNOB=V1,V2 ...] [--kernel V] [--out DIR] [--jobs N]
-[--max-passes N] [--costs FIRST,LATER,SKIP] [--png FILE]`` runs every preset under every
-combination of the grid's knob values in the simulator, on all cores, and writes
-``DIR/sweep.csv`` (rows in grid order, identical from run to run), ``DIR/sweep.html``
-(self-contained plotly report) and, with ``--png``, one plot as a PNG (headless chromium).
+[--max-passes N] [--costs FIRST,LATER,SKIP] [--png FILE] [--scheduler ADDRESS] [--fresh]``
+runs every preset under every combination of the grid's knob values in the simulator, on
+all cores (or on a Dask cluster: ``--scheduler tcp://HOST:PORT`` or ``local:N``), keeps each
+finished run in ``DIR/sweep.sqlite`` (a killed sweep resumes when run again), shows progress
+on stderr, and writes ``DIR/sweep.csv`` (rows in grid order, identical from run to run and
+on any runner), ``DIR/sweep.html`` (self-contained plotly report) and, with ``--png``, one
+plot as a PNG (headless chromium). Exit status 2 for bad input (a bad ``--scheduler``
+included), 1 if the pool or the cluster fails during the sweep (the runs done are kept).
 Definitions of "settled" and of the CPU model: :mod:`app.whatif.sweep`,
 ``docs/cpu-model.md``.
 """
@@ -19,6 +23,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,11 +32,16 @@ from sim import ScenarioError
 from sim.presets import list_presets, preset_names
 from sim.scenario import KERNELS
 
+from .cluster import parse_scheduler
+from .store import STORE_NAME, ResultStore, StoreError
 from .sweep import (
     DEFAULT_MAX_PASSES,
+    CodeMismatchError,
     CpuCosts,
+    RunnerError,
     expand_grid,
     parse_grid,
+    pool_runner,
     results_csv,
     run_sweep,
 )
@@ -64,24 +75,75 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
+    """Progress on stderr (never stdout): runs done/total, rate, ETA.
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream = stream
+    On a terminal, one line redrawn in place with a bar (at most 10 times a second);
+    otherwise (a log, a CI job) one plain line at the start, then at most one every
+    ``interval`` seconds, and one at the end. The rate counts only the runs computed now
+    (not those resumed from the store).
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        width: int = 30,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream or sys.stderr
         self.width = width
-        self.enabled = stream.isatty()
-        self.start = time.monotonic()
+        self.interval = interval
+        self.clock = clock
+        self.tty = self.stream.isatty()
+        self.base: int | None = None
+        self.start = 0.0
+        self.last = 0.0
+
+    def line(self, done: int, total: int, now: float) -> str:
+        base = self.base or 0
+        text = f"sweep {done}/{total} runs"
+        if base:
+            text += f" ({base} resumed)"
+        elapsed = now - self.start
+        computed = done - base
+        if computed > 0 and elapsed > 0:
+            rate = computed / elapsed
+            text += f", {rate:.1f} runs/s"
+            if done < total:
+                text += f", ETA {_duration((total - done) / rate)}"
+            else:
+                text += f", {_duration(elapsed)}"
+        return text
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total == 0:
+        now = self.clock()
+        first = self.base is None
+        if first:
+            self.base, self.start, self.last = done, now, now
+        if total == 0:
             return
-        fill = self.width * done // total
-        bar = "#" * fill + "." * (self.width - fill)
-        secs = time.monotonic() - self.start
-        self.stream.write(f"\rsweep [{bar}] {done}/{total} runs {secs:5.1f}s")
-        if done == total:
-            self.stream.write("\n")
+        if self.tty:
+            if not (first or done == total or now - self.last >= 0.1):
+                return  # at most 10 redraws a second
+            self.last = now
+            fill = self.width * done // total
+            bar = "#" * fill + "." * (self.width - fill)
+            self.stream.write(f"\r[{bar}] {self.line(done, total, now)}\x1b[K")
+            if done == total:
+                self.stream.write("\n")
+        elif first or done == total or now - self.last >= self.interval:
+            self.last = now
+            self.stream.write(self.line(done, total, now) + "\n")
         self.stream.flush()
+
+
+def _duration(secs: float) -> str:
+    secs = max(0, round(secs))
+    if secs < 60:
+        return f"{secs}s"
+    if secs < 3600:
+        return f"{secs // 60}m{secs % 60:02d}s"
+    return f"{secs // 3600}h{secs % 3600 // 60:02d}m"
 
 
 def _parse_costs(text: str) -> CpuCosts:
@@ -111,17 +173,65 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         costs = _parse_costs(args.costs) if args.costs else CpuCosts()
         if args.jobs is not None and args.jobs < 1:
             raise ValueError("--jobs must be at least 1")
+        if args.scheduler is not None:
+            if args.jobs is not None:
+                raise ValueError("--jobs is for the local pool: not with --scheduler")
+            parse_scheduler(args.scheduler)
     except (ValueError, ScenarioError) as exc:
         _err(f"ksmlab sweep: {exc}")
         return 2
     points = expand_grid(chosen, grid, args.kernel)
-    jobs = args.jobs or os.cpu_count() or 1
-    started = time.monotonic()
-    results = run_sweep(points, costs, jobs, args.max_passes, progress=Progress())
-    elapsed = time.monotonic() - started
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        db_path = out / STORE_NAME
+        if args.fresh:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        store = ResultStore(db_path)
+    except OSError as exc:
+        _err(f"ksmlab sweep: cannot write {args.out}: {exc.strerror}")
+        return 2
+    except StoreError as exc:
+        _err(f"ksmlab sweep: {exc} (remove it or use --fresh)")
+        return 2
+    started = time.monotonic()
+    with store, ExitStack() as stack:
+        if args.scheduler:
+            from .cluster import SchedulerError, dask_runner
+
+            try:
+                runner, where = stack.enter_context(dask_runner(args.scheduler))
+            except SchedulerError as exc:
+                _err(f"ksmlab sweep: {exc}")
+                return 2
+        else:
+            jobs = args.jobs or os.cpu_count() or 1
+            runner, where = pool_runner(jobs), f"{jobs} process" + ("es" if jobs > 1 else "")
+        bar = Progress()
+        try:
+            results = run_sweep(
+                points,
+                costs,
+                max_passes=args.max_passes,
+                progress=bar,
+                store=store,
+                runner=runner,
+            )
+        except (CodeMismatchError, StoreError) as exc:
+            _err(f"ksmlab sweep: {exc}; the runs done so far are kept in {db_path}")
+            return 2
+        except RunnerError as exc:
+            _err(
+                f"ksmlab sweep: {exc}; the runs done so far are kept in {db_path}: "
+                "run the same command again to resume"
+            )
+            return 1
+        except KeyboardInterrupt:
+            _err(f"ksmlab sweep: interrupted; run the same command again to resume ({db_path})")
+            return 130
+    elapsed = time.monotonic() - started
+    try:
         csv_path = out / "sweep.csv"
         csv_path.write_text(results_csv(results), encoding="utf-8")
         html_path = out / "sweep.html"
@@ -147,8 +257,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _err(f"ksmlab sweep: cannot write {args.out}: {exc.strerror}")
         return 2
     failed = [r for r in results if r.error]
+    resumed = bar.base or 0
     _out(
-        f"{len(results)} runs on {jobs} processes in {elapsed:.1f}s: {csv_path}"
+        f"{len(results)} runs ({len(results) - resumed} computed on {where}, {resumed} "
+        f"resumed from {STORE_NAME}) in {elapsed:.1f}s: {csv_path}"
         + ("" if args.no_html else f", {html_path}")
     )
     for r in failed:
@@ -176,7 +288,19 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--kernel", choices=KERNELS, default="6.18", help="kernel profile")
     s.add_argument("--out", default="out/sweep", help="output directory (default out/sweep)")
-    s.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    s.add_argument("--jobs", type=int, help="processes of the local pool (default: all cores)")
+    s.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask cluster: the scheduler's tcp://HOST:PORT, or local:N for a "
+        "local Dask cluster of N worker processes (default: the local process pool); "
+        "see docs/sweeps.md",
+    )
+    s.add_argument(
+        "--fresh",
+        action="store_true",
+        help=f"forget the runs kept in OUT/{STORE_NAME} (default: resume, reusing them)",
+    )
     s.add_argument(
         "--max-passes",
         type=int,

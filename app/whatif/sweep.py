@@ -34,21 +34,31 @@ Definitions (also in ``docs/cpu-model.md``):
   ``skip_us``. Defaults: 0.9, 3.5 and 0.1 us (measured, see ``bench/ksmd_costs.py``).
 
 Results are plain dataclasses; every number is an integer (times in nanoseconds) so the
-CSV is identical from run to run and machine to machine. Standard library and ``sim`` only;
-the HTML report lives in :mod:`app.whatif.report`, the CLI in :mod:`app.whatif.cli`.
+CSV is identical from run to run and machine to machine. :func:`run_sweep` hands the runs
+to a *runner* (:func:`pool_runner`, the embedded default; :func:`serial_runner`; a Dask
+cluster's in :mod:`app.whatif.cluster`) and keeps each finished run in a store
+(:mod:`app.whatif.store`) under :func:`point_key`, so a killed sweep resumes. Standard
+library and ``sim`` only; the HTML report lives in :mod:`app.whatif.report`, the CLI in
+:mod:`app.whatif.cli`; resuming and Dask: ``docs/sweeps.md``.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import itertools
+import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+import sim
 from sim import Kernel, KnobError, Scenario, SimError, UnsupportedError
 from sim.kernel import PAGE_SIZE, RMAP_ITEM_SIZE
 from sim.presets import load_preset
@@ -338,11 +348,107 @@ def run_point(
     return result
 
 
-def _run_indexed(
-    args: tuple[int, SweepPoint, CpuCosts, int],
-) -> tuple[int, SweepResult]:
-    index, point, costs, max_passes = args
-    return index, run_point(point, costs, max_passes)
+#: a unit of work for a runner: (index in the grid, point, its scenario or None to load the
+#: preset by name, CPU costs, max passes)
+Work = tuple[int, SweepPoint, Scenario | None, CpuCosts, int]
+#: what a runner yields for each run as it finishes: (index, result, code fingerprint of the
+#: process that computed it)
+Done = tuple[int, SweepResult, str]
+#: a runner: takes the work, yields each run as it finishes (in any order)
+Runner = Callable[[Sequence[Work]], Iterator[Done]]
+
+
+def run_work(item: Work) -> Done:
+    """Run one unit of work (in whatever process or Dask worker runs it)."""
+    index, point, scenario, costs, max_passes = item
+    return index, run_point(point, costs, max_passes, scenario), code_fingerprint()
+
+
+def serial_runner(work: Sequence[Work]) -> Iterator[Done]:
+    """Every run in this process, one after the other."""
+    for item in work:
+        yield run_work(item)
+
+
+def pool_runner(jobs: int) -> Runner:
+    """The embedded default: a local process pool of ``jobs`` processes."""
+
+    def run(work: Sequence[Work]) -> Iterator[Done]:
+        if jobs <= 1 or len(work) <= 1:
+            yield from serial_runner(work)
+            return
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(work)))
+        try:
+            futures = [pool.submit(run_work, item) for item in work]
+            for fut in as_completed(futures):
+                try:
+                    done = fut.result()
+                except BrokenProcessPool as exc:  # a worker process was killed
+                    raise RunnerError(f"a process of the pool died: {exc}") from exc
+                yield done
+        finally:  # also when the caller stops early: queued runs are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    return run
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the code a run's result depends on: every module of ``sim`` and this one.
+
+    It keys the results kept for resuming (a sweep after an upgrade recomputes rather than
+    reuse numbers an older simulator produced) and tells whether a Dask worker runs the
+    same code as the process that asked.
+    """
+    digest = hashlib.sha256()
+    sim_dir = Path(sim.__file__).parent
+    files = sorted(sim_dir.rglob("*.py")) + [Path(__file__)]
+    for path in files:
+        name = path.relative_to(sim_dir).as_posix() if path.is_relative_to(sim_dir) else "sweep"
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def point_key(
+    point: SweepPoint, scenario: Scenario | None, costs: CpuCosts, max_passes: int
+) -> str:
+    """What identifies a run's result: the code, the scenario's content (not only the
+    preset's name), the kernel, the knobs, the CPU costs and ``max_passes``."""
+    doc = {
+        "code": code_fingerprint(),
+        "preset": point.preset,
+        "scenario": None if scenario is None else scenario.raw,
+        "kernel": point.kernel,
+        "knobs": [list(kv) for kv in point.knobs],
+        "costs": asdict(costs),
+        "max_passes": max_passes,
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ResultSink(Protocol):
+    """Where finished runs are kept (:class:`app.whatif.store.ResultStore`)."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, SweepResult]: ...
+
+    def put(self, key: str, point: SweepPoint, result: SweepResult) -> None: ...
+
+
+class RunnerError(RuntimeError):
+    """The runs cannot go on (a pool process killed, the Dask scheduler lost...); the runs
+    already finished are kept in the store."""
+
+
+class CodeMismatchError(RuntimeError):
+    """A run came back from a process running other code than this one."""
+
+
+def _scenario(name: str) -> Scenario | None:
+    try:
+        return load_preset(name)
+    except (SimError, ValueError, OSError):
+        return None  # run_point loads it again and reports the error in the row
 
 
 def run_sweep(
@@ -351,29 +457,47 @@ def run_sweep(
     jobs: int | None = None,
     max_passes: int = DEFAULT_MAX_PASSES,
     progress: Callable[[int, int], None] | None = None,
+    store: ResultSink | None = None,
+    runner: Runner | None = None,
 ) -> list[SweepResult]:
-    """Run every point, on ``jobs`` processes (default: all cores); results in point order."""
+    """Run every point; results in point order.
+
+    ``runner`` runs the work (default: a local pool of ``jobs`` processes, all cores if
+    None). With a ``store``, runs it already holds are not run again, and each run is put
+    in it as soon as it finishes (so a sweep killed halfway resumes where it stopped).
+    ``progress(done, total)`` is called once at the start and after each run.
+    """
     costs = costs or CpuCosts()
-    jobs = jobs or os.cpu_count() or 1
+    runner = runner or pool_runner(jobs or os.cpu_count() or 1)
     total = len(points)
-    results: list[SweepResult | None] = [None] * total
-    work = [(i, p, costs, max_passes) for i, p in enumerate(points)]
+    scenarios = {name: _scenario(name) for name in dict.fromkeys(p.preset for p in points)}
+    keys = [point_key(p, scenarios[p.preset], costs, max_passes) for p in points]
+    known = store.get_many(keys) if store is not None else {}
+    results: list[SweepResult | None] = [known.get(key) for key in keys]
+    work = [
+        (i, p, scenarios[p.preset], costs, max_passes)
+        for i, p in enumerate(points)
+        if results[i] is None
+    ]
+    done = total - len(work)
     if progress:
-        progress(0, total)
-    if jobs <= 1 or total <= 1:
-        for n, item in enumerate(work, 1):
-            i, res = _run_indexed(item)
-            results[i] = res
-            if progress:
-                progress(n, total)
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
-            futures = [pool.submit(_run_indexed, item) for item in work]
-            for n, fut in enumerate(as_completed(futures), 1):
-                i, res = fut.result()
-                results[i] = res
-                if progress:
-                    progress(n, total)
+        progress(done, total)
+    mine = code_fingerprint()
+    for i, res, code in runner(work):
+        if code != mine:
+            raise CodeMismatchError(
+                "a worker runs other ksmlab code than this process (install the same "
+                "version on every worker)"
+            )
+        results[i] = res
+        if store is not None:
+            store.put(keys[i], points[i], res)
+        done += 1
+        if progress:
+            progress(done, total)
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} runs never came back")
     return [r for r in results if r is not None]
 
 

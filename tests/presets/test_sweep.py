@@ -162,16 +162,35 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_bar_only_on_a_terminal() -> None:
+def test_progress_on_a_terminal_and_in_a_log() -> None:
+    """A bar redrawn in place on a terminal; plain lines at most every ``interval`` seconds
+    otherwise; the rate and ETA count only the runs computed now, not those resumed."""
     from app.whatif.cli import Progress
 
+    now = [100.0]
     tty, pipe = _Tty(), io.StringIO()
-    for stream in (tty, pipe):
-        bar = Progress(stream)
-        for done in range(4):
-            bar(done, 3)
-    assert "3/3 runs" in tty.getvalue() and tty.getvalue().endswith("\n")
-    assert pipe.getvalue() == ""
+    bars = [Progress(tty, clock=lambda: now[0]), Progress(pipe, interval=10, clock=lambda: now[0])]
+    for done in range(2, 11):  # 2 of 10 runs resumed, then one run every 2 s
+        for bar in bars:
+            bar(done, 10)
+        now[0] += 2.0
+    assert tty.getvalue().count("\r") == 9 and tty.getvalue().endswith("\n")
+    assert "[" + "#" * 30 + "] sweep 10/10 runs (2 resumed), 0.5 runs/s, 16s" in tty.getvalue()
+    lines = pipe.getvalue().splitlines()
+    assert lines[0] == "sweep 2/10 runs (2 resumed)"
+    assert lines[1] == "sweep 7/10 runs (2 resumed), 0.5 runs/s, ETA 6s"  # 10 s later
+    assert lines[-1] == "sweep 10/10 runs (2 resumed), 0.5 runs/s, 16s"
+    assert len(lines) == 3 and "\r" not in pipe.getvalue()
+
+
+def test_progress_goes_to_stderr_not_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sweep", "--presets", "smart-scan", "--grid", "smart_scan=0,1", "--no-html"]
+    assert ksmlab([*args, "--out", str(tmp_path), "--jobs", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and "2 runs (2 computed on 1 process, 0 resumed" in out
+    assert err.splitlines()[-1].startswith("sweep 2/2 runs, ")
 
 
 def test_the_sweeps_knobs_and_counters_are_files_of_the_ksm_table() -> None:
