@@ -136,6 +136,20 @@ class SweepResult:
     error: str = ""
 
 
+#: the result's whole-number fields, written as they are
+COUNT_COLUMNS = (
+    "batches",
+    "passes",
+    "general_profit",
+    "pages_shared",
+    "pages_sharing",
+    "ksm_zero_pages",
+    "pages_scanned",
+    "pages_skipped",
+    "first_pass_pages",
+    "later_pass_pages",
+)
+
 CSV_COLUMNS = (
     ("preset",)
     + ("kernel",)
@@ -144,16 +158,9 @@ CSV_COLUMNS = (
         "settled",
         "settle_ms",
         "total_ms",
-        "batches",
-        "passes",
-        "general_profit",
-        "pages_shared",
-        "pages_sharing",
-        "ksm_zero_pages",
-        "pages_scanned",
-        "pages_skipped",
-        "first_pass_pages",
-        "later_pass_pages",
+    )
+    + COUNT_COLUMNS
+    + (
         "cpu_ms",
         "cpu_share_pct",
         "error",
@@ -535,18 +542,7 @@ def result_row(r: SweepResult) -> dict[str, str]:
         cpu_share_pct=_pct(r.cpu_ns, r.total_ns),
         error=r.error,
     )
-    for name in (
-        "batches",
-        "passes",
-        "general_profit",
-        "pages_shared",
-        "pages_sharing",
-        "ksm_zero_pages",
-        "pages_scanned",
-        "pages_skipped",
-        "first_pass_pages",
-        "later_pass_pages",
-    ):
+    for name in COUNT_COLUMNS:
         row[name] = str(getattr(r, name))
     return {col: row[col] for col in CSV_COLUMNS}
 
