@@ -16,6 +16,8 @@ from sim import KnobError, OpError, ScenarioError, SimError, UnsupportedError
 from .messages import Error
 from .timeline import LimitError
 
+MAX_MESSAGE = 400
+
 
 class ApiError(Exception):
     def __init__(
@@ -29,6 +31,8 @@ class ApiError(Exception):
     ):
         self.status = status
         self.field = field
+        if len(message) > MAX_MESSAGE:  # a message may quote what it refuses: keep it short
+            message = message[:MAX_MESSAGE] + "..."
         self.message = message
         self.knob = knob
         self.errno = errno

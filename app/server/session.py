@@ -107,7 +107,12 @@ class Session:
     def control(self, msg: m.Command) -> None:
         """Apply one command to the session's group (every member; ApiError on refusal)."""
         self.touch()
-        self.group.apply(msg)
+        try:
+            self.group.apply(msg)
+        except (ValueError, OverflowError, RecursionError) as exc:
+            # an input the simulator cannot take (an integer of over 4,300 digits, ...)
+            field = "value" if isinstance(msg, m.KnobMsg) else "op"
+            raise ApiError(422, field, f"cannot use this value: {str(exc)[:120]}") from None
 
     # ------------------------------------------------------------------ views
     def info(self) -> SessionInfo:

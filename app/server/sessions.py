@@ -64,6 +64,8 @@ class SessionManager:
                 )
             except SimError as exc:
                 raise translate(exc, "knobs") from None
+            except (ValueError, OverflowError) as exc:
+                raise ApiError(422, "knobs", f"cannot use this value: {str(exc)[:120]}") from None
         sid = secrets.token_urlsafe(6)
         session = Session(self.session_settings, sid, scenario, stepper, preset, origin)
         self.sessions[sid] = session

@@ -33,7 +33,7 @@ SMALL = {
 
 def test_health_docs_presets_and_vendor_js(server, http):
     assert http.get("/healthz").json()["status"] == "ok"
-    assert http.get("/docs").status_code == 200
+    assert http.get("/docs").status_code == 404  # Swagger UI would load from a CDN
     paths = http.get("/openapi.json").json()["paths"]
     assert "/api/sessions/{session_id}/step" in paths and "/api/compare" in paths
     presets = http.get("/api/presets").json()

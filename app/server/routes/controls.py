@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from .. import messages as m
-from ..deps import FORM_TYPES, SessionDep, body_doc, content_type, read_fields
+from ..deps import FORM_TYPES, SessionDep, body_doc, content_type, int_or_text, read_fields
 from ..errors import ApiError, translate
 from ..schemas import SessionInfo
 from ..security import require_control
@@ -102,8 +102,8 @@ async def inject_op(request: Request, session: SessionDep) -> SessionInfo:
     fields = await read_fields(request)
     if isinstance(fields.get("op"), dict):
         fields = fields["op"]
-    elif not isinstance(fields.get("op"), str):
-        raise ApiError(422, "op", "missing")
+    if not isinstance(fields.get("op"), str):
+        raise ApiError(422, "op", "expected an op name (a string), or an object with one")
     if content_type(request) in FORM_TYPES:
         fields = form_op(fields)
     return _control(session, "inject", {"op": fields})
@@ -114,11 +114,11 @@ def form_op(fields: dict[str, Any]) -> dict[str, Any]:
     op = dict(fields)
     for key in _INT_FIELDS:
         value = op.get(key)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            op[key] = int(value)
+        if isinstance(value, str):
+            op[key] = int_or_text(value)
     pages = op.get("pages")
     if isinstance(pages, str):
         parts = [p.strip() for p in pages.split(",") if p.strip()]
-        items: list[Any] = [int(p) if p.isdigit() else p for p in parts]
+        items: list[Any] = [int_or_text(p) for p in parts]
         op["pages"] = items[0] if len(items) == 1 else items
     return op

@@ -13,6 +13,7 @@ from ..deps import (
     SettingsDep,
     body_doc,
     content_type,
+    int_or_text,
     read_fields,
     validate,
 )
@@ -47,7 +48,7 @@ async def creation_input(
             raw = await value.read()
             data[key] = decode_document(raw, yaml_ok=name.endswith((".yaml", ".yml")), field=key)
         elif key.startswith("knob.") and isinstance(value, str):
-            knobs[key[5:]] = int(value) if value.strip().lstrip("-").isdigit() else value
+            knobs[key[5:]] = int_or_text(value)
         elif key == "kernels" and isinstance(value, str):
             data[key] = [v.strip() for v in value.split(",") if v.strip()]
         else:

@@ -75,6 +75,9 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
             except ValidationError as exc:
                 viewer.push(m.dump(translate(exc).message_model()))
                 continue
+            except (ValueError, RecursionError):
+                viewer.push(m.dump(m.Error(message="not a message (invalid JSON)", field="type")))
+                continue
             if manager.sessions.get(session_id) is not session:
                 break
             if isinstance(msg, m.AckMsg):  # a viewer's report, not a control: never refused
@@ -88,9 +91,9 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
                 session.control(msg)
             except ApiError as exc:
                 viewer.push(m.dump(exc.message_model()))
-            except Exception as exc:  # a bug: say so, keep the socket and the server
+            except Exception:  # a bug: say so, keep the socket and the server
                 log.exception("control %s on session %s failed", msg.type, session_id)
-                viewer.push(m.dump(m.Error(message=f"internal error: {exc!r}", field="type")))
+                viewer.push(m.dump(m.Error(message="internal error (logged)", field="type")))
     except Exception:  # the peer vanished mid-frame
         pass
     finally:
