@@ -58,6 +58,15 @@ def compact(actions: Sequence[Action]) -> list[Item]:
     return items
 
 
+def recipe_items(actions: Sequence[Action]) -> list[Item]:
+    """The ``do`` items a recipe stores: :func:`compact`, with a trailing run of plain
+    batch steps left out (a link's ``step`` redoes it), so playing changes no recipe."""
+    items = compact(actions)
+    if items and isinstance(items[-1], list) and items[-1][1:] == ["batch"]:
+        items.pop()
+    return items
+
+
 def encode(actions: Sequence[Action]) -> str | None:
     """``do`` for these actions; None when the plain ``step`` reproduces them."""
     items = compact(actions)
@@ -128,9 +137,11 @@ def check_steps(items: Sequence[Item], max_steps: int) -> None:
         raise _bad(f"at most {max_steps} steps in a link")
 
 
-def messages(items: Sequence[Item], max_steps: int) -> list[Any]:
-    """Client messages that redo ``items`` (steps in chunks of at most ``max_steps``)."""
+def messages(items: Sequence[Item], max_steps: int, chunk: int | None = None) -> list[Any]:
+    """Client messages that redo ``items`` (at most ``max_steps`` steps in all, checked
+    first; steps in chunks of at most ``chunk``, default ``max_steps``)."""
     check_steps(items, max_steps)
+    chunk = chunk or max_steps
     out: list[Any] = []
     total = 0
     try:
@@ -145,8 +156,8 @@ def messages(items: Sequence[Item], max_steps: int) -> list[Any]:
                 n, grain = item
                 total += n
                 while n > 0:
-                    out.append(m.StepMsg(type="step", n=min(n, max_steps), grain=grain))
-                    n -= max_steps
+                    out.append(m.StepMsg(type="step", n=min(n, chunk), grain=grain))
+                    n -= chunk
             if total > max_steps:
                 raise _bad(f"at most {max_steps} steps in a link")
     except ValidationError as exc:

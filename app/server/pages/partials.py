@@ -52,9 +52,10 @@ async def post_controls(
     try:
         if action == "fork":
             new = manager.fork(session, session.timeline.step)
-            url = "/session?" + urlencode({"sid": new.id, "kernel": new.kernel.version})
+            params = {**manager.link_params(new), "sid": new.id, "kernel": new.kernel.version}
+            url = "/session?" + urlencode(params)
             return Response(status_code=200, headers={"HX-Redirect": url})
-        session.control(control_command(action, form, session))
+        await session.run_control(control_command(action, form, session))
     except ApiError as exc:
         return controls(manager, request, session, exc)
     return controls(manager, request, session)
@@ -75,7 +76,7 @@ async def post_knobs(
         if knob in current and str(current[knob]) == str(value):
             continue
         try:
-            session.control(knob_command(knob, value))
+            await session.run_control(knob_command(knob, value))
             written.append(f"{knob}={value}")
         except ApiError as exc:
             error = exc
@@ -108,7 +109,7 @@ async def post_inject(
         if refusal is not None:
             raise refusal
         op = inject_op(action, fields, session)
-        session.control(inject_command(op))
+        await session.run_control(inject_command(op))
         ok = "injected " + " ".join(f"{k}={v}" for k, v in op.items())
     except ApiError as exc:
         error = exc

@@ -88,7 +88,7 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
                 viewer.push(m.dump(refusal.message_model()))
                 continue
             try:
-                session.control(msg)
+                await session.run_control(msg)
             except ApiError as exc:
                 viewer.push(m.dump(exc.message_model()))
             except Exception:  # a bug: say so, keep the socket and the server
