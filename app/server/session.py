@@ -124,6 +124,8 @@ class Session:
         #: the recipe's origin (preset, scenario or fork) and hash (app.server.store)
         self.recipe_origin: dict[str, Any] = {}
         self.recipe = ""
+        self.recipe_key: tuple[int, int, int] | None = None
+        self.do_cache: tuple[tuple[int, int, int], str | None] | None = None
         self.recorder: Callable[[Session], str] | None = None
         self.link_state: tuple[str, int] | None = None
         #: a worker thread computes for this session (see the module docstring)

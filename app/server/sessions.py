@@ -140,8 +140,14 @@ class SessionManager:
         }
 
     def record(self, session: Session) -> str:
-        """Store the session's recipe now (committed before this returns); its hash."""
+        """Store the session's recipe now (committed before this returns); its hash.
+        Cached while the branch and its head stay the same (seeks change no recipe)."""
+        t = session.timeline
+        key = (id(t.branch), t.branch.id, t.head)
+        if session.recipe and session.recipe_key == key:
+            return session.recipe
         session.recipe = self.store.put(self.recipe(session))
+        session.recipe_key = key
         return session.recipe
 
     def link_params(self, session: Session) -> dict[str, str]:

@@ -211,7 +211,7 @@ async def post_session_upload(
                 manager, request, "partials/upload.html", status=exc.status, error=error_dict(exc)
             )
         return error_page(manager, request, exc)
-    params = {**manager.link_params(session), "sid": session.id, "kernel": session.kernel.version}
+    params = {"sid": session.id, "kernel": session.kernel.version, **manager.link_params(session)}
     url = "/session?" + urlencode(params)
     if HTMX in request.headers:
         return Response(status_code=200, headers={"HX-Redirect": url})

@@ -52,7 +52,7 @@ async def post_controls(
     try:
         if action == "fork":
             new = manager.fork(session, session.timeline.step)
-            params = {**manager.link_params(new), "sid": new.id, "kernel": new.kernel.version}
+            params = {"sid": new.id, "kernel": new.kernel.version, **manager.link_params(new)}
             url = "/session?" + urlencode(params)
             return Response(status_code=200, headers={"HX-Redirect": url})
         await session.run_control(control_command(action, form, session))

@@ -39,9 +39,12 @@ async def share_actions(
     session.check_idle()
     t = session.timeline
     at = t.step if step is None else max(0, min(step, t.head))
+    key = (id(t.branch), t.branch.id, at)
+    if session.do_cache is None or session.do_cache[0] != key:
+        session.do_cache = (key, share.encode(t.branch.actions[:at]))
     return {
         "step": at,
         "branch": t.branch.id,
         "r": manager.record(session),
-        "do": share.encode(t.branch.actions[:at]),
+        "do": session.do_cache[1],
     }
