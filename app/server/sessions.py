@@ -44,6 +44,7 @@ from .session import Session, SessionSettings
 from .sources import resolve
 from .store import Recipe, RecipeStore
 from .timeline import LimitError
+from .viewers import ByteBudget
 
 #: forks of forks a recipe may chain (each rebuild replays its parent)
 MAX_FORK_DEPTH = 16
@@ -62,6 +63,8 @@ class SessionManager:
         #: link key (see :meth:`linked`) -> the session that link built
         self.links: dict[str, str] = {}
         self.evicted = 0
+        #: what every websocket viewer of this server may hold unsent (app.server.viewers)
+        self.viewer_budget = ByteBudget(settings.viewer_bytes_total, settings.viewer_stall_seconds)
         self._reaper: asyncio.Task[None] | None = None
 
     # --------------------------------------------------------------- creation

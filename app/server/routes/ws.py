@@ -46,8 +46,17 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
         await ws.close(4429)
         return
     refusal = control_refusal(settings, ws)  # None: this viewer may control
-    raw = RawWriter.of(ws.scope.get("ksmlab.ws_protocol"))
-    viewer = Viewer(ws, settings.ws_queue, session.resync_frames, raw, settings.ws_queue_bytes)
+    proto = ws.scope.get("ksmlab.ws_protocol")
+    raw = RawWriter.of(proto)
+    viewer = Viewer(
+        ws,
+        settings.ws_queue,
+        session.resync_frames,
+        raw,
+        settings.ws_queue_bytes,
+        budget=manager.viewer_budget,
+        transport=getattr(proto, "transport", None),
+    )
     viewer.reset(session.resync_frames())
     session.viewers.add(viewer)
     session.touch()
