@@ -69,7 +69,11 @@ def translate(exc: Exception, prefix: str = "") -> ApiError:
         field = ".".join(p for p in (prefix, exc.field or "") if p) or None
         return ApiError(422, field, str(exc))
     if isinstance(exc, LimitError):
-        status = 413 if exc.field in ("pages", "max_timeline_steps", "body") else 422
+        status = (
+            413
+            if exc.field in ("pages", "max_timeline_steps", "body", "timeline_memory_mb")
+            else 422
+        )
         if exc.field == "max_branches":
             status = 409
         return ApiError(status, exc.field, exc.message)
