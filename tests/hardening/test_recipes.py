@@ -198,3 +198,18 @@ def test_eviction_loses_nothing_and_identical_links_share(tmp_path: Path) -> Non
         # a link whose recipe this server never stored
         r = http.get("/session?r=" + "0" * 32 + "&step=1")
         assert r.status_code == 404 and "recipe" in r.text
+
+
+def test_the_index_lists_open_sessions_and_closes_them(tmp_path: Path) -> None:
+    with Server(data_dir=tmp_path) as server, client(server) as http:
+        sid = post(http, "/api/sessions", preset=PRESET)["id"]
+        url = link(http, sid)
+        page = http.get("/").text
+        assert f'data-session="{sid}"' in page and f"/ui/sessions/{sid}/close" in page
+        evil = {"Origin": "http://evil.example"}
+        assert http.post(f"/ui/sessions/{sid}/close", headers=evil).status_code == 403
+        r = http.post(f"/ui/sessions/{sid}/close", headers={"Origin": server.url})
+        assert r.status_code == 303
+        assert http.get(f"/api/sessions/{sid}").status_code == 404
+        assert f'data-session="{sid}"' not in http.get("/").text
+        assert open_link(http, url) != sid  # its link still rebuilds it

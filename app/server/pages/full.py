@@ -105,6 +105,14 @@ async def get_index(request: Request, manager: ManagerDep) -> HTMLResponse:
         "index.html",
         presets=list_presets(manager.settings.presets_dir),
         knob_hints=KNOB_HINTS,
+        open_sessions=[
+            (
+                s.info(),
+                "/session?" + urlencode({"sid": s.id, "r": s.recipe, "step": s.timeline.step}),
+            )
+            for s in sorted(manager.list_sessions(), key=lambda s: -s.last_active)
+        ],
+        max_sessions=manager.settings.max_sessions,
     )
 
 

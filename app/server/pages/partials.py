@@ -12,13 +12,21 @@ import json
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..errors import ApiError
 from ..session import Session
 from ..sessions import SessionManager
 from .forms import control_command, inject_command, inject_op, knob_command, knob_overrides
-from .render import ManagerDep, RefusalDep, error_dict, render, session_context
+from .render import (
+    ManagerDep,
+    RefusalDep,
+    error_dict,
+    error_page,
+    render,
+    session_context,
+    token_qs,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -161,3 +169,18 @@ async def get_proc_inspector(
         status=404,
         error={"field": "proc", "message": f"no process {proc!r} at this step"},
     )
+
+
+@router.post("/ui/sessions/{sid}/close", response_class=HTMLResponse)
+async def post_close(
+    sid: str, request: Request, manager: ManagerDep, refusal: RefusalDep
+) -> Response:
+    """Close a session (the index's list of open sessions): its viewers get ``end``; its
+    link still rebuilds it (the recipe stays stored)."""
+    if refusal is not None:
+        return error_page(manager, request, refusal)
+    try:
+        manager.delete(sid, "closed")
+    except ApiError as exc:
+        return error_page(manager, request, exc)
+    return RedirectResponse("/" + token_qs(request), status_code=303)
