@@ -7,9 +7,11 @@ mapped at any one time (forks count their copies), against the configured limits
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from sim import ScenarioError, parse_scenario
@@ -54,6 +56,14 @@ class _NoAliasLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+_DEEP = re.compile(r"[\[{](?:[^\]}\[{]{0,40}[\[{]){" + str(MAX_YAML_DEPTH) + "}")
+
+
+async def decode_document_async(data: bytes, yaml_ok: bool, field: str = "scenario") -> Any:
+    """:func:`decode_document` on a worker thread (a big document takes a while to parse)."""
+    return await run_in_threadpool(decode_document, data, yaml_ok, field)
+
+
 def _short(text: str) -> str:
     line = text.splitlines()[0] if text else text
     return line if len(line) <= MAX_ERROR_TEXT else line[:MAX_ERROR_TEXT] + "..."
@@ -66,6 +76,8 @@ def decode_document(data: bytes, yaml_ok: bool, field: str = "scenario") -> Any:
     except UnicodeDecodeError:
         raise ApiError(422, field, "not UTF-8 text") from None
     if yaml_ok:
+        if _DEEP.search(text):  # PyYAML scans a whole flow collection before its events
+            raise ApiError(422, field, f"invalid YAML: nested deeper than {MAX_YAML_DEPTH}")
         try:
             return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
         except yaml.MarkedYAMLError as exc:

@@ -29,7 +29,7 @@ from ..errors import ApiError
 from ..security import control_refusal
 from ..session import Session
 from ..sessions import SessionManager
-from ..sources import YAML_TYPES, decode_document, resolve
+from ..sources import YAML_TYPES, decode_document_async, resolve
 from .forms import command, knob_overrides, to_int
 from .render import (
     HTMX,
@@ -210,7 +210,7 @@ async def post_session_upload(
             raise ApiError(413, "scenario", f"at most {manager.settings.max_body_bytes} bytes")
         name = (upload.filename or "").lower()
         yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
-        doc = decode_document(data, yaml_ok)
+        doc = await decode_document_async(data, yaml_ok)
         sc = resolve(manager.settings, None, doc, kernel if isinstance(kernel, str) else None, None)
         session = manager.create(sc)
     except ApiError as exc:
