@@ -160,7 +160,6 @@ class Session:
                 loop = asyncio.get_running_loop()
                 for s in members:
                     s._info = s.info()
-                    s.snapshot_text()
                     s._loop = loop
                     s.busy = True
                 try:
@@ -235,8 +234,10 @@ class Session:
         return self.encoder.snapshot(self.kernel, self._meta())
 
     def snapshot_text(self) -> str:
-        if self.busy and self._snapshot is not None and not self._off_loop():
-            return self._snapshot[1]  # the step before the work began
+        if self.busy and not self._off_loop():
+            if self._snapshot is None:
+                raise _busy_error()
+            return self._snapshot[1]  # an earlier step, whole (never a half-computed one)
         if self._snapshot is None or self._snapshot[0] != self.version:
             self._snapshot = (self.version, m.dump(self.snapshot()))
         return self._snapshot[1]
@@ -351,8 +352,8 @@ class Session:
         self.last_active = time.monotonic()
 
     def resync_frames(self) -> list[str]:
-        if self.busy and self._info is not None and not self._off_loop():
-            return [self.snapshot_text(), m.dump(self._state_of(self._info))]
+        if self.busy and not self._off_loop():
+            return []  # the viewer resyncs once the worker is done (deltas stay in order)
         return [self.snapshot_text(), m.dump(self.state_message())]
 
     def snapshot_frame(self) -> str:

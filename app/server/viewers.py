@@ -149,7 +149,7 @@ class Viewer:
     def reset(self, frames: list[str]) -> None:
         """Replace whatever is queued (a snapshot supersedes older deltas)."""
         self.queue.clear()
-        self.need_resync = False
+        self.need_resync = not frames  # none yet (the session computes): resync later
         self.queue.extend(frames[: self.maxlen])
         self._wake.set()
 
@@ -244,9 +244,13 @@ class Viewer:
                 self._wake.clear()
                 while self.queue or self.need_resync:
                     if self.need_resync:
-                        self.need_resync = False
                         self.queue.clear()
-                        self.queue.extend(self._resync_frames())
+                        frames = self._resync_frames()
+                        if not frames:  # the session computes: ask again shortly
+                            await asyncio.sleep(0.05)
+                            continue
+                        self.need_resync = False
+                        self.queue.extend(frames)
                     frame = self.queue.popleft()
                     self.sending = True
                     try:
