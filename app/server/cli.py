@@ -49,12 +49,28 @@ def run(args: argparse.Namespace) -> int:
     port = settings.port if args.port is None else args.port
     if args.live_only:
         from app.live.routes import create_live_app
-        from app.server.security import ensure_token
+        from app.server.security import (
+            TokenCookie,
+            ensure_token,
+            is_loopback,
+            presenter_link,
+            redact_access_log,
+        )
 
         live_settings = ensure_token(settings.model_copy(update={"host": host, "port": port}))
+        redact_access_log(live_settings.token)
+        if live_settings.token and not is_loopback(host):
+            sys.stdout.write(
+                f"KSM Lab live view on {host}:{port}: reading this host needs the token.\n"
+                f"Link: {presenter_link(live_settings).replace('/?', '/live?', 1)}\n"
+            )
+            sys.stdout.flush()
         opts = uvicorn_options(live_settings)
         opts["log_level"] = "info"
-        uvicorn.run(create_live_app(lab=live_settings), host=host, port=port, **opts)
+        live_app = create_live_app(lab=live_settings)
+        # the token link sets the cookie the page's own requests then carry
+        live_app.add_middleware(TokenCookie, settings=live_settings)
+        uvicorn.run(live_app, host=host, port=port, **opts)
         return 0
     from .app import create_app
     from .security import ensure_token, is_loopback, presenter_link

@@ -174,6 +174,19 @@ class Session:
                 if s.recorder is not None:
                     s.recorder(s)
 
+    async def ensure_snapshot(self) -> None:
+        """Encode the current step's snapshot on a worker thread if it is not cached (a
+        1M-page snapshot takes a quarter of a second), unless the group plays (then the
+        play loop owns the kernel, on the loop)."""
+        group = self.group
+        if group.playing or (self._snapshot is not None and self._snapshot[0] == self.version):
+            return
+        lock = _group_locks.setdefault(group, asyncio.Lock())
+        async with lock:
+            if group.playing:
+                return
+            await asyncio.get_running_loop().run_in_executor(WORKERS, self.snapshot_text)
+
     def control(self, msg: m.Command) -> None:
         """Apply one command to the session's group (every member; ApiError on refusal)."""
         if self.busy and not self._off_loop():

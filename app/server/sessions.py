@@ -154,7 +154,11 @@ class SessionManager:
         return session.recipe
 
     def link_params(self, session: Session) -> dict[str, str]:
-        """``r`` and ``step``: the link that rebuilds the session's current step."""
+        """``r`` and ``step``: the link that rebuilds the session's current step (while a
+        worker computes: the step before the work, whose recipe is recorded)."""
+        info = session.info()
+        if session.busy and session.recipe:
+            return {"r": session.recipe, "step": str(info.step)}
         return {"r": self.record(session), "step": str(session.timeline.step)}
 
     def linked(self, key: str) -> Session | None:

@@ -124,6 +124,7 @@ async def list_branches(session: SessionDep) -> list[BranchInfo]:
 @router.get("/sessions/{session_id}/snapshot")
 async def read_snapshot(session: SessionDep) -> Response:
     """The websocket's ``snapshot`` message for the current step."""
+    await session.ensure_snapshot()
     return Response(session.snapshot_text(), media_type="application/json")
 
 

@@ -57,6 +57,7 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
         budget=manager.viewer_budget,
         transport=getattr(proto, "transport", None),
     )
+    await session.ensure_snapshot()
     viewer.reset(session.resync_frames())
     session.viewers.add(viewer)
     session.touch()
