@@ -28,6 +28,8 @@ from sim.changes import ChangeLog
 from sim.scenario import Scenario
 from sim.stepper import GRAINS, Action, Grain, Next, Outcome, Stepper
 
+#: the recorded scenario checkpoints may always use this much, however small the budget
+MIN_TRACE_BYTES = 16 << 20
 CounterRow = tuple[tuple[int | None, ...], dict[str, tuple[Any, ...]]]
 _GRAINS: dict[str, Grain] = {g: g for g in GRAINS}
 
@@ -144,7 +146,7 @@ class Timeline:
     def _do(self, action: Action, fork: bool = False) -> StepResult | None:
         st = self.stepper
         if self.step >= self.head and _records_checkpoint(st, action):
-            if self.trace_bytes + self._trace_cost > self.memory_bytes:
+            if self.trace_bytes + self._trace_cost > max(self.memory_bytes, MIN_TRACE_BYTES):
                 raise LimitError(
                     "timeline_memory_mb",
                     f"the recorded checkpoints fill this session's {self.memory_bytes >> 20} MB",
