@@ -7,6 +7,7 @@ override (``app.dependency_overrides[get_settings] = ...``) or bypass by passing
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +28,17 @@ class Settings(BaseSettings):
         default=None,
         description="presenter's token for control (generated when binding a non-loopback "
         "address without one; see app.server.security)",
+    )
+
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the server answers to beyond its bound address (a loopback "
+        "server always answers to localhost, 127.0.0.1 and ::1; see app.origin)",
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: _default_data_dir(),
+        description="where the recipe store (SQLite) lives; $KSMLAB_DATA_DIR, default "
+        "$XDG_DATA_HOME/ksmlab or ~/.local/share/ksmlab",
     )
 
     # limits
@@ -65,6 +77,22 @@ class Settings(BaseSettings):
         description="a session with no viewer and no request for this long is dropped",
     )
     expiry_check_seconds: float = Field(default=10.0, gt=0)
+    viewer_bytes_total: int = Field(
+        default=256 << 20,
+        ge=1 << 20,
+        description="bytes being sent to all websocket viewers at once (every session)",
+    )
+    viewer_stall_seconds: float = Field(
+        default=10.0, gt=0, description="a viewer that does not read for this long is dropped"
+    )
+    max_connections: int = Field(
+        default=4000, ge=16, description="open HTTP/websocket connections (beyond: closed)"
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to send a request's headers (slowloris)"
+    )
+    keep_alive_seconds: float = Field(default=5.0, gt=0, description="idle keep-alive")
+    max_live_viewers: int = Field(default=64, ge=1, description="/ws/live connections")
 
     # paths
     static_dir: Path = REPO_ROOT / "static"
@@ -77,6 +105,11 @@ class Settings(BaseSettings):
         if value <= 0:
             raise ValueError("must be positive")
         return value
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "ksmlab"
 
 
 @lru_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# the servers' recipe store (app.server.store): a fresh directory per run, never the user's
+os.environ.setdefault("KSMLAB_DATA_DIR", tempfile.mkdtemp(prefix="ksmlab-test-data-"))
 
 
 def shared_dir() -> Path:

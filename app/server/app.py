@@ -20,12 +20,14 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings, get_settings
 from app.live import routes as live_routes
+from app.origin import allowed_hosts
 
 from . import pages
 from .errors import ApiError
 from .routes import controls, exports, health, sessions, ws
 from .security import (
     OriginCheck,
+    SecurityHeaders,
     TokenCookie,
     ensure_token,
     presenter_link,
@@ -124,13 +126,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redact_access_log()
+        redact_access_log(settings.token)
         manager.start()
         yield
         await manager.stop()
 
+    redact_access_log(settings.token)
     app = FastAPI(
         title="KSM Lab",
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: off; /openapi.json stays
+        redoc_url=None,
         version="0.1.0",
         lifespan=lifespan,
         description="Linux KSM, simulated: sessions, timelines and live page grids. "
@@ -163,5 +168,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(WsProtocolCapture)
     app.add_middleware(TokenCookie, settings=settings)
-    app.add_middleware(OriginCheck)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(OriginCheck, hosts=allowed_hosts(settings.host, settings.allowed_hosts))
     return app

@@ -25,8 +25,13 @@ def register(subparsers: Any) -> None:
 
 
 def uvicorn_options(settings: Any) -> dict[str, Any]:
-    """What every server of this app passes to uvicorn (also used by the tests and bench)."""
+    """What every server of this app passes to uvicorn (also used by the tests and bench):
+    the slowloris guards (:mod:`app.server.guard`) and a short keep-alive."""
+    from .guard import guarded_h11
+
     return {
+        "http": guarded_h11(settings.header_timeout, settings.max_connections),
+        "timeout_keep_alive": settings.keep_alive_seconds,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.ws_max_message_bytes * 16,
         "log_level": "warning",
@@ -44,8 +49,28 @@ def run(args: argparse.Namespace) -> int:
     port = settings.port if args.port is None else args.port
     if args.live_only:
         from app.live.routes import create_live_app
+        from app.server.security import (
+            TokenCookie,
+            ensure_token,
+            is_loopback,
+            presenter_link,
+            redact_access_log,
+        )
 
-        uvicorn.run(create_live_app(), host=host, port=port, log_level="info")
+        live_settings = ensure_token(settings.model_copy(update={"host": host, "port": port}))
+        redact_access_log(live_settings.token)
+        if live_settings.token and not is_loopback(host):
+            sys.stdout.write(
+                f"KSM Lab live view on {host}:{port}: reading this host needs the token.\n"
+                f"Link: {presenter_link(live_settings).replace('/?', '/live?', 1)}\n"
+            )
+            sys.stdout.flush()
+        opts = uvicorn_options(live_settings)
+        opts["log_level"] = "info"
+        live_app = create_live_app(lab=live_settings)
+        # the token link sets the cookie the page's own requests then carry
+        live_app.add_middleware(TokenCookie, settings=live_settings)
+        uvicorn.run(live_app, host=host, port=port, **opts)
         return 0
     from .app import create_app
     from .security import ensure_token, is_loopback, presenter_link

@@ -15,6 +15,9 @@ from .errors import ApiError, translate
 from .sessions import Session, SessionManager
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+JSON_TYPE = "application/json"
+#: digits of an integer field given as text (longer: kept as text, refused by validation)
+MAX_INT_DIGITS = 20
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -51,13 +54,33 @@ async def read_fields(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
         return {}
+    if ctype != JSON_TYPE:  # text/plain is what a cross-site form can send without asking
+        raise ApiError(
+            415, "body", f"send JSON as {JSON_TYPE} (or a form); got {ctype or 'no type'!r}"
+        )
+    return parse_json_object(raw)
+
+
+def parse_json_object(raw: bytes | str, field: str = "body") -> dict[str, Any]:
+    """A JSON object, or a 422 naming ``field`` (too deep, an integer of over 4,300
+    digits and plain syntax errors alike; the message is short)."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "body", f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(422, field, "invalid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(422, field, f"invalid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
-        raise ApiError(422, "body", "expected a JSON object")
+        raise ApiError(422, field, "expected a JSON object")
     return data
+
+
+def int_or_text(value: str) -> int | str:
+    """Form text as an integer when it is one of at most :data:`MAX_INT_DIGITS` digits."""
+    v = value.strip()
+    if len(v) <= MAX_INT_DIGITS and v.lstrip("-").isdigit():
+        return int(v)
+    return v
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:

@@ -16,6 +16,8 @@ from sim import KnobError, OpError, ScenarioError, SimError, UnsupportedError
 from .messages import Error
 from .timeline import LimitError
 
+MAX_MESSAGE = 400
+
 
 class ApiError(Exception):
     def __init__(
@@ -29,6 +31,8 @@ class ApiError(Exception):
     ):
         self.status = status
         self.field = field
+        if len(message) > MAX_MESSAGE:  # a message may quote what it refuses: keep it short
+            message = message[:MAX_MESSAGE] + "..."
         self.message = message
         self.knob = knob
         self.errno = errno
@@ -65,7 +69,11 @@ def translate(exc: Exception, prefix: str = "") -> ApiError:
         field = ".".join(p for p in (prefix, exc.field or "") if p) or None
         return ApiError(422, field, str(exc))
     if isinstance(exc, LimitError):
-        status = 413 if exc.field in ("pages", "max_timeline_steps", "body") else 422
+        status = (
+            413
+            if exc.field in ("pages", "max_timeline_steps", "body", "timeline_memory_mb")
+            else 422
+        )
         if exc.field == "max_branches":
             status = 409
         return ApiError(status, exc.field, exc.message)

@@ -15,8 +15,9 @@ one when unset); anyone else may watch read-only: GET pages, snapshots and webso
 - :class:`~app.origin.OriginCheck` (in :mod:`app.origin`, shared with the live view) refuses
   a websocket handshake whose ``Origin`` is not this server's own ``host:port`` (absent: a
   non-browser client, accepted); re-exported here for the app factory.
-- :func:`redact_access_log` keeps the token out of uvicorn's access log (the presenter's
-  link carries it in the query).
+- :func:`redact_access_log` keeps the token out of every log line (the presenter's link
+  carries it in the query; websocket lines too; escaped or not).
+- :class:`SecurityHeaders`: CSP, framing, nosniff and caching headers.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from fastapi import Request
 from starlette.requests import HTTPConnection
@@ -45,28 +46,117 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = "ksmlab_token"
 log = logging.getLogger("ksmlab.server")
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#\s]*")
+
+
+_TOKEN_ANY = re.compile(r"(?i)((?:^|[?&;\s\"'])[\w-]*token=)[^&#\s\"';]*")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
+_SECRETS: set[str] = set()
+
+
+def redact(text: str) -> str:
+    """``text`` with every token removed: ``token=...`` in a query or a cookie (escaped or
+    not: ``?%74oken=`` is decoded first), ``Bearer ...``, and the configured token itself
+    wherever it appears."""
+    out = text
+    if "%" in out:
+        decoded = unquote(out)
+        if decoded != out and (_TOKEN_ANY.search(decoded) or any(t in decoded for t in _SECRETS)):
+            out = decoded
+    out = _TOKEN_ANY.sub(r"\1[redacted]", out)
+    out = _BEARER.sub(r"\1[redacted]", out)
+    for secret in _SECRETS:
+        out = out.replace(secret, "[redacted]")
+    return out
 
 
 class RedactToken(logging.Filter):
-    """Rewrites ``token=...`` in a log record's arguments (uvicorn's access log passes the
-    request path, query included, as an argument) to ``token=[redacted]``."""
+    """Rewrites a record whose message holds a token (see :func:`redact`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and any(isinstance(a, str) and "token=" in a for a in args):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in args
-            )
+        _redact_record(record)
         return True
 
 
-def redact_access_log() -> None:
-    """Install :class:`RedactToken` on ``uvicorn.access`` (once; after uvicorn configured
-    its logging, which happens before the app's lifespan starts)."""
-    logger = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactToken) for f in logger.filters):
-        logger.addFilter(RedactToken())
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: leave it to logging's own error report
+        return
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+
+
+_factory_installed = False
+
+
+def redact_access_log(token: str | None = None) -> None:
+    """Keep tokens out of every log line, at every level: a log-record factory redacts each
+    record as it is made (so whatever handler, logger or level), and :class:`RedactToken`
+    sits on uvicorn's loggers and the root handlers as well (records made before)."""
+    global _factory_installed
+    if token:
+        _SECRETS.add(token)
+    if not _factory_installed:
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _redact_record(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _factory_installed = True
+    for name in ("uvicorn", "uvicorn.access", "uvicorn.error", "ksmlab", ""):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if not any(isinstance(f, RedactToken) for f in target.filters):
+                target.addFilter(RedactToken())
+
+
+#: Content-Security-Policy of the HTML pages: scripts and everything else from this server
+#: only (Plotly and htmx set inline styles); no framing anywhere.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and
+    ``Referrer-Policy: same-origin`` on every response; the CSP on HTML; caching: HTML and
+    the API ``no-store`` (state changes with every step), ``/static`` revalidated
+    (``no-cache``) unless the route chose otherwise."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"same-origin"),
+                ]
+                if ctype.startswith(b"text/html"):
+                    headers.append((b"content-security-policy", CSP.encode()))
+                if b"cache-control" not in names:
+                    static = path.startswith(("/static/", "/live/assets/"))
+                    headers.append((b"cache-control", b"no-cache" if static else b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def is_loopback(host: str) -> bool:

@@ -9,13 +9,26 @@ is in a compare pair), which applies it to every member.
 
 A session gets the settings it needs as :class:`SessionSettings`, not the manager:
 ``sessions -> session -> groups``, never back.
+
+Long simulation work runs off the event loop: :meth:`Session.run_control` (every REST
+control, websocket command and link replay) takes the group's lock (commands keep their
+order) and runs a command that computes (step, back, seek, inject, knob) on a worker thread
+while the group is not playing. The simulator is not thread-safe, so while it runs the
+session is *busy*: views answer from what was cached before (:meth:`info`, the snapshot
+viewers resync to) or say 409, a synchronous :meth:`control` is refused, and frames the
+worker publishes reach the viewers through the loop (``call_soon_threadsafe``, in order).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import threading
 import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +74,18 @@ def _now_ms() -> float:
     return time.time() * 1000.0
 
 
+#: the worker threads that run simulation work off the event loop (the GIL makes more
+#: pointless; a group's lock keeps one command of a session running at a time)
+WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ksmlab-sim")
+#: commands that compute (run on a worker unless the group plays)
+HEAVY = (m.StepMsg, m.BackMsg, m.SeekMsg, m.InjectMsg, m.KnobMsg)
+_group_locks: weakref.WeakKeyDictionary[Group[Any], asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _busy_error() -> ApiError:
+    return ApiError(409, "session", "the session is computing a step; try again in a moment")
+
+
 class Session:
     """One simulated machine with its timeline and its viewers."""
 
@@ -96,6 +121,18 @@ class Session:
         self.what: dict[str, Any] = {}
         self.ts = _now_ms()
         self._snapshot: tuple[int, str] | None = None
+        #: the recipe's origin (preset, scenario or fork) and hash (app.server.store)
+        self.recipe_origin: dict[str, Any] = {}
+        self.recipe = ""
+        self.recipe_key: tuple[int, int, int] | None = None
+        self.do_cache: tuple[tuple[int, int, int], str | None] | None = None
+        self.recorder: Callable[[Session], str] | None = None
+        self.link_state: tuple[str, int] | None = None
+        #: a worker thread computes for this session (see the module docstring)
+        self.busy = False
+        self._info: SessionInfo | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = threading.get_ident()
 
     @property
     def kernel(self) -> Kernel:
@@ -104,13 +141,74 @@ class Session:
     def pages(self) -> int:
         return sum(v.npages for mm in self.kernel.procs.values() for v in mm.vmas.values())
 
+    def _off_loop(self) -> bool:
+        return threading.get_ident() != self._loop_thread
+
+    def check_idle(self) -> None:
+        """409 while a worker computes for this session (its state is in flux)."""
+        if self.busy and not self._off_loop():
+            raise _busy_error()
+
+    async def run_control(self, msg: m.Command) -> None:
+        """:meth:`control`, off the event loop when it computes (see the module docstring);
+        then the session's recipe is recorded."""
+        group = self.group
+        lock = _group_locks.setdefault(group, asyncio.Lock())
+        async with lock:
+            members = list(group.sessions)
+            if isinstance(msg, HEAVY) and not group.playing:
+                loop = asyncio.get_running_loop()
+                for s in members:
+                    s._info = s.info()
+                    s._loop = loop
+                    s.busy = True
+                try:
+                    await loop.run_in_executor(WORKERS, self._control, msg)
+                finally:
+                    for s in members:
+                        s.busy = False
+                        s._info = None
+            else:
+                self.control(msg)
+            for s in group.sessions:
+                if s.recorder is not None:
+                    s.recorder(s)
+
+    async def ensure_snapshot(self) -> None:
+        """Encode the current step's snapshot on a worker thread if it is not cached (a
+        1M-page snapshot takes a quarter of a second), unless the group plays (then the
+        play loop owns the kernel, on the loop)."""
+        group = self.group
+        if group.playing or (self._snapshot is not None and self._snapshot[0] == self.version):
+            return
+        lock = _group_locks.setdefault(group, asyncio.Lock())
+        async with lock:
+            if group.playing:
+                return
+            await asyncio.get_running_loop().run_in_executor(WORKERS, self.snapshot_text)
+
     def control(self, msg: m.Command) -> None:
         """Apply one command to the session's group (every member; ApiError on refusal)."""
+        if self.busy and not self._off_loop():
+            raise _busy_error()
+        self._control(msg)
+        for s in self.group.sessions:
+            if s.recorder is not None and not self._off_loop():
+                s.recorder(s)
+
+    def _control(self, msg: m.Command) -> None:
         self.touch()
-        self.group.apply(msg)
+        try:
+            self.group.apply(msg)
+        except (ValueError, OverflowError, RecursionError) as exc:
+            # an input the simulator cannot take (an integer of over 4,300 digits, ...)
+            field = "value" if isinstance(msg, m.KnobMsg) else "op"
+            raise ApiError(422, field, f"cannot use this value: {str(exc)[:120]}") from None
 
     # ------------------------------------------------------------------ views
     def info(self) -> SessionInfo:
+        if self.busy and self._info is not None and not self._off_loop():
+            return self._info
         t = self.timeline
         g = self.group
         return SessionInfo(
@@ -149,12 +247,18 @@ class Session:
         return self.encoder.snapshot(self.kernel, self._meta())
 
     def snapshot_text(self) -> str:
+        if self.busy and not self._off_loop():
+            if self._snapshot is None:
+                raise _busy_error()
+            return self._snapshot[1]  # an earlier step, whole (never a half-computed one)
         if self._snapshot is None or self._snapshot[0] != self.version:
             self._snapshot = (self.version, m.dump(self.snapshot()))
         return self._snapshot[1]
 
     def state_message(self) -> m.State:
-        i = self.info()
+        return self._state_of(self.info())
+
+    def _state_of(self, i: SessionInfo) -> m.State:
         return m.State(
             session=self.id,
             step=i.step,
@@ -169,15 +273,18 @@ class Session:
         )
 
     def state_view(self) -> dict[str, Any]:
+        self.check_idle()
         return structure(self.kernel)
 
     def page_detail(self, proc: str, vma: str, page: int) -> dict[str, Any]:
+        self.check_idle()
         try:
             return page_detail(self.kernel, proc, vma, page)
         except (SimError, KeyError) as exc:
             raise ApiError(404, "page", str(exc).strip("'")) from None
 
     def trace(self) -> dict[str, Any]:
+        self.check_idle()
         cps = list(self.timeline.trace_checkpoints())
         cps.append(self.kernel.checkpoint(f"step {self.timeline.step}"))
         return {
@@ -188,6 +295,7 @@ class Session:
         }
 
     def counters_csv(self) -> str:
+        self.check_idle()
         rows = self.timeline.counter_rows()
         k = self.kernel
         gnames = list(k.global_counters())
@@ -214,13 +322,25 @@ class Session:
     def broadcast(self, frame: str) -> None:
         if not self.viewers:
             return
+        if self._off_loop() and self._loop is not None:  # from a worker: through the loop
+            self._loop.call_soon_threadsafe(self._broadcast, frame)
+        else:
+            self._broadcast(frame)
+
+    def _broadcast(self, frame: str) -> None:
         wire = text_frame(frame)
-        for v in self.viewers:
+        for v in list(self.viewers):
             v.push(frame, wire)
 
     def broadcast_snapshot(self) -> None:
         frames = [self.snapshot_text(), m.dump(self.state_message())]
-        for v in self.viewers:
+        if self._off_loop() and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._reset_viewers, frames)
+        else:
+            self._reset_viewers(frames)
+
+    def _reset_viewers(self, frames: list[str]) -> None:
+        for v in list(self.viewers):
             v.reset(frames)
 
     def publish(self, res: StepResult | None, stream: bool = True) -> None:
@@ -245,7 +365,17 @@ class Session:
         self.last_active = time.monotonic()
 
     def resync_frames(self) -> list[str]:
+        if self.busy and not self._off_loop():
+            return []  # the viewer resyncs once the worker is done (deltas stay in order)
         return [self.snapshot_text(), m.dump(self.state_message())]
+
+    def snapshot_frame(self) -> str:
+        """The current snapshot, shared by every viewer that resyncs at this step."""
+        return self.snapshot_text()
+
+    def shutdown(self) -> None:
+        """The server stops: nothing to flush (recipes are committed as they change)."""
+        self.busy = False
 
 
 _STAT_FIELDS = PROC_FIELDS

@@ -37,6 +37,7 @@ from .errors import ApiError
 
 MAX_ENCODED = 16 * 1024  # characters of ``do``
 MAX_JSON = 256 * 1024  # bytes once inflated
+MAX_RUN = 1 << 40  # steps in one item (the step limit is checked in check_steps)
 Item = list[Any] | dict[str, Any]
 
 
@@ -54,6 +55,15 @@ def compact(actions: Sequence[Action]) -> list[Item]:
             items.append(action.step.to_dict())
         else:
             items.append(["knob", action.knob, action.value])
+    return items
+
+
+def recipe_items(actions: Sequence[Action]) -> list[Item]:
+    """The ``do`` items a recipe stores: :func:`compact`, with a trailing run of plain
+    batch steps left out (a link's ``step`` redoes it), so playing changes no recipe."""
+    items = compact(actions)
+    if items and isinstance(items[-1], list) and items[-1][1:] == ["batch"]:
+        items.pop()
     return items
 
 
@@ -81,7 +91,7 @@ def decode(text: str) -> list[Item]:
         if len(raw) > MAX_JSON or inflater.unconsumed_tail:
             raise _bad(f"at most {MAX_JSON} bytes of actions")
         items = json.loads(raw)
-    except (binascii.Error, zlib.error, ValueError):
+    except (binascii.Error, zlib.error, ValueError, RecursionError):
         raise _bad("not a link made by KSM Lab (cannot decode the actions)") from None
     if not isinstance(items, list):
         raise _bad("not a list of actions")
@@ -92,7 +102,7 @@ def decode(text: str) -> list[Item]:
                 isinstance(item, list)
                 and len(item) == 2
                 and type(item[0]) is int
-                and item[0] >= 1
+                and 1 <= item[0] <= MAX_RUN
                 and item[1] in GRAINS
             )
             or (
@@ -101,6 +111,7 @@ def decode(text: str) -> list[Item]:
                 and item[0] == "knob"
                 and isinstance(item[1], str)
                 and isinstance(item[2], (int, str))
+                and not isinstance(item[2], bool)
             )
         )
         if not ok:
@@ -108,8 +119,29 @@ def decode(text: str) -> list[Item]:
     return items
 
 
-def messages(items: Sequence[Item], max_steps: int) -> list[Any]:
-    """Client messages that redo ``items`` (steps in chunks of at most ``max_steps``)."""
+def count_steps(items: Sequence[Item]) -> int:
+    """How many timeline steps ``items`` make (arithmetic only: nothing is built)."""
+    total = 0
+    for item in items:
+        if isinstance(item, list) and item[0] != "knob":
+            total += item[0]
+        else:
+            total += 1
+    return total
+
+
+def check_steps(items: Sequence[Item], max_steps: int) -> None:
+    """422 naming ``do`` if the items make more than ``max_steps`` steps: checked before
+    any message is built or any step runs (a 31-character link may say 10^12)."""
+    if count_steps(items) > max_steps:
+        raise _bad(f"at most {max_steps} steps in a link")
+
+
+def messages(items: Sequence[Item], max_steps: int, chunk: int | None = None) -> list[Any]:
+    """Client messages that redo ``items`` (at most ``max_steps`` steps in all, checked
+    first; steps in chunks of at most ``chunk``, default ``max_steps``)."""
+    check_steps(items, max_steps)
+    chunk = chunk or max_steps
     out: list[Any] = []
     total = 0
     try:
@@ -124,8 +156,8 @@ def messages(items: Sequence[Item], max_steps: int) -> list[Any]:
                 n, grain = item
                 total += n
                 while n > 0:
-                    out.append(m.StepMsg(type="step", n=min(n, max_steps), grain=grain))
-                    n -= max_steps
+                    out.append(m.StepMsg(type="step", n=min(n, chunk), grain=grain))
+                    n -= chunk
             if total > max_steps:
                 raise _bad(f"at most {max_steps} steps in a link")
     except ValidationError as exc:

@@ -7,9 +7,11 @@ mapped at any one time (forks count their copies), against the configured limits
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from sim import ScenarioError, parse_scenario
@@ -20,6 +22,51 @@ from sim.scenario import KERNELS, Scenario
 from .errors import ApiError, translate
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+#: characters of a parser's message quoted in an error
+MAX_ERROR_TEXT = 200
+#: nesting of a YAML document (a scenario needs 4)
+MAX_YAML_DEPTH = 64
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``: the "billion laughs" expands a
+    few hundred bytes into 10^8 nodes) and nesting deeper than :data:`MAX_YAML_DEPTH`."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted", event.start_mark
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_YAML_DEPTH}",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_DEEP = re.compile(r"[\[{](?:[^\]}\[{]{0,40}[\[{]){" + str(MAX_YAML_DEPTH) + "}")
+
+
+async def decode_document_async(data: bytes, yaml_ok: bool, field: str = "scenario") -> Any:
+    """:func:`decode_document` on a worker thread (a big document takes a while to parse)."""
+    return await run_in_threadpool(decode_document, data, yaml_ok, field)
+
+
+def _short(text: str) -> str:
+    line = text.splitlines()[0] if text else text
+    return line if len(line) <= MAX_ERROR_TEXT else line[:MAX_ERROR_TEXT] + "..."
 
 
 def decode_document(data: bytes, yaml_ok: bool, field: str = "scenario") -> Any:
@@ -29,14 +76,25 @@ def decode_document(data: bytes, yaml_ok: bool, field: str = "scenario") -> Any:
     except UnicodeDecodeError:
         raise ApiError(422, field, "not UTF-8 text") from None
     if yaml_ok:
+        if _DEEP.search(text):  # PyYAML scans a whole flow collection before its events
+            raise ApiError(422, field, f"invalid YAML: nested deeper than {MAX_YAML_DEPTH}")
         try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ApiError(422, field, f"invalid YAML: {exc}".splitlines()[0]) from None
+            return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+        except yaml.MarkedYAMLError as exc:
+            where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+            raise ApiError(422, field, _short(f"invalid YAML{where}: {exc.problem}")) from None
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ApiError(422, field, _short(f"invalid YAML: {exc}")) from None
+        except RecursionError:
+            raise ApiError(422, field, "invalid YAML: nested too deeply") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(422, field, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except RecursionError:
+        raise ApiError(422, field, "invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of over 4,300 digits
+        raise ApiError(422, field, _short(f"invalid JSON: {exc}")) from None
 
 
 def presets(settings: Settings) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ starts a new :class:`Branch`; the old one stays reachable.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from sim.changes import ChangeLog
 from sim.scenario import Scenario
 from sim.stepper import GRAINS, Action, Grain, Next, Outcome, Stepper
 
+#: the recorded scenario checkpoints may always use this much, however small the budget
+MIN_TRACE_BYTES = 16 << 20
 CounterRow = tuple[tuple[int | None, ...], dict[str, tuple[Any, ...]]]
 _GRAINS: dict[str, Grain] = {g: g for g in GRAINS}
 
@@ -103,6 +106,9 @@ class Timeline:
         self.branch = root
         self.stepper = stepper
         self.step = 0
+        #: estimated bytes of the recorded trace checkpoints (they count toward the budget)
+        self.trace_bytes = 0
+        self._trace_cost = 0
 
     @property
     def kernel(self) -> Kernel:
@@ -139,6 +145,12 @@ class Timeline:
 
     def _do(self, action: Action, fork: bool = False) -> StepResult | None:
         st = self.stepper
+        if self.step >= self.head and _records_checkpoint(st, action):
+            if self.trace_bytes + self._trace_cost > max(self.memory_bytes, MIN_TRACE_BYTES):
+                raise LimitError(
+                    "timeline_memory_mb",
+                    f"the recorded checkpoints fill this session's {self.memory_bytes >> 20} MB",
+                )
         out = st.feed(action)
         if out is None:
             return None
@@ -151,7 +163,10 @@ class Timeline:
             b.actions.append(action)
             b.counters.append(_counters(st.kernel))
             if out.checkpoint is not None:
-                b.trace[self.step] = st.kernel.checkpoint(out.checkpoint)
+                cp = st.kernel.checkpoint(out.checkpoint)
+                b.trace[self.step] = cp
+                self._trace_cost = _object_bytes(cp)
+                self.trace_bytes += self._trace_cost
         self._maybe_checkpoint(b, self.step, st)
         return StepResult(self.step, out, log)
 
@@ -173,7 +188,8 @@ class Timeline:
         if step % self.interval or step in b.checkpoints:
             return
         b.checkpoints[step] = st.clone()
-        budget = max(2, self.memory_bytes // max(1, estimate_bytes(st.kernel)))
+        room = max(0, self.memory_bytes - self.trace_bytes)
+        budget = max(2, room // max(1, estimate_bytes(st.kernel)))
         while len(b.checkpoints) > budget:
             keys = sorted(b.checkpoints)
             for key in keys[1:-1:2]:  # keep step 0 and the newest
@@ -232,6 +248,21 @@ class Timeline:
 def _counters(k: Kernel) -> CounterRow:
     stats = {name: tuple(k.ksm_stat(name).values()) for name in k.procs}
     return tuple(k.global_counters().values()), stats
+
+
+def _records_checkpoint(st: Stepper, action: Action) -> bool:
+    """Will this action record a scenario checkpoint (a copy of the kernel's state)?"""
+    if isinstance(action, Next):
+        up = st.upcoming
+        return up is not None and up.op == "checkpoint"
+    step = getattr(action, "step", None)
+    return step is not None and getattr(step, "op", None) == "checkpoint"
+
+
+def _object_bytes(cp: dict[str, Any]) -> int:
+    """Rough memory of a recorded checkpoint: its compact JSON (measured: tracemalloc
+    finds about as many bytes as the JSON has characters)."""
+    return len(json.dumps(cp, separators=(",", ":"), default=str))
 
 
 def estimate_bytes(k: Kernel) -> int:

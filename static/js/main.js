@@ -120,30 +120,36 @@ function syncUrl() {
     urlTimer = null;
     const seq = ++urlSeq;
     let step = primary.step;
-    let doParam; // undefined: keep what the URL has
-    if (!primary.playing && primary.id) {
-      // what was done by hand (injected ops, knob writes, steps by page or pass) rides along
-      // as `do`; asked once the playback stops (while it plays, only plain steps are added)
+    let recipe; // undefined: keep what the URL has
+    let doParam; // the compare page's link still carries `do`
+    if (primary.id) {
+      // every action (an op injected while playing too) is stored on the server as the
+      // session's recipe the moment it happens; the link names it: r=<hash>&step=N
       try {
         const r = await fetch(`/api/sessions/${primary.id}/share?step=${primary.step}`);
         if (r.ok) {
           const j = await r.json();
           step = j.step;
-          doParam = j.do;
+          if (location.pathname === "/compare") doParam = j.do;
+          else recipe = j.r;
         }
-      } catch (_) { /* the link keeps its last actions */ }
+      } catch (_) { /* the link keeps its last recipe */ }
       if (seq !== urlSeq) return; // a newer update is on its way
     }
     // the URL as it is now (a key may have changed it while the request was out)
     const u = new URL(location.href);
     u.searchParams.set("step", String(step));
+    if (recipe) {
+      u.searchParams.set("r", recipe);
+      u.searchParams.delete("do"); // the recipe holds every action
+    }
     if (doParam) u.searchParams.set("do", doParam);
     else if (doParam === null) u.searchParams.delete("do");
     history.replaceState(null, "", u);
     const share = document.querySelector(".share-link");
     if (share) {
-      // a shared link rebuilds the state from preset, kernel, knobs, step and `do`: no live
-      // session id, no token
+      // a shared link rebuilds the state from its recipe and step: no live session id, no
+      // token
       for (const k of ["sid", "a", "b", "token"]) u.searchParams.delete(k);
       share.href = u.toString();
     }

@@ -33,7 +33,7 @@ SMALL = {
 
 def test_health_docs_presets_and_vendor_js(server, http):
     assert http.get("/healthz").json()["status"] == "ok"
-    assert http.get("/docs").status_code == 200
+    assert http.get("/docs").status_code == 404  # Swagger UI would load from a CDN
     paths = http.get("/openapi.json").json()["paths"]
     assert "/api/sessions/{session_id}/step" in paths and "/api/compare" in paths
     presets = http.get("/api/presets").json()
@@ -231,10 +231,24 @@ def test_compare_creates_a_lockstep_pair(http):
 def test_session_limit_and_idle_expiry():
     settings = Settings(max_sessions=2, idle_expiry_seconds=2.0, expiry_check_seconds=0.1)
     with TestClient(create_app(settings)) as client:
+        ids = []
         for _ in range(2):
-            assert client.post("/api/sessions", json={"preset": "vm-host"}).status_code == 201
+            r = client.post("/api/sessions", json={"preset": "vm-host"})
+            assert r.status_code == 201
+            ids.append(r.json()["id"])
+            client.post(f"/api/sessions/{ids[-1]}/speed", json={"batches_per_second": 0.1})
+            client.post(f"/api/sessions/{ids[-1]}/play")
+        # every session plays: nothing can be evicted, a new one is refused
         r = client.post("/api/sessions", json={"preset": "vm-host"})
         assert r.status_code == 429 and r.json()["detail"]["field"] == "sessions"
+        # one pauses: the least recently used idle, unwatched session makes room
+        client.post(f"/api/sessions/{ids[0]}/pause")
+        client.post(f"/api/sessions/{ids[1]}/pause")
+        client.get(f"/api/sessions/{ids[0]}")  # used more recently than ids[1]
+        r = client.post("/api/sessions", json={"preset": "vm-host"})
+        assert r.status_code == 201
+        alive = {s["id"] for s in client.get("/api/sessions").json()}
+        assert alive == {ids[0], r.json()["id"]}
         deadline = time.monotonic() + 30
         while client.get("/api/sessions").json() and time.monotonic() < deadline:
             time.sleep(0.2)  # listing is no request *to* a session: they stay idle

@@ -206,7 +206,9 @@ def test_inspector_lists_the_stable_node_and_its_sharers(client: TestClient) -> 
 def test_share_link_carries_what_was_done_by_hand(client: TestClient) -> None:
     sid, _ = open_session(client, f"preset={PRESET}&kernel=6.18&step=6")  # advised
     api = f"/api/sessions/{sid}"
-    assert client.get(f"{api}/share").json() == {"step": 6, "branch": 0, "do": None}
+    first = client.get(f"{api}/share").json()
+    assert {k: first[k] for k in ("step", "branch", "do")} == {"step": 6, "branch": 0, "do": None}
+    assert len(first["r"]) == 32  # the session's stored recipe (app.server.store)
     for path, body in (
         ("inject", {"op": {"op": "fork", "proc": "A", "child": "B"}}),
         ("knob", {"knob": "pages_to_scan", "value": 7}),
@@ -234,10 +236,10 @@ def test_share_link_carries_what_was_done_by_hand(client: TestClient) -> None:
     # the link rebuilds the same state in a new session (the one the page would offer too)
     page = client.get(f"/session?sid={sid}&preset={PRESET}&kernel=6.18&step=18")
     link = re.search(r'class="share-link" href="([^"]+)"', page.text)
-    assert link and f"do={share['do']}" in link.group(1).replace("&amp;", "&")
-    query = f"preset={PRESET}&kernel=6.18&step=18&do={share['do']}"
+    assert link and f"r={share['r']}" in link.group(1).replace("&amp;", "&")
+    query = f"preset={PRESET}&kernel=6.18&step=18&do={share['do']}"  # an older link
     sid2, q = open_session(client, query)
-    assert sid2 != sid and q["do"] == [share["do"]] and q["step"] == ["18"]
+    assert sid2 != sid and q["r"] == [share["r"]] and q["step"] == ["18"]
     assert client.get(f"/api/sessions/{sid2}/state").json() == want
 
     # an earlier step of the same link: the recorded future stays reachable

@@ -98,11 +98,22 @@ def test_pages_per_session(http: httpx.Client) -> None:
 
 
 def test_sessions(http: httpx.Client) -> None:
+    """Idle unwatched sessions are evicted (least recently used); playing ones are not."""
+    ids = []
     for _ in range(6):
-        http.post("/api/sessions", json={"preset": "zero-pages-unmerge"})
+        ids.append(http.post("/api/sessions", json={"preset": "zero-pages-unmerge"}).json()["id"])
+    for sid in ids:
+        http.post(f"/api/sessions/{sid}/speed", json={"batches_per_second": 0.01})
+        http.post(f"/api/sessions/{sid}/play")
     r = http.post("/api/sessions", json={"preset": "zero-pages-unmerge"})
     assert "6 sessions" in refused(r, 429, "sessions")
     refused(http.post("/api/compare", json={"preset": "zero-pages-unmerge"}), 429, "sessions")
+    for sid in ids:
+        http.post(f"/api/sessions/{sid}/pause")
+    r = http.post("/api/compare", json={"preset": "zero-pages-unmerge"})
+    assert r.status_code == 201  # two idle sessions evicted for the pair
+    alive = {s["id"] for s in http.get("/api/sessions").json()}
+    assert len(alive) == 6 and not {ids[0], ids[1]} & alive
 
 
 def test_timeline_steps_and_branches(http: httpx.Client) -> None:

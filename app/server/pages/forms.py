@@ -41,7 +41,7 @@ CONTROL_ACTIONS = (
 
 def to_int(value: str | None, default: int = 0) -> int:
     try:
-        return int(value) if value is not None else default
+        return int(value) if value is not None and len(value) <= 20 else default
     except ValueError:
         return default
 
@@ -97,7 +97,7 @@ def knob_overrides(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         if not key.startswith("knob.") or not isinstance(value, str) or value.strip() == "":
             continue
         v = value.strip()
-        out[key[5:]] = int(v) if v.lstrip("-").isdigit() else v
+        out[key[5:]] = int(v) if len(v) <= 20 and v.lstrip("-").isdigit() else v
     return out
 
 

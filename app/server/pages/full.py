@@ -2,11 +2,14 @@
 
 - ``GET /``: pick a preset (or upload a scenario), a kernel profile, knob overrides, or the
   side-by-side comparison;
-- ``GET /session?preset=&kernel=&knob.<name>=&step=&do=``: a session page; the URL carries
-  everything needed to rebuild the state (plus ``sid``, the live session to attach to), so
-  a shared link reopens the same step, with what was injected by hand (``do``,
-  :mod:`app.server.share`, replayed by :func:`step_to` as the same commands the buttons
-  send); ``POST /session`` uploads a scenario;
+- ``GET /session?r=<recipe>&step=``: a session page; ``r`` names the session's stored
+  recipe (:mod:`app.server.store`: preset or uploaded scenario or fork, and every action),
+  so the link rebuilds the identical state after eviction, a restart or ``kill -9``
+  (plus ``sid``, the live session to attach to while it lives). Older links
+  ``?preset=&kernel=&knob.<name>=&step=&do=`` still work (``do``: :mod:`app.server.share`,
+  replayed by :func:`step_to` as the same commands the buttons send). Identical links share
+  one session (``SessionManager.linked``); a link that fails leaves no session behind.
+  ``POST /session`` uploads a scenario;
 - ``GET /compare?preset=&left=6.5&right=6.18&step=``: two kernels in lockstep.
 """
 
@@ -26,7 +29,7 @@ from ..errors import ApiError
 from ..security import control_refusal
 from ..session import Session
 from ..sessions import SessionManager
-from ..sources import YAML_TYPES, decode_document, resolve
+from ..sources import YAML_TYPES, decode_document_async, resolve
 from .forms import command, knob_overrides, to_int
 from .render import (
     HTMX,
@@ -44,31 +47,42 @@ from .render import (
 router = APIRouter(include_in_schema=False)
 
 
-def step_to(manager: SessionManager, session: Session, step: int, do: str | None = None) -> None:
+async def step_to(
+    manager: SessionManager, session: Session, step: int, do: str | None = None
+) -> None:
     """Bring a new session to a shared link's ``step``: the plain steps, or the link's
-    recorded actions (``do``, :mod:`app.server.share`) and then a seek back to ``step``."""
+    recorded actions (``do``, :mod:`app.server.share`) and then a seek back to ``step``
+    (limits checked before any work)."""
     limit = manager.settings.max_step_n
     step = max(0, min(step, limit))
     if not do:
         if step:
-            session.control(command("step", {"n": step}))
+            await session.run_control(command("step", {"n": step}))
         return
     for msg in share.messages(share.decode(do), limit):
         try:
-            session.control(msg)
+            await session.run_control(msg)
         except ApiError as exc:
             raise ApiError(exc.status, "do", f"a recorded action failed: {exc.message}") from None
     t = session.timeline
     if step < t.head:
-        session.control(command("seek", {"step": step, "branch": None}))
+        await session.run_control(command("seek", {"step": step, "branch": None}))
     elif step > t.step:  # the link's step moved on while playing: plain steps after ``do``
-        session.control(command("step", {"n": step - t.step}))
+        await session.run_control(command("step", {"n": step - t.step}))
 
 
-def share_params(session: Session) -> dict[str, str | None]:
-    """The link parameters of the session's current step (``sid``/``a``/``b`` dropped)."""
-    t = session.timeline
-    return {"step": str(t.step), "do": share.encode(t.branch.actions[: t.step])}
+def share_params(manager: SessionManager, session: Session) -> dict[str, str | None]:
+    """The link parameters of the session's current step: its recipe and step (``sid``,
+    ``do`` dropped: the recipe holds every action)."""
+    return {**manager.link_params(session), "do": None}
+
+
+def link_key(request: Request) -> str:
+    """What identifies a link (identical links share one session): its parameters but the
+    live session, the token and the presenter flag, sorted."""
+    skip = {"sid", "token", "presenter", "a", "b"}
+    items = sorted((k, v) for k, v in request.query_params.multi_items() if k not in skip)
+    return request.url.path + "?" + urlencode(items)
 
 
 def with_params(request: Request, **params: str | None) -> str:
@@ -91,6 +105,14 @@ async def get_index(request: Request, manager: ManagerDep) -> HTMLResponse:
         "index.html",
         presets=list_presets(manager.settings.presets_dir),
         knob_hints=KNOB_HINTS,
+        open_sessions=[
+            (
+                s.info(),
+                "/session?" + urlencode({"sid": s.id, "r": s.recipe, "step": s.timeline.step}),
+            )
+            for s in sorted(manager.list_sessions(), key=lambda s: -s.last_active)
+        ],
+        max_sessions=manager.settings.max_sessions,
     )
 
 
@@ -99,41 +121,33 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
     q = request.query_params
     session = find(manager, q.get("sid"))
     if session is None:
-        if not q.get("preset"):
+        if not q.get("preset") and not q.get("r"):
             return error_page(
                 manager,
                 request,
                 ApiError(
                     404,
                     "session",
-                    "this session is gone and its link names no preset to rebuild it",
+                    "this session is gone and its link names no recipe to rebuild it",
                 ),
             )
         refusal = control_refusal(manager.settings, request)
         if refusal is not None:  # a read-only viewer cannot start sessions
             return error_page(manager, request, refusal)
-        try:
-            sc = resolve(
-                manager.settings,
-                q["preset"],
-                None,
-                q.get("kernel"),
-                knob_overrides(q.multi_items()),
-            )
-            session = manager.create(sc, q["preset"])
-        except ApiError as exc:
-            return error_page(manager, request, exc)
-        try:
-            step_to(manager, session, to_int(q.get("step")), q.get("do"))
-        except ApiError as exc:
-            manager.delete(session.id, "its link could not be replayed")
-            return error_page(manager, request, exc)
+        key = link_key(request)
+        session = manager.linked(key)
+        if session is None:
+            try:
+                session = await build_from_link(manager, request)
+            except ApiError as exc:
+                return error_page(manager, request, exc)
+            manager.remember_link(key, session)
         return RedirectResponse(
             with_params(
                 request,
                 sid=session.id,
                 kernel=session.kernel.version,
-                step=str(session.timeline.step),
+                **share_params(manager, session),
             ),
             status_code=303,
         )
@@ -145,8 +159,37 @@ async def get_session_page(request: Request, manager: ManagerDep) -> Response:
         **session_context(session),
         title=title,
         description=description,
-        share_url=with_params(request, sid=None, token=None, **share_params(session)),
+        share_url=with_params(request, sid=None, token=None, **share_params(manager, session)),
     )
+
+
+async def build_from_link(manager: SessionManager, request: Request) -> Session:
+    """A new session for a link (``r``, or an older ``preset``/``do`` link); every limit
+    is checked before any work, and a failure leaves no session behind."""
+    q = request.query_params
+    step = to_int(q.get("step"))
+    recipe = q.get("r")
+    if recipe:
+        return await manager.from_recipe(recipe, max(0, step))
+    do = q.get("do")
+    if do:
+        share.check_steps(share.decode(do), manager.settings.max_step_n)
+    sc = resolve(
+        manager.settings,
+        q["preset"],
+        None,
+        q.get("kernel"),
+        knob_overrides(q.multi_items()),
+    )
+    session = manager.create(sc, q["preset"])
+    try:
+        await step_to(manager, session, step, do)
+    except BaseException as exc:
+        manager.delete(session.id, "its link could not be replayed")
+        if isinstance(exc, ApiError):
+            raise
+        raise ApiError(422, "do", "the link's actions could not be replayed") from None
+    return session
 
 
 @router.post("/session", response_class=HTMLResponse)
@@ -167,7 +210,7 @@ async def post_session_upload(
             raise ApiError(413, "scenario", f"at most {manager.settings.max_body_bytes} bytes")
         name = (upload.filename or "").lower()
         yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
-        doc = decode_document(data, yaml_ok)
+        doc = await decode_document_async(data, yaml_ok)
         sc = resolve(manager.settings, None, doc, kernel if isinstance(kernel, str) else None, None)
         session = manager.create(sc)
     except ApiError as exc:
@@ -176,7 +219,8 @@ async def post_session_upload(
                 manager, request, "partials/upload.html", status=exc.status, error=error_dict(exc)
             )
         return error_page(manager, request, exc)
-    url = "/session?" + urlencode({"sid": session.id, "kernel": session.kernel.version})
+    params = {"sid": session.id, "kernel": session.kernel.version, **manager.link_params(session)}
+    url = "/session?" + urlencode(params)
     if HTMX in request.headers:
         return Response(status_code=200, headers={"HX-Redirect": url})
     return RedirectResponse(url, status_code=303)
@@ -201,7 +245,9 @@ async def get_compare_page(request: Request, manager: ManagerDep) -> Response:
         except ApiError as exc:
             return error_page(manager, request, exc)
         try:
-            step_to(manager, group.sessions[0], to_int(q.get("step")), q.get("do"))
+            if q.get("do"):
+                share.check_steps(share.decode(q["do"]), manager.settings.max_step_n)
+            await step_to(manager, group.sessions[0], to_int(q.get("step")), q.get("do"))
         except ApiError as exc:
             for member in list(group.sessions):
                 manager.delete(member.id, "its link could not be replayed")
@@ -230,5 +276,12 @@ async def get_compare_page(request: Request, manager: ManagerDep) -> Response:
         right=right.info(),
         title=title,
         description=description,
-        share_url=with_params(request, a=None, b=None, token=None, **share_params(left)),
+        share_url=with_params(
+            request,
+            a=None,
+            b=None,
+            token=None,
+            step=str(left.timeline.step),
+            do=share.encode(left.timeline.branch.actions[: left.timeline.step]),
+        ),
     )

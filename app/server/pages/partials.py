@@ -12,13 +12,21 @@ import json
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..errors import ApiError
 from ..session import Session
 from ..sessions import SessionManager
 from .forms import control_command, inject_command, inject_op, knob_command, knob_overrides
-from .render import ManagerDep, RefusalDep, error_dict, render, session_context
+from .render import (
+    ManagerDep,
+    RefusalDep,
+    error_dict,
+    error_page,
+    render,
+    session_context,
+    token_qs,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -52,9 +60,10 @@ async def post_controls(
     try:
         if action == "fork":
             new = manager.fork(session, session.timeline.step)
-            url = "/session?" + urlencode({"sid": new.id, "kernel": new.kernel.version})
+            params = {"sid": new.id, "kernel": new.kernel.version, **manager.link_params(new)}
+            url = "/session?" + urlencode(params)
             return Response(status_code=200, headers={"HX-Redirect": url})
-        session.control(control_command(action, form, session))
+        await session.run_control(control_command(action, form, session))
     except ApiError as exc:
         return controls(manager, request, session, exc)
     return controls(manager, request, session)
@@ -75,7 +84,7 @@ async def post_knobs(
         if knob in current and str(current[knob]) == str(value):
             continue
         try:
-            session.control(knob_command(knob, value))
+            await session.run_control(knob_command(knob, value))
             written.append(f"{knob}={value}")
         except ApiError as exc:
             error = exc
@@ -108,7 +117,7 @@ async def post_inject(
         if refusal is not None:
             raise refusal
         op = inject_op(action, fields, session)
-        session.control(inject_command(op))
+        await session.run_control(inject_command(op))
         ok = "injected " + " ".join(f"{k}={v}" for k, v in op.items())
     except ApiError as exc:
         error = exc
@@ -160,3 +169,18 @@ async def get_proc_inspector(
         status=404,
         error={"field": "proc", "message": f"no process {proc!r} at this step"},
     )
+
+
+@router.post("/ui/sessions/{sid}/close", response_class=HTMLResponse)
+async def post_close(
+    sid: str, request: Request, manager: ManagerDep, refusal: RefusalDep
+) -> Response:
+    """Close a session (the index's list of open sessions): its viewers get ``end``; its
+    link still rebuilds it (the recipe stays stored)."""
+    if refusal is not None:
+        return error_page(manager, request, refusal)
+    try:
+        manager.delete(sid, "closed")
+    except ApiError as exc:
+        return error_page(manager, request, exc)
+    return RedirectResponse("/" + token_qs(request), status_code=303)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from .. import messages as m
-from ..deps import FORM_TYPES, SessionDep, body_doc, content_type, read_fields
+from ..deps import FORM_TYPES, SessionDep, body_doc, content_type, int_or_text, read_fields
 from ..errors import ApiError, translate
 from ..schemas import SessionInfo
 from ..security import require_control
@@ -28,54 +28,56 @@ router = APIRouter(
 _INT_FIELDS = {"passes", "value"}
 
 
-def _control(session: Session, kind: str, fields: dict[str, Any] | None = None) -> SessionInfo:
+async def _control(
+    session: Session, kind: str, fields: dict[str, Any] | None = None
+) -> SessionInfo:
     """The body's fields as the command ``kind`` (the websocket's message), applied."""
     try:
         msg = m.command(kind, fields)
     except ValidationError as exc:
         raise translate(exc) from None
-    session.control(msg)
+    await session.run_control(msg)
     return session.info()
 
 
 @router.post("/play")
 async def play_session(session: SessionDep) -> SessionInfo:
-    return _control(session, "play")
+    return await _control(session, "play")
 
 
 @router.post("/pause")
 async def pause_session(session: SessionDep) -> SessionInfo:
-    return _control(session, "pause")
+    return await _control(session, "pause")
 
 
 @router.post("/reset")
 async def reset_session(session: SessionDep) -> SessionInfo:
-    return _control(session, "reset")
+    return await _control(session, "reset")
 
 
 @router.post("/speed", openapi_extra=body_doc(m.SpeedBody))
 async def set_speed(request: Request, session: SessionDep) -> SessionInfo:
-    return _control(session, "speed", await read_fields(request))
+    return await _control(session, "speed", await read_fields(request))
 
 
 @router.post("/step", openapi_extra=body_doc(m.StepBody))
 async def step_session(request: Request, session: SessionDep) -> SessionInfo:
-    return _control(session, "step", await read_fields(request))
+    return await _control(session, "step", await read_fields(request))
 
 
 @router.post("/back", openapi_extra=body_doc(m.BackBody))
 async def step_back(request: Request, session: SessionDep) -> SessionInfo:
-    return _control(session, "back", await read_fields(request))
+    return await _control(session, "back", await read_fields(request))
 
 
 @router.post("/seek", openapi_extra=body_doc(m.SeekBody, required=True))
 async def seek_step(request: Request, session: SessionDep) -> SessionInfo:
-    return _control(session, "seek", await read_fields(request))
+    return await _control(session, "seek", await read_fields(request))
 
 
 @router.post("/knob", openapi_extra=body_doc(m.KnobBody, required=True))
 async def write_knob(request: Request, session: SessionDep) -> SessionInfo:
-    return _control(session, "knob", await read_fields(request))
+    return await _control(session, "knob", await read_fields(request))
 
 
 _OP_SCHEMA = {
@@ -102,11 +104,11 @@ async def inject_op(request: Request, session: SessionDep) -> SessionInfo:
     fields = await read_fields(request)
     if isinstance(fields.get("op"), dict):
         fields = fields["op"]
-    elif not isinstance(fields.get("op"), str):
-        raise ApiError(422, "op", "missing")
+    if not isinstance(fields.get("op"), str):
+        raise ApiError(422, "op", "expected an op name (a string), or an object with one")
     if content_type(request) in FORM_TYPES:
         fields = form_op(fields)
-    return _control(session, "inject", {"op": fields})
+    return await _control(session, "inject", {"op": fields})
 
 
 def form_op(fields: dict[str, Any]) -> dict[str, Any]:
@@ -114,11 +116,11 @@ def form_op(fields: dict[str, Any]) -> dict[str, Any]:
     op = dict(fields)
     for key in _INT_FIELDS:
         value = op.get(key)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            op[key] = int(value)
+        if isinstance(value, str):
+            op[key] = int_or_text(value)
     pages = op.get("pages")
     if isinstance(pages, str):
         parts = [p.strip() for p in pages.split(",") if p.strip()]
-        items: list[Any] = [int(p) if p.isdigit() else p for p in parts]
+        items: list[Any] = [int_or_text(p) for p in parts]
         op["pages"] = items[0] if len(items) == 1 else items
     return op

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from .. import share
-from ..deps import SessionDep
+from ..deps import ManagerDep, SessionDep
 
 router = APIRouter(prefix="/api/sessions/{session_id}", tags=["exports"])
 
@@ -29,9 +29,22 @@ async def export_counters(session: SessionDep) -> PlainTextResponse:
 
 
 @router.get("/share")
-async def share_actions(session: SessionDep, step: int | None = None) -> dict[str, Any]:
-    """What a link to ``step`` (default: the current one) of the session's branch needs
-    beyond preset, kernel, knobs and step: ``do``, or null (``app.server.share``)."""
+async def share_actions(
+    session: SessionDep, manager: ManagerDep, step: int | None = None
+) -> dict[str, Any]:
+    """What a link to ``step`` (default: the current one) of the session's branch needs:
+    ``r``, the session's stored recipe (``/session?r=...&step=...`` rebuilds it anywhere
+    this server's data directory is), and, for older links, ``do`` beyond preset, kernel,
+    knobs and step (``app.server.share``; null when plain steps do)."""
+    session.check_idle()
     t = session.timeline
     at = t.step if step is None else max(0, min(step, t.head))
-    return {"step": at, "branch": t.branch.id, "do": share.encode(t.branch.actions[:at])}
+    key = (id(t.branch), t.branch.id, at)
+    if session.do_cache is None or session.do_cache[0] != key:
+        session.do_cache = (key, share.encode(t.branch.actions[:at]))
+    return {
+        "step": at,
+        "branch": t.branch.id,
+        "r": manager.record(session),
+        "do": session.do_cache[1],
+    }

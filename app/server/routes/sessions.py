@@ -13,12 +13,13 @@ from ..deps import (
     SettingsDep,
     body_doc,
     content_type,
+    int_or_text,
     read_fields,
     validate,
 )
 from ..schemas import BranchInfo, CompareInfo, CreateCompare, CreateSession, SessionInfo
 from ..security import require_control
-from ..sources import YAML_TYPES, decode_document, resolve
+from ..sources import YAML_TYPES, decode_document_async, resolve
 
 router = APIRouter(prefix="/api", tags=["sessions"])
 
@@ -34,7 +35,7 @@ async def creation_input(
     model = CreateCompare if compare else CreateSession
     ctype = content_type(request)
     if ctype in YAML_TYPES:
-        doc = decode_document(await request.body(), yaml_ok=True)
+        doc = await decode_document_async(await request.body(), yaml_ok=True)
         return validate(model, {"scenario": doc, "kernel": kernel})
     fields = await read_fields(request)
     if isinstance(fields.get("steps"), list):  # the body is a scenario document
@@ -45,9 +46,10 @@ async def creation_input(
         if isinstance(value, UploadFile):
             name = (value.filename or "").lower()
             raw = await value.read()
-            data[key] = decode_document(raw, yaml_ok=name.endswith((".yaml", ".yml")), field=key)
+            yaml_ok = name.endswith((".yaml", ".yml"))
+            data[key] = await decode_document_async(raw, yaml_ok, field=key)
         elif key.startswith("knob.") and isinstance(value, str):
-            knobs[key[5:]] = int(value) if value.strip().lstrip("-").isdigit() else value
+            knobs[key[5:]] = int_or_text(value)
         elif key == "kernels" and isinstance(value, str):
             data[key] = [v.strip() for v in value.split(",") if v.strip()]
         else:
@@ -122,6 +124,7 @@ async def list_branches(session: SessionDep) -> list[BranchInfo]:
 @router.get("/sessions/{session_id}/snapshot")
 async def read_snapshot(session: SessionDep) -> Response:
     """The websocket's ``snapshot`` message for the current step."""
+    await session.ensure_snapshot()
     return Response(session.snapshot_text(), media_type="application/json")
 
 

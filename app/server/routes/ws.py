@@ -46,8 +46,18 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
         await ws.close(4429)
         return
     refusal = control_refusal(settings, ws)  # None: this viewer may control
-    raw = RawWriter.of(ws.scope.get("ksmlab.ws_protocol"))
-    viewer = Viewer(ws, settings.ws_queue, session.resync_frames, raw, settings.ws_queue_bytes)
+    proto = ws.scope.get("ksmlab.ws_protocol")
+    raw = RawWriter.of(proto)
+    viewer = Viewer(
+        ws,
+        settings.ws_queue,
+        session.resync_frames,
+        raw,
+        settings.ws_queue_bytes,
+        budget=manager.viewer_budget,
+        transport=getattr(proto, "transport", None),
+    )
+    await session.ensure_snapshot()
     viewer.reset(session.resync_frames())
     session.viewers.add(viewer)
     session.touch()
@@ -75,6 +85,9 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
             except ValidationError as exc:
                 viewer.push(m.dump(translate(exc).message_model()))
                 continue
+            except (ValueError, RecursionError):
+                viewer.push(m.dump(m.Error(message="not a message (invalid JSON)", field="type")))
+                continue
             if manager.sessions.get(session_id) is not session:
                 break
             if isinstance(msg, m.AckMsg):  # a viewer's report, not a control: never refused
@@ -85,12 +98,12 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
                 viewer.push(m.dump(refusal.message_model()))
                 continue
             try:
-                session.control(msg)
+                await session.run_control(msg)
             except ApiError as exc:
                 viewer.push(m.dump(exc.message_model()))
-            except Exception as exc:  # a bug: say so, keep the socket and the server
+            except Exception:  # a bug: say so, keep the socket and the server
                 log.exception("control %s on session %s failed", msg.type, session_id)
-                viewer.push(m.dump(m.Error(message=f"internal error: {exc!r}", field="type")))
+                viewer.push(m.dump(m.Error(message="internal error (logged)", field="type")))
     except Exception:  # the peer vanished mid-frame
         pass
     finally:
