@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # the servers' recipe store (app.server.store): a fresh directory per run, never the user's
 os.environ.setdefault("KSMLAB_DATA_DIR", tempfile.mkdtemp(prefix="ksmlab-test-data-"))
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` in a thread of its own: the run's shared Playwright (sync API) may
+    already hold an event loop in the main thread, whatever order the tests run in."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def shared_dir() -> Path:

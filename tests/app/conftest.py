@@ -15,6 +15,7 @@ from app.config import Settings
 from app.server.app import create_app
 from app.server.cli import uvicorn_options
 from app.server.threaded import ThreadedServer
+from tests.conftest import run  # noqa: F401 - re-exported for the tests here
 
 
 class LiveServer(ThreadedServer):
@@ -64,7 +65,3 @@ async def recv(ws: ClientConnection, *types: str, timeout: float = 20) -> dict[s
         msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         if not types or msg["type"] in types:
             return msg
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)

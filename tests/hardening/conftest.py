@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from app.config import Settings
 from tests.app.conftest import LiveServer
+from tests.conftest import run  # noqa: F401 - re-exported for the tests here
 
 TOKEN = "presenter-s3cret"
 BASE: dict[str, Any] = {
@@ -73,10 +73,3 @@ async def recv(ws: ClientConnection, *types: str, timeout: float = 20) -> dict[s
         msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         if not types or msg["type"] in types:
             return msg
-
-
-def run(coro: Any) -> Any:
-    """``asyncio.run`` in a thread of its own: the run's shared Playwright (sync API) may
-    already hold an event loop in the main thread."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
