@@ -48,6 +48,7 @@ KIND_KSM = 4  # maps a KSM page
 KIND_ZERO = 5  # the shared zero page, placed by a read fault (clean PTE)
 KIND_KSM_ZERO = 6  # the shared zero page placed by KSM, PTE marked dirty (6.6+)
 KIND_SKIPPED = 7  # smart scan skipped it in its last visit
+KIND_STALE = 8  # unmerged, its rmap_item still on a stable node until ksmd's next pass
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,14 @@ PAGE_KINDS: tuple[KindRow, ...] = (
         "the shared zero page placed by KSM, PTE marked dirty (6.6+)",
     ),
     KindRow(KIND_SKIPPED, "skipped", "skipped by smart scan", "smart scan skipped it last visit"),
+    KindRow(
+        KIND_STALE,
+        "stale",
+        "unmerged, rmap_item still on a stable node",
+        "a private copy again (copy-on-write or MADV_UNMERGEABLE) whose rmap_item still hangs on"
+        " its stable node: it counts in pages_shared/pages_sharing until ksmd's next pass"
+        " drops it",
+    ),
 )
 
 #: page kind names, indexed by the ``KIND_*`` numbers (the snapshot's ``kinds``)
@@ -135,6 +144,8 @@ def page_kind(k: Kernel, vma: Vma, i: int) -> int:
     st = vma.it_state[i]
     if st == ITEM_UNSTABLE:
         return KIND_UNSTABLE
+    if st == ITEM_STABLE:
+        return KIND_STALE
     if st:
         return KIND_SKIPPED if vma.it_skipped[i] else KIND_VOLATILE
     return KIND_ANON
@@ -156,6 +167,8 @@ def page_kinds(k: Kernel, vma: Vma) -> bytearray:
             st = state[i]
             if st == ITEM_UNSTABLE:
                 out[i] = KIND_UNSTABLE
+            elif st == ITEM_STABLE:
+                out[i] = KIND_STALE
             elif st:
                 out[i] = KIND_SKIPPED if skipped[i] else KIND_VOLATILE
             else:
@@ -297,9 +310,15 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
         return "Not present: the page was never touched, there is nothing to merge."
     if pfn == 0:
         if vma.pte[i] & PTE_DIRTY:
+            item = (
+                " Its rmap_item is in no tree: it still counts in pages_volatile until "
+                "ksmd's next pass drops it."
+                if vma.it_state[i] == ITEM_NONE
+                else ""
+            )
             return (
                 "Merged: KSM mapped it to the shared zero page (use_zero_pages=1); the "
-                "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages."
+                "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages." + item
             )
         if zero_series:
             return (
@@ -318,6 +337,12 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
         tail = "" if accounted else " ksmd will account it when its scan reaches this page."
         return f"Merged: shares one KSM page with {k.f_map[pfn] - 1} other mapping(s)" + (
             f" (stable node {node.nid})." if accounted else "." + tail
+        )
+    if vma.it_state[i] == ITEM_STABLE:
+        return (
+            f"Unmerged: a private copy again, but its rmap_item still hangs on stable node "
+            f"{vma.it_node[i]} and counts in pages_shared/pages_sharing until ksmd's next "
+            "pass drops it."
         )
     if not vma.mergeable[i]:
         return "Its VMA is not VM_MERGEABLE: MADV_MERGEABLE or prctl(PR_SET_MEMORY_MERGE) first."

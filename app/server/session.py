@@ -143,10 +143,13 @@ class Session:
             "events": self.events,
             "event_counts": self.event_counts,
             "what": self.what,
+            "story": t.story(),
         }
 
     def snapshot(self) -> m.Snapshot:
-        return self.encoder.snapshot(self.kernel, self._meta())
+        t = self.timeline
+        meta = {**self._meta(), "marks": t.marks(), "chapters": t.chapters()}
+        return self.encoder.snapshot(self.kernel, meta)
 
     def snapshot_text(self) -> str:
         if self._snapshot is None or self._snapshot[0] != self.version:

@@ -68,6 +68,9 @@ class Branch:
     checkpoints: dict[int, Stepper] = field(default_factory=dict)
     trace: dict[int, dict[str, Any]] = field(default_factory=dict)
     counters: list[CounterRow] = field(default_factory=list)
+    #: the steps a talk points at (ops, knob writes, checkpoints; not ksmd's batches): their
+    #: ``Outcome.what`` by step number, so chart markers and chapters survive back and reload
+    marks: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def head(self) -> int:
@@ -152,6 +155,8 @@ class Timeline:
             b.counters.append(_counters(st.kernel))
             if out.checkpoint is not None:
                 b.trace[self.step] = st.kernel.checkpoint(out.checkpoint)
+            if out.what.get("kind") != "ksmd":
+                b.marks[self.step] = out.what
         self._maybe_checkpoint(b, self.step, st)
         return StepResult(self.step, out, log)
 
@@ -165,6 +170,7 @@ class Timeline:
             {k: v for k, v in old.checkpoints.items() if k <= s},
             {k: v for k, v in old.trace.items() if k <= s},
             old.counters[: s + 1],
+            {k: v for k, v in old.marks.items() if k <= s},
         )
         self.branches.append(new)
         self.branch = new
@@ -227,6 +233,26 @@ class Timeline:
 
     def counter_rows(self) -> list[CounterRow]:
         return self.branch.counters[: self.step + 1]
+
+    def marks(self) -> list[dict[str, Any]]:
+        """The recorded steps of the branch a talk points at: ``{"step", "what"}``, in order."""
+        return [{"step": s, "what": w} for s, w in sorted(self.branch.marks.items())]
+
+    def story(self) -> dict[str, Any]:
+        """Where the scenario is, known from the start: ``pos``, the scenario steps done (a
+        ``scan`` counts once it has started), and ``steps`` their number."""
+        st = self.stepper
+        return {"pos": st.pos, "steps": len(st.steps)}
+
+    def chapters(self) -> list[dict[str, Any]]:
+        """The scenario's steps a talk is told by: checkpoints and every op but ``scan``."""
+        out = []
+        for i, step in enumerate(self.stepper.steps):
+            if step.op == "scan":
+                continue
+            name = step.name if step.op == "checkpoint" else None
+            out.append({"at": i, "op": step.op, "name": name})
+        return out
 
 
 def _counters(k: Kernel) -> CounterRow:

@@ -4,6 +4,8 @@
 
 import { inspectFrame, inspectPage, inspectProc, refreshInspector } from "./inspector.js";
 import { bindKeys } from "./keys.js";
+import { bindKnobForm, showKnobs } from "./knob_form.js";
+import { showLegendCounts } from "./legend.js";
 import { SessionView } from "./session_view.js";
 
 const params = new URLSearchParams(location.search);
@@ -47,6 +49,8 @@ for (const view of views) {
   view.onStep((v, msg) => {
     if (msg.type === "snapshot" || msg.type === "delta") {
       syncTimeline(v);
+      if (v === primary) showKnobs(v.knobs);
+      scheduleLegend();
       if (v === primary) syncUrl();
       scheduleInspectorRefresh(v);
     }
@@ -56,6 +60,16 @@ for (const view of views) {
     }
   });
   connect(view);
+}
+
+bindKnobForm();
+
+// the legend's count of cells per kind, against the counters (once per frame at most)
+let legendPending = false;
+function scheduleLegend() {
+  if (legendPending) return;
+  legendPending = true;
+  requestAnimationFrame(() => { legendPending = false; showLegendCounts(views); });
 }
 
 // ------------------------------------------------------------------ websocket
@@ -75,6 +89,7 @@ function connect(view) {
   };
   ws.onclose = async () => {
     if (view.gone) return;
+    view.lostConnection();
     view._status("reconnecting…");
     view.retry = Math.min(view.retry + 1, 6);
     if (await view._isGone()) return;

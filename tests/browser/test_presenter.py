@@ -1,0 +1,314 @@
+"""What the audience sees is always true (issue 14), in a real Chromium.
+
+Every counter cell's text is checked against the API's value, formatted by the rules of
+``static/js/format.js`` (mirrored here with exact decimal rounding), and must not be clipped;
+the legend's counts against the counters (or a note that explains the difference); the knobs
+form against the kernel's knobs after inject, fork and seek; chart markers after back and
+reload; presenter mode at 1280x720.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import pytest
+
+from bench.grid_fps import scenario as big_scenario
+
+TIMEOUT = 60_000
+VIEWPORTS = [(1280, 720), (1600, 1000)]
+
+
+# ----------------------------------------------------------- format.js, mirrored
+
+
+def _fixed(x: Decimal, digits: int) -> str:
+    q = Decimal(1).scaleb(-digits)
+    return str(x.quantize(q, rounding=ROUND_HALF_UP))
+
+
+def fmt_bytes(n: int) -> str:
+    x, i = Decimal(abs(n)), 0
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    while x >= 1024 and i < len(units) - 1:
+        x /= 1024
+        i += 1
+    if i == 0:
+        return f"{n} B"
+    return ("-" if n < 0 else "") + _fixed(x, 0 if x >= 100 else 1) + f" {units[i]}"
+
+
+def fmt_value(v: Any, unit: str) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
+    if unit == "bytes":
+        return fmt_bytes(v)
+    if abs(v) >= 10_000_000:
+        return _fixed(Decimal(v / 1e6), 1) + " M"
+    return f"{v:,}"
+
+
+def test_format_rules() -> None:
+    assert fmt_bytes(2_936_012) == "2.8 MiB"
+    assert fmt_bytes(-1_441_792) == "-1.4 MiB"
+    assert fmt_bytes(1023) == "1023 B"
+    assert fmt_bytes(1 << 30) == "1.0 GiB"
+    assert fmt_value(65_280, "pages") == "65,280"
+    assert fmt_value(16_777_216, "pages") == "16.8 M"
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def api(server: Any, path: str, body: dict[str, Any] | None = None) -> Any:
+    url = f"{server.url}/api{path}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read() or b"null")
+
+
+@pytest.fixture
+def sized(browser: Any, live_server: Any, request: Any) -> Any:
+    """A page at a given viewport, offline, collecting page errors."""
+    from tests.browser.conftest import Offline
+
+    contexts: list[Any] = []
+
+    def make(w: int, h: int) -> Any:
+        ctx = browser.new_context(viewport={"width": w, "height": h}, device_scale_factor=1)
+        off = Offline(live_server.url)
+        ctx.route("**/*", off.route)
+        pg = ctx.new_page()
+        pg.js_errors = []
+        pg.on("pageerror", lambda exc: pg.js_errors.append(str(exc)))
+        contexts.append((ctx, off, pg))
+        return pg
+
+    yield make
+    for ctx, off, pg in contexts:
+        ctx.close()
+        assert off.outside == [], f"requests left localhost: {off.outside}"
+        assert pg.js_errors == [], f"JavaScript errors: {pg.js_errors}"
+
+
+def open_sid(pg: Any, server: Any, sid: str, extra: str = "") -> None:
+    pg.goto(f"{server.url}/session?sid={sid}{extra}")
+    pg.wait_for_function(
+        "() => document.querySelector('.session-view canvas.page-grid').dataset.kindCounts"
+        " && document.querySelector('td[data-counter]')",
+        timeout=TIMEOUT,
+    )
+
+
+def wait_step(pg: Any, step: int) -> None:
+    pg.wait_for_function(
+        f"() => document.querySelector('.session-view').dataset.step === '{step}'",
+        timeout=TIMEOUT,
+    )
+    pg.wait_for_timeout(300)
+
+
+CELLS_JS = """() => [...document.querySelectorAll('td[data-counter]')].map(td => ({
+  key: td.dataset.counter, text: td.textContent, value: td.dataset.value,
+  clipped: td.scrollWidth > td.clientWidth + 1,
+  visible: td.getBoundingClientRect().width > 0}))"""
+
+
+def check_counters(pg: Any, server: Any, sid: str) -> int:
+    """Every counter cell equals the API's value, formatted, whole; returns the cells seen."""
+    snap = api(server, f"/sessions/{sid}/snapshot")
+    units = {(f["place"], f["name"]): f["unit"] for f in snap["ksm_files"]}
+    want: dict[str, tuple[Any, str]] = {}
+    for k, v in snap["global"].items():
+        want[f"g.{k}"] = (v, units[("sysfs", k)])
+    for p in snap["procs"]:
+        for k, v in p["ksm_stat"].items():
+            want[f"{p['name']}.{k}"] = (v, units[("ksm_stat", k)])
+    cells = pg.evaluate(CELLS_JS)
+    assert {c["key"] for c in cells} == set(want)
+    for c in cells:
+        v, unit = want[c["key"]]
+        assert c["text"] == fmt_value(v, unit), (c, v)
+        assert c["value"] == (
+            "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+        )
+        if c["visible"]:
+            assert not c["clipped"], c
+    return len(cells)
+
+
+def legend_counts(pg: Any) -> dict[str, int]:
+    raw = pg.evaluate(
+        "() => Object.fromEntries([...document.querySelectorAll('ul.legend li[data-kind]')]"
+        ".map(li => [li.dataset.kind, li.querySelector('b.count')?.dataset.counts]))"
+    )
+    return {k: json.loads(v)[0] for k, v in raw.items() if v}
+
+
+def legend_notes(pg: Any) -> dict[str, str]:
+    out: dict[str, str] = pg.evaluate(
+        "() => Object.fromEntries([...document.querySelectorAll('ul.legend .note')]"
+        ".map(n => [n.dataset.kind, n.textContent]))"
+    )
+    return out
+
+
+# ------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("size", VIEWPORTS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_counters_and_legend_zero_pages_unmerge(
+    sized: Any, live_server: Any, size: tuple[int, int], screenshot: Any
+) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    pg = sized(*size)
+    open_sid(pg, live_server, sid)
+    api(live_server, f"/sessions/{sid}/step", {"n": 16})
+    wait_step(pg, 16)
+    assert check_counters(pg, live_server, sid) > 10
+    g = api(live_server, f"/sessions/{sid}/snapshot")["global"]
+    counts, notes = legend_counts(pg), legend_notes(pg)
+    assert counts["ksm_zero"] == g["ksm_zero_pages"] == 100
+    assert counts["unstable"] == g["pages_unshared"]
+    # pages_volatile 100, no orange cell: the zero-merged pages' items, said in the legend
+    assert g["pages_volatile"] == 100 and counts["volatile"] == 0
+    assert "pages_volatile 100 = 0 volatile cells + 100" in notes["volatile"]
+    pg.click("canvas.page-grid", position={"x": 200, "y": 20})  # any cell: the inspector works
+    api(live_server, f"/sessions/{sid}/step", {"n": 6})
+    wait_step(pg, 22)
+    check_counters(pg, live_server, sid)
+    g = api(live_server, f"/sessions/{sid}/snapshot")["global"]
+    counts, notes = legend_counts(pg), legend_notes(pg)
+    # after MADV_UNMERGEABLE: no orange cell, the unmerged pages are "stale" (still counted)
+    assert counts["volatile"] == g["pages_volatile"] == 0
+    assert counts["stale"] == g["pages_shared"] + g["pages_sharing"] == 100
+    assert "100 unmerged cells" in notes["stale"]
+    d = api(live_server, f"/sessions/{sid}/pages/A/heap/150")
+    assert d["kind"] == "stale" and "stable node" in d["why"]
+    if size == (1280, 720):
+        screenshot(pg, "legend-counts-1280")
+
+
+@pytest.mark.parametrize("size", VIEWPORTS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_counters_whole_at_262144_pages(
+    sized: Any, live_server: Any, size: tuple[int, int], screenshot: Any
+) -> None:
+    sid = api(live_server, "/sessions", {"scenario": big_scenario()})["id"]
+    ops = len(big_scenario()["steps"])
+    api(live_server, f"/sessions/{sid}/step", {"n": ops})
+    api(live_server, f"/sessions/{sid}/step", {"n": 2, "grain": "pass"})
+    head = api(live_server, f"/sessions/{sid}")["step"]
+    pg = sized(*size)
+    open_sid(pg, live_server, sid)
+    wait_step(pg, head)
+    g = api(live_server, f"/sessions/{sid}/snapshot")["global"]
+    assert g["pages_sharing"] > 60_000 and g["general_profit"] > 100 << 20
+    assert check_counters(pg, live_server, sid) == 11 + 4 * 6
+    if size == (1280, 720):
+        screenshot(pg, "counters-262144-1280")
+
+
+def knob_fields(pg: Any) -> dict[str, str]:
+    out: dict[str, str] = pg.evaluate(
+        "() => Object.fromEntries([...document.querySelectorAll('#knobs input[data-knob]')]"
+        ".map(i => [i.dataset.knob, i.value]))"
+    )
+    return out
+
+
+def wait_knob(pg: Any, name: str, value: Any) -> None:
+    pg.wait_for_function(
+        f"() => document.querySelector('#knobs input[data-knob=\"{name}\"]').value === '{value}'",
+        timeout=TIMEOUT,
+    )
+
+
+def same_knobs(pg: Any, knobs: dict[str, Any]) -> None:
+    assert knob_fields(pg) == {k: str(v) for k, v in knobs.items()}
+
+
+def test_knob_form_follows_the_kernel(sized: Any, live_server: Any) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    pg = sized(1280, 720)
+    open_sid(pg, live_server, sid)
+    same_knobs(pg, api(live_server, f"/sessions/{sid}/snapshot")["knobs"])
+    api(live_server, f"/sessions/{sid}/step", {"n": 3})
+    wait_step(pg, 3)
+    # an injected run=1 shows in the form at once
+    api(live_server, f"/sessions/{sid}/inject", {"op": {"op": "sysfs", "knob": "run", "value": 1}})
+    wait_knob(pg, "run", 1)
+    same_knobs(pg, api(live_server, f"/sessions/{sid}/snapshot")["knobs"])
+    before = api(live_server, f"/sessions/{sid}/snapshot")["knobs"]
+    # one field changed: one knob written
+    pg.fill('#knobs input[data-knob="sleep_millisecs"]', "123")
+    pg.click("#knobs button[type=submit]")
+    pg.wait_for_selector("#knobs .ok", timeout=TIMEOUT)
+    assert pg.text_content("#knobs .ok") == "wrote sleep_millisecs=123"
+    after = api(live_server, f"/sessions/{sid}/snapshot")["knobs"]
+    assert after == {**before, "sleep_millisecs": 123}
+    same_knobs(pg, after)
+    # seek back before the writes: the form shows the kernel's knobs there
+    api(live_server, f"/sessions/{sid}/seek", {"step": 2})
+    wait_knob(pg, "run", 0)
+    same_knobs(pg, api(live_server, f"/sessions/{sid}/snapshot")["knobs"])
+    # a fork shows the fork's knobs
+    api(live_server, f"/sessions/{sid}/seek", {"step": 5})
+    fork = api(live_server, f"/sessions/{sid}/fork", {})
+    fid = fork["id"]
+    open_sid(pg, live_server, fid)
+    same_knobs(pg, api(live_server, f"/sessions/{fid}/snapshot")["knobs"])
+
+
+def markers(pg: Any) -> list[int]:
+    out: list[int] = pg.evaluate("() => window.__ksm.views[0].charts.markers.map(m => m.step)")
+    return sorted(out)
+
+
+def test_chart_markers_survive_back_and_reload(sized: Any, live_server: Any) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    pg = sized(1600, 1000)
+    open_sid(pg, live_server, sid)
+    api(live_server, f"/sessions/{sid}/step", {"n": 24})
+    wait_step(pg, 24)
+    pg.wait_for_function("() => window.__ksm.views[0].charts.markers.some(m => m.step === 22)")
+    for _ in range(3):  # fast presses: no "buffered is not iterable"
+        pg.keyboard.press("ArrowLeft")
+    wait_step(pg, 21)
+    pg.keyboard.press("ArrowRight")
+    wait_step(pg, 22)
+    pg.wait_for_timeout(500)
+    assert 22 in markers(pg)
+    pg.reload()
+    open_sid(pg, live_server, sid)
+    pg.wait_for_function("() => window.__ksm.views[0].charts.markers.some(m => m.step === 22)")
+
+
+def test_presenter_1280_has_grid_counters_inspector_on_screen(
+    sized: Any, live_server: Any, screenshot: Any
+) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    api(live_server, f"/sessions/{sid}/step", {"n": 16})
+    pg = sized(1280, 720)
+    open_sid(pg, live_server, sid, "&presenter=1")
+    pg.wait_for_timeout(800)
+    pg.click("canvas.page-grid", position={"x": 260, "y": 30})
+    pg.wait_for_selector(".inspector .inspect-page", timeout=TIMEOUT)
+    for sel in ["canvas.page-grid", ".counters td[data-counter='g.ksm_zero_pages']", ".inspector"]:
+        box = pg.locator(sel).first.bounding_box()
+        assert box is not None, sel
+        assert box["y"] >= 0 and box["y"] + min(box["height"], 80) <= 720, (sel, box)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, (sel, box)
+    screenshot(pg, "presenter-1280")
