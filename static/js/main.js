@@ -266,9 +266,18 @@ document.querySelector("[data-help]")?.addEventListener("click", () => help?.sho
 function fitPresenterGrid() {
   for (const v of views) {
     const cv = v.grid.canvas;
-    if (!body.classList.contains("presenter")) { cv.style.height = ""; continue; }
+    if (!body.classList.contains("presenter")) {
+      cv.style.height = "";
+      const side = v.root.querySelector(".side-panel");
+      if (side) side.style.maxHeight = "";
+      continue;
+    }
     const top = cv.getBoundingClientRect().top + window.scrollY;
-    cv.style.height = `${Math.max(240, window.innerHeight - top - 12)}px`;
+    const h = Math.max(240, window.innerHeight - top - 12);
+    cv.style.height = `${h}px`;
+    // counters and inspector beside the grid, in the same height: both on screen
+    const side = v.root.querySelector(".side-panel");
+    if (side) side.style.maxHeight = `${h}px`;
   }
 }
 window.addEventListener("resize", fitPresenterGrid);

@@ -289,11 +289,15 @@ def test_chart_markers_survive_back_and_reload(sized: Any, live_server: Any) -> 
     wait_step(pg, 21)
     pg.keyboard.press("ArrowRight")
     wait_step(pg, 22)
-    pg.wait_for_timeout(500)
+    pg.wait_for_function(
+        "() => window.__ksm.views[0].charts.markers.some(m => m.step === 22)", timeout=TIMEOUT
+    )
     assert 22 in markers(pg)
     pg.reload()
     open_sid(pg, live_server, sid)
-    pg.wait_for_function("() => window.__ksm.views[0].charts.markers.some(m => m.step === 22)")
+    pg.wait_for_function(
+        "() => window.__ksm.views[0].charts.markers.some(m => m.step === 22)", timeout=TIMEOUT
+    )
 
 
 def test_presenter_1280_has_grid_counters_inspector_on_screen(
