@@ -106,6 +106,8 @@ class Timeline:
         self.branch = root
         self.stepper = stepper
         self.step = 0
+        #: the result of the step being viewed (None at step 0)
+        self.last: StepResult | None = None
 
     @property
     def kernel(self) -> Kernel:
@@ -158,7 +160,8 @@ class Timeline:
             if out.what.get("kind") != "ksmd":
                 b.marks[self.step] = out.what
         self._maybe_checkpoint(b, self.step, st)
-        return StepResult(self.step, out, log)
+        self.last = StepResult(self.step, out, log)
+        return self.last
 
     def _fork_branch(self) -> None:
         old, s = self.branch, self.step
@@ -193,8 +196,11 @@ class Timeline:
         b = self.branch if branch is None else self._branch(branch)
         if not 0 <= step <= b.head:
             raise LimitError("step", f"step {step} is outside branch {b.id} (0..{b.head})")
-        base = max(s for s in b.checkpoints if s <= step)
-        if b is self.branch and base <= self.step <= step:
+        if b is self.branch and step == self.step and self.last is not None:
+            return self.last
+        # from before the step, so that its result (its sentence) is known again
+        base = max(s for s in b.checkpoints if s < step or s == 0)
+        if b is self.branch and base <= self.step < step:
             st, at = self.stepper, self.step
         else:
             st, at = b.checkpoints[base].clone(), base
@@ -205,7 +211,7 @@ class Timeline:
             at += 1
             last = StepResult(at, out, st.kernel.take_changes())
             self._maybe_checkpoint(b, at, st)
-        self.stepper, self.branch, self.step = st, b, step
+        self.stepper, self.branch, self.step, self.last = st, b, step, last
         return last
 
     def stepper_at(self, step: int) -> Stepper:

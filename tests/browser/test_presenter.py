@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from bench.grid_fps import scenario as big_scenario
 
 TIMEOUT = 60_000
+REPO = Path(__file__).resolve().parents[2]
 VIEWPORTS = [(1280, 720), (1600, 1000)]
 
 
@@ -316,3 +318,90 @@ def test_presenter_1280_has_grid_counters_inspector_on_screen(
         assert box["y"] >= 0 and box["y"] + min(box["height"], 80) <= 720, (sel, box)
         assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, (sel, box)
     screenshot(pg, "presenter-1280")
+
+
+# ------------------------------------------------------------------ side by side lockstep
+
+PANES = (".session-view:nth-of-type(1)", ".session-view:nth-of-type(2)")
+PANES_JS = "[...document.querySelectorAll('.side-by-side .session-view')]"
+
+
+def pane_steps(pg: Any) -> list[int]:
+    return [int(x) for x in pg.evaluate(f"() => {PANES_JS}.map(v => v.dataset.step)")]
+
+
+def press_and_settle(pg: Any, server: Any, sids: list[str], key: str) -> list[int] | None:
+    """Press ``key``; when a pane moves, wait until both panes show the server's steps
+    (None when neither moves: the end, or the start)."""
+    before = pane_steps(pg)
+    pg.keyboard.press(key)
+    try:
+        pg.wait_for_function(
+            f"b => {PANES_JS}.some((v, i) => v.dataset.step !== String(b[i]))",
+            arg=before,
+            timeout=3000,
+        )
+    except Exception:
+        return None
+    want = [api(server, f"/sessions/{sid}")["step"] for sid in sids]
+    pg.wait_for_function(
+        f"w => {PANES_JS}.every((v, i) => v.dataset.step === String(w[i])"
+        " && v.querySelector('.what-happened').dataset.step === String(w[i]))",
+        arg=want,
+        timeout=TIMEOUT,
+    )
+    return want
+
+
+def checkpoints_on_screen(pg: Any) -> list[str]:
+    """The sentence of each pane when either one shows a checkpoint, else []."""
+    texts = [pg.inner_text(f"{v} .what-happened") for v in PANES]
+    return texts if any(t.startswith("checkpoint") for t in texts) else []
+
+
+def test_side_by_side_vm_host_6_1_vs_6_18_meets_every_checkpoint_together(
+    sized: Any, live_server: Any
+) -> None:
+    pg = sized(1600, 1000)
+    pg.goto(f"{live_server.url}/compare?preset=vm-host&left=6.1&right=6.18")
+    for v in PANES:
+        pg.wait_for_function(
+            f"() => document.querySelector('{v} canvas.page-grid').dataset.kindCounts",
+            timeout=TIMEOUT,
+        )
+    sids = [pg.get_attribute(v, "data-session") or "" for v in PANES]
+    assert [pg.get_attribute(v, "data-kernel") for v in PANES] == ["6.1", "6.18"]
+    pg.click(f"{PANES[0]} .what-happened")  # focus the page, not a form field
+
+    forward: list[tuple[list[int], str]] = []
+    while (steps := press_and_settle(pg, live_server, sids, "PageDown")) is not None:
+        texts = checkpoints_on_screen(pg)
+        if texts:
+            assert texts[0] == texts[1], (steps, texts)  # the same checkpoint, together
+            forward.append((steps, texts[0]))
+        assert len(forward) < 50
+    names = [t for _, t in forward]
+    doc = json.loads((REPO / "sim" / "presets" / "vm-host.json").read_text())
+    expected = [f"checkpoint {s['name']!r}" for s in doc["steps"] if s["op"] == "checkpoint"]
+    assert names == expected
+    # the kernels do not need the same number of batches: the panes show their own steps
+    assert any(a != b for a, b in (s for s, _ in forward))
+    end = pane_steps(pg)
+    assert all(api(live_server, f"/sessions/{sid}")["at_end"] for sid in sids)
+
+    back: list[tuple[list[int], str]] = []
+    while (steps := press_and_settle(pg, live_server, sids, "ArrowLeft")) is not None:
+        texts = checkpoints_on_screen(pg)
+        if texts:
+            assert texts[0] == texts[1], (steps, texts)
+            back.append((steps, texts[0]))
+    assert pane_steps(pg) == [0, 0]
+    assert back == forward[-2::-1]  # the same places, on the way back
+    # a seek of the left pane's timeline to a checkpoint puts the right pane there too
+    at, name = forward[len(forward) // 2]
+    api(live_server, f"/sessions/{sids[0]}/seek", {"step": at[0]})
+    pg.wait_for_function(
+        f"w => {PANES_JS}.every((v, i) => v.dataset.step === String(w[i]))", arg=at, timeout=TIMEOUT
+    )
+    assert checkpoints_on_screen(pg) == [name, name]
+    assert end[0] >= at[0]
