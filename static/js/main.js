@@ -6,6 +6,8 @@ import { inspectFrame, inspectPage, inspectProc, refreshInspector } from "./insp
 import { bindKeys } from "./keys.js";
 import { bindKnobForm, showKnobs } from "./knob_form.js";
 import { showLegendCounts } from "./legend.js";
+import { ChapterBar } from "./chapters.js";
+import { Overlay, shareAxes } from "./charts.js";
 import { SessionView } from "./session_view.js";
 
 const params = new URLSearchParams(location.search);
@@ -16,7 +18,16 @@ const views = [...document.querySelectorAll(".session-view")].map(
   (el) => new SessionView(el, { big: body.classList.contains("presenter") }),
 );
 const primary = views[0];
-const state = { fps: 0, frames: 0, drawn: 0, views, drawMs: 0, msgMs: 0, messages: 0 };
+// side by side: one y range for both kernels' charts, and their key counters in one figure
+shareAxes(views.map((v) => v.charts));
+const overlayEl = document.querySelector(".chart-overlay");
+const overlay = overlayEl && window.Plotly && views.length > 1
+  ? new Overlay(overlayEl, views.map((v) => v.kernel), { big: body.classList.contains("presenter") })
+  : null;
+if (overlay) views.forEach((v, i) => { if (v.charts) v.charts.tap = overlay.tapOf(i); });
+const chapterEl = document.querySelector(".chapter-bar");
+const chapters = chapterEl && primary ? new ChapterBar(chapterEl, primary, views) : null;
+const state = { fps: 0, frames: 0, drawn: 0, views, overlay, chapters, drawMs: 0, msgMs: 0, messages: 0 };
 window.__ksm = state;
 
 // ------------------------------------------------------------------ grid clicks
@@ -238,6 +249,8 @@ bindKeys({
     history.replaceState(null, "", u);
   },
   view: () => toggleView(),
+  nextChapter: () => chapters?.next(),
+  previousChapter: () => chapters?.previous(),
   fit: () => { for (const v of views) v.grid.fit(); },
   help: () => { if (help) { if (help.open) help.close(); else help.showModal(); } },
   close: () => { if (help?.open) help.close(); },
@@ -295,6 +308,7 @@ function loop(now) {
   }
   const t0 = performance.now();
   for (const v of views) if (v.frame(now)) state.drawn++;
+  overlay?.flush(now);
   const took = performance.now() - t0;
   state.drawMs += took;
   state.maxFrameMs = Math.max(state.maxFrameMs || 0, took);

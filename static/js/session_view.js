@@ -105,6 +105,13 @@ export class SessionView {
 
   onStep(fn) { this.listeners.push(fn); }
 
+  /** ``fn(msg)`` for each next message until it returns true (``end`` included). */
+  onceMessage(fn) { (this.waiters ||= []).push(fn); }
+
+  _wake(msg) {
+    if (this.waiters?.length) this.waiters = this.waiters.filter((fn) => !fn(msg));
+  }
+
   send(msg) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
@@ -200,6 +207,7 @@ export class SessionView {
       if (m) this.charts.mark(msg.step, m);
     }
     for (const fn of this.listeners) fn(this, msg);
+    this._wake(msg);
     this.pendingAck = msg.step;
   }
 
@@ -211,6 +219,7 @@ export class SessionView {
   }
 
   applyEnd(msg) {
+    this._wake(msg);
     this.playing = false;
     this.root.dataset.playing = "false";
     this.root.dataset.end = msg.reason || "end";

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from decimal import ROUND_HALF_UP, Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +406,101 @@ def test_side_by_side_vm_host_6_1_vs_6_18_meets_every_checkpoint_together(
     )
     assert checkpoints_on_screen(pg) == [name, name]
     assert end[0] >= at[0]
+
+
+def test_side_by_side_charts_share_axes_and_overlay(
+    sized: Any, live_server: Any, screenshot: Any
+) -> None:
+    group = api(live_server, "/compare", {"preset": "vm-host", "kernels": ["6.1", "6.18"]})
+    sids = [s["id"] for s in group["sessions"]]
+    api(live_server, f"/sessions/{sids[0]}/step", {"n": 60})
+    pg = sized(1600, 1000)
+    pg.goto(f"{live_server.url}/compare?a={sids[0]}&b={sids[1]}")
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('.side-by-side .chart-global')]"
+        ".every(el => el.dataset.yrange && +el.dataset.points > 50)"
+        " && +document.querySelector('.chart-overlay').dataset.points > 100",
+        timeout=TIMEOUT,
+    )
+    ranges = pg.evaluate(
+        """() => [...document.querySelectorAll('.side-by-side .session-view')].map(v => {
+             const g = v.querySelector('.chart-global')._fullLayout;
+             const p = v.querySelector('.chart-procs')._fullLayout;
+             return [g.yaxis.range, g.yaxis2 ? g.yaxis2.range : null, p.yaxis.range]; })"""
+    )
+    assert ranges[0] == ranges[1], ranges  # 384 KiB and 784 KiB no longer look alike
+    top = ranges[0][0][1]
+    highest = max(
+        max(
+            v
+            for v in pg.evaluate(
+                f"() => document.querySelectorAll('.side-by-side .chart-global')[{i}].data"
+                ".flatMap(t => t.yaxis === 'y2' ? [] : t.y).filter(v => v !== null)"
+            )
+        )
+        for i in (0, 1)
+    )
+    assert highest <= top < highest * 1.5
+    names = pg.evaluate("() => document.querySelector('.chart-overlay').data.map(t => t.name)")
+    assert "ksm_zero_pages 6.18" in names and "pages_sharing 6.1" in names
+    # the overlay's points are the panes' own: a back drops the same steps from both
+    pg.locator(".chart-overlay").scroll_into_view_if_needed()
+    screenshot(pg, "compare-overlay")
+
+
+# ------------------------------------------------------------------------- chapters
+
+
+def press_to(pg: Any, server: Any, sid: str, key: str) -> int:
+    """Press ``key`` and wait until the page shows the server's new step."""
+    before = pg.get_attribute(".session-view", "data-step")
+    pg.keyboard.press(key)
+    pg.wait_for_function(
+        "b => document.querySelector('.session-view').dataset.step !== b",
+        arg=before,
+        timeout=TIMEOUT,
+    )
+    # `]` may step through ksmd's batches to the next chapter: wait until it stops
+    pg.wait_for_function("() => !window.__ksm.chapters.running", timeout=TIMEOUT)
+    pg.wait_for_timeout(100)
+    step = int(api(server, f"/sessions/{sid}")["step"])
+    wait_step(pg, step)
+    return step
+
+
+def test_chapters_on_the_timeline(sized: Any, live_server: Any, screenshot: Any) -> None:
+    sid = api(live_server, "/sessions", {"preset": "vm-host", "kernel": "6.18"})["id"]
+    pg = sized(1280, 720)
+    open_sid(pg, live_server, sid)
+    pg.click(".what-happened")
+    chapters = {s["at"] for s in api(live_server, f"/sessions/{sid}/snapshot")["chapters"]}
+    assert chapters and pg.inner_text(".chapters-ahead") == f"{len(chapters)} ahead in the scenario"
+
+    # ] steps on to the next checkpoint or op (ksmd's batches in between are run through)
+    reached = []
+    while "checkpoint 'merged'" not in pg.inner_text(".what-happened"):
+        reached.append(press_to(pg, live_server, sid, "]"))
+        assert len(reached) < 60
+    marks = api(live_server, f"/sessions/{sid}/snapshot")["marks"]
+    chapter_steps = [m["step"] for m in marks if m["what"]["kind"] in ("op", "checkpoint")]
+    assert reached == chapter_steps
+    assert any(b - a > 1 for a, b in pairwise(reached))  # a scan's batches skipped
+    pg.wait_for_function(
+        f"() => document.querySelector('.chapter-bar').dataset.marks === '{len(reached)}'"
+    )
+    screenshot(pg, "chapters-1280")
+
+    # [ goes back chapter by chapter, ] forward again over the recorded ones
+    assert press_to(pg, live_server, sid, "[") == reached[-2]
+    assert press_to(pg, live_server, sid, "[") == reached[-3]
+    assert press_to(pg, live_server, sid, "]") == reached[-2]
+    # a click on a mark seeks there
+    pg.click(f".chapter[data-step='{reached[3]}']")
+    pg.wait_for_function(
+        f"() => document.querySelector('.session-view').dataset.step === '{reached[3]}'",
+        timeout=TIMEOUT,
+    )
+    assert api(live_server, f"/sessions/{sid}")["step"] == reached[3]
+    # the help overlay documents the keys
+    pg.keyboard.press("?")
+    assert "next / previous chapter" in pg.inner_text("#help")
