@@ -504,3 +504,41 @@ def test_chapters_on_the_timeline(sized: Any, live_server: Any, screenshot: Any)
     # the help overlay documents the keys
     pg.keyboard.press("?")
     assert "next / previous chapter" in pg.inner_text("#help")
+
+
+# --------------------------------------------------------------------------- phones
+
+OVERFLOW_JS = """() => { const W = document.documentElement.clientWidth; const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.closest('svg') && el.getBoundingClientRect().right < 0) continue; // plotly's probe
+    const r = el.getBoundingClientRect();
+    if (r.width && (r.right > W + 1 || r.left < -1)) out.push(`${el.tagName}.${el.className}`);
+  }
+  return {W, scroll: document.documentElement.scrollWidth, out}; }"""
+
+
+def test_phone_390_nothing_overflows_and_the_grid_is_on_the_first_screen(
+    sized: Any, live_server: Any, screenshot: Any
+) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    api(live_server, f"/sessions/{sid}/step", {"n": 16})
+    pg = sized(390, 844)
+    pg.goto(f"{live_server.url}/")
+    pg.wait_for_selector(".preset-list")
+    res = pg.evaluate(OVERFLOW_JS)
+    assert res["scroll"] <= res["W"] and res["out"] == [], ("index", res)
+    for name, url in [
+        ("session", f"/session?sid={sid}"),
+        ("compare", "/compare?preset=vm-host&left=6.1&right=6.18"),
+    ]:
+        pg.goto(f"{live_server.url}{url}")
+        pg.wait_for_function(
+            "() => document.querySelector('canvas.page-grid').dataset.kindCounts", timeout=TIMEOUT
+        )
+        pg.wait_for_timeout(800)
+        res = pg.evaluate(OVERFLOW_JS)
+        assert res["scroll"] <= res["W"] and res["out"] == [], (name, res)
+        top = pg.locator("canvas.page-grid").first.bounding_box()
+        assert top is not None and top["y"] + 120 <= 844, (name, top)  # the grid is seen
+        if name == "session":
+            screenshot(pg, "phone-390")
