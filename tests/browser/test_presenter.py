@@ -542,3 +542,46 @@ def test_phone_390_nothing_overflows_and_the_grid_is_on_the_first_screen(
         assert top is not None and top["y"] + 120 <= 844, (name, top)  # the grid is seen
         if name == "session":
             screenshot(pg, "phone-390")
+
+
+# ---------------------------------------------------------------------------- upload
+
+
+def test_knob_warnings_name_the_closest_knob() -> None:
+    from app.server.pages.forms import knob_warnings
+
+    doc = {
+        "sysfs": {"use_zero_page": 1, "run": 1},
+        "steps": [{"op": "sysfs", "knob": "pages_to_scann", "value": 10}, {"op": "scan"}],
+    }
+    warnings = knob_warnings(doc)
+    assert [(w["field"], w["knob"]) for w in warnings] == [
+        ("sysfs.use_zero_page", "use_zero_page"),
+        ("steps[0].knob", "pages_to_scann"),
+    ]
+    assert warnings[0]["message"] == "unknown knob 'use_zero_page': did you mean use_zero_pages?"
+    assert "did you mean pages_to_scan?" in warnings[1]["message"]
+    assert knob_warnings({"sysfs": {"run": 1}}) == []
+
+
+def test_upload_warns_about_an_unknown_knob(
+    sized: Any, live_server: Any, tmp_path: Path, screenshot: Any
+) -> None:
+    doc = json.loads((REPO / "sim" / "presets" / "zero-pages-unmerge.json").read_text())
+    doc["sysfs"] = {"use_zero_page": 1}
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(doc))
+    pg = sized(1280, 720)
+    pg.goto(f"{live_server.url}/")
+    pg.set_input_files("#upload input[type=file]", str(path))
+    pg.click("#upload button[type=submit]")
+    pg.wait_for_selector("#upload .upload-warnings", timeout=TIMEOUT)
+    text = pg.inner_text("#upload .upload-warnings")
+    assert "sysfs.use_zero_page" in text and "did you mean use_zero_pages?" in text
+    assert "sid=" not in pg.url  # still on the start page
+    pg.locator("#upload").scroll_into_view_if_needed()
+    screenshot(pg, "upload-warning")
+    # the file stays chosen: a second press opens it as it is
+    pg.click("#upload .upload-warnings button[type=submit]")
+    pg.wait_for_url("**/session?sid=*", timeout=TIMEOUT)
+    pg.wait_for_selector(".session-view", timeout=TIMEOUT)
