@@ -176,7 +176,9 @@ class Session:
 
     def page_detail(self, proc: str, vma: str, page: int) -> dict[str, Any]:
         try:
-            return page_detail(self.kernel, proc, vma, page)
+            v = self.kernel.vma(proc, vma)
+            placed = self.timeline.ksm_placed(v.uid, page)
+            return page_detail(self.kernel, proc, vma, page, placed)
         except (SimError, KeyError) as exc:
             raise ApiError(404, "page", str(exc).strip("'")) from None
 

@@ -71,6 +71,9 @@ class Branch:
     #: the steps a talk points at (ops, knob writes, checkpoints; not ksmd's batches): their
     #: ``Outcome.what`` by step number, so chart markers and chapters survive back and reload
     marks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: pages KSM merged into the zero page (``(uid << 32) | page``: the steps it did), which
+    #: a kernel before 6.6 cannot tell from a read fault's zero page (the inspector can)
+    zero_merges: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def head(self) -> int:
@@ -106,6 +109,14 @@ class Timeline:
         self.branch = root
         self.stepper = stepper
         self.step = 0
+        #: zero pages mapped before step 0 (a fork of a session): who placed them is unknown
+        self.zero_at_start = {
+            (v.uid << 32) | i
+            for mm in stepper.kernel.procs.values()
+            for v in mm.vmas.values()
+            for i, pfn in enumerate(v.pfn)
+            if pfn == 0
+        }
         #: the result of the step being viewed (None at step 0)
         self.last: StepResult | None = None
 
@@ -159,6 +170,9 @@ class Timeline:
                 b.trace[self.step] = st.kernel.checkpoint(out.checkpoint)
             if out.what.get("kind") != "ksmd":
                 b.marks[self.step] = out.what
+            for kind, key in log.events:
+                if kind == "zero_merge":
+                    b.zero_merges.setdefault(key, []).append(self.step)
         self._maybe_checkpoint(b, self.step, st)
         self.last = StepResult(self.step, out, log)
         return self.last
@@ -174,6 +188,7 @@ class Timeline:
             {k: v for k, v in old.trace.items() if k <= s},
             old.counters[: s + 1],
             {k: v for k, v in old.marks.items() if k <= s},
+            {k: [x for x in v if x <= s] for k, v in old.zero_merges.items() if v[0] <= s},
         )
         self.branches.append(new)
         self.branch = new
@@ -227,6 +242,15 @@ class Timeline:
             st.feed(b.actions[at])
             st.kernel.take_changes()
         return st
+
+    def ksm_placed(self, uid: int, page: int) -> bool | None:
+        """Whether KSM merged this page into the zero page by the viewed step (None: not
+        known, the page was on the zero page before step 0). Only meaningful for a page that
+        maps the zero page now: nothing but a KSM merge puts a mapped page back there."""
+        key = (uid << 32) | page
+        if any(s <= self.step for s in self.branch.zero_merges.get(key, ())):
+            return True
+        return None if key in self.zero_at_start else False
 
     def _branch(self, branch: int) -> Branch:
         if not 0 <= branch < len(self.branches):

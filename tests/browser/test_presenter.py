@@ -585,3 +585,47 @@ def test_upload_warns_about_an_unknown_knob(
     pg.click("#upload .upload-warnings button[type=submit]")
     pg.wait_for_url("**/session?sid=*", timeout=TIMEOUT)
     pg.wait_for_selector(".session-view", timeout=TIMEOUT)
+
+
+# ------------------------------------------------------------------------- inspector
+
+
+@pytest.mark.parametrize("kernel", ["6.5", "6.1"])
+def test_inspector_says_madv_unmergeable_left_a_zero_page_behind(
+    sized: Any, live_server: Any, screenshot: Any, kernel: str
+) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": kernel})["id"]
+    while "MADV_UNMERGEABLE" not in api(live_server, f"/sessions/{sid}/step", {"n": 1})["summary"]:
+        assert api(live_server, f"/sessions/{sid}")["step"] < 60
+    detail = api(live_server, f"/sessions/{sid}/pages/A/heap/5")
+    assert detail["kind"] == "zero" and "Left behind by MADV_UNMERGEABLE" in detail["why"]
+    pg = sized(1280, 720)
+    open_sid(pg, live_server, sid)
+    xy = pg.evaluate(
+        """() => { const g = window.__ksm.views[0].grid; const lane = g.lane('A/heap');
+                   const [x, y] = g._cellRect(lane, 5, g.scale);
+                   const r = g.canvas.getBoundingClientRect();
+                   return [r.left + x + g.scale / 2, r.top + y + g.scale / 2]; }"""
+    )
+    pg.mouse.click(*xy)
+    pg.wait_for_selector(".inspect-page[data-kind='zero']", timeout=TIMEOUT)
+    why = pg.inner_text(".inspect-page .why")
+    assert why == detail["why"]
+    assert "6.6 series" in why
+    if kernel == "6.5":
+        pg.locator(".inspector").scroll_into_view_if_needed()
+        screenshot(pg, "inspector-left-behind-6.5")
+
+
+def test_live_view_linked_both_ways(sized: Any, live_server: Any) -> None:
+    pg = sized(1280, 720)
+    pg.goto(f"{live_server.url}/")
+    pg.click("a.live-link")
+    pg.wait_for_url("**/live", timeout=TIMEOUT)
+    # the dashboard's theme: its stylesheet and dark background
+    assert pg.evaluate("() => getComputedStyle(document.body).backgroundColor") == "rgb(11, 14, 19)"
+    pg.click("a.dashboard-link")
+    pg.wait_for_selector(".preset-list", timeout=TIMEOUT)
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    open_sid(pg, live_server, sid)
+    assert pg.get_attribute("a.live-link", "href") == "/live"
