@@ -271,6 +271,10 @@ class Group(Generic[S]):
         if len(self.sessions) == 1:
             self._moved(self.sessions[0], self.sessions[0].timeline.seek(step, branch))
             return
+        lead_t = self.sessions[0].timeline
+        if branch is not None and not 0 <= branch < len(lead_t.branches):
+            n = len(lead_t.branches)
+            raise LimitError("branch", f"no branch {branch} (0..{n - 1})")
         bs = []
         for s in self.sessions:
             t = s.timeline
