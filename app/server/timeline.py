@@ -74,6 +74,8 @@ class Branch:
     #: pages KSM merged into the zero page (``(uid << 32) | page``: the steps it did), which
     #: a kernel before 6.6 cannot tell from a read fault's zero page (the inspector can)
     zero_merges: dict[int, list[int]] = field(default_factory=dict)
+    #: the result of each step that holds a checkpoint (a seek there needs no replay)
+    results: dict[int, StepResult] = field(default_factory=dict)
 
     @property
     def head(self) -> int:
@@ -173,8 +175,8 @@ class Timeline:
             for kind, key in log.events:
                 if kind == "zero_merge":
                     b.zero_merges.setdefault(key, []).append(self.step)
-        self._maybe_checkpoint(b, self.step, st)
         self.last = StepResult(self.step, out, log)
+        self._maybe_checkpoint(b, self.step, st, self.last)
         return self.last
 
     def _fork_branch(self) -> None:
@@ -189,19 +191,27 @@ class Timeline:
             old.counters[: s + 1],
             {k: v for k, v in old.marks.items() if k <= s},
             {k: [x for x in v if x <= s] for k, v in old.zero_merges.items() if v[0] <= s},
+            {k: v for k, v in old.results.items() if k <= s},
         )
         self.branches.append(new)
         self.branch = new
 
-    def _maybe_checkpoint(self, b: Branch, step: int, st: Stepper) -> None:
+    def _maybe_checkpoint(
+        self, b: Branch, step: int, st: Stepper, res: StepResult | None = None
+    ) -> None:
+        if res is not None and step in b.checkpoints and step not in b.results:
+            b.results[step] = res
         if step % self.interval or step in b.checkpoints:
             return
         b.checkpoints[step] = st.clone()
+        if res is not None:
+            b.results[step] = res
         budget = max(2, self.memory_bytes // max(1, estimate_bytes(st.kernel)))
         while len(b.checkpoints) > budget:
             keys = sorted(b.checkpoints)
             for key in keys[1:-1:2]:  # keep step 0 and the newest
                 del b.checkpoints[key]
+                b.results.pop(key, None)
             if len(keys) <= 3:
                 break
 
@@ -213,6 +223,12 @@ class Timeline:
             raise LimitError("step", f"step {step} is outside branch {b.id} (0..{b.head})")
         if b is self.branch and step == self.step and self.last is not None:
             return self.last
+        base = max(s for s in b.checkpoints if s <= step)
+        if base == step and (step == 0 or step in b.results):  # no replay needed
+            st = b.checkpoints[step].clone()
+            last = b.results.get(step)
+            self.stepper, self.branch, self.step, self.last = st, b, step, last
+            return last
         # from before the step, so that its result (its sentence) is known again
         base = max(s for s in b.checkpoints if s < step or s == 0)
         if b is self.branch and base <= self.step < step:
@@ -225,7 +241,7 @@ class Timeline:
             assert out is not None, "replay diverged"
             at += 1
             last = StepResult(at, out, st.kernel.take_changes())
-            self._maybe_checkpoint(b, at, st)
+            self._maybe_checkpoint(b, at, st, last)
         self.stepper, self.branch, self.step, self.last = st, b, step, last
         return last
 
