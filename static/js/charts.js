@@ -54,7 +54,10 @@ function layout(title, ytitle, y2title, big) {
   };
   // fixed ranges (shared axes) can give ticks such as 1,249.95: show them rounded
   if (ytitle === "KiB") l.yaxis.tickformat = ",.4~r";
-  if (y2title) l.yaxis2 = { title: { text: y2title }, overlaying: "y", side: "right", showgrid: false, tickformat: ",.4~r" };
+  if (y2title) l.yaxis2 = { title: { text: y2title }, overlaying: "y", side: "right", showgrid: false, tickformat: ",.4~r",
+    // its own round ticks from zero (plotly's default for an overlaying axis, "sync", puts
+    // them on the left axis's grid lines: 100.4, 242 KiB and a negative bottom)
+    tickmode: "auto", rangemode: "tozero" };
   return l;
 }
 
