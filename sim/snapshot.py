@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .changes import EVENT_PATHS, ChangeLog, event_path, split_key
 from .mm import (
+    ITEM_ABSENT,
     ITEM_NONE,
     ITEM_STABLE,
     ITEM_UNSTABLE,
@@ -48,6 +49,7 @@ KIND_KSM = 4  # maps a KSM page
 KIND_ZERO = 5  # the shared zero page, placed by a read fault (clean PTE)
 KIND_KSM_ZERO = 6  # the shared zero page placed by KSM, PTE marked dirty (6.6+)
 KIND_SKIPPED = 7  # smart scan skipped it in its last visit
+KIND_STALE = 8  # unmerged, its rmap_item still on a stable node until ksmd's next pass
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,14 @@ PAGE_KINDS: tuple[KindRow, ...] = (
         "the shared zero page placed by KSM, PTE marked dirty (6.6+)",
     ),
     KindRow(KIND_SKIPPED, "skipped", "skipped by smart scan", "smart scan skipped it last visit"),
+    KindRow(
+        KIND_STALE,
+        "stale",
+        "unmerged, rmap_item still on a stable node",
+        "a private copy again (copy-on-write or MADV_UNMERGEABLE) whose rmap_item still hangs on"
+        " its stable node: it counts in pages_shared/pages_sharing until ksmd's next pass"
+        " drops it",
+    ),
 )
 
 #: page kind names, indexed by the ``KIND_*`` numbers (the snapshot's ``kinds``)
@@ -135,6 +145,8 @@ def page_kind(k: Kernel, vma: Vma, i: int) -> int:
     st = vma.it_state[i]
     if st == ITEM_UNSTABLE:
         return KIND_UNSTABLE
+    if st == ITEM_STABLE:
+        return KIND_STALE
     if st:
         return KIND_SKIPPED if vma.it_skipped[i] else KIND_VOLATILE
     return KIND_ANON
@@ -156,6 +168,8 @@ def page_kinds(k: Kernel, vma: Vma) -> bytearray:
             st = state[i]
             if st == ITEM_UNSTABLE:
                 out[i] = KIND_UNSTABLE
+            elif st == ITEM_STABLE:
+                out[i] = KIND_STALE
             elif st:
                 out[i] = KIND_SKIPPED if skipped[i] else KIND_VOLATILE
             else:
@@ -223,8 +237,12 @@ def _label(k: Kernel, content: int) -> str:
     return f"unique#{content}"
 
 
-def page_detail(k: Kernel, proc: str, vma_name: str, i: int) -> dict[str, Any]:
-    """Everything about one page, and why it is not merged (yet)."""
+def page_detail(
+    k: Kernel, proc: str, vma_name: str, i: int, ksm_placed: bool | None = None
+) -> dict[str, Any]:
+    """Everything about one page, and why it is not merged (yet). ``ksm_placed``: whether
+    KSM put this page on the zero page, from the run's history (None: not known), which a
+    kernel before 6.6 cannot tell (see :func:`why_not_merged`)."""
     vma = k.vma(proc, vma_name)
     if not 0 <= i < vma.npages:
         from .errors import OpError
@@ -285,11 +303,50 @@ def page_detail(k: Kernel, proc: str, vma_name: str, i: int) -> dict[str, Any]:
             "mapcount": k.f_map[pfn],
             "sharers": sharers,
         }
-    detail["why"] = why_not_merged(k, vma, i)
+    detail["why"] = why_not_merged(k, vma, i, ksm_placed)
     return detail
 
 
-def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
+def _old_zero_page(vma: Vma, i: int, ksm_placed: bool | None) -> str:
+    """Before the 6.6 series, a zero page KSM placed has the PTE of a read fault's: the
+    kernel cannot tell them apart, the simulator can. ``ksm_placed`` is the run's history
+    (the timeline's ``zero_merge`` events); without it, the page's rmap_item is the trace (a
+    read fault's zero page never gets one, ksmd only looks at anonymous pages; ksmd frees it
+    at its next pass)."""
+    by_ksm = bool(ksm_placed) or vma.it_state[i] != ITEM_ABSENT
+    known = by_ksm or ksm_placed is not None
+    if not vma.mergeable[i]:
+        if by_ksm:
+            return (
+                "Left behind by MADV_UNMERGEABLE: KSM had merged this page into the shared "
+                "zero page (use_zero_pages=1), and before 6.6 break_ksm cannot tell that from "
+                "a read fault's zero page, so it stays on the zero page, in no counter. The "
+                "6.6 series (dirty-marked KSM zero PTEs, ksm_zero_pages) fixed it."
+            )
+        if known:
+            return "Maps the shared zero page after a read fault; its mapping is not VM_MERGEABLE."
+        return (
+            "Maps the shared zero page in a mapping that is not VM_MERGEABLE: a read fault, "
+            "or a page KSM merged before MADV_UNMERGEABLE left it behind (before 6.6 the two "
+            "cannot be told apart, and neither is counted)."
+        )
+    if by_ksm:
+        return (
+            "Merged: KSM mapped it to the shared zero page (use_zero_pages=1). Before 6.6 "
+            "its PTE is the same as a read fault's, and no counter includes it."
+        )
+    if known:
+        return (
+            "Maps the shared zero page after a read fault: not anonymous memory, ksmd never "
+            "looks at it."
+        )
+    return (
+        "Maps the shared zero page (a read fault, or KSM with use_zero_pages=1: on "
+        "this kernel the two cannot be told apart and neither is counted)."
+    )
+
+
+def why_not_merged(k: Kernel, vma: Vma, i: int, ksm_placed: bool | None = None) -> str:
     """A one-line answer to "why is this page not merged (yet)?"."""
     pfn = vma.pfn[i]
     zero_series = k.profile.zero_page_series
@@ -297,19 +354,22 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
         return "Not present: the page was never touched, there is nothing to merge."
     if pfn == 0:
         if vma.pte[i] & PTE_DIRTY:
+            item = (
+                " Its rmap_item is in no tree: it still counts in pages_volatile until "
+                "ksmd's next pass drops it."
+                if vma.it_state[i] == ITEM_NONE
+                else ""
+            )
             return (
                 "Merged: KSM mapped it to the shared zero page (use_zero_pages=1); the "
-                "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages."
+                "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages." + item
             )
         if zero_series:
             return (
                 "Maps the shared zero page after a read fault: not anonymous memory, "
                 "ksmd never looks at it."
             )
-        return (
-            "Maps the shared zero page (a read fault, or KSM with use_zero_pages=1: on "
-            "this kernel the two cannot be told apart and neither is counted)."
-        )
+        return _old_zero_page(vma, i, ksm_placed)
     nid = k.f_node[pfn]
     if nid >= 0:
         node = k.nodes[nid]
@@ -318,6 +378,12 @@ def why_not_merged(k: Kernel, vma: Vma, i: int) -> str:
         tail = "" if accounted else " ksmd will account it when its scan reaches this page."
         return f"Merged: shares one KSM page with {k.f_map[pfn] - 1} other mapping(s)" + (
             f" (stable node {node.nid})." if accounted else "." + tail
+        )
+    if vma.it_state[i] == ITEM_STABLE:
+        return (
+            f"Unmerged: a private copy again, but its rmap_item still hangs on stable node "
+            f"{vma.it_node[i]} and counts in pages_shared/pages_sharing until ksmd's next "
+            "pass drops it."
         )
     if not vma.mergeable[i]:
         return "Its VMA is not VM_MERGEABLE: MADV_MERGEABLE or prctl(PR_SET_MEMORY_MERGE) first."

@@ -56,20 +56,66 @@ def browser_missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    """One headless Debian Chromium for every browser test of the run.
+class _Chromium:
+    """The run's one Playwright and Chromium, started on first use and stopped as soon as
+    the next test does not need it (``pytest_runtest_teardown`` below).
+
+    Playwright's sync API keeps its event loop marked as running in the main thread for as
+    long as it is started, so any later test that calls ``asyncio.run`` would fail with
+    "cannot be called from a running event loop". Stopping it between runs of browser tests
+    keeps the whole suite runnable in one process, in any order; consecutive browser tests
+    (a directory's worth) still share one instance.
+    """
+
+    def __init__(self) -> None:
+        self.pw: Any = None
+        self.browser: Any = None
+
+    def get(self) -> Any:
+        if self.browser is None:
+            from playwright.sync_api import sync_playwright
+
+            self.pw = sync_playwright().start()
+            self.browser = self.pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        return self.browser
+
+    def stop(self) -> None:
+        browser, pw, self.browser, self.pw = self.browser, self.pw, None, None
+        try:
+            if browser is not None:
+                browser.close()
+        finally:
+            if pw is not None:
+                pw.stop()
+
+
+_CHROMIUM = _Chromium()
+
+
+@pytest.fixture
+def chromium() -> Any:
+    """One headless Debian Chromium shared by consecutive browser tests.
 
     Playwright's sync API runs one event loop per thread, so the test directories share
-    this instance instead of each starting their own.
+    this instance instead of each starting their own; it is stopped when the next test
+    does not use it (see ``_Chromium``).
     """
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
         browser_missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         browser_missing("Playwright for Python is not installed")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    return _CHROMIUM.get()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a test's own teardown: stop Chromium unless the next test uses it too."""
+    try:
+        return (yield)
+    finally:
+        if _CHROMIUM.browser is not None and (
+            nextitem is None or "chromium" not in getattr(nextitem, "fixturenames", ())
+        ):
+            _CHROMIUM.stop()

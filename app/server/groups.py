@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -27,7 +28,7 @@ from sim.stepper import Inject, Next, WriteKnob, validate_op
 
 from . import messages as m
 from .errors import ApiError, translate
-from .timeline import LimitError, StepResult, Timeline
+from .timeline import Branch, LimitError, StepResult, Timeline
 
 log = logging.getLogger("ksmlab.server")
 
@@ -78,6 +79,75 @@ def perform(timeline: Timeline, action: Next | Inject | WriteKnob) -> StepResult
     if isinstance(action, Next):
         return timeline.forward(action.grain)
     return timeline.act(action)
+
+
+def ready(t: Timeline) -> bool | None:
+    """Whether the timeline's next step is a lockstep point (a scenario step or an injected
+    op: every member of a group takes it together); None when it cannot move at all."""
+    if t.step < t.head:
+        return lockstep_point(t.branch.marks.get(t.step + 1))
+    if t.stepper.at_end:
+        return None
+    return t.stepper.upcoming is not None
+
+
+def lockstep_point(what: dict[str, Any] | None) -> bool:
+    """A recorded step's ``Outcome.what`` is a scenario step or an injected op (knob writes
+    are not: a kernel that lacks the knob skips them)."""
+    return what is not None and what.get("kind") in ("op", "checkpoint")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A branch cut at its lockstep points: ``points`` are the steps that took one (each
+    starts a segment), ``head`` the last step."""
+
+    points: tuple[int, ...]
+    head: int
+
+    @classmethod
+    def of(cls, b: Branch, head: int) -> Layout:
+        pts = tuple(s for s, w in sorted(b.marks.items()) if s <= head and lockstep_point(w))
+        return cls(pts, head)
+
+    def start(self, k: int) -> int:
+        return self.points[k - 1] if k else 0
+
+    def length(self, k: int) -> int:
+        """The number of steps after the segment's first one (its batches)."""
+        end = self.points[k] - 1 if k < len(self.points) else self.head
+        return max(0, end - self.start(k))
+
+
+class Lockstep:
+    """The group's ticks: segment by segment, as many ticks as its longest member needs;
+    tick ``o`` of a segment puts each member ``min(o, its length)`` steps into it."""
+
+    def __init__(self, layouts: list[Layout]):
+        self.layouts = layouts
+        self.segments = min(len(x.points) for x in layouts) + 1
+        self.widths = [max(x.length(k) for x in layouts) + 1 for k in range(self.segments)]
+
+    def _segment(self, i: int, step: int) -> tuple[int, int]:
+        x = self.layouts[i]
+        k = min(bisect_right(x.points, step), self.segments - 1)
+        return k, min(step - x.start(k), self.widths[k] - 1)
+
+    def tick_of(self, i: int, step: int, late: bool = False) -> int:
+        """Member ``i``'s ``step`` as a group tick (``late``: at the end of its segment, the
+        tick where every member has reached its own end)."""
+        k, o = self._segment(i, step)
+        if late and o >= self.layouts[i].length(k):
+            o = self.widths[k] - 1
+        return sum(self.widths[:k]) + o
+
+    def step_of(self, i: int, tick: int) -> int:
+        x = self.layouts[i]
+        for k, w in enumerate(self.widths):
+            if tick < w or k == self.segments - 1:
+                return min(x.start(k) + min(tick, x.length(k)), x.head)
+            tick -= w
+        return x.head  # pragma: no cover - the loop returns
 
 
 class Group(Generic[S]):
@@ -149,38 +219,78 @@ class Group(Generic[S]):
         self.broadcast_state()
 
     def step(self, n: int, grain: m.Grain) -> bool:
-        """``n`` steps of every member; False when none of them could move."""
+        """``n`` steps of the group; False when no member could move.
+
+        Members of a group of two or more advance in lockstep by meaning (:func:`ready`):
+        a member whose next step is a scenario step or an injected op waits until every
+        member is there, and ksmd's batches in between run on each member at its own pace.
+        """
         stream = n <= MAX_STREAMED_STEPS
-        moved = False
-        for s in self.sessions:
-            last = None
-            for _ in range(n):
+        moved_any: set[int] = set()
+        last: dict[int, StepResult] = {}
+        for _ in range(n):
+            movers = self.sessions
+            if len(self.sessions) > 1:
+                states = [(s, ready(s.timeline)) for s in self.sessions]
+                can = [(s, r) for s, r in states if r is not None]
+                movers = [s for s, r in can if not r] or [s for s, _ in can]
+            moved = False
+            for i, s in enumerate(self.sessions):
+                if s not in movers:
+                    continue
                 res = perform(s.timeline, Next(grain))
                 if res is None:
-                    break
+                    continue
                 moved = True
-                last = res
+                moved_any.add(i)
+                last[i] = res
                 s.publish(res, stream)
-            if not stream and last is not None:
-                s.broadcast_snapshot()
-        if not moved:
+            if not moved:
+                break
+        if not stream:
+            for i in sorted(moved_any):
+                self.sessions[i].broadcast_snapshot()
+        if not moved_any:
             for s in self.sessions:
                 s.broadcast(m.dump(m.End(session=s.id, step=s.timeline.step)))
-        return moved
+        return bool(moved_any)
 
     def back(self, n: int) -> None:
-        for s in self.sessions:
-            t = s.timeline
-            self._moved(s, t.seek(max(0, t.step - n)))
+        if len(self.sessions) == 1:
+            t = self.sessions[0].timeline
+            self._moved(self.sessions[0], t.seek(max(0, t.step - n)))
+            return
+        lay = Lockstep([Layout.of(s.timeline.branch, s.timeline.head) for s in self.sessions])
+        tick = max(lay.tick_of(i, s.timeline.step) for i, s in enumerate(self.sessions))
+        self._align(lay, max(0, tick - n), None)
 
     def seek(self, step: int, branch: int | None) -> None:
+        """``step`` of the first member (the one the controls show); the others go to the same
+        place in the story (the same scenario step, then as many of their own batches, or all
+        of them when the first member is at the end of its run of batches)."""
+        if len(self.sessions) == 1:
+            self._moved(self.sessions[0], self.sessions[0].timeline.seek(step, branch))
+            return
+        lead_t = self.sessions[0].timeline
+        if branch is not None and not 0 <= branch < len(lead_t.branches):
+            n = len(lead_t.branches)
+            raise LimitError("branch", f"no branch {branch} (0..{n - 1})")
+        bs = []
         for s in self.sessions:
             t = s.timeline
-            target = step
-            if len(self.sessions) > 1:  # lockstep: a shorter member stops at its head
-                b = t.branch if branch is None else t.branches[min(branch, len(t.branches) - 1)]
-                target = min(target, b.head)
-            self._moved(s, t.seek(target, branch))
+            b = t.branch if branch is None else t.branches[min(branch, len(t.branches) - 1)]
+            bs.append(b)
+        lead = bs[0]
+        if not 0 <= step <= lead.head:
+            raise LimitError("step", f"step {step} is outside branch {lead.id} (0..{lead.head})")
+        lay = Lockstep([Layout.of(b, b.head) for b in bs])
+        self._align(lay, lay.tick_of(0, step, late=True), branch)
+
+    def _align(self, lay: Lockstep, tick: int, branch: int | None) -> None:
+        for i, s in enumerate(self.sessions):
+            t = s.timeline
+            b = None if branch is None else min(branch, len(t.branches) - 1)
+            self._moved(s, t.seek(lay.step_of(i, tick), b))
 
     def reset(self) -> None:
         self.pause()

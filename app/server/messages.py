@@ -36,6 +36,10 @@ class _Step(BaseModel):
     events: list[Event] = Field(default_factory=list)
     event_counts: dict[str, int] = Field(default_factory=dict)
     what: dict[str, Any] = Field(default_factory=dict, description="the step as data")
+    story: dict[str, int] = Field(
+        default_factory=dict,
+        description="where the scenario is: pos (scenario steps done) and steps (their number)",
+    )
 
 
 class VmaView(BaseModel):
@@ -81,6 +85,12 @@ class Snapshot(_Step):
     paths: dict[str, str]
     ksm_files: list[dict[str, Any]] = Field(default_factory=list)
     kind_table: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    marks: list[dict[str, Any]] = Field(
+        default_factory=list, description="the branch's recorded ops, knob writes, checkpoints"
+    )
+    chapters: list[dict[str, Any]] = Field(
+        default_factory=list, description="the scenario's checkpoints and ops (at, op, name)"
+    )
 
 
 class PageRecords(BaseModel):

@@ -241,10 +241,13 @@ class Session:
             "events": self.events,
             "event_counts": self.event_counts,
             "what": self.what,
+            "story": t.story(),
         }
 
     def snapshot(self) -> m.Snapshot:
-        return self.encoder.snapshot(self.kernel, self._meta())
+        t = self.timeline
+        meta = {**self._meta(), "marks": t.marks(), "chapters": t.chapters()}
+        return self.encoder.snapshot(self.kernel, meta)
 
     def snapshot_text(self) -> str:
         if self.busy and not self._off_loop():
@@ -279,7 +282,9 @@ class Session:
     def page_detail(self, proc: str, vma: str, page: int) -> dict[str, Any]:
         self.check_idle()
         try:
-            return page_detail(self.kernel, proc, vma, page)
+            v = self.kernel.vma(proc, vma)
+            placed = self.timeline.ksm_placed(v.uid, page)
+            return page_detail(self.kernel, proc, vma, page, placed)
         except (SimError, KeyError) as exc:
             raise ApiError(404, "page", str(exc).strip("'")) from None
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim import Kernel
-from sim.changes import ChangeLog
+from sim.changes import ChangeLog, page_key
 from sim.scenario import Scenario
 from sim.stepper import GRAINS, Action, Grain, Next, Outcome, Stepper
 
@@ -71,6 +71,14 @@ class Branch:
     checkpoints: dict[int, Stepper] = field(default_factory=dict)
     trace: dict[int, dict[str, Any]] = field(default_factory=dict)
     counters: list[CounterRow] = field(default_factory=list)
+    #: the steps a talk points at (ops, knob writes, checkpoints; not ksmd's batches): their
+    #: ``Outcome.what`` by step number, so chart markers and chapters survive back and reload
+    marks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: pages KSM merged into the zero page (by ``sim.changes.page_key``: the steps it did), which
+    #: a kernel before 6.6 cannot tell from a read fault's zero page (the inspector can)
+    zero_merges: dict[int, list[int]] = field(default_factory=dict)
+    #: the result of each step that holds a checkpoint (a seek there needs no replay)
+    results: dict[int, StepResult] = field(default_factory=dict)
 
     @property
     def head(self) -> int:
@@ -109,6 +117,16 @@ class Timeline:
         #: estimated bytes of the recorded trace checkpoints (they count toward the budget)
         self.trace_bytes = 0
         self._trace_cost = 0
+        #: zero pages mapped before step 0 (a fork of a session): who placed them is unknown
+        self.zero_at_start = {
+            page_key(v.uid, i)
+            for mm in stepper.kernel.procs.values()
+            for v in mm.vmas.values()
+            for i, pfn in enumerate(v.pfn)
+            if pfn == 0
+        }
+        #: the result of the step being viewed (None at step 0)
+        self.last: StepResult | None = None
 
     @property
     def kernel(self) -> Kernel:
@@ -167,8 +185,14 @@ class Timeline:
                 b.trace[self.step] = cp
                 self._trace_cost = _object_bytes(cp)
                 self.trace_bytes += self._trace_cost
-        self._maybe_checkpoint(b, self.step, st)
-        return StepResult(self.step, out, log)
+            if out.what.get("kind") != "ksmd":
+                b.marks[self.step] = out.what
+            for kind, key in log.events:
+                if kind == "zero_merge":
+                    b.zero_merges.setdefault(key, []).append(self.step)
+        self.last = StepResult(self.step, out, log)
+        self._maybe_checkpoint(b, self.step, st, self.last)
+        return self.last
 
     def _fork_branch(self) -> None:
         old, s = self.branch, self.step
@@ -180,20 +204,30 @@ class Timeline:
             {k: v for k, v in old.checkpoints.items() if k <= s},
             {k: v for k, v in old.trace.items() if k <= s},
             old.counters[: s + 1],
+            {k: v for k, v in old.marks.items() if k <= s},
+            {k: [x for x in v if x <= s] for k, v in old.zero_merges.items() if v[0] <= s},
+            {k: v for k, v in old.results.items() if k <= s},
         )
         self.branches.append(new)
         self.branch = new
 
-    def _maybe_checkpoint(self, b: Branch, step: int, st: Stepper) -> None:
+    def _maybe_checkpoint(
+        self, b: Branch, step: int, st: Stepper, res: StepResult | None = None
+    ) -> None:
+        if res is not None and step in b.checkpoints and step not in b.results:
+            b.results[step] = res
         if step % self.interval or step in b.checkpoints:
             return
         b.checkpoints[step] = st.clone()
+        if res is not None:
+            b.results[step] = res
         room = max(0, self.memory_bytes - self.trace_bytes)
         budget = max(2, room // max(1, estimate_bytes(st.kernel)))
         while len(b.checkpoints) > budget:
             keys = sorted(b.checkpoints)
             for key in keys[1:-1:2]:  # keep step 0 and the newest
                 del b.checkpoints[key]
+                b.results.pop(key, None)
             if len(keys) <= 3:
                 break
 
@@ -203,8 +237,17 @@ class Timeline:
         b = self.branch if branch is None else self._branch(branch)
         if not 0 <= step <= b.head:
             raise LimitError("step", f"step {step} is outside branch {b.id} (0..{b.head})")
+        if b is self.branch and step == self.step and self.last is not None:
+            return self.last
         base = max(s for s in b.checkpoints if s <= step)
-        if b is self.branch and base <= self.step <= step:
+        if base == step and (step == 0 or step in b.results):  # no replay needed
+            st = b.checkpoints[step].clone()
+            last = b.results.get(step)
+            self.stepper, self.branch, self.step, self.last = st, b, step, last
+            return last
+        # from before the step, so that its result (its sentence) is known again
+        base = max(s for s in b.checkpoints if s < step or s == 0)
+        if b is self.branch and base <= self.step < step:
             st, at = self.stepper, self.step
         else:
             st, at = b.checkpoints[base].clone(), base
@@ -214,8 +257,8 @@ class Timeline:
             assert out is not None, "replay diverged"
             at += 1
             last = StepResult(at, out, st.kernel.take_changes())
-            self._maybe_checkpoint(b, at, st)
-        self.stepper, self.branch, self.step = st, b, step
+            self._maybe_checkpoint(b, at, st, last)
+        self.stepper, self.branch, self.step, self.last = st, b, step, last
         return last
 
     def stepper_at(self, step: int) -> Stepper:
@@ -232,6 +275,15 @@ class Timeline:
             st.kernel.take_changes()
         return st
 
+    def ksm_placed(self, uid: int, page: int) -> bool | None:
+        """Whether KSM merged this page into the zero page by the viewed step (None: not
+        known, the page was on the zero page before step 0). Only meaningful for a page that
+        maps the zero page now: nothing but a KSM merge puts a mapped page back there."""
+        key = page_key(uid, page)
+        if any(s <= self.step for s in self.branch.zero_merges.get(key, ())):
+            return True
+        return None if key in self.zero_at_start else False
+
     def _branch(self, branch: int) -> Branch:
         if not 0 <= branch < len(self.branches):
             raise LimitError("branch", f"no branch {branch} (0..{len(self.branches) - 1})")
@@ -243,6 +295,26 @@ class Timeline:
 
     def counter_rows(self) -> list[CounterRow]:
         return self.branch.counters[: self.step + 1]
+
+    def marks(self) -> list[dict[str, Any]]:
+        """The recorded steps of the branch a talk points at: ``{"step", "what"}``, in order."""
+        return [{"step": s, "what": w} for s, w in sorted(self.branch.marks.items())]
+
+    def story(self) -> dict[str, Any]:
+        """Where the scenario is, known from the start: ``pos``, the scenario steps done (a
+        ``scan`` counts once it has started), and ``steps`` their number."""
+        st = self.stepper
+        return {"pos": st.pos, "steps": len(st.steps)}
+
+    def chapters(self) -> list[dict[str, Any]]:
+        """The scenario's steps a talk is told by: checkpoints and every op but ``scan``."""
+        out = []
+        for i, step in enumerate(self.stepper.steps):
+            if step.op == "scan":
+                continue
+            name = step.name if step.op == "checkpoint" else None
+            out.append({"at": i, "op": step.op, "name": name})
+        return out
 
 
 def _counters(k: Kernel) -> CounterRow:

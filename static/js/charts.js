@@ -22,6 +22,22 @@ const BUDGET = 40;
 const MAX_INTERVAL = 4000;
 const MAX_POINTS = 5000;
 
+/** A round axis top above v (1, 2 or 5 times a power of ten, with some headroom). */
+export function roundTop(v) {
+  if (!(v > 0)) return 1;
+  const x = v * 1.05;
+  const p = 10 ** Math.floor(Math.log10(x));
+  for (const m of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= x) return m * p;
+  return 10 * p;
+}
+
+/** Side by side: the charts of every pane use the same y ranges (the largest value of all). */
+export function shareAxes(list) {
+  const charts = list.filter(Boolean);
+  if (charts.length < 2) return;
+  for (const c of charts) c.peers = charts;
+}
+
 function layout(title, ytitle, y2title, big) {
   const f = big ? 20 : 14;
   const l = {
@@ -36,7 +52,12 @@ function layout(title, ytitle, y2title, big) {
     annotations: [],
     showlegend: false, // an HTML legend (see legendOf): plotly's costs most of a redraw
   };
-  if (y2title) l.yaxis2 = { title: { text: y2title }, overlaying: "y", side: "right", showgrid: false };
+  // fixed ranges (shared axes) can give ticks such as 1,249.95: show them rounded
+  if (ytitle === "KiB") l.yaxis.tickformat = ",.4~r";
+  if (y2title) l.yaxis2 = { title: { text: y2title }, overlaying: "y", side: "right", showgrid: false, tickformat: ",.4~r",
+    // its own round ticks from zero (plotly's default for an overlaying axis, "sync", puts
+    // them on the left axis's grid lines: 100.4, 242 KiB and a negative bottom)
+    tickmode: "auto", rangemode: "tozero" };
   return l;
 }
 
@@ -75,6 +96,8 @@ export class Charts {
     this.markers = [];
     this.pages = []; // counters on the pages axis
     this.bytes = []; // counters on the KiB axis
+    this.peers = null; // side by side: the charts whose y axes this one shares (shareAxes)
+    this.tap = null; // {push(step, global), reset()}: a figure fed from this one (Overlay)
     // a figure nobody can see is not redrawn (points wait until it scrolls into view)
     this.visible = true;
     if (window.IntersectionObserver) {
@@ -119,6 +142,9 @@ export class Charts {
     this.procIndex.clear();
     this.markers = [];
     this.points = 0;
+    this.ymax = { pages: 0, kib: 0, procs: 0 };
+    this.applied = "";
+    this.tap?.reset();
     this.pending = { x: [], g: this.pages.map(() => []), kib: this.bytes.map(() => []), procs: new Map() };
     this._publish();
   }
@@ -137,18 +163,49 @@ export class Charts {
     const p = this.pending;
     this.lastPush = performance.now();
     p.x.push(step);
-    this.pages.forEach((name, i) => p.g[i].push(global?.[name] ?? null));
+    const y = this.ymax;
+    this.pages.forEach((name, i) => {
+      const v = global?.[name] ?? null;
+      p.g[i].push(v);
+      if (v !== null && v > y.pages) y.pages = v;
+    });
     this.bytes.forEach((name, i) => {
       const v = global?.[name];
-      p.kib[i].push(v === null || v === undefined ? null : v / 1024);
+      const kib = v === null || v === undefined ? null : v / 1024;
+      p.kib[i].push(kib);
+      if (kib !== null && kib > y.kib) y.kib = kib;
     });
+    this.tap?.push(step, global);
     for (const [name, stat] of Object.entries(procs || {})) {
       if (!p.procs.has(name)) p.procs.set(name, { x: [], y: [] });
       const v = stat?.ksm_process_profit;
       const q = p.procs.get(name);
       q.x.push(step);
-      q.y.push(v === null || v === undefined ? null : v / 1024);
+      const kib = v === null || v === undefined ? null : v / 1024;
+      q.y.push(kib);
+      if (kib !== null && kib > y.procs) y.procs = kib;
     }
+  }
+
+  /** Side by side: the y ranges both figures of every peer use (0 to a round top). */
+  _sharedRanges() {
+    const top = { pages: 0, kib: 0, procs: 0 };
+    for (const c of this.peers) for (const k in top) top[k] = Math.max(top[k], c.ymax[k]);
+    for (const k in top) top[k] = roundTop(top[k]);
+    return top;
+  }
+
+  _applyRanges() {
+    const top = this._sharedRanges();
+    const key = `${top.pages},${top.kib},${top.procs}`;
+    if (key === this.applied) return;
+    this.applied = key;
+    const P = this.Plotly;
+    const g = { "yaxis.range": [0, top.pages], "yaxis.autorange": false };
+    if (this.bytes.length) Object.assign(g, { "yaxis2.range": [0, top.kib], "yaxis2.autorange": false });
+    P.relayout(this.globalEl, g);
+    if (this.procEl) P.relayout(this.procEl, { "yaxis.range": [0, top.procs], "yaxis.autorange": false });
+    this.globalEl.dataset.yrange = key;
   }
 
   /** An event worth a marker (MADV_UNMERGEABLE, run=2, fork, exit...) at this step. */
@@ -170,7 +227,8 @@ export class Charts {
     const p = this.pending;
     if (!P || !p || (!force && !this.visible)) return;
     const procsDue = this.procEl && p.procs.size > 0;
-    if (!p.x.length && !procsDue && !this._markersDirty) return;
+    const rangesDue = this.peers && this._rangeKey() !== this.applied;
+    if (!p.x.length && !procsDue && !this._markersDirty && !rangesDue) return;
     // while points stream in, wait the budgeted interval; once they stop, draw at once
     const interval = Math.min(MAX_INTERVAL, Math.max(FLUSH_MS, BUDGET * (this.cost || 0)));
     const streaming = now - this.lastPush < 300;
@@ -196,6 +254,7 @@ export class Charts {
       this._flushProcs(p.procs);
       p.procs = new Map();
     }
+    if (this.peers) this._applyRanges();
     this._publish();
     const took = performance.now() - t0;
     if (!force) this.cost = this.cost ? 0.7 * this.cost + 0.3 * took : took;
@@ -235,8 +294,87 @@ export class Charts {
     if (this.procEl) this.Plotly.relayout(this.procEl, { shapes });
   }
 
+  _rangeKey() {
+    const top = this._sharedRanges();
+    return `${top.pages},${top.kib},${top.procs}`;
+  }
+
   _publish() {
     this.globalEl.dataset.points = String(this.points);
     this.globalEl.dataset.markers = String(this.markers.length);
+  }
+}
+
+// The key counters of both kernels in one figure (side by side): solid for the first
+// kernel, dotted for the second, each against its own step number (the panes are in
+// lockstep by scenario step, so their step numbers may differ by a few ksmd batches).
+const OVERLAY_KEYS = ["pages_sharing", "pages_shared", "ksm_zero_pages"];
+const DASHES = ["solid", "dot"];
+
+export class Overlay {
+  constructor(el, kernels, opts = {}) {
+    this.Plotly = window.Plotly;
+    this.el = el;
+    this.kernels = kernels;
+    this.big = !!opts.big;
+    this.lastFlush = 0;
+    this.points = 0;
+    this.reset();
+  }
+
+  _index(i, k) { return k * this.kernels.length + i; }
+
+  reset() {
+    const P = this.Plotly;
+    if (!P) return;
+    const traces = [];
+    OVERLAY_KEYS.forEach((name) => this.kernels.forEach((kv, i) => traces.push({
+      x: [], y: [], name: `${name} ${kv}`, mode: "lines",
+      line: { color: COLOURS[name], width: name === "ksm_zero_pages" ? 4 : 2.5, dash: DASHES[i % 2] },
+    })));
+    const l = layout(`${this.kernels.join(" vs ")}: key counters`, "pages", null, this.big);
+    l.xaxis.title = { text: "step (each kernel's own)" };
+    l.margin.b = 44;
+    P.newPlot(this.el, traces, l, { displayModeBar: false, responsive: true });
+    legendOf(this.el).set(OVERLAY_KEYS.flatMap((name) => this.kernels.map((kv, i) => [`${name} ${kv}`, COLOURS[name], i % 2 === 1])));
+    this.pending = this.kernels.map(() => ({ x: [], y: OVERLAY_KEYS.map(() => []) }));
+    this.el.dataset.points = "0";
+  }
+
+  /** Kernel ``i``'s figure was reset (a jump): its traces start again. */
+  clear(i) {
+    const P = this.Plotly;
+    if (!P || !this.pending) return;
+    const idx = OVERLAY_KEYS.map((_, k) => this._index(i, k));
+    P.restyle(this.el, { x: idx.map(() => []), y: idx.map(() => []) }, idx);
+    this.pending[i] = { x: [], y: OVERLAY_KEYS.map(() => []) };
+  }
+
+  push(i, step, global) {
+    const p = this.pending?.[i];
+    if (!p) return;
+    p.x.push(step);
+    OVERLAY_KEYS.forEach((name, k) => p.y[k].push(global?.[name] ?? null));
+  }
+
+  /** The taps to set on each pane's Charts (``charts.tap``). */
+  tapOf(i) {
+    return { push: (step, g) => this.push(i, step, g), reset: () => this.clear(i) };
+  }
+
+  flush(now = performance.now(), force = false) {
+    const P = this.Plotly;
+    if (!P || !this.pending || !this.pending.some((p) => p.x.length)) return;
+    if (!force && now - this.lastFlush < FLUSH_MS * 2) return;
+    this.lastFlush = now;
+    const xs = [], ys = [], idx = [];
+    this.pending.forEach((p, i) => {
+      if (!p.x.length) return;
+      OVERLAY_KEYS.forEach((_, k) => { xs.push(p.x); ys.push(p.y[k]); idx.push(this._index(i, k)); });
+      this.points += p.x.length;
+      this.pending[i] = { x: [], y: OVERLAY_KEYS.map(() => []) };
+    });
+    P.extendTraces(this.el, { x: xs, y: ys }, idx, MAX_POINTS);
+    this.el.dataset.points = String(this.points);
   }
 }

@@ -3,14 +3,10 @@
 // Its rows are the counters of the KSM-files table each snapshot carries (`ksm_files`,
 // sim/ksm_files.py), in the table's order, the dimmed ones last.
 
+import { exactValue, formatValue } from "./format.js";
+
 // rows shown dimmed: secondary figures (a style choice, like the colours)
 const MINOR = new Set(["pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_merge_any"]);
-
-function fmt(v) {
-  if (v === null || v === undefined) return "—";
-  if (typeof v === "boolean") return v ? "yes" : "no";
-  return Number(v).toLocaleString("en-US");
-}
 
 export class Counters {
   constructor(el) {
@@ -33,6 +29,7 @@ export class Counters {
     this.global = global;
     this.proc = proc;
     this.meaning = new Map(files.map((f) => [`${f.place}.${f.name}`, f.meaning]));
+    this.unit = new Map(files.map((f) => [`${f.place}.${f.name}`, f.unit]));
     this.table = null;
   }
 
@@ -44,17 +41,22 @@ export class Counters {
     this.last = now;
     const names = Object.keys(procStats || {});
     if (!this.table || names.join() !== this.procs) this._build(names, kernel);
-    for (const k of this.global) this._set(`g.${k}`, global?.[k]);
-    for (const p of names) for (const k of this.proc) this._set(`${p}.${k}`, procStats[p]?.[k]);
+    for (const k of this.global) this._set(`g.${k}`, global?.[k], this.unit.get(`sysfs.${k}`));
+    for (const p of names) for (const k of this.proc) this._set(`${p}.${k}`, procStats[p]?.[k], this.unit.get(`ksm_stat.${k}`));
   }
 
-  _set(key, v) {
+  _set(key, v, unit) {
     const td = this.cells.get(key);
     if (!td) return;
-    const text = fmt(v);
+    const raw = v === null || v === undefined ? "" : String(v);
+    if (td.dataset.value === raw && td.dataset.set) return;
+    td.dataset.set = "1";
+    td.dataset.value = raw;
+    td.title = exactValue(v, unit);
+    const text = formatValue(v, unit);
     if (td.textContent !== text) {
       td.textContent = text;
-      td.classList.toggle("absent", v === null || v === undefined);
+      td.classList.toggle("absent", raw === "");
       // a brief highlight, without forcing a layout
       if (this.highlight) td.animate([{ backgroundColor: "#4d4410" }, { backgroundColor: "transparent" }], { duration: 900, easing: "ease-out" });
     }

@@ -51,10 +51,13 @@ function initChart(ksm, files) {
     visible: shown.includes(n) ? true : "legendonly",
   }));
   const layout = {
+    paper_bgcolor: "#0f131a", // the dashboard's theme (static/css/app.css)
+    plot_bgcolor: "#0f131a",
+    font: { color: "#c9d1d9", family: "system-ui, sans-serif" },
     margin: { t: 30, r: 70, b: 40, l: 60 },
-    xaxis: { type: "date" },
-    yaxis: { title: { text: "pages" }, rangemode: "tozero" },
-    yaxis2: { title: { text: "bytes" }, overlaying: "y", side: "right", tickformat: ",.0f" },
+    xaxis: { type: "date", gridcolor: "#273040" },
+    yaxis: { title: { text: "pages" }, rangemode: "tozero", gridcolor: "#273040" },
+    yaxis2: { title: { text: "bytes" }, overlaying: "y", side: "right", tickformat: ",.0f", rangemode: "tozero" },
     legend: { orientation: "h" },
     title: {
       text: ksm.missing.length ? `missing on this kernel: ${ksm.missing.join(", ")}` : "",

@@ -4,6 +4,10 @@
 
 import { inspectFrame, inspectPage, inspectProc, refreshInspector } from "./inspector.js";
 import { bindKeys } from "./keys.js";
+import { bindKnobForm, showKnobs } from "./knob_form.js";
+import { showLegendCounts } from "./legend.js";
+import { ChapterBar } from "./chapters.js";
+import { Overlay, shareAxes } from "./charts.js";
 import { SessionView } from "./session_view.js";
 
 const params = new URLSearchParams(location.search);
@@ -14,7 +18,16 @@ const views = [...document.querySelectorAll(".session-view")].map(
   (el) => new SessionView(el, { big: body.classList.contains("presenter") }),
 );
 const primary = views[0];
-const state = { fps: 0, frames: 0, drawn: 0, views, drawMs: 0, msgMs: 0, messages: 0 };
+// side by side: one y range for both kernels' charts, and their key counters in one figure
+shareAxes(views.map((v) => v.charts));
+const overlayEl = document.querySelector(".chart-overlay");
+const overlay = overlayEl && window.Plotly && views.length > 1
+  ? new Overlay(overlayEl, views.map((v) => v.kernel), { big: body.classList.contains("presenter") })
+  : null;
+if (overlay) views.forEach((v, i) => { if (v.charts) v.charts.tap = overlay.tapOf(i); });
+const chapterEl = document.querySelector(".chapter-bar");
+const chapters = chapterEl && primary ? new ChapterBar(chapterEl, primary, views) : null;
+const state = { fps: 0, frames: 0, drawn: 0, views, overlay, chapters, drawMs: 0, msgMs: 0, messages: 0 };
 window.__ksm = state;
 
 // ------------------------------------------------------------------ grid clicks
@@ -47,6 +60,8 @@ for (const view of views) {
   view.onStep((v, msg) => {
     if (msg.type === "snapshot" || msg.type === "delta") {
       syncTimeline(v);
+      if (v === primary) showKnobs(v.knobs);
+      scheduleLegend();
       if (v === primary) syncUrl();
       scheduleInspectorRefresh(v);
     }
@@ -56,6 +71,16 @@ for (const view of views) {
     }
   });
   connect(view);
+}
+
+bindKnobForm();
+
+// the legend's count of cells per kind, against the counters (once per frame at most)
+let legendPending = false;
+function scheduleLegend() {
+  if (legendPending) return;
+  legendPending = true;
+  requestAnimationFrame(() => { legendPending = false; showLegendCounts(views); });
 }
 
 // ------------------------------------------------------------------ websocket
@@ -75,6 +100,7 @@ function connect(view) {
   };
   ws.onclose = async () => {
     if (view.gone) return;
+    view.lostConnection();
     view._status("reconnecting…");
     view.retry = Math.min(view.retry + 1, 6);
     if (await view._isGone()) return;
@@ -229,6 +255,8 @@ bindKeys({
     history.replaceState(null, "", u);
   },
   view: () => toggleView(),
+  nextChapter: () => chapters?.next(),
+  previousChapter: () => chapters?.previous(),
   fit: () => { for (const v of views) v.grid.fit(); },
   help: () => { if (help) { if (help.open) help.close(); else help.showModal(); } },
   close: () => { if (help?.open) help.close(); },
@@ -257,9 +285,18 @@ document.querySelector("[data-help]")?.addEventListener("click", () => help?.sho
 function fitPresenterGrid() {
   for (const v of views) {
     const cv = v.grid.canvas;
-    if (!body.classList.contains("presenter")) { cv.style.height = ""; continue; }
+    if (!body.classList.contains("presenter")) {
+      cv.style.height = "";
+      const side = v.root.querySelector(".side-panel");
+      if (side) side.style.maxHeight = "";
+      continue;
+    }
     const top = cv.getBoundingClientRect().top + window.scrollY;
-    cv.style.height = `${Math.max(240, window.innerHeight - top - 12)}px`;
+    const h = Math.max(240, window.innerHeight - top - 12);
+    cv.style.height = `${h}px`;
+    // counters and inspector beside the grid, in the same height: both on screen
+    const side = v.root.querySelector(".side-panel");
+    if (side) side.style.maxHeight = `${h}px`;
   }
 }
 window.addEventListener("resize", fitPresenterGrid);
@@ -277,6 +314,7 @@ function loop(now) {
   }
   const t0 = performance.now();
   for (const v of views) if (v.frame(now)) state.drawn++;
+  overlay?.flush(now);
   const took = performance.now() - t0;
   state.drawMs += took;
   state.maxFrameMs = Math.max(state.maxFrameMs || 0, took);

@@ -434,9 +434,16 @@ export class PageGrid {
     labels(this, s);
     if (!this.lanes.length) {
       ctx.fillStyle = "#9aa4b2";
-      ctx.font = `${Math.round(this.gutter / 8)}px system-ui, sans-serif`;
+      const text = "no mappings yet: step forward (→)";
+      let size = Math.round(this.gutter / 8);
+      ctx.font = `${size}px system-ui, sans-serif`;
+      const room = this.cw - this.gutter - 16; // a phone: the text fits beside the gutter
+      if (room > 0 && ctx.measureText(text).width > room) {
+        size = Math.max(9, Math.floor((size * room) / ctx.measureText(text).width));
+        ctx.font = `${size}px system-ui, sans-serif`;
+      }
       ctx.textAlign = "center";
-      ctx.fillText("no mappings yet: step forward (→)", (this.cw + this.gutter) / 2, this.ch / 2);
+      ctx.fillText(text, (this.cw + this.gutter) / 2, this.ch / 2);
       ctx.textAlign = "start";
     }
     if (this.view === "virtual") drawCursor(this, s);

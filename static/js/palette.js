@@ -11,6 +11,7 @@ export const KIND_COLOURS = {
   zero: [225, 228, 232],     // zero page from a read fault (clean PTE)
   ksm_zero: [255, 32, 200],  // zero page placed by KSM, PTE marked dirty: the star
   skipped: [168, 96, 50],    // smart scan skipped it
+  stale: [150, 60, 60],      // unmerged, rmap_item still on a stable node until ksmd's next pass
 };
 
 // event kinds (sim/changes.py EVENT_PATHS) -> flash class

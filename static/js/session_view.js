@@ -93,6 +93,7 @@ export class SessionView {
     this.counters = new Counters(root.querySelector(".counters"));
     this.summaryEl = root.querySelector(".what-happened");
     this.stepEl = root.querySelector(".step-no");
+    this.storyEl = root.querySelector(".story-pos");
     this.step = 0;
     this.head = 0;
     this.playing = false;
@@ -103,6 +104,13 @@ export class SessionView {
   }
 
   onStep(fn) { this.listeners.push(fn); }
+
+  /** ``fn(msg)`` for each next message until it returns true (``end`` included). */
+  onceMessage(fn) { (this.waiters ||= []).push(fn); }
+
+  _wake(msg) {
+    if (this.waiters?.length) this.waiters = this.waiters.filter((fn) => !fn(msg));
+  }
 
   send(msg) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
@@ -138,8 +146,19 @@ export class SessionView {
     const jump = this.seen === undefined || msg.step !== this.step + 1;
     this.procNames = names;
     this.seen = true;
+    this.marks = msg.marks || [];
+    this.chapters = msg.chapters || [];
     this._afterStep(msg);
     if (jump && this.charts) this._reloadCharts(msg.step);
+  }
+
+  /** The markers of the recorded steps up to `step` (the snapshot's `marks`, from `what`). */
+  _restoreMarks(step) {
+    for (const m of this.marks || []) {
+      if (m.step > step) break;
+      const text = markerOf({ what: m.what });
+      if (text) this.charts.mark(m.step, text);
+    }
   }
 
   applyDelta(msg) {
@@ -176,6 +195,8 @@ export class SessionView {
       this.summaryEl.dataset.step = String(msg.step);
     }
     if (this.stepEl) this.stepEl.textContent = String(msg.step);
+    this.story = msg.story || this.story;
+    if (this.storyEl && this.story) this.storyEl.textContent = `scenario step ${this.story.pos} / ${this.story.steps}`;
     this.root.dataset.step = String(msg.step);
     this.root.dataset.head = String(msg.head);
     this.counters.update(this.global, this.procStats, this.kernel);
@@ -186,6 +207,7 @@ export class SessionView {
       if (m) this.charts.mark(msg.step, m);
     }
     for (const fn of this.listeners) fn(this, msg);
+    this._wake(msg);
     this.pendingAck = msg.step;
   }
 
@@ -197,6 +219,7 @@ export class SessionView {
   }
 
   applyEnd(msg) {
+    this._wake(msg);
     this.playing = false;
     this.root.dataset.playing = "false";
     this.root.dataset.end = msg.reason || "end";
@@ -220,15 +243,20 @@ export class SessionView {
 
   /** After a jump (connect, back, seek, reset): the history from counters.csv. */
   async _reloadCharts(step) {
-    this.chartBuffer = [];
+    // a newer jump (fast ← presses) supersedes this one: only the last reload draws
+    const seq = (this.reloadSeq = (this.reloadSeq || 0) + 1);
+    if (!this.chartBuffer) this.chartBuffer = [];
     let rows = [];
     try {
       const r = await fetch(`/api/sessions/${encodeURIComponent(this.id)}/counters.csv`);
       if (r.ok) rows = parseCsv(await r.text());
     } catch (e) { /* keep the live points only */ }
-    const buffered = this.chartBuffer;
+    if (seq !== this.reloadSeq) return;
+    const buffered = this.chartBuffer || [];
     this.chartBuffer = null;
+    step = this.step;
     this.charts.reset();
+    this._restoreMarks(step);
     let last = -1;
     for (const row of rows) {
       if (row.step > step) break;
@@ -260,6 +288,17 @@ export class SessionView {
       el.appendChild(a);
     }
     return true;
+  }
+
+  /** The connection is lost: nothing plays any more (the controls must not say ❚❚ Pause). */
+  lostConnection() {
+    if (!this.playing) return;
+    this.playing = false;
+    this.root.dataset.playing = "false";
+    for (const b of document.querySelectorAll('#controls [data-action="toggle"]')) {
+      b.textContent = "▶ Play";
+      b.value = "play";
+    }
   }
 
   _status(text) {

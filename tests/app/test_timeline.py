@@ -74,3 +74,48 @@ def test_the_batch_that_only_ends_a_pass_says_so():
         "checkpoint 'pass1'",
         "scan 1: ksmd scanned 1 page",
     ]
+
+
+def test_a_seek_knows_the_viewed_steps_result_even_on_a_checkpoint():
+    t = make("vm-host", memory_bytes=1 << 30, interval=4)
+    texts = {}
+    while (res := t.forward()) is not None and t.step < 40:
+        texts[t.step] = res.action
+    for step in (8, 4, 8, 13, 1, 27):  # 4, 8 hold checkpoints; a seek to 8 twice in a row
+        res = t.seek(step)
+        assert res is not None and res.step == step and res.action == texts[step], step
+    assert t.seek(0) is None
+
+
+def test_the_zero_pages_ksm_placed_are_known_on_old_kernels():
+    sc = load_preset("zero-pages-unmerge").with_kernel("6.5")
+    t = Timeline(sc, Stepper(Kernel(sc.kernel, sc.sysfs, record=True), sc.steps))
+    while t.forward() is not None and t.step < 40:
+        pass
+    heap = t.kernel.vma("A", "heap")
+    assert heap.pfn[5] == 0 and t.ksm_placed(heap.uid, 5) is True
+    t.seek(3)  # before ksmd ran: not yet
+    assert t.ksm_placed(heap.uid, 5) is False
+
+
+def test_lockstep_meets_every_scenario_step_together():
+    from app.config import Settings
+    from app.server.sessions import SessionManager
+
+    g = SessionManager(Settings()).create_compare(load_preset("vm-host"), ["6.1", "6.18"])
+    a, b = (s.timeline for s in g.sessions)
+    ticks = 0
+    while g.step(1, "batch"):
+        ticks += 1
+        assert a.stepper.pos == b.stepper.pos  # the same scenario step on both, always
+        assert (a.last and a.last.checkpoint) == (b.last and b.last.checkpoint)
+    assert a.step != b.step  # each kernel ran its own number of batches
+    assert ticks >= max(a.step, b.step)
+    seen = []
+    for _ in range(ticks):
+        g.back(1)
+        assert a.stepper.pos == b.stepper.pos
+        if a.last and a.last.checkpoint:
+            assert b.last is not None and b.last.checkpoint == a.last.checkpoint
+            seen.append(a.last.checkpoint)
+    assert (a.step, b.step) == (0, 0) and len(seen) >= 6

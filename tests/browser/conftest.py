@@ -44,9 +44,9 @@ def live_server() -> Iterator[Any]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser(chromium: Any) -> Any:
-    """The run's shared Chromium (tests/conftest.py)."""
+    """The run's shared Chromium (tests/conftest.py), shared by consecutive browser tests."""
     return chromium
 
 

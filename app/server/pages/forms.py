@@ -8,16 +8,21 @@ inline.
 - :func:`control_command`: a button of the controls partial (``action=``);
 - :func:`knob_overrides` / :func:`knob_command`: ``knob.<name>=value`` fields (also the
   query of a session link);
-- :func:`inject_op` / :func:`inject_command`: an event button of the inject partial.
+- :func:`inject_op` / :func:`inject_command`: an event button of the inject partial;
+- :func:`knob_warnings`: the unknown knob names of an uploaded scenario, each with the
+  closest known name.
 """
 
 from __future__ import annotations
 
+import difflib
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
+
+from sim.ksm_files import KNOBS
 
 from .. import messages as m
 from ..errors import ApiError, translate
@@ -138,3 +143,29 @@ def inject_op(action: str, f: Mapping[str, str], session: Session) -> dict[str, 
 def inject_command(op: dict[str, Any]) -> m.Command:
     """An op of :func:`inject_op` as an ``inject`` command."""
     return command("inject", {"op": op})
+
+
+def knob_warnings(doc: Any) -> list[dict[str, str]]:
+    """The knob names of a scenario document (``sysfs`` and ``sysfs`` steps) that no kernel
+    has, each as ``{"field", "knob", "message"}`` with the closest known name when there is
+    one (``use_zero_page`` -> ``use_zero_pages``). A kernel skips such a write, so a typo
+    would silently change the story."""
+    if not isinstance(doc, Mapping):
+        return []
+    found: list[tuple[str, str]] = []
+    sysfs = doc.get("sysfs")
+    if isinstance(sysfs, Mapping):
+        found += [(f"sysfs.{k}", str(k)) for k in sysfs]
+    steps = doc.get("steps")
+    if isinstance(steps, list):
+        for i, step in enumerate(steps):
+            if isinstance(step, Mapping) and step.get("op") == "sysfs" and "knob" in step:
+                found.append((f"steps[{i}].knob", str(step["knob"])))
+    out = []
+    for field, knob in found:
+        if knob in KNOBS:
+            continue
+        close = difflib.get_close_matches(knob, KNOBS, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"known knobs: {', '.join(KNOBS)}"
+        out.append({"field": field, "knob": knob, "message": f"unknown knob {knob!r}: {hint}"})
+    return out

@@ -30,7 +30,7 @@ from ..security import control_refusal
 from ..session import Session
 from ..sessions import SessionManager
 from ..sources import YAML_TYPES, decode_document_async, resolve
-from .forms import command, knob_overrides, to_int
+from .forms import command, knob_overrides, knob_warnings, to_int
 from .render import (
     HTMX,
     KNOB_HINTS,
@@ -211,6 +211,11 @@ async def post_session_upload(
         name = (upload.filename or "").lower()
         yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
         doc = await decode_document_async(data, yaml_ok)
+        warnings = [] if form.get("anyway") == "1" else knob_warnings(doc)
+        if warnings and HTMX in request.headers:  # the form warns; a second press opens it
+            page = render(manager, request, "partials/upload_warnings.html", warnings=warnings)
+            page.headers.update({"HX-Retarget": "#upload .upload-result", "HX-Reswap": "innerHTML"})
+            return page
         sc = resolve(manager.settings, None, doc, kernel if isinstance(kernel, str) else None, None)
         session = manager.create(sc)
     except ApiError as exc:

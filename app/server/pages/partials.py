@@ -73,15 +73,27 @@ async def post_controls(
 async def post_knobs(
     sid: str, request: Request, manager: ManagerDep, refusal: RefusalDep
 ) -> HTMLResponse:
-    """Write every knob whose field changed; a refused write comes back next to its field."""
+    """Write only the knobs whose field the user changed; a refused write comes back next to
+    its field.
+
+    Each field comes with ``was.<name>``, the kernel's value the field showed (the page keeps
+    both up to date on every step); a field equal to its ``was`` value is left alone, so a
+    form drawn before a scenario or injected knob write cannot write the old value back.
+    Without ``was`` fields (no script), a field equal to the kernel's value is left alone.
+    """
     session = manager.get(sid)
     form = await request.form()
-    wanted = knob_overrides((k, v) for k, v in form.multi_items())
+    items = list(form.multi_items())
+    wanted = knob_overrides(items)
+    shown = knob_overrides(
+        (k.replace("was.", "knob.", 1), v) for k, v in items if k.startswith("was.")
+    )
     current = session.kernel.knobs
     written = []
     error: ApiError | None = refusal
     for knob, value in wanted.items() if refusal is None else ():
-        if knob in current and str(current[knob]) == str(value):
+        before = shown[knob] if knob in shown else current.get(knob)
+        if str(before) == str(value):
             continue
         try:
             await session.run_control(knob_command(knob, value))

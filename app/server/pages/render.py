@@ -39,6 +39,7 @@ SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 250.0, 5
 #: the grid's legend: every page kind and its label (``sim.snapshot.PAGE_KINDS``)
 LEGEND = tuple((row.name, row.label) for row in PAGE_KINDS)
 KIND_LABELS = dict(LEGEND)
+KIND_MEANINGS = {row.name: row.meaning for row in PAGE_KINDS}
 
 
 def kernel_note(profile: Profile) -> str:
@@ -95,6 +96,7 @@ def render(
     base: dict[str, Any] = {
         "kernels": KERNELS,
         "legend": LEGEND,
+        "meanings": KIND_MEANINGS,
         "kind_labels": KIND_LABELS,
         "kernel_notes": KERNEL_NOTES,
         "old_kernels": OLD_KERNELS,
@@ -156,6 +158,7 @@ def session_context(session: Session, **extra: Any) -> dict[str, Any]:
         "speed_index": speed,
         "speed_label": label,
         "knobs": dict(session.kernel.knobs),
+        "kernel_knobs": dict(session.kernel.knobs),
         "branch_list": [b.info() for b in session.timeline.branches],
         "form": {},
         "sel_text": "",
