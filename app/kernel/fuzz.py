@@ -84,6 +84,7 @@ class _Gen:
     n_checkpoints: int = 0
     labels: tuple[str, ...] = LABELS
     passes: int = 0  # drawn so far
+    target: int = 0  # prune family: the passes in all (10-60)
 
     @property
     def chain(self) -> bool:
@@ -221,6 +222,10 @@ class _Gen:
         if passes is None:
             choices = [1, 2, 3, 5, 8] if self.family == "prune" else [1, 1, 2, 2, 3]
             passes = self.rng.choice(choices)
+        if self.target:  # keep the last pass for the final scan
+            passes = min(passes, self.target - 1 - self.passes)
+            if passes < 1:
+                return
         self.passes += passes
         self.add({"op": "scan", "passes": passes})
 
@@ -257,13 +262,12 @@ def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
         sysfs["use_zero_pages"] = 1
     if rng.random() < 0.3:
         sysfs["smart_scan"] = 0
-    target_passes = 0
     if g.chain:
         g.labels = tuple(rng.sample(CHAIN_LABELS, rng.randrange(2, 5)))
         sysfs["max_page_sharing"] = rng.randrange(2, 6)
         if family == "prune":
             sysfs["stable_node_chains_prune_millisecs"] = rng.choice(PRUNE_MS)
-            target_passes = rng.randrange(10, 61)
+            g.target = rng.randrange(10, 61)
         else:
             prune = rng.choice([0, 0, None, *PRUNE_MS])  # None: the default (2000)
             if prune is not None:
@@ -309,11 +313,15 @@ def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
             choices += [(g.write, 3 if nmaps else 0), (g.exit, 0.6 if len(g.procs) > 1 else 0)]
         ops, weights = zip(*choices, strict=True)
         rng.choices(ops, weights)[0]()
-    while g.passes < target_passes - 1:
-        g.scan(min(rng.choice([2, 3, 5, 8]), target_passes - 1 - g.passes))
+    while g.passes < g.target - 1:
+        g.scan(min(rng.choice([2, 3, 5, 8]), g.target - 1 - g.passes))
         if rng.random() < 0.5:
             g.checkpoint()
-    g.scan()
+    if g.target:
+        g.target = 0
+        g.scan(1)
+    else:
+        g.scan()
     g.checkpoint()
     return {
         "format": "ksm-scenario/1",
