@@ -394,6 +394,7 @@ class Replay:
                     ksmd and state == "S" and not nudges and now - last_change > NUDGE_SECONDS
                 ):  # need_wake is False here: no pass ended since the last wake-up
                     wake()  # a lost wake-up? harmless if ksmd waits for a registered mm
+                    started(now)  # the pass may start only now: never count a short gap
                     nudges, last_change = 1, now
                 elif state == "S" and not need_wake and now - last_change > stall:
                     gave_up = True
