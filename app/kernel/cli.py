@@ -162,6 +162,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     progress.end()
     kinds = ", ".join(sorted(result.kinds))
     sys.stdout.write(f"op kinds exercised: {len(result.kinds)} ({kinds})\n")
+    sys.stdout.write(result.family_line + "\n")
+    sys.stdout.write(f"duration: {result.seconds:.0f} s\n")
     sys.stdout.write(result.summary + "\n")
     return 0 if result.disagree == 0 else 1
 

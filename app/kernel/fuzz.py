@@ -3,17 +3,27 @@
 ``generate(seed, index, kernel)`` makes a random, valid, bounded ``ksm-scenario/1`` document
 (deterministic for ``(seed, index)``) using every op of the format: spawn, fork, exit, mmap,
 munmap, write (zero, labels, unique), read, madvise (both advices, page sub-ranges), prctl
-(not on 6.1), sysfs (use_zero_pages, smart_scan, stable_node_chains_prune_millisecs=0,
-run=2, max_page_sharing right after a run=2), scan and checkpoint.
+(not on 6.1), sysfs (use_zero_pages, smart_scan, stable_node_chains_prune_millisecs, run=2,
+max_page_sharing right after a run=2, an empty write), scan and checkpoint. Each scenario
+belongs to one family (:data:`FAMILIES`, ``description`` names it):
 
-It stays away from what ``ksm-model.md`` §6 calls nondeterministic on the real kernel:
+* *general*: every op; ``max_page_sharing`` stays 256 with fewer than 256 pages in all, so
+  no stable-node chain can form (and the prune timer is 0: no pass needs the clock);
+* *shared*: several processes (spawned and forked) writing a few labels (and zero) into
+  their mappings, so contents are shared across processes; no chain can form either;
+* *chain*: ``max_page_sharing`` 2-5 (again after a ``run=2``), 2-4 labels plus zero, the
+  pages written up front by 1-3 processes, then rewrites, forks and exits, so dups die and
+  chains are pruned or collapsed; the prune interval is 0, the default 2000 ms or a
+  multiple of 200 ms (the format's clock: the tree is ordered by the format's bytes and the
+  replayer paces passes 200 ms apart);
+* *prune*: as *chain*, with a non-zero prune interval (200-2000 ms) and 10-60 passes in
+  all, so chains are pruned by the timer.
 
-* *general* scenarios keep ``max_page_sharing`` at 256 and have fewer than 256 pages in all,
-  so no stable-node chain can form;
-* *chain* scenarios (small ``max_page_sharing``) pin ``stable_node_chains_prune_millisecs=0``
-  and have exactly one content that can reach the stable tree (label ``A``; ``unique``
-  pages never merge; zero pages only with ``use_zero_pages=1`` for the whole scenario, which
-  sends them to the zero page instead), so the tree holds at most one top-level node.
+Chain and prune scenarios never write ``unique`` pages: a unique page's place in the trees
+is not determined (random bytes), and a walk for one may meet a chain. A prune interval is
+a multiple of 200 ms: the kernel's clock runs a little later than the format's (a pass
+starts *at least* 200 ms after the previous one), which never changes which pass prunes when
+the due time falls on a pass.
 
 Every scenario is replayed on the kernel (one :class:`~.session.KernelSession` for the
 whole run, or inside a qemu guest with ``kernel``) and run with ``sim.run_scenario``; a
@@ -42,6 +52,16 @@ Doc = dict[str, Any]
 KernelRunner = Callable[[Sequence[Doc]], list[tuple[Doc | None, str | None]]]
 
 LABELS = ("A", "B", "C")
+CHAIN_LABELS = ("A", "B", "C", "D")
+#: the families and their shares: chain and prune are at least a third
+FAMILIES: tuple[tuple[str, float], ...] = (
+    ("general", 0.4),
+    ("shared", 0.2),
+    ("chain", 0.22),
+    ("prune", 0.18),
+)
+#: prune intervals drawn (ms): multiples of the format's 200 ms pass
+PRUNE_MS = (200, 400, 600, 800, 1000, 1400, 2000)
 MAX_PROCS = 4
 MAX_MAPS = 3
 MAX_MAP_PAGES = 16  # 4 procs x 3 maps x 16 = 192 < 256: no chain in general scenarios
@@ -55,14 +75,20 @@ MAX_MAP_PAGES = 16  # 4 procs x 3 maps x 16 = 192 < 256: no chain in general sce
 class _Gen:
     rng: random.Random
     kernel: str
-    chain: bool
+    family: str
     steps: list[Doc] = field(default_factory=list)
     procs: dict[str, dict[str, int]] = field(default_factory=dict)  # live: vma -> pages
     registered: set[str] = field(default_factory=set)  # a guess, to avoid idle scans
     n_procs: int = 0
     n_maps: int = 0
     n_checkpoints: int = 0
-    zero_ok: bool = False  # chain scenarios: zero pages only with use_zero_pages=1 throughout
+    labels: tuple[str, ...] = LABELS
+    passes: int = 0  # drawn so far
+    target: int = 0  # prune family: the passes in all (10-60)
+
+    @property
+    def chain(self) -> bool:
+        return self.family in ("chain", "prune")
 
     def add(self, step: Doc) -> None:
         self.steps.append(step)
@@ -90,7 +116,9 @@ class _Gen:
 
     def content(self) -> str:
         if self.chain:
-            return self.rng.choice(["A", "A", "unique"] + (["zero"] if self.zero_ok else []))
+            return self.rng.choice([*self.labels, *self.labels, "zero"])
+        if self.family == "shared":
+            return self.rng.choice([*self.labels, *self.labels, "zero", "unique"])
         return self.rng.choice(["zero", "zero", "unique", *LABELS, "A"])
 
     # -- ops
@@ -164,7 +192,10 @@ class _Gen:
 
     def sysfs(self) -> None:
         r = self.rng.random()
-        if r < 0.3:
+        if r < 0.05:  # succeeds and changes nothing (sysfs_kf_write)
+            knob = self.rng.choice(["max_page_sharing", "smart_scan", "use_zero_pages"])
+            self.add({"op": "sysfs", "knob": knob, "value": ""})
+        elif r < 0.3:
             self.add({"op": "sysfs", "knob": "run", "value": 2})
             if self.chain and self.rng.random() < 0.5:
                 self.add(
@@ -178,11 +209,43 @@ class _Gen:
             self.add({"op": "sysfs", "knob": "use_zero_pages", "value": self.rng.randrange(2)})
         elif r < 0.8:
             self.add({"op": "sysfs", "knob": "smart_scan", "value": self.rng.randrange(2)})
-        else:
+        elif self.family == "prune":
+            value = self.rng.choice(PRUNE_MS)
+            self.add({"op": "sysfs", "knob": "stable_node_chains_prune_millisecs", "value": value})
+        elif self.family == "chain":
+            value = self.rng.choice([0, 0, *PRUNE_MS])
+            self.add({"op": "sysfs", "knob": "stable_node_chains_prune_millisecs", "value": value})
+        else:  # no chain can form: the timer stays 0 (no pass needs the clock)
             self.add({"op": "sysfs", "knob": "stable_node_chains_prune_millisecs", "value": 0})
 
-    def scan(self) -> None:
-        self.add({"op": "scan", "passes": self.rng.choice([1, 1, 2, 2, 3])})
+    def scan(self, passes: int | None = None) -> None:
+        if passes is None:
+            choices = [1, 2, 3, 5, 8] if self.family == "prune" else [1, 1, 2, 2, 3]
+            passes = self.rng.choice(choices)
+        if self.target:  # keep the last pass for the final scan
+            passes = min(passes, self.target - 1 - self.passes)
+            if passes < 1:
+                return
+        self.passes += passes
+        self.add({"op": "scan", "passes": passes})
+
+    def labelled_mapping(self, proc: str) -> None:
+        """A mapping of ``proc`` filled page by page with the family's contents, mergeable."""
+        vma = f"m{self.n_maps}"
+        self.n_maps += 1
+        count = self.rng.randrange(3, 11)
+        self.procs[proc][vma] = count
+        self.add({"op": "mmap", "proc": proc, "vma": vma, "pages": count})
+        lo = 0
+        while lo < count:
+            hi = min(count, lo + self.rng.choice([1, 1, 2, 3]))
+            sel = str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}"
+            self.add(
+                {"op": "write", "proc": proc, "vma": vma, "content": self.content(), "pages": sel}
+            )
+            lo = hi
+        self.add({"op": "madvise", "proc": proc, "vma": vma, "advice": "MADV_MERGEABLE"})
+        self.registered.add(proc)
 
     def checkpoint(self) -> None:
         self.add({"op": "checkpoint", "name": f"c{self.n_checkpoints}"})
@@ -192,20 +255,41 @@ class _Gen:
 def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
     """The ``index``-th random scenario of ``seed`` (the same document every time)."""
     rng = random.Random(f"ksmlab-fuzz:{seed}:{index}")
-    chain = rng.random() < 0.35
-    g = _Gen(rng, kernel, chain)
+    family = rng.choices([n for n, _ in FAMILIES], [w for _, w in FAMILIES])[0]
+    g = _Gen(rng, kernel, family)
     sysfs: dict[str, int] = {}
     if rng.random() < 0.5:
         sysfs["use_zero_pages"] = 1
     if rng.random() < 0.3:
         sysfs["smart_scan"] = 0
-    if chain:
-        sysfs["max_page_sharing"] = rng.choice([2, 3, 4])
+    if g.chain:
+        g.labels = tuple(rng.sample(CHAIN_LABELS, rng.randrange(2, 5)))
+        sysfs["max_page_sharing"] = rng.randrange(2, 6)
+        if family == "prune":
+            sysfs["stable_node_chains_prune_millisecs"] = rng.choice(PRUNE_MS)
+            g.target = rng.randrange(10, 61)
+        else:
+            prune = rng.choice([0, 0, None, *PRUNE_MS])  # None: the default (2000)
+            if prune is not None:
+                sysfs["stable_node_chains_prune_millisecs"] = prune
+    else:
         sysfs["stable_node_chains_prune_millisecs"] = 0
-        g.zero_ok = sysfs.get("use_zero_pages") == 1
+        if family == "shared":
+            g.labels = tuple(rng.sample(CHAIN_LABELS, rng.randrange(1, 4)))
     g.spawn()
-    g.mmap()
-    n_steps = rng.randrange(10, 48)
+    if family == "general":
+        g.mmap()
+    else:
+        for i in range(rng.randrange(1, 4) if g.chain else rng.randrange(2, 4)):
+            if i and len(g.procs) < MAX_PROCS and rng.random() < 0.7:
+                g.spawn()
+            proc = f"P{g.n_procs - 1}"  # the newest process
+            if len(g.procs[proc]) < MAX_MAPS:
+                g.labelled_mapping(proc)
+        if family == "shared" and len(g.procs) < MAX_PROCS and rng.random() < 0.6:
+            g.fork()
+        g.scan()
+    n_steps = len(g.steps) + rng.randrange(10, 40)
     while len(g.steps) < n_steps:
         if not g.procs:
             g.spawn()
@@ -225,19 +309,37 @@ def generate(seed: int, index: int, kernel: str = "6.18") -> Doc:
             (g.sysfs, 1.2),
             (g.prctl, 0.8 if kernel != "6.1" else 0),
         ]
+        if g.chain:  # dups die by rewrites and exits
+            choices += [(g.write, 3 if nmaps else 0), (g.exit, 0.6 if len(g.procs) > 1 else 0)]
         ops, weights = zip(*choices, strict=True)
         rng.choices(ops, weights)[0]()
-    g.scan()
+    while g.passes < g.target - 1:
+        g.scan(min(rng.choice([2, 3, 5, 8]), g.target - 1 - g.passes))
+        if rng.random() < 0.5:
+            g.checkpoint()
+    if g.target:
+        g.target = 0
+        g.scan(1)
+    else:
+        g.scan()
     g.checkpoint()
     return {
         "format": "ksm-scenario/1",
         "name": f"fuzz-{seed}-{index}",
-        "description": f"random scenario {index} of seed {seed}"
-        + (" (chains: one mergeable content, prune 0)" if chain else ""),
+        "description": f"random scenario {index} of seed {seed} (family {family})",
         "kernel": kernel,
         "sysfs": sysfs,
         "steps": g.steps,
     }
+
+
+def family(doc: Doc) -> str:
+    """The family a generated scenario belongs to (named at the end of its description)."""
+    text = str(doc.get("description", ""))
+    for name, _ in FAMILIES:
+        if text.endswith(f"(family {name})"):
+            return name
+    return "other"
 
 
 def op_kinds(doc: Doc) -> set[str]:
@@ -473,6 +575,15 @@ class FuzzResult:
     tied: int = 0  # agree except on pages userspace cannot classify (counted apart)
     kinds: set[str] = field(default_factory=set)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    families: dict[str, int] = field(default_factory=dict)  # scenarios per family
+    seconds: float = 0.0  # the whole run, shrinking included
+
+    @property
+    def family_line(self) -> str:
+        total = max(1, sum(self.families.values()))
+        parts = [f"{n} {c} ({100 * c / total:.0f}%)" for n, c in self.families.items()]
+        chains = self.families.get("chain", 0) + self.families.get("prune", 0)
+        return f"families: {', '.join(parts)}; chain+prune {100 * chains / total:.0f}%"
 
     @property
     def summary(self) -> str:
@@ -553,10 +664,14 @@ def fuzz(
     progress: Progress | None = None,
 ) -> FuzzResult:
     """Generate ``count`` scenarios, compare kernel and simulator, save disagreements."""
+    t0 = time.monotonic()
     result = FuzzResult()
     docs = [generate(seed, i, kernel) for i in range(count)]
+    result.families = {name: 0 for name, _ in FAMILIES}
     for doc in docs:
         result.kinds |= op_kinds(doc)
+        fam = family(doc)
+        result.families[fam] = result.families.get(fam, 0) + 1
     chunk = count if batch else 1
     done = 0
     for start in range(0, count, chunk):
@@ -605,6 +720,7 @@ def fuzz(
                     on_failure(index, small_outcome, where)
             if progress:
                 progress.show(done, result)
+    result.seconds = round(time.monotonic() - t0, 1)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _dump(
@@ -617,6 +733,8 @@ def fuzz(
                 "disagree": result.disagree,
                 "tied": result.tied,
                 "op_kinds": sorted(result.kinds),
+                "families": result.families,
+                "seconds": result.seconds,
                 "failures": result.failures,
             },
         )

@@ -8,13 +8,17 @@ Conventions (``shared/scenario-format.md``, ``shared/traces/README.md``, ``ksm-m
   ``sysfs``; knobs this kernel lacks are skipped (``meta.skipped_knobs``);
 * one worker process per scenario process (:mod:`.worker`); ksmd is stopped (``run=0``)
   during every step but ``scan``;
-* ``scan N`` runs exactly N full passes: ``pages_to_scan`` is set so large that one batch is
-  one whole pass, and ``sleep_millisecs`` to an hour, so ksmd sleeps after every pass until
-  the replayer *changes* ``sleep_millisecs`` (which wakes it for exactly one more pass, once
+* ``scan N`` runs exactly N full passes, paced by the format's clock: a pass starts
+  ``PASS_GAP_SECONDS`` (200 ms) after the start of the previous one (of this scan or an
+  earlier one), never sooner, so the kernel's prune timer sees the time the simulator
+  keeps (``meta.pacing``; not when no clock can matter: :func:`needs_clock`);
+  ``pages_to_scan`` is set so large that one batch is one whole pass, and
+  ``sleep_millisecs`` to an hour, so ksmd sleeps after every pass until the replayer
+  *changes* ``sleep_millisecs`` (which wakes it for exactly one more pass, once
   ``/proc/<ksmd>/stat`` shows it asleep); then ``run=0`` and both knobs are put back. With
   no registered process no pass ever completes: the replayer gives up once ksmd has slept
   for ``stall_seconds`` without progress and records the real counter. (If the ksmd thread
-  cannot be found, a plain ``sleep_millisecs`` of ``scan_sleep_ms`` and polling is used.)
+  cannot be found, ``sleep_millisecs`` is the format's 200 ms and the counter is polled.)
 * a ``checkpoint`` is read by :mod:`.observe`.
 
 A failed system call of a step (an errno) is recorded in ``meta.step_errors`` and the replay
@@ -40,6 +44,39 @@ TRACE_FORMAT = "ksm-trace/1"
 SCAN_PAGES = 1_000_000_000  # pages_to_scan during a scan: a batch always ends with its pass
 WAKE_SLEEP_MS = (3_600_000, 3_600_001, 3_600_002, 3_600_003)  # an hour between passes
 NUDGE_SECONDS = 0.05  # ksmd asleep this long after a wake-up without a pass: wake it again
+#: the format's clock: consecutive passes start this far apart, also across scan steps
+PASS_GAP_SECONDS = 0.2
+PRUNE_KNOB = "stable_node_chains_prune_millisecs"
+#: knobs that read the clock (``ksm-model.md``: the chain prune timer, the advisor)
+CLOCK_KNOBS = (PRUNE_KNOB, "advisor_mode")
+
+
+def needs_clock(scenario: Scenario) -> bool:
+    """Can time change this scenario's result? Not when the prune timer is 0 throughout
+    (initial ``sysfs`` and every ``sysfs`` step) and the advisor is never switched on: the
+    kernel then reads no clock, and passes need not be paced."""
+    prune = scenario.sysfs.get(PRUNE_KNOB, DEFAULT_KNOBS.get(PRUNE_KNOB, 2000))
+    if str(prune) != "0" or "advisor_mode" in scenario.sysfs:
+        return True
+    for step in scenario.steps:
+        if step.op == "sysfs" and step.knob in CLOCK_KNOBS and str(step.value) not in ("0", ""):
+            return True
+    return False
+
+
+def pacing(paced: bool) -> dict[str, Any]:
+    """``meta.pacing``: how passes were spaced in time."""
+    if not paced:
+        return {
+            "pass_gap_ms": 0,
+            "reason": f"{PRUNE_KNOB} is 0 throughout and the advisor is off: no clock is read",
+        }
+    return {
+        "pass_gap_ms": round(PASS_GAP_SECONDS * 1000),
+        "from": "pass start",
+        "note": "each pass starts 200 ms or more after the previous one (the format's "
+        "clock); scans[].late_ms: how much later than that the latest of its passes started",
+    }
 
 
 class ReplayFailed(Exception):
@@ -69,6 +106,8 @@ class Replay:
         self.step_errors: list[dict[str, Any]] = []
         self.skipped: list[dict[str, Any]] = []
         self.meta: dict[str, Any] = {}
+        self.last_start: float | None = None  # when the latest pass was started (monotonic)
+        self.paced = needs_clock(scenario)
         self.observe = Observer(self.sysfs, self.proc, session.classification, self.warnings)
 
     # -- driver
@@ -107,7 +146,8 @@ class Replay:
             "replayer": REPLAYER,
             "date": _utc_now(),
             "page_size": PAGE,
-            "scan_method": "wake" if self.s.ksmd else f"sleep {self.s.config.scan_sleep_ms} ms",
+            "scan_method": "wake" if self.s.ksmd else f"sleep {round(PASS_GAP_SECONDS * 1000)} ms",
+            "pacing": pacing(self.paced),
         }
         return {
             "format": TRACE_FORMAT,
@@ -292,11 +332,25 @@ class Replay:
             v for v in WAKE_SLEEP_MS if v not in (saved["sleep_millisecs"], self.s.last_sleep)
         ][:2]
         cfg = self.s.config
-        stall = cfg.stall_seconds if ksmd else max(1.0, 5 * cfg.scan_sleep_ms / 1000)
+        # without ksmd's thread, ksmd sleeps the format's gap between passes by itself
+        stall = cfg.stall_seconds if ksmd else max(1.0, 5 * PASS_GAP_SECONDS)
         t0 = time.monotonic()
         gave_up = False
         wakes = nudges = 0
-        current: KnobValue = sleeps[0] if ksmd else cfg.scan_sleep_ms
+        late = 0.0  # the most a pass of this scan started after its due time
+        current: KnobValue = sleeps[0] if ksmd else round(PASS_GAP_SECONDS * 1000)
+
+        def due() -> float:
+            """When the next pass may start: the format's gap after the previous start."""
+            if self.last_start is None or not self.paced:
+                return -1.0
+            return self.last_start + PASS_GAP_SECONDS
+
+        def started(now: float) -> None:
+            nonlocal late
+            if self.last_start is not None:
+                late = max(late, now - due())
+            self.last_start = now
 
         def wake() -> None:
             nonlocal current
@@ -314,7 +368,11 @@ class Replay:
                 )
             s.write("sleep_millisecs", current)
             self.s.last_sleep = current
+            wait = due() - time.monotonic()
+            if wait > 0:  # the steps since the previous scan took less than the gap
+                time.sleep(wait)
             s.write("run", 1)
+            started(time.monotonic())
             last, last_change, need_wake = fs0, time.monotonic(), False
             while True:
                 # ksmd's state first, then the counter: "asleep" with an unchanged counter
@@ -327,16 +385,24 @@ class Replay:
                 if fs != last:
                     last, last_change, need_wake = fs, now, ksmd is not None
                 if ksmd and state == "S" and need_wake:
-                    wake()  # exactly one more pass
-                    need_wake, last_change = False, now
-                    wakes += 1
-                elif ksmd and state == "S" and not nudges and now - last_change > NUDGE_SECONDS:
+                    if now >= due():  # the format's clock: 200 ms after the last start
+                        wake()  # exactly one more pass
+                        started(now)
+                        need_wake, last_change = False, now
+                        wakes += 1
+                elif (
+                    ksmd and state == "S" and not nudges and now - last_change > NUDGE_SECONDS
+                ):  # need_wake is False here: no pass ended since the last wake-up
                     wake()  # a lost wake-up? harmless if ksmd waits for a registered mm
+                    started(now)  # the pass may start only now: never count a short gap
                     nudges, last_change = 1, now
-                elif state == "S" and now - last_change > stall:
+                elif state == "S" and not need_wake and now - last_change > stall:
                     gave_up = True
                     break
-                time.sleep(0.0002)
+                if need_wake and state == "S":  # asleep for an hour: nothing to watch
+                    time.sleep(max(0.0002, due() - time.monotonic()))
+                else:
+                    time.sleep(0.0002)
         finally:
             s.write("run", 0)
             for knob, value in saved.items():
@@ -356,6 +422,7 @@ class Replay:
                 "pages_scanned": None if ps0 is None or ps1 is None else ps1 - ps0,
                 "seconds": round(time.monotonic() - t0, 3),
                 "wakes": wakes,
+                "late_ms": round(late * 1000, 1),
                 **({"nudges": nudges} if nudges else {}),
                 **({"gave_up": True} if gave_up else {}),
             }

@@ -18,7 +18,8 @@ A forked child continues the parent's layout.
 
 Contents: ``zero`` writes zero bytes; ``unique`` writes, for serial number ``s`` (allocated
 by the controller, never reused within a replay), ``MAGIC, s`` repeated over the page; any
-other label writes SHA-256(label) repeated, so equal labels are byte-identical pages.
+other label writes the format's bytes of the label (SHAKE-256 of ``ksm-scenario/1 label:`` +
+label, one page long), so equal labels are byte-identical pages ordered as in the format.
 
 Merge-any: ``prctl(PR_SET_MEMORY_MERGE, 1)`` makes the interpreter's own VMAs (heap, stack,
 libraries) mergeable too. ``clean`` (sent before every scan and checkpoint) MADV_UNMERGEABLEs
@@ -75,8 +76,9 @@ class WorkerDied(WorkerError):
 
 @cache
 def label_page(label: str) -> bytes:
-    digest = hashlib.sha256(b"ksmlab-label:" + label.encode("utf-8")).digest()
-    return digest * (PAGE // len(digest))
+    """The format's bytes of a label's page (``scenario-format.md``, "label bytes"): the
+    kernel orders its trees by memcmp of them, so every replayer writes exactly these."""
+    return hashlib.shake_256(("ksm-scenario/1 label:" + label).encode("utf-8")).digest(PAGE)
 
 
 def unique_page(serial: int) -> bytes:

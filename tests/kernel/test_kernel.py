@@ -357,3 +357,93 @@ def test_replay_from_a_worker_thread(kernel: KsmSysfs, shared: Path) -> None:
     trace = out["trace"]
     assert compare_traces(load_trace(shared / "traces" / name), trace) == []
     assert trace["meta"]["restore_problems"] == {}
+
+
+def _doc(name: str, sysfs: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"format": "ksm-scenario/1", "name": name, "sysfs": sysfs, "steps": steps}
+
+
+def _labelled(pages: int, *writes: tuple[str, str]) -> list[dict[str, Any]]:
+    return [
+        {"op": "spawn", "proc": "P"},
+        {"op": "mmap", "proc": "P", "vma": "m", "pages": pages},
+        *({"op": "write", "proc": "P", "vma": "m", "content": c, "pages": p} for c, p in writes),
+        {"op": "madvise", "proc": "P", "vma": "m", "advice": "MADV_MERGEABLE"},
+    ]
+
+
+@pytest.mark.skipif(not _sim_available(), reason="the simulator is not importable")
+def test_passes_follow_the_formats_clock_and_the_prune_timer_agrees(kernel: KsmSysfs) -> None:
+    """Issue 16: max_page_sharing 4, the default prune interval (2000 ms): once 2 s have
+    passed on the clock (10 passes), a search prunes and a new page joins the fullest
+    non-full dup (3 items), not the head one; the kernel agrees only if passes are paced."""
+    from sim import run_scenario
+
+    w = ("write", "P", "m")
+    steps = [
+        *_labelled(7, ("A", "1-6")),
+        {"op": "scan", "passes": 2},
+        {"op": "checkpoint", "name": "chain"},
+        dict(zip(("op", "proc", "vma"), w, strict=True), content="unique", pages="1"),
+        {"op": "scan", "passes": 1},
+        {"op": "checkpoint", "name": "dup-of-3"},
+        {"op": "scan", "passes": 7},
+        dict(zip(("op", "proc", "vma"), w, strict=True), content="A", pages="0"),
+        {"op": "scan", "passes": 1},
+        {"op": "checkpoint", "name": "new-page-volatile"},
+        {"op": "scan", "passes": 2},
+        {"op": "checkpoint", "name": "new-page-merged"},
+    ]
+    scenario = parse_scenario(_doc("prune-clock", {"max_page_sharing": 4, "smart_scan": 0}, steps))
+    trace = replay_scenario(scenario, ReplayConfig())
+    meta = trace["meta"]
+    assert meta["pacing"]["pass_gap_ms"] == 200
+    for scan in meta["scans"]:
+        assert scan["seconds"] >= 0.2 * (scan["passes"] - 1) - 0.01  # no pass starts early
+        assert scan["full_scans_after"] - scan["full_scans_before"] == scan["passes"]
+    assert compare_traces(trace, run_scenario(scenario)) == [], json.dumps(meta["scans"])
+
+
+@pytest.mark.skipif(not _sim_available(), reason="the simulator is not importable")
+def test_labels_order_the_tree_and_an_unpaced_root_chain_collapses(kernel: KsmSysfs) -> None:
+    """Issue 16: max_page_sharing 2, prune 0: B (a chain, the root) and A; one B dup dies;
+    the next pass's walks for other pages collapse the B chain. No clock is read: the
+    passes run back to back."""
+    from sim import run_scenario
+
+    steps = [
+        *_labelled(6, ("B", "0-3"), ("A", "4-5")),
+        {"op": "mmap", "proc": "P", "vma": "u", "pages": 4},
+        {"op": "write", "proc": "P", "vma": "u", "content": "unique"},
+        {"op": "madvise", "proc": "P", "vma": "u", "advice": "MADV_MERGEABLE"},
+        {"op": "scan", "passes": 2},
+        {"op": "checkpoint", "name": "chain"},
+        {"op": "write", "proc": "P", "vma": "m", "content": "unique", "pages": "0-1"},
+        {"op": "scan", "passes": 1},
+        {"op": "checkpoint", "name": "next-pass"},
+        {"op": "scan", "passes": 1},
+        {"op": "checkpoint", "name": "pass-after"},
+    ]
+    sysfs = {"max_page_sharing": 2, "stable_node_chains_prune_millisecs": 0, "smart_scan": 0}
+    scenario = parse_scenario(_doc("root-chain", sysfs, steps))
+    trace = replay_scenario(scenario, ReplayConfig())
+    assert trace["meta"]["pacing"]["pass_gap_ms"] == 0
+    assert trace["checkpoints"][0]["global"]["stable_node_chains"] == 1
+    assert trace["checkpoints"][-1]["global"]["stable_node_chains"] == 0
+    assert compare_traces(trace, run_scenario(scenario)) == []
+
+
+def test_an_empty_knob_write_succeeds_and_changes_nothing(kernel: KsmSysfs) -> None:
+    """Issue 16 item 4, as the simulator models it (sim/knobs.py)."""
+    steps = [
+        {"op": "sysfs", "knob": "max_page_sharing", "value": ""},
+        {"op": "sysfs", "knob": "smart_scan", "value": ""},
+        {"op": "checkpoint", "name": "c"},
+    ]
+    scenario = parse_scenario(_doc("empty-knob", {"max_page_sharing": 3}, steps))
+    trace = replay_scenario(scenario, ReplayConfig())
+    assert trace["meta"]["step_errors"] == []
+    sysfs = KsmSysfs()
+    before = sysfs.read("stable_node_chains_prune_millisecs")
+    sysfs.write("stable_node_chains_prune_millisecs", "")  # no error: write(2) of 0 bytes
+    assert sysfs.read("stable_node_chains_prune_millisecs") == before

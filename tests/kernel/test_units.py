@@ -113,6 +113,20 @@ def test_page_contents() -> None:
     assert worker.page_bytes("zero", 0) == bytes(page)
 
 
+def test_label_pages_are_the_formats_bytes() -> None:
+    """scenario-format.md: SHAKE-256 of "ksm-scenario/1 label:" + label, one page long;
+    the simulator orders its trees by the same bytes."""
+    import hashlib
+
+    from sim.contents import label_bytes
+
+    for label in ("A", "B", "A#3", "é"):
+        want = hashlib.shake_256(("ksm-scenario/1 label:" + label).encode()).digest(4096)
+        assert worker.label_page(label)[:4096] == want == label_bytes(label)
+    a, b = worker.label_page("A"), worker.label_page("B")
+    assert (a < b) == (label_bytes("A") < label_bytes("B"))  # memcmp order
+
+
 def test_generation_is_deterministic_valid_and_covers_every_op() -> None:
     kinds: set[str] = set()
     for i in range(200):
@@ -147,18 +161,96 @@ def test_generation_is_deterministic_valid_and_covers_every_op() -> None:
     )
 
 
-def test_chain_scenarios_have_one_mergeable_content_and_prune_zero() -> None:
-    chains = [
-        d for d in (fuzz.generate(3, i) for i in range(200)) if "max_page_sharing" in d["sysfs"]
-    ]
-    assert chains
-    for doc in chains:
+def _families(seed: int, count: int) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in fuzz.FAMILIES}
+    for i in range(count):
+        doc = fuzz.generate(seed, i)
+        out[fuzz.family(doc)].append(doc)
+    return out
+
+
+def _passes(doc: dict[str, Any]) -> int:
+    return sum(int(s["passes"]) for s in doc["steps"] if s["op"] == "scan")
+
+
+def test_families_shares_chains_and_prune_at_least_a_third() -> None:
+    fams = _families(3, 600)
+    assert set(fams) == {"general", "shared", "chain", "prune"}
+    assert all(fams.values())
+    assert len(fams["chain"]) + len(fams["prune"]) >= 600 / 3
+    kinds = set().union(*(fuzz.op_kinds(d) for docs in fams.values() for d in docs))
+    assert "sysfs:max_page_sharing" in kinds
+    empty = [s for docs in fams.values() for d in docs for s in d["steps"] if s.get("value") == ""]
+    assert empty  # the empty knob write (succeeds, changes nothing) is exercised
+
+
+def test_chain_and_prune_scenarios() -> None:
+    fams = _families(3, 600)
+    prunes: set[int] = set()
+    for doc in fams["chain"] + fams["prune"]:
+        assert 2 <= doc["sysfs"]["max_page_sharing"] <= 5
+        labels = {
+            s["content"] for s in doc["steps"] if s["op"] == "write" and s["content"] != "zero"
+        }
+        assert 1 <= len(labels) <= 4
+        assert "unique" not in labels  # a unique page's place in the trees is random
+        for s in doc["steps"]:
+            if s["op"] == "sysfs" and s["knob"] == "max_page_sharing" and s["value"] != "":
+                assert 2 <= s["value"] <= 5
+        prune = doc["sysfs"].get("stable_node_chains_prune_millisecs", 2000)
+        prunes.add(prune)
+        assert prune % 200 == 0  # due times fall on passes: the kernel's clock runs late
+    assert 0 in prunes and len(prunes) > 3  # the prune timer is no longer pinned to 0
+    for doc in fams["prune"]:
+        assert doc["sysfs"]["stable_node_chains_prune_millisecs"] > 0
+        assert 10 <= _passes(doc) <= 60
+    for doc in fams["chain"] + fams["prune"]:
+        shared_labels = any(
+            sum(1 for s in d["steps"] if s["op"] == "write" and s["content"] == label) > 1
+            for d in [doc]
+            for label in "ABCD"
+        )
+        assert shared_labels
+
+
+def test_general_and_shared_scenarios_cannot_form_chains_and_read_no_clock() -> None:
+    from app.kernel.ops import needs_clock
+
+    fams = _families(4, 300)
+    for doc in fams["general"] + fams["shared"]:
         assert doc["sysfs"]["stable_node_chains_prune_millisecs"] == 0
-        contents = {s["content"] for s in doc["steps"] if s["op"] == "write"}
-        assert contents <= {"A", "unique", "zero"}
-        if "zero" in contents:
-            assert doc["sysfs"].get("use_zero_pages") == 1
-        assert not any(s["op"] == "sysfs" and s["knob"] == "use_zero_pages" for s in doc["steps"])
+        assert "max_page_sharing" not in doc["sysfs"]
+        assert fuzz._page_count(doc) < 256
+        assert not needs_clock(parse_scenario(doc))
+    for doc in fams["shared"]:
+        assert len([s for s in doc["steps"] if s["op"] in ("spawn", "fork")]) >= 2
+    for doc in fams["prune"]:
+        assert needs_clock(parse_scenario(doc))
+
+
+def test_needs_clock() -> None:
+    from app.kernel.ops import needs_clock, pacing
+
+    def doc(sysfs: dict[str, Any], *steps: dict[str, Any]) -> Any:
+        return parse_scenario(
+            {
+                "format": "ksm-scenario/1",
+                "name": "t",
+                "sysfs": sysfs,
+                "steps": [*steps, {"op": "checkpoint", "name": "c"}],
+            }
+        )
+
+    knob = "stable_node_chains_prune_millisecs"
+    assert needs_clock(doc({}))  # the default, 2000 ms
+    assert not needs_clock(doc({knob: 0}))
+    assert not needs_clock(doc({knob: 0}, {"op": "sysfs", "knob": knob, "value": ""}))
+    assert needs_clock(doc({knob: 0}, {"op": "sysfs", "knob": knob, "value": 400}))
+    assert needs_clock(
+        doc({knob: 0}, {"op": "sysfs", "knob": "advisor_mode", "value": "scan-time"})
+    )
+    assert pacing(True)["pass_gap_ms"] == 200
+    assert pacing(False)["pass_gap_ms"] == 0
 
 
 def test_shrink_keeps_the_failure_and_drops_the_rest() -> None:
