@@ -203,7 +203,9 @@ function setPlaying(playing) {
 // partial refreshes itself whenever the session's state changes, and htmx drops a request
 // whose source element is swapped out meanwhile, which would lose a clicker press.
 function click(action) {
-  const b = document.querySelector(`#controls [data-action="${action}"]:not([disabled])`);
+  // not only enabled buttons: the controls partial may still show an older step (a session
+  // stepped elsewhere), and a clicker press must never be lost to a stale `disabled`
+  const b = document.querySelector(`#controls [data-action="${action}"]`);
   const form = b?.closest("form");
   const url = form?.getAttribute("hx-post");
   if (!b || !url) return false;
