@@ -19,6 +19,7 @@ Depends on nothing but the standard library.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -44,16 +45,17 @@ def allowed_hosts(bound: str, extra: list[str] | tuple[str, ...] = ()) -> frozen
     """The ``Host`` names a server bound to ``bound`` answers to; None: any (a server bound
     beyond loopback without a list of names: its token guards control and the host view)."""
     names = {h.strip().lower().strip("[]") for h in extra if h.strip()}
-    if bound in ("localhost",) or _is_loopback_ip(bound):
+    if is_loopback(bound):
         return frozenset(names | LOOPBACK_NAMES | {bound.lower().strip("[]")})
     if names:
         return frozenset(names | {bound.lower().strip("[]")})
     return None
 
 
-def _is_loopback_ip(host: str) -> bool:
-    import ipaddress
-
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (``[::1]`` brackets allowed)."""
+    if host == "localhost":
+        return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

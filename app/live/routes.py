@@ -23,7 +23,6 @@ and once the server is bound beyond loopback, reading the host (``/api/live/*``,
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import secrets
 import time
@@ -43,7 +42,7 @@ from app.config import Settings
 from app.kernel.host import ksm as host_ksm
 from app.kernel.host import pagemap
 from app.kernel.host.procfs import ProcessGone
-from app.origin import OriginCheck, allowed_hosts
+from app.origin import OriginCheck, allowed_hosts, is_loopback
 
 from . import models
 from .settings import LiveSettings, get_live_settings
@@ -66,19 +65,10 @@ def _lab(conn: HTTPConnection) -> Settings | None:
     return settings if isinstance(settings, Settings) else None
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def host_read_allowed(conn: HTTPConnection) -> bool:
     """May this request read the host? Always on loopback; beyond it, with the token."""
     lab = _lab(conn)
-    if lab is None or not lab.token or _loopback(lab.host):
+    if lab is None or not lab.token or is_loopback(lab.host):
         return True
     scheme, _, value = conn.headers.get("authorization", "").partition(" ")
     given = [

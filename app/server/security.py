@@ -22,7 +22,6 @@ one when unset); anyone else may watch read-only: GET pages, snapshots and webso
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import secrets
@@ -35,6 +34,7 @@ from starlette.requests import HTTPConnection
 
 from app.config import Settings
 from app.origin import OriginCheck as OriginCheck  # re-exported for the app factory
+from app.origin import is_loopback as is_loopback  # re-exported for the CLI
 
 from .errors import ApiError
 
@@ -157,15 +157,6 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def ensure_token(settings: Settings) -> Settings:
