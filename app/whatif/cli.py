@@ -31,13 +31,13 @@ from typing import Any, TextIO
 from sim import ScenarioError
 from sim.presets import list_presets, preset_names
 from sim.scenario import KERNELS
+from sim.timemodel import CpuCosts
 
 from .cluster import parse_scheduler
 from .store import STORE_NAME, ResultStore, StoreError
 from .sweep import (
     DEFAULT_MAX_PASSES,
     CodeMismatchError,
-    CpuCosts,
     RunnerError,
     expand_grid,
     parse_grid,

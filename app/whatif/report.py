@@ -18,7 +18,9 @@ from typing import Any
 
 import plotly.io as pio  # type: ignore[import-untyped]
 
-from .sweep import CSV_COLUMNS, SWEEP_KNOBS, CpuCosts, SweepResult, cpu_share, result_row
+from sim.timemodel import CpuCosts
+
+from .sweep import CSV_COLUMNS, SWEEP_KNOBS, SweepResult, cpu_share, result_row
 
 MIB = 1024 * 1024
 

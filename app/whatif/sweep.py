@@ -65,6 +65,7 @@ from sim.presets import load_preset
 from sim.runner import check_supported
 from sim.scenario import Step
 from sim.stepper import Action, Inject, Next, Stepper
+from sim.timemodel import CpuCosts, TimeAccount, batch_cost, first_pass_pages
 
 #: knobs a sweep may vary (in CSV column order; each a knob of :data:`sim.ksm_files.KNOBS`)
 SWEEP_KNOBS = (
@@ -89,19 +90,6 @@ SETTLE_COUNTERS = (
 DEFAULT_MAX_PASSES = 64
 #: safety net against a grid point that never ends a pass
 MAX_BATCHES = 2_000_000
-
-
-@dataclass(frozen=True)
-class CpuCosts:
-    """Modelled ksmd CPU per page, in nanoseconds."""
-
-    first_ns: int = 900
-    later_ns: int = 3500
-    skip_ns: int = 100
-
-    @classmethod
-    def from_us(cls, first: float, later: float, skip: float) -> CpuCosts:
-        return cls(round(first * 1000), round(later * 1000), round(skip * 1000))
 
 
 @dataclass(frozen=True)
@@ -217,13 +205,9 @@ class _Driver:
         self.stepper = stepper
         self.k = stepper.kernel
         self.costs = costs
-        self.now_ns = 0
+        self.time = TimeAccount()
         self.last_change_ns = 0
-        self.batches = 0
         self.passes = 0
-        self.first = 0
-        self.later = 0
-        self.cpu_ns = 0
 
     def watched(self) -> tuple[int, ...]:
         return tuple(int(getattr(self.k, name)) for name in SETTLE_COUNTERS)
@@ -262,7 +246,7 @@ class _Driver:
         if not k.can_scan:
             self.stepper.feed(action)
             return
-        if self.batches >= MAX_BATCHES:
+        if self.time.batches >= MAX_BATCHES:
             raise SimError(f"more than {MAX_BATCHES} batches")
         before = self.watched()
         skipped0 = k.pages_skipped
@@ -271,21 +255,18 @@ class _Driver:
         out = self.stepper.feed(action)
         assert out is not None
         log = k.take_changes()
-        handed = int(out.what["scanned"])
-        first = sum(1 for kind, _ in log.events if kind == "item_new")
-        skipped = k.pages_skipped - skipped0
-        later = handed - first
-        cpu = first * self.costs.first_ns + later * self.costs.later_ns
-        cpu += skipped * self.costs.skip_ns
-        self.first += first
-        self.later += later
-        self.cpu_ns += cpu
-        self.batches += 1
-        self.now_ns += cpu + int(k.knobs["sleep_millisecs"]) * 1_000_000
+        cost = batch_cost(
+            self.costs,
+            handed=int(out.what["scanned"]),
+            first=first_pass_pages(log),
+            skipped=k.pages_skipped - skipped0,
+            sleep_millisecs=int(k.knobs["sleep_millisecs"]),
+        )
+        self.time.charge(cost)
         if k.seqnr != seq0:
             self.passes += 1
         if self.watched() != before:
-            self.last_change_ns = self.now_ns
+            self.last_change_ns = self.time.now_ns
 
     def settle(self, max_passes: int) -> bool:
         """Keep ksmd running until a full pass changes none of :data:`SETTLE_COUNTERS`."""
@@ -340,8 +321,8 @@ def run_point(
     if profit is None:  # 6.1 has no general_profit: the 6.5 formula
         profit = k.pages_sharing * PAGE_SIZE - k.ksm_rmap_items * RMAP_ITEM_SIZE
     result.settle_ns = drive.last_change_ns if result.settled else None
-    result.total_ns = drive.now_ns
-    result.batches = drive.batches
+    result.total_ns = drive.time.now_ns
+    result.batches = drive.time.batches
     result.passes = drive.passes
     result.general_profit = int(profit)
     result.pages_shared = k.pages_shared
@@ -349,9 +330,9 @@ def run_point(
     result.ksm_zero_pages = int(counters["ksm_zero_pages"] or 0)
     result.pages_scanned = k.pages_scanned
     result.pages_skipped = k.pages_skipped
-    result.first_pass_pages = drive.first
-    result.later_pass_pages = drive.later
-    result.cpu_ns = drive.cpu_ns
+    result.first_pass_pages = drive.time.first
+    result.later_pass_pages = drive.time.later
+    result.cpu_ns = drive.time.cpu_ns
     return result
 
 

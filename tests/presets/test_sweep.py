@@ -13,7 +13,6 @@ import pytest
 from app.cli import main as ksmlab
 from app.whatif.sweep import (
     CSV_COLUMNS,
-    CpuCosts,
     SweepPoint,
     expand_grid,
     parse_grid,
@@ -21,6 +20,7 @@ from app.whatif.sweep import (
     run_point,
     run_sweep,
 )
+from sim.timemodel import CpuCosts
 
 PRESETS = ["chains-and-dups", "volatile-buffers", "zero-pages-unmerge"]
 GRID = ["pages_to_scan=50,500", "use_zero_pages=0,1"]

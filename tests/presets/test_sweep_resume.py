@@ -18,7 +18,6 @@ import pytest
 from app.cli import main as ksmlab
 from app.whatif.store import STORE_NAME, ResultStore
 from app.whatif.sweep import (
-    CpuCosts,
     SweepPoint,
     expand_grid,
     point_key,
@@ -28,6 +27,7 @@ from app.whatif.sweep import (
     serial_runner,
 )
 from sim.presets import load_preset
+from sim.timemodel import CpuCosts
 
 ROOT = Path(__file__).resolve().parents[2]
 #: 9 presets x 8 x 2 x 2 = 288 runs, a few seconds on 2 processes
