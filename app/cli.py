@@ -16,15 +16,19 @@ import sys
 from collections.abc import Sequence
 
 import sim.cli
+from app.kernel import capture as kernel_capture
 from app.kernel import cli as kernel_cli
 from app.server import cli as server_cli
 from app.whatif import cli as whatif_cli
+from app.whatif import predict as whatif_predict
 
 COMMAND_MODULES = (
     sim.cli,  # run, compare (also `python -m sim`)
     kernel_cli,  # replay, fuzz
     server_cli,  # serve
     whatif_cli,  # presets, sweep
+    kernel_capture,  # capture
+    whatif_predict,  # predict
 )
 
 

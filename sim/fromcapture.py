@@ -1,0 +1,250 @@
+"""A capture as a simulation: the ``ksm-scenario/1`` story of captured memory, and its writes.
+
+:func:`capture_scenario` turns a :class:`~sim.capture.Capture` into a scenario whose steps
+rebuild the captured processes in the simulator, then switch KSM on:
+
+1. per process ``spawn`` (named ``comm-pid``), ``prctl 1`` when it is merge-any (see the
+   merge modes), ``mmap`` of each captured mapping (named ``name@address``);
+2. the pages' contents: a page of class 0 is written ``"zero"`` (zero-filled), a page whose
+   class appears once in the capture ``"unique"``, the pages of any other class the label
+   ``"c<class>"`` (equal classes, equal bytes); a page mapped to the kernel's zero page is
+   a read fault (``read``), except as many as the process's ``ksm_zero_pages`` said were
+   KSM-placed zero pages, which are written ``"zero"``; pages not present stay untouched;
+3. ``madvise MADV_MERGEABLE`` of the mappings the merge mode marks;
+4. a ``checkpoint "captured"``, then ``sysfs run=1``: "KSM is switched on with these
+   knobs" (the scenario's ``sysfs`` holds the knobs, ``run=0`` until then).
+
+The start state is *KSM off, nothing merged*: a page that was a KSM page at capture time
+starts as an ordinary page of its class (what ``run=2`` would leave); the notes
+(:func:`capture_notes`) say so when the capture showed KSM pages already.
+
+Merge modes (:data:`MERGE_MODES`): ``"captured"`` marks what the capture says (VmFlags
+``mg``; a merge-any process gets ``prctl``), ``"all"`` madvises every mapping (qemu guests
+that are or would be marked), ``"prctl"`` gives every process ``PR_SET_MEMORY_MERGE``
+(every eligible VMA, as ``prctl(PR_SET_MEMORY_MERGE, 1)`` does).
+
+:func:`write_schedule` turns the pages' change counts into writes in simulated time: a
+page that changed ``c`` times over the capture's period ``T`` is rewritten with new unique
+content every ``T / c`` seconds, from a phase drawn from a seeded generator (the same
+schedule every time). Standard library only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .capture import KSM_MASK, KSM_SHIFT, KSM_ZERO_PFN, PRESENT, ZERO_CLASS, Capture
+from .scenario import FORMAT, Scenario, parse_scenario
+
+MERGE_MODES = ("captured", "all", "prctl")
+#: the checkpoint after which KSM is switched on
+CAPTURED = "captured"
+
+
+def proc_names(capture: Capture) -> list[str]:
+    """Simulator process names, one per captured process: ``comm-pid`` (unique)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for n, p in enumerate(capture.processes):
+        name = f"{p.comm or 'proc'}-{p.pid}"[:64]
+        if name in seen:
+            name = f"p{n}-{p.pid}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def vma_names(capture: Capture) -> list[list[str]]:
+    """Simulator mapping names per process: ``name@address`` (``anon`` when unnamed)."""
+    out = []
+    for p in capture.processes:
+        names = []
+        for m in p.mappings:
+            label = (m.name or "anon").replace(" ", "_")
+            names.append(f"{label[:40]}@{m.start:x}")
+        out.append(names)
+    return out
+
+
+def _ranges(pages: list[int]) -> list[str]:
+    out: list[str] = []
+    start = prev = -2
+    for i in pages:
+        if i == prev + 1:
+            prev = i
+            continue
+        if start >= 0:
+            out.append(f"{start}-{prev}" if prev > start else str(start))
+        start = prev = i
+    if start >= 0:
+        out.append(f"{start}-{prev}" if prev > start else str(start))
+    return out
+
+
+def capture_document(
+    capture: Capture,
+    kernel: str = "6.18",
+    knobs: dict[str, Any] | None = None,
+    merge: str = "captured",
+    name: str = "capture",
+) -> dict[str, Any]:
+    """The ``ksm-scenario/1`` document of a capture (see the module docstring)."""
+    if merge not in MERGE_MODES:
+        raise ValueError(f"unknown merge mode {merge!r} (known: {', '.join(MERGE_MODES)})")
+    sysfs = {k: v for k, v in (knobs or {}).items() if k != "run"}
+    sysfs["run"] = 0
+    counts: Counter[int] = Counter()
+    flags, cls = capture.flags, capture.cls
+    for i in range(capture.pages):
+        if flags[i] & PRESENT:
+            counts[cls[i]] += 1
+    steps: list[dict[str, Any]] = []
+    madvise: list[dict[str, Any]] = []
+    pnames = proc_names(capture)
+    vnames = vma_names(capture)
+    for p, pname, mnames in zip(capture.processes, pnames, vnames, strict=True):
+        steps.append({"op": "spawn", "proc": pname})
+        merge_any = merge == "prctl" or (merge == "captured" and bool(p.merge_any))
+        if merge_any:
+            steps.append({"op": "prctl", "proc": pname, "value": 1})
+        ksm_zero = int((p.ksm_stat or {}).get("ksm_zero_pages", 0) or 0)
+        for m, vname in zip(p.mappings, mnames, strict=True):
+            steps.append({"op": "mmap", "proc": pname, "vma": vname, "pages": m.pages})
+        for m, vname in zip(p.mappings, mnames, strict=True):
+            groups: dict[str, list[int]] = {}
+            reads: list[int] = []
+            for j in range(m.pages):
+                i = m.first + j
+                f = flags[i]
+                if not f & PRESENT:
+                    continue
+                c = cls[i]
+                if (f & KSM_MASK) >> KSM_SHIFT == KSM_ZERO_PFN:
+                    if ksm_zero > 0 and (m.mergeable or p.merge_any):
+                        ksm_zero -= 1
+                        groups.setdefault("zero", []).append(j)
+                    else:
+                        reads.append(j)
+                    continue
+                label = "zero" if c == ZERO_CLASS else "unique" if counts[c] == 1 else f"c{c}"
+                groups.setdefault(label, []).append(j)
+            for label, pages in groups.items():
+                steps.append(
+                    {
+                        "op": "write",
+                        "proc": pname,
+                        "vma": vname,
+                        "pages": _ranges(pages),
+                        "content": label,
+                    }
+                )
+            if reads:
+                steps.append({"op": "read", "proc": pname, "vma": vname, "pages": _ranges(reads)})
+            if not merge_any and (merge == "all" or m.mergeable):
+                madvise.append(
+                    {"op": "madvise", "proc": pname, "vma": vname, "advice": "MADV_MERGEABLE"}
+                )
+    steps.extend(madvise)
+    steps.append({"op": "checkpoint", "name": CAPTURED})
+    steps.append({"op": "sysfs", "knob": "run", "value": 1})
+    s = capture.stats()
+    mib = s["pages"] * 4096 / (1 << 20)
+    return {
+        "format": FORMAT,
+        "name": name,
+        "description": (
+            f"Captured memory: {s['processes']} processes, {mib:,.0f} MiB mapped, "
+            f"{s['present']} pages present ({s['zero']} zero, {s['duplicate']} duplicate, "
+            f"{s['unique']} unique). KSM is switched on with these knobs "
+            f"(merge mode {merge})."
+        ),
+        "kernel": kernel,
+        "sysfs": sysfs,
+        "steps": steps,
+    }
+
+
+def capture_scenario(
+    capture: Capture,
+    kernel: str = "6.18",
+    knobs: dict[str, Any] | None = None,
+    merge: str = "captured",
+    name: str = "capture",
+) -> Scenario:
+    """:func:`capture_document`, parsed and validated."""
+    return parse_scenario(capture_document(capture, kernel, knobs, merge, name))
+
+
+def capture_notes(capture: Capture) -> list[str]:
+    """What the simulation of a capture leaves out or changes, in sentences."""
+    s = capture.stats()
+    notes = list(capture.notes)
+    if s["ksm_pages"] or s["ambiguous"]:
+        notes.append(
+            f"the capture showed {s['ksm_pages']} KSM pages"
+            + (f" ({s['ambiguous']} more ambiguous)" if s["ambiguous"] else "")
+            + ": the simulation starts with KSM off and nothing merged"
+        )
+    if s["thp"]:
+        notes.append(
+            f"{s['thp']} pages were in transparent huge pages: the simulator treats them "
+            "as 4 KiB pages (the kernel splits a THP before merging its pages)"
+        )
+    if s["swapped"]:
+        notes.append(f"{s['swapped']} swapped-out pages were not read (left out)")
+    return notes
+
+
+# ------------------------------------------------------------------------ writes
+@dataclass(frozen=True)
+class PageRef:
+    """A captured page in the simulator: process, mapping and page index."""
+
+    proc: str
+    vma: str
+    page: int
+
+
+class WriteSchedule:
+    """Due writes in simulated time: pages changing ``c`` times over ``T`` are rewritten
+    every ``T / c`` from a seeded random phase (integer nanoseconds throughout)."""
+
+    def __init__(self, capture: Capture, seed: int = 0) -> None:
+        self.refs: list[PageRef] = []
+        self.heap: list[tuple[int, int, int]] = []  # (due ns, ref index, period ns)
+        if capture.snapshots < 2 or capture.period_s <= 0 or not capture.changes:
+            return
+        rng = random.Random(seed)
+        period_ns = round(capture.period_s * 1e9)
+        pnames = proc_names(capture)
+        vnames = vma_names(capture)
+        for p, pname, mnames in zip(capture.processes, pnames, vnames, strict=True):
+            for m, vname in zip(p.mappings, mnames, strict=True):
+                for j in range(m.pages):
+                    c = capture.changes[m.first + j]
+                    if not c:
+                        continue
+                    every = max(1, period_ns // c)
+                    self.heap.append((rng.randrange(every), len(self.refs), every))
+                    self.refs.append(PageRef(pname, vname, j))
+        heapq.heapify(self.heap)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @property
+    def next_ns(self) -> int | None:
+        return self.heap[0][0] if self.heap else None
+
+    def due(self, now_ns: int) -> Iterator[PageRef]:
+        """The writes due at or before ``now_ns`` (each rescheduled one period later)."""
+        heap = self.heap
+        while heap and heap[0][0] <= now_ns:
+            t, ref, every = heap[0]
+            heapq.heapreplace(heap, (t + every, ref, every))
+            yield self.refs[ref]
