@@ -2,7 +2,8 @@
 
 ``presets [--json]`` lists the shipped scenario stories (name, title, kernels).
 
-``sweep [--presets a,b] [--grid KNOB=V1,V2 ...] [--kernel V] [--out DIR] [--jobs N]
+``sweep [--presets a,b] [--capture FILE [--duration S] [--merge MODE]] [--grid KNOB=V1,V2 ...]
+[--kernel V] [--out DIR] [--jobs N]
 [--max-passes N] [--costs FIRST,LATER,SKIP] [--png FILE] [--scheduler ADDRESS] [--fresh]``
 runs every preset under every combination of the grid's knob values in the simulator, on
 all cores (or on a Dask cluster: ``--scheduler tcp://HOST:PORT`` or ``local:N``), keeps each
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim import ScenarioError
+from sim.capture import CaptureError, load_capture
+from sim.fromcapture import MERGE_MODES
 from sim.presets import list_presets, preset_names
 from sim.scenario import KERNELS
 from sim.timemodel import CpuCosts
@@ -36,9 +39,12 @@ from sim.timemodel import CpuCosts
 from .cluster import parse_scheduler
 from .store import STORE_NAME, ResultStore, StoreError
 from .sweep import (
+    DEFAULT_CAPTURE_DURATION_S,
     DEFAULT_MAX_PASSES,
+    CaptureSource,
     CodeMismatchError,
     RunnerError,
+    Source,
     expand_grid,
     parse_grid,
     pool_runner,
@@ -164,11 +170,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         names = preset_names()
         if args.presets:
             chosen = [n.strip() for n in args.presets.split(",") if n.strip()]
+        elif args.capture:  # only the captures
+            chosen = []
         else:  # every preset this kernel can run
             chosen = [p.name for p in list_presets() if args.kernel in p.kernels]
         unknown = [n for n in chosen if n not in names]
         if unknown:
             raise ValueError(f"no preset named {', '.join(unknown)} (known: {', '.join(names)})")
+        sources: dict[str, Source] = {}
+        if args.duration <= 0:
+            raise ValueError("--duration must be > 0")
+        for path in args.capture or []:
+            try:
+                cap = load_capture(path)
+            except CaptureError as exc:
+                raise ValueError(f"--capture {path}: {exc}") from None
+            src = CaptureSource.of(Path(path).name, cap, args.duration, args.merge)
+            if src.name in sources:
+                raise ValueError(f"two captures named {Path(path).name!r}")
+            sources[src.name] = src
+            chosen.append(src.name)
         grid = parse_grid(args.grid or DEFAULT_GRID)
         costs = _parse_costs(args.costs) if args.costs else CpuCosts()
         if args.jobs is not None and args.jobs < 1:
@@ -217,6 +238,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 progress=bar,
                 store=store,
                 runner=runner,
+                sources=sources,
             )
         except (CodeMismatchError, StoreError) as exc:
             _err(f"ksmlab sweep: {exc}; the runs done so far are kept in {db_path}")
@@ -285,6 +307,26 @@ def register(sub: Any) -> None:
         metavar="KNOB=V1,V2",
         help="knob values to try (repeatable); knobs: pages_to_scan, sleep_millisecs, "
         "use_zero_pages, smart_scan, max_page_sharing; default: " + " ".join(DEFAULT_GRID),
+    )
+    s.add_argument(
+        "--capture",
+        action="append",
+        metavar="FILE",
+        help="a ksm-capture/1 file (ksmlab capture) to sweep over, next to the presets "
+        "(repeatable; with --capture and no --presets, only the captures); each run is a "
+        "prediction over --duration simulated seconds (see docs/whatif.md)",
+    )
+    s.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_CAPTURE_DURATION_S,
+        help=f"simulated seconds of a capture's runs (default {DEFAULT_CAPTURE_DURATION_S:g})",
+    )
+    s.add_argument(
+        "--merge",
+        choices=MERGE_MODES,
+        default="captured",
+        help="a capture's mergeable mappings: as captured (default), all, or prctl",
     )
     s.add_argument("--kernel", choices=KERNELS, default="6.18", help="kernel profile")
     s.add_argument("--out", default="out/sweep", help="output directory (default out/sweep)")

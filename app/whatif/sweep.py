@@ -60,12 +60,15 @@ from typing import Any, Protocol
 
 import sim
 from sim import Kernel, KnobError, Scenario, SimError, UnsupportedError
+from sim.capture import Capture
 from sim.kernel import PAGE_SIZE, RMAP_ITEM_SIZE
 from sim.presets import load_preset
 from sim.runner import check_supported
 from sim.scenario import Step
 from sim.stepper import Action, Inject, Next, Stepper
 from sim.timemodel import CpuCosts, TimeAccount, batch_cost, first_pass_pages
+
+from . import predict as _predict
 
 #: knobs a sweep may vary (in CSV column order; each a knob of :data:`sim.ksm_files.KNOBS`)
 SWEEP_KNOBS = (
@@ -193,6 +196,81 @@ def expand_grid(
     ]
 
 
+# ------------------------------------------------------------------ a capture as a source
+#: the prefix of a capture's name in a sweep's ``preset`` column
+CAPTURE_PREFIX = "capture:"
+DEFAULT_CAPTURE_DURATION_S = 120.0
+
+
+@dataclass(frozen=True)
+class CaptureSource:
+    """A capture as a sweep's source, next to the presets: each of its runs is a
+    prediction (:func:`app.whatif.predict.predict`) over ``duration_s`` simulated seconds
+    with the run's knobs, the mappings made mergeable as ``merge`` says."""
+
+    name: str
+    capture: Capture = field(repr=False, compare=False)
+    duration_s: float = DEFAULT_CAPTURE_DURATION_S
+    merge: str = "captured"
+    #: the capture's SHA-256 (:meth:`sim.capture.Capture.digest`), part of the run's key
+    digest: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        capture: Capture,
+        duration_s: float = DEFAULT_CAPTURE_DURATION_S,
+        merge: str = "captured",
+    ) -> CaptureSource:
+        return cls(CAPTURE_PREFIX + name, capture, duration_s, merge, capture.digest())
+
+    def key_doc(self) -> dict[str, Any]:
+        return {"capture": self.digest, "duration_s": self.duration_s, "merge": self.merge}
+
+
+Source = Scenario | CaptureSource
+
+
+def run_capture_point(
+    point: SweepPoint, source: CaptureSource, costs: CpuCosts | None = None
+) -> SweepResult:
+    """One grid point over a capture: a prediction, reported as a sweep row."""
+    result = SweepResult(point.preset, point.kernel)
+    try:
+        k = Kernel(point.kernel, dict(point.knobs))
+        result.knobs = _knob_values(k)
+        pred = _predict.predict(
+            source.capture,
+            point.kernel,
+            dict(point.knobs),
+            duration_s=source.duration_s,
+            costs=costs or CpuCosts(),
+            merge=source.merge,
+        )
+    except UnsupportedError as exc:
+        result.error = f"unsupported: {exc}"
+        return result
+    except (SimError, ValueError) as exc:
+        result.error = str(exc)
+        return result
+    result.settled = pred.settled
+    result.settle_ns = pred.last_change_ns if pred.settled else None
+    result.total_ns = pred.now_ns
+    result.batches = pred.batches
+    result.passes = pred.full_scans
+    result.general_profit = pred.general_profit
+    result.pages_shared = pred.pages_shared
+    result.pages_sharing = pred.pages_sharing
+    result.ksm_zero_pages = pred.ksm_zero_pages
+    result.pages_scanned = pred.pages_scanned
+    result.pages_skipped = pred.pages_skipped
+    result.first_pass_pages = pred.first_pass_pages
+    result.later_pass_pages = pred.later_pass_pages
+    result.cpu_ns = pred.cpu_ns
+    return result
+
+
 # ------------------------------------------------------------------------------ a run
 #: what :meth:`_Driver.settle` injects: one more pass of ksmd
 _SCAN_ONE_PASS = Step(index=0, op="scan", passes=1, raw={"op": "scan", "passes": 1})
@@ -287,9 +365,11 @@ def run_point(
     point: SweepPoint,
     costs: CpuCosts | None = None,
     max_passes: int = DEFAULT_MAX_PASSES,
-    scenario: Scenario | None = None,
+    scenario: Source | None = None,
 ) -> SweepResult:
     """Run one grid point (see the module docstring for the definitions)."""
+    if isinstance(scenario, CaptureSource):
+        return run_capture_point(point, scenario, costs)
     costs = costs or CpuCosts()
     result = SweepResult(point.preset, point.kernel)
     try:
@@ -338,7 +418,7 @@ def run_point(
 
 #: a unit of work for a runner: (index in the grid, point, its scenario or None to load the
 #: preset by name, CPU costs, max passes)
-Work = tuple[int, SweepPoint, Scenario | None, CpuCosts, int]
+Work = tuple[int, SweepPoint, Source | None, CpuCosts, int]
 #: what a runner yields for each run as it finishes: (index, result, code fingerprint of the
 #: process that computed it)
 Done = tuple[int, SweepResult, str]
@@ -390,22 +470,24 @@ def code_fingerprint() -> str:
     """
     digest = hashlib.sha256()
     sim_dir = Path(sim.__file__).parent
-    files = sorted(sim_dir.rglob("*.py")) + [Path(__file__)]
+    files = sorted(sim_dir.rglob("*.py")) + [Path(__file__), Path(_predict.__file__)]
     for path in files:
-        name = path.relative_to(sim_dir).as_posix() if path.is_relative_to(sim_dir) else "sweep"
+        name = path.relative_to(sim_dir).as_posix() if path.is_relative_to(sim_dir) else path.stem
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def point_key(
-    point: SweepPoint, scenario: Scenario | None, costs: CpuCosts, max_passes: int
-) -> str:
+def point_key(point: SweepPoint, scenario: Source | None, costs: CpuCosts, max_passes: int) -> str:
     """What identifies a run's result: the code, the scenario's content (not only the
     preset's name), the kernel, the knobs, the CPU costs and ``max_passes``."""
     doc = {
         "code": code_fingerprint(),
         "preset": point.preset,
-        "scenario": None if scenario is None else scenario.raw,
+        "scenario": None
+        if scenario is None
+        else scenario.key_doc()
+        if isinstance(scenario, CaptureSource)
+        else scenario.raw,
         "kernel": point.kernel,
         "knobs": [list(kv) for kv in point.knobs],
         "costs": asdict(costs),
@@ -447,6 +529,7 @@ def run_sweep(
     progress: Callable[[int, int], None] | None = None,
     store: ResultSink | None = None,
     runner: Runner | None = None,
+    sources: dict[str, Source] | None = None,
 ) -> list[SweepResult]:
     """Run every point; results in point order.
 
@@ -454,11 +537,17 @@ def run_sweep(
     None). With a ``store``, runs it already holds are not run again, and each run is put
     in it as soon as it finishes (so a sweep killed halfway resumes where it stopped).
     ``progress(done, total)`` is called once at the start and after each run.
+    ``sources`` gives the scenario (or :class:`CaptureSource`) of a point's ``preset``
+    name instead of the preset library's.
     """
     costs = costs or CpuCosts()
     runner = runner or pool_runner(jobs or os.cpu_count() or 1)
     total = len(points)
-    scenarios = {name: _scenario(name) for name in dict.fromkeys(p.preset for p in points)}
+    given = sources or {}
+    scenarios: dict[str, Source | None] = {
+        name: given[name] if name in given else _scenario(name)
+        for name in dict.fromkeys(p.preset for p in points)
+    }
     keys = [point_key(p, scenarios[p.preset], costs, max_passes) for p in points]
     known = store.get_many(keys) if store is not None else {}
     results: list[SweepResult | None] = [known.get(key) for key in keys]
