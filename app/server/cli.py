@@ -21,6 +21,18 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="serve only the read-only live view of this host's KSM",
     )
+    p.add_argument(
+        "--capture",
+        metavar="FILE",
+        help="open a capture of real memory (ksmlab capture) as a session and print its link",
+    )
+    p.add_argument(
+        "--merge",
+        choices=("captured", "all", "prctl"),
+        default="captured",
+        help="with --capture: which mappings KSM may merge (default: as captured)",
+    )
+    p.add_argument("--kernel", default=None, help="with --capture: the kernel profile (6.18)")
     p.set_defaults(func=run)
 
 
@@ -84,5 +96,29 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     opts = uvicorn_options(settings)
     opts["log_level"] = "info"
-    uvicorn.run(create_app(settings), host=host, port=port, **opts)
+    app = create_app(settings)
+    if args.capture:
+        from pathlib import Path
+        from urllib.parse import urlencode
+
+        from .errors import ApiError
+        from .sources import capture_setup_steps, capture_source
+
+        try:
+            data = Path(args.capture).read_bytes()
+            sc = capture_source(settings, data, args.kernel, args.merge, Path(args.capture).name)
+            manager = app.state.manager
+            session = manager.create(sc)
+        except OSError as exc:
+            sys.stderr.write(f"ksmlab serve: cannot read {args.capture}: {exc.strerror}\n")
+            return 2
+        except ApiError as exc:
+            sys.stderr.write(f"ksmlab serve: --capture {args.capture}: {exc.message}\n")
+            return 2
+        params = manager.link_params(session)
+        params["step"] = str(min(capture_setup_steps(sc), settings.max_step_n))
+        link = urlencode(params)
+        sys.stdout.write(f"capture {args.capture}: http://{host}:{port}/session?{link}\n")
+        sys.stdout.flush()
+    uvicorn.run(app, host=host, port=port, **opts)
     return 0

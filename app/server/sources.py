@@ -1,4 +1,5 @@
-"""Where a session's scenario comes from: a preset, or an uploaded JSON/YAML document.
+"""Where a session's scenario comes from: a preset, an uploaded JSON/YAML document, or a
+capture of real memory (``ksm-capture/1``, :func:`capture_source`).
 
 Also the size checks made before anything runs: steps in the scenario, and the most pages
 mapped at any one time (forks count their copies), against the configured limits.
@@ -14,7 +15,9 @@ import yaml
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from sim import ScenarioError, parse_scenario
+from sim import ScenarioError, SimError, parse_scenario
+from sim.capture import MAGIC, CaptureError, load_capture
+from sim.fromcapture import CAPTURED, MERGE_MODES, capture_document
 from sim.presets import UnknownPresetError, list_presets, load_preset
 from sim.runner import check_supported
 from sim.scenario import KERNELS, Scenario
@@ -172,3 +175,69 @@ def max_live_pages(sc: Scenario) -> int:
             live -= procs.get(step.proc, {}).pop(step.vma, 0)
         best = max(best, live)
     return best
+
+
+# --------------------------------------------------------------------------- captures
+#: the largest scenario document a capture may become (it is kept as the session's recipe)
+MAX_CAPTURE_DOCUMENT_BYTES = 8 << 20
+
+
+def is_capture(data: bytes) -> bool:
+    """The bytes are a ``ksm-capture/1`` file (its magic), not a scenario document."""
+    return data.startswith(MAGIC)
+
+
+def capture_source(
+    settings: Settings, data: bytes, kernel: str | None, merge: str | None, name: str
+) -> Scenario:
+    """The scenario of an uploaded capture (:mod:`sim.fromcapture`): its processes rebuilt,
+    then "KSM is switched on"; 422 naming the field for a bad file, kernel or merge mode,
+    413 when it maps more pages than a session may."""
+    merge = merge or "captured"
+    if merge not in MERGE_MODES:
+        raise ApiError(
+            422, "merge", f"unknown merge mode {merge!r} (known: {', '.join(MERGE_MODES)})"
+        )
+    if kernel is not None and kernel not in KERNELS:
+        raise ApiError(422, "kernel", f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})")
+    try:
+        cap = load_capture(data)
+    except CaptureError as exc:
+        raise ApiError(422, "capture", _short(str(exc))) from None
+    if cap.pages > settings.max_pages:
+        raise ApiError(
+            413,
+            "pages",
+            f"the capture maps {cap.pages} pages; this server allows {settings.max_pages} "
+            "per session",
+        )
+    title = "capture " + (name or "upload")[:64]
+    try:
+        doc = capture_document(cap, kernel or "6.18", None, merge, title)
+        if len(json.dumps(doc, separators=(",", ":"))) > MAX_CAPTURE_DOCUMENT_BYTES:
+            raise ApiError(
+                413, "capture", "the capture has too many distinct page classes to open here"
+            )
+        sc = parse_scenario(doc)
+        check_supported(sc, sc.kernel)
+    except ScenarioError as exc:
+        raise translate(exc, "capture") from None
+    except SimError as exc:
+        raise translate(exc, "merge") from None
+    return sc
+
+
+async def capture_source_async(
+    settings: Settings, data: bytes, kernel: str | None, merge: str | None, name: str
+) -> Scenario:
+    """:func:`capture_source` on a worker thread (a large capture takes a while)."""
+    return await run_in_threadpool(capture_source, settings, data, kernel, merge, name)
+
+
+def capture_setup_steps(sc: Scenario) -> int:
+    """Steps of a capture's story up to its ``captured`` checkpoint (included): the session
+    opens there, the captured processes in the grid, the next step switching KSM on."""
+    for step in sc.steps:
+        if step.op == "checkpoint" and step.name == CAPTURED:
+            return step.index + 1
+    return 0

@@ -29,7 +29,14 @@ from ..errors import ApiError
 from ..security import control_refusal
 from ..session import Session
 from ..sessions import SessionManager
-from ..sources import YAML_TYPES, decode_document_async, resolve
+from ..sources import (
+    YAML_TYPES,
+    capture_setup_steps,
+    capture_source_async,
+    decode_document_async,
+    is_capture,
+    resolve,
+)
 from .forms import command, knob_overrides, knob_warnings, to_int
 from .render import (
     HTMX,
@@ -208,6 +215,22 @@ async def post_session_upload(
         data = await upload.read(manager.settings.max_body_bytes + 1)
         if len(data) > manager.settings.max_body_bytes:
             raise ApiError(413, "scenario", f"at most {manager.settings.max_body_bytes} bytes")
+        if is_capture(data):  # a capture of real memory (ksmlab capture)
+            merge = form.get("merge")
+            sc = await capture_source_async(
+                manager.settings,
+                data,
+                kernel if isinstance(kernel, str) else None,
+                merge if isinstance(merge, str) else None,
+                upload.filename or "",
+            )
+            session = manager.create(sc)
+            try:  # open at the captured state: the processes rebuilt, KSM still off
+                await _step_forward(manager, session, capture_setup_steps(sc))
+            except BaseException:
+                manager.delete(session.id, "the capture could not be opened")
+                raise
+            return _opened(request, manager, session)
         name = (upload.filename or "").lower()
         yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
         doc = await decode_document_async(data, yaml_ok)
@@ -224,6 +247,19 @@ async def post_session_upload(
                 manager, request, "partials/upload.html", status=exc.status, error=error_dict(exc)
             )
         return error_page(manager, request, exc)
+    return _opened(request, manager, session)
+
+
+async def _step_forward(manager: SessionManager, session: Session, steps: int) -> None:
+    """``steps`` plain steps, at most ``max_step_n`` per control."""
+    limit = manager.settings.max_step_n
+    while session.timeline.step < steps:
+        n = min(limit, steps - session.timeline.step)
+        await session.run_control(command("step", {"n": n}))
+
+
+def _opened(request: Request, manager: SessionManager, session: Session) -> Response:
+    """The answer to an upload that opened ``session``: go there."""
     params = {"sid": session.id, "kernel": session.kernel.version, **manager.link_params(session)}
     url = "/session?" + urlencode(params)
     if HTMX in request.headers:

@@ -1,0 +1,61 @@
+"""A capture opens as a dashboard session: uploaded on the index page (a real uvicorn)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.app.conftest import TEST_SETTINGS, LiveServer
+
+from .test_predict import quarter_capture
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    settings = Settings(**{**TEST_SETTINGS, "max_pages": 5000, "max_body_bytes": 256 * 1024})
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        yield client
+
+
+def upload(http: httpx.Client, data: bytes, **form: str) -> httpx.Response:
+    files = {"scenario": ("guests.ksmcap", data, "application/octet-stream")}
+    return http.post("/session", files=files, data=form)
+
+
+def test_an_uploaded_capture_opens_as_a_session(http: httpx.Client) -> None:
+    data = quarter_capture(2000).to_bytes()
+    r = upload(http, data, merge="all", kernel="6.18")
+    assert r.status_code == 303, r.text
+    url = r.headers["location"]
+    sid = parse_qs(urlparse(url).query)["sid"][0]
+    page = http.get(url, follow_redirects=True)
+    assert page.status_code == 200
+    assert "capture guests.ksmcap" in page.text
+    snap = http.get(f"/api/sessions/{sid}/snapshot").json()
+    # it opens at the captured state: the processes rebuilt (the grid), KSM still off
+    assert snap["summary"] == "checkpoint 'captured'"
+    assert "qemu-system-x86-100" in str(snap["procs"])
+    assert snap["knobs"]["run"] == 0
+    # the next step switches KSM on; ksmd then merges batch after batch
+    r = http.post(f"/api/sessions/{sid}/step", json={"n": 1})
+    assert r.status_code == 200, r.text
+    assert http.get(f"/api/sessions/{sid}/snapshot").json()["knobs"]["run"] == 1
+    r = http.post(f"/api/sessions/{sid}/step", json={"n": 60})
+    assert r.status_code == 200, r.text
+    snap = http.get(f"/api/sessions/{sid}/snapshot").json()
+    assert snap["global"]["pages_sharing"] > 0
+
+
+def test_bad_captures_get_a_clear_4xx(http: httpx.Client) -> None:
+    r = upload(http, b"KSMCAPTURE\n\x05\x00\x00\x00{}")
+    assert r.status_code == 422 and "capture" in r.text and "truncated" in r.text
+    r = upload(http, quarter_capture(6000).to_bytes())  # over max_pages
+    assert r.status_code == 413 and "5000" in r.text
+    r = upload(http, quarter_capture(100).to_bytes(), merge="everything")
+    assert r.status_code == 422 and "merge" in r.text
+    # the server keeps serving
+    assert upload(http, quarter_capture(100).to_bytes()).status_code == 303
