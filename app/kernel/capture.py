@@ -181,7 +181,7 @@ class _Proc:
     pagemap: int  # fd of /proc/PID/pagemap
 
 
-def _open_process(root: Path, pid: int) -> _Proc:
+def _open_process(root: Path, pid: int, mergeable_only: bool = False) -> _Proc:
     base = root / str(pid)
     if not base.exists():
         raise CaptureFailed(f"process {pid} does not exist")
@@ -197,7 +197,11 @@ def _open_process(root: Path, pid: int) -> _Proc:
         ) from None
     if not smaps_text.strip() and not (base / "exe").exists():
         raise CaptureFailed(f"process {pid} has no memory (a kernel thread or a zombie)")
-    vmas = [v for v in parse_smaps(smaps_text) if is_anon_private(v)]
+    vmas = [
+        v
+        for v in parse_smaps(smaps_text)
+        if is_anon_private(v) and (v.mergeable or not mergeable_only)
+    ]
     fds = []
     try:
         for name in ("mem", "pagemap"):
@@ -508,8 +512,10 @@ def capture_processes(
     progress: Progress | None = None,
     proc_root: str | Path = "/proc",
     salt: bytes | None = None,
+    mergeable_only: bool = False,
 ) -> Capture:
-    """Capture the anonymous private memory of ``pids`` (see the module docstring)."""
+    """Capture the anonymous private memory of ``pids`` (see the module docstring); with
+    ``mergeable_only`` only the mappings that are VM_MERGEABLE now (a qemu guest's RAM)."""
     if not pids:
         raise CaptureFailed("no process to capture")
     if snapshots < 1:
@@ -521,7 +527,7 @@ def capture_processes(
     procs: list[_Proc] = []
     try:
         for pid in dict.fromkeys(pids):
-            procs.append(_open_process(root, pid))
+            procs.append(_open_process(root, pid, mergeable_only))
         cap_procs = [p.info for p in procs]
         # mapping offsets into the columns (Capture.index does the same)
         first = 0
@@ -630,6 +636,11 @@ def register(subparsers: Any) -> None:
     sel.add_argument("--qemu", action="store_true", help="every qemu process")
     cp.add_argument("--snapshots", type=int, default=1, help="readings of the memory (1)")
     cp.add_argument("--interval", type=float, default=10.0, help="seconds between snapshots (10)")
+    cp.add_argument(
+        "--mergeable-only",
+        action="store_true",
+        help="only the mappings that are VM_MERGEABLE now (e.g. a qemu guest's RAM)",
+    )
     cp.add_argument("-o", "--out", type=Path, required=True, help="the capture file to write")
     cp.add_argument("--no-progress", action="store_true", help="no progress bar")
     cp.set_defaults(func=cmd_capture)
@@ -659,6 +670,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             snapshots=args.snapshots,
             interval_s=args.interval,
             progress=None if args.no_progress else Bar(),
+            mergeable_only=args.mergeable_only,
         )
         elapsed = time.monotonic() - t0
         try:
