@@ -2,11 +2,11 @@
 
 Usage: python bench/capture.py [--mib 1024] [--rounds 3] [--predict]
 
-Starts a child process that maps --mib MiB of private anonymous memory and fills it in
-2 MiB blocks, in turn: zero-filled (written), duplicates (the same random page again and
-again) and random (every page its own bytes); a quarter of the blocks are left untouched
-(never present: not read). Then captures it with ``app.kernel.capture.capture_processes``
-(the whole process: its interpreter's memory too) --rounds times and prints, per round,
+Starts a child process that maps --mib MiB of private anonymous memory and fills all of it
+in 2 MiB blocks, in turn: zero-filled (written), duplicates (the same random page again and
+again) and random (every page its own bytes). Then captures it with
+``app.kernel.capture.capture_processes`` (the whole process: its interpreter's memory too)
+--rounds times and prints, per round,
 the seconds, the MB/s of mapped and of present memory read, and the time 1 GiB of mapped
 memory takes at that rate; the best and median rounds last. With --predict it also times
 ``ksmlab predict`` of the capture over 120 simulated seconds (default knobs, merge mode
@@ -36,12 +36,12 @@ m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 block = 2 << 20
 dup = os.urandom(4096) * (block // 4096)
 for n, off in enumerate(range(0, size, block)):
-    kind = n % 4
+    kind = n % 3
     if kind == 0:
         m[off:off + block] = bytes(block)
     elif kind == 1:
         m[off:off + block] = dup
-    elif kind == 2:
+    else:
         m[off:off + block] = os.urandom(block)
 print("ready", flush=True)
 sys.stdin.read()

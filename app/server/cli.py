@@ -102,22 +102,22 @@ def run(args: argparse.Namespace) -> int:
         from urllib.parse import urlencode
 
         from .errors import ApiError
-        from .sources import capture_setup_steps, capture_source
+        from .sources import capture_session
 
         try:
             data = Path(args.capture).read_bytes()
-            sc = capture_source(settings, data, args.kernel, args.merge, Path(args.capture).name)
+            sc, stepper, origin = capture_session(
+                settings, data, args.kernel, args.merge, Path(args.capture).name
+            )
             manager = app.state.manager
-            session = manager.create(sc)
+            session = manager.create(sc, stepper=stepper, recipe_origin=origin)
         except OSError as exc:
             sys.stderr.write(f"ksmlab serve: cannot read {args.capture}: {exc.strerror}\n")
             return 2
         except ApiError as exc:
             sys.stderr.write(f"ksmlab serve: --capture {args.capture}: {exc.message}\n")
             return 2
-        params = manager.link_params(session)
-        params["step"] = str(min(capture_setup_steps(sc), settings.max_step_n))
-        link = urlencode(params)
+        link = urlencode(manager.link_params(session))
         sys.stdout.write(f"capture {args.capture}: http://{host}:{port}/session?{link}\n")
         sys.stdout.flush()
     uvicorn.run(app, host=host, port=port, **opts)

@@ -41,7 +41,7 @@ from . import share
 from .errors import ApiError, translate
 from .groups import Group
 from .session import Session, SessionSettings
-from .sources import resolve
+from .sources import capture_session_from_origin_async, resolve
 from .store import Recipe, RecipeStore
 from .timeline import LimitError
 from .viewers import ByteBudget
@@ -125,11 +125,24 @@ class SessionManager:
             self.record(session)
         return session
 
-    def create(self, scenario: Scenario, preset: str | None = None) -> Session:
-        """A new session running ``scenario`` (already resolved, see ``sources.resolve``)."""
+    def create(
+        self,
+        scenario: Scenario,
+        preset: str | None = None,
+        *,
+        stepper: Stepper | None = None,
+        recipe_origin: Recipe | None = None,
+    ) -> Session:
+        """A new session running ``scenario`` (already resolved, see ``sources.resolve``;
+        ``stepper`` and ``recipe_origin`` for a session that starts from a built kernel,
+        such as a capture's, ``sources.capture_session``)."""
         self._check_room(1)
         return self._new(
-            scenario, None, preset, f"start: {scenario.name} on kernel {scenario.kernel}"
+            scenario,
+            stepper,
+            preset,
+            f"start: {scenario.name} on kernel {scenario.kernel}",
+            recipe_origin,
         )
 
     # ---------------------------------------------------------------- recipes
@@ -235,6 +248,11 @@ class SessionManager:
                 f"forked at step {at} (rebuilt from its link)",
                 origin,
                 register=False,
+            )
+        elif "capture" in origin:  # a capture's session: its kernel built from the file
+            sc, stepper, _ = await capture_session_from_origin_async(self.settings, origin)
+            session = self._new(
+                sc, stepper, None, f"start: {sc.name} on kernel {sc.kernel}", origin, False
             )
         else:
             preset = origin.get("preset")

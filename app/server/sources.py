@@ -7,6 +7,7 @@ mapped at any one time (forks count their copies), against the configured limits
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -15,8 +16,8 @@ import yaml
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from sim import ScenarioError, SimError, parse_scenario
-from sim.capture import MAGIC, CaptureError, load_capture
+from sim import Kernel, Next, ScenarioError, SimError, Stepper, parse_scenario
+from sim.capture import MAGIC, Capture, CaptureError, load_capture
 from sim.fromcapture import CAPTURED, MERGE_MODES, capture_document
 from sim.presets import UnknownPresetError, list_presets, load_preset
 from sim.runner import check_supported
@@ -178,21 +179,14 @@ def max_live_pages(sc: Scenario) -> int:
 
 
 # --------------------------------------------------------------------------- captures
-#: the largest scenario document a capture may become (it is kept as the session's recipe)
-MAX_CAPTURE_DOCUMENT_BYTES = 8 << 20
-
-
 def is_capture(data: bytes) -> bool:
     """The bytes are a ``ksm-capture/1`` file (its magic), not a scenario document."""
     return data.startswith(MAGIC)
 
 
-def capture_source(
-    settings: Settings, data: bytes, kernel: str | None, merge: str | None, name: str
-) -> Scenario:
-    """The scenario of an uploaded capture (:mod:`sim.fromcapture`): its processes rebuilt,
-    then "KSM is switched on"; 422 naming the field for a bad file, kernel or merge mode,
-    413 when it maps more pages than a session may."""
+def _load_capture_checked(
+    settings: Settings, data: bytes, kernel: str | None, merge: str | None
+) -> tuple[Capture, str, str]:
     merge = merge or "captured"
     if merge not in MERGE_MODES:
         raise ApiError(
@@ -211,27 +205,73 @@ def capture_source(
             f"the capture maps {cap.pages} pages; this server allows {settings.max_pages} "
             "per session",
         )
+    return cap, kernel or "6.18", merge
+
+
+def capture_session(
+    settings: Settings, data: bytes, kernel: str | None, merge: str | None, name: str
+) -> tuple[Scenario, Stepper, dict[str, Any]]:
+    """What a dashboard session of a capture starts from: the kernel already holding the
+    captured processes (their story applied at once, off the timeline: a capture of three
+    guests is some 46,000 ops), a two-step story (the ``captured`` checkpoint, then
+    ``sysfs run=1``: "KSM is switched on with these knobs") and the recipe origin that
+    rebuilds it (the capture file itself, base64, with the kernel and merge mode).
+    422 naming the field for a bad file, kernel or merge mode, 413 when it maps more pages
+    than a session may."""
+    cap, kernel, merge = _load_capture_checked(settings, data, kernel, merge)
     title = "capture " + (name or "upload")[:64]
     try:
-        doc = capture_document(cap, kernel or "6.18", None, merge, title)
-        if len(json.dumps(doc, separators=(",", ":"))) > MAX_CAPTURE_DOCUMENT_BYTES:
-            raise ApiError(
-                413, "capture", "the capture has too many distinct page classes to open here"
-            )
-        sc = parse_scenario(doc)
-        check_supported(sc, sc.kernel)
+        full = parse_scenario(capture_document(cap, kernel, None, merge, title))
+        check_supported(full, full.kernel)
+        k = Kernel(full.kernel, full.sysfs, record=True)
+        setup = Stepper(k, full.steps[: capture_setup_steps(full) - 1])
+        while setup.in_scenario:
+            out = setup.feed(Next("batch"))
+            if out is not None and out.error is not None:
+                raise out.error
+        k.take_changes()
+        story = dict(full.raw)
+        story["steps"] = full.raw["steps"][-2:]  # the checkpoint, then run=1
+        sc = parse_scenario(story)
     except ScenarioError as exc:
         raise translate(exc, "capture") from None
     except SimError as exc:
         raise translate(exc, "merge") from None
-    return sc
+    origin = {
+        "capture": base64.b64encode(data).decode("ascii"),
+        "name": name[:256],
+        "kernel": kernel,
+        "merge": merge,
+    }
+    return sc, Stepper(k, sc.steps), origin
 
 
-async def capture_source_async(
+def capture_session_from_origin(
+    settings: Settings, origin: dict[str, Any]
+) -> tuple[Scenario, Stepper, dict[str, Any]]:
+    """:func:`capture_session` of a stored recipe's origin (a link to a capture session)."""
+    text = origin.get("capture")
+    kernel, merge, name = origin.get("kernel"), origin.get("merge"), origin.get("name")
+    if not isinstance(text, str):
+        raise ApiError(422, "r", "not a recipe of this server")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ApiError(422, "r", "the recipe's capture is not base64") from None
+    return capture_session(
+        settings,
+        data,
+        kernel if isinstance(kernel, str) else None,
+        merge if isinstance(merge, str) else None,
+        name if isinstance(name, str) else "",
+    )
+
+
+async def capture_session_async(
     settings: Settings, data: bytes, kernel: str | None, merge: str | None, name: str
-) -> Scenario:
-    """:func:`capture_source` on a worker thread (a large capture takes a while)."""
-    return await run_in_threadpool(capture_source, settings, data, kernel, merge, name)
+) -> tuple[Scenario, Stepper, dict[str, Any]]:
+    """:func:`capture_session` on a worker thread (a large capture takes seconds)."""
+    return await run_in_threadpool(capture_session, settings, data, kernel, merge, name)
 
 
 def capture_setup_steps(sc: Scenario) -> int:
@@ -241,3 +281,10 @@ def capture_setup_steps(sc: Scenario) -> int:
         if step.op == "checkpoint" and step.name == CAPTURED:
             return step.index + 1
     return 0
+
+
+async def capture_session_from_origin_async(
+    settings: Settings, origin: dict[str, Any]
+) -> tuple[Scenario, Stepper, dict[str, Any]]:
+    """:func:`capture_session_from_origin` on a worker thread."""
+    return await run_in_threadpool(capture_session_from_origin, settings, origin)

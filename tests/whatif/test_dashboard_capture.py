@@ -37,17 +37,25 @@ def test_an_uploaded_capture_opens_as_a_session(http: httpx.Client) -> None:
     assert "capture guests.ksmcap" in page.text
     snap = http.get(f"/api/sessions/{sid}/snapshot").json()
     # it opens at the captured state: the processes rebuilt (the grid), KSM still off
-    assert snap["summary"] == "checkpoint 'captured'"
-    assert "qemu-system-x86-100" in str(snap["procs"])
-    assert snap["knobs"]["run"] == 0
-    # the next step switches KSM on; ksmd then merges batch after batch
-    r = http.post(f"/api/sessions/{sid}/step", json={"n": 1})
+    assert [p["name"] for p in snap["procs"]] == ["qemu-system-x86-100"]
+    assert snap["knobs"]["run"] == 0 and snap["story"]["steps"] == 2
+    # its story: the "captured" checkpoint, then KSM is switched on
+    r = http.post(f"/api/sessions/{sid}/step", json={"n": 2})
     assert r.status_code == 200, r.text
     assert http.get(f"/api/sessions/{sid}/snapshot").json()["knobs"]["run"] == 1
     r = http.post(f"/api/sessions/{sid}/step", json={"n": 60})
     assert r.status_code == 200, r.text
     snap = http.get(f"/api/sessions/{sid}/snapshot").json()
     assert snap["global"]["pages_sharing"] > 0
+    # its link rebuilds it on another visit (from the stored recipe: the capture itself)
+    q = parse_qs(urlparse(url).query)
+    again = http.get(f"/session?r={q['r'][0]}&step=30")
+    assert again.status_code == 303, again.text
+    sid2 = parse_qs(urlparse(again.headers["location"]).query)["sid"][0]
+    assert sid2 != sid
+    snap2 = http.get(f"/api/sessions/{sid2}/snapshot").json()
+    assert snap2["step"] == 30 and snap2["procs"][0]["name"] == "qemu-system-x86-100"
+    assert snap2["knobs"]["run"] == 1
 
 
 def test_bad_captures_get_a_clear_4xx(http: httpx.Client) -> None:

@@ -31,8 +31,7 @@ from ..session import Session
 from ..sessions import SessionManager
 from ..sources import (
     YAML_TYPES,
-    capture_setup_steps,
-    capture_source_async,
+    capture_session_async,
     decode_document_async,
     is_capture,
     resolve,
@@ -217,19 +216,14 @@ async def post_session_upload(
             raise ApiError(413, "scenario", f"at most {manager.settings.max_body_bytes} bytes")
         if is_capture(data):  # a capture of real memory (ksmlab capture)
             merge = form.get("merge")
-            sc = await capture_source_async(
+            sc, stepper, origin = await capture_session_async(
                 manager.settings,
                 data,
                 kernel if isinstance(kernel, str) else None,
                 merge if isinstance(merge, str) else None,
                 upload.filename or "",
             )
-            session = manager.create(sc)
-            try:  # open at the captured state: the processes rebuilt, KSM still off
-                await _step_forward(manager, session, capture_setup_steps(sc))
-            except BaseException:
-                manager.delete(session.id, "the capture could not be opened")
-                raise
+            session = manager.create(sc, stepper=stepper, recipe_origin=origin)
             return _opened(request, manager, session)
         name = (upload.filename or "").lower()
         yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
@@ -248,14 +242,6 @@ async def post_session_upload(
             )
         return error_page(manager, request, exc)
     return _opened(request, manager, session)
-
-
-async def _step_forward(manager: SessionManager, session: Session, steps: int) -> None:
-    """``steps`` plain steps, at most ``max_step_n`` per control."""
-    limit = manager.settings.max_step_n
-    while session.timeline.step < steps:
-        n = min(limit, steps - session.timeline.step)
-        await session.run_control(command("step", {"n": n}))
 
 
 def _opened(request: Request, manager: SessionManager, session: Session) -> Response:
