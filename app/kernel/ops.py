@@ -42,7 +42,13 @@ from .worker import PAGE, WorkerError
 REPLAYER = "ksmlab-replay/1"
 TRACE_FORMAT = "ksm-trace/1"
 SCAN_PAGES = 1_000_000_000  # pages_to_scan during a scan: a batch always ends with its pass
-WAKE_SLEEP_MS = (3_600_000, 3_600_001, 3_600_002, 3_600_003)  # an hour between passes
+WAKE_SLEEP_MS = 3_600_000  # an hour between passes
+#: every wake-up writes a value not written shortly before (``fresh_sleep`` in
+#: :meth:`Replay.op_scan`): ksmd's timed wait (``ksm_scan_thread``) ends only if the value
+#: differs from the one it read after its pass; toggling between two values let a second
+#: write (the nudge) undo the first one before a descheduled ksmd rechecked its condition
+#: (a TCG guest under load: ksmd slept an hour, the scan gave up after one pass)
+WAKE_SLEEP_SPAN = 1_000_000
 NUDGE_SECONDS = 0.05  # ksmd asleep this long after a wake-up without a pass: wake it again
 #: the format's clock: consecutive passes start this far apart, also across scan steps
 PASS_GAP_SECONDS = 0.2
@@ -108,6 +114,9 @@ class Replay:
         self.meta: dict[str, Any] = {}
         self.last_start: float | None = None  # when the latest pass was started (monotonic)
         self.paced = needs_clock(scenario)
+        # sleep_millisecs values written to wake ksmd (WAKE_SLEEP_MS + seq): start from the
+        # clock, so that a forked replay (one per scenario in a guest) writes other values
+        self.wake_seq = int(time.time() * 1000) % WAKE_SLEEP_SPAN
         self.observe = Observer(self.sysfs, self.proc, session.classification, self.warnings)
 
     # -- driver
@@ -326,11 +335,16 @@ class Replay:
         fs0 = before["full_scans"] or 0
         target = fs0 + step.passes
         ksmd = self.s.ksmd if self.s.ksmd and self.proc.comm(self.s.ksmd) == "ksmd" else None
-        # ksmd may still be in its timed wait with the value the previous scan left: the
-        # first value written here must differ from it, or that wait never ends
-        sleeps = [
-            v for v in WAKE_SLEEP_MS if v not in (saved["sleep_millisecs"], self.s.last_sleep)
-        ][:2]
+
+        def fresh_sleep() -> int:
+            """A value not written shortly before: ksmd may still be in its timed wait with
+            the value the previous scan left, and a wake must differ from what it read."""
+            while True:
+                self.wake_seq += 1
+                v = WAKE_SLEEP_MS + self.wake_seq % WAKE_SLEEP_SPAN
+                if v not in (saved["sleep_millisecs"], self.s.last_sleep):
+                    return v
+
         cfg = self.s.config
         # without ksmd's thread, ksmd sleeps the format's gap between passes by itself
         stall = cfg.stall_seconds if ksmd else max(1.0, 5 * PASS_GAP_SECONDS)
@@ -338,7 +352,7 @@ class Replay:
         gave_up = False
         wakes = nudges = 0
         late = 0.0  # the most a pass of this scan started after its due time
-        current: KnobValue = sleeps[0] if ksmd else round(PASS_GAP_SECONDS * 1000)
+        current: KnobValue = fresh_sleep() if ksmd else round(PASS_GAP_SECONDS * 1000)
 
         def due() -> float:
             """When the next pass may start: the format's gap after the previous start."""
@@ -354,7 +368,7 @@ class Replay:
 
         def wake() -> None:
             nonlocal current
-            current = sleeps[1] if current == sleeps[0] else sleeps[0]
+            current = fresh_sleep()
             s.write("sleep_millisecs", current)  # a new value ends ksmd's timed wait
             self.s.last_sleep = current
 
