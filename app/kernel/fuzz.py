@@ -400,7 +400,21 @@ def judge(doc: Doc, kernel: tuple[Doc | None, str | None]) -> Outcome:
         tied = without_ties(ktrace, strace)
         if tied is not None and not tied:
             return Outcome("tied", ktrace, strace, diffs)
+        diffs = diffs + gave_up_notes(ktrace)
     return Outcome("diff" if diffs else "agree", ktrace, strace, diffs)
+
+
+def gave_up_notes(ktrace: Doc) -> list[str]:
+    """The kernel trace's scans that ended before their passes (``meta.scans[].gave_up``):
+    right when nothing was registered, a replay fault otherwise (a ksmd wake-up lost in a
+    loaded guest); listed after a disagreement's differences, for the one who reads it."""
+    return [
+        f"note: the replayer gave up on the scan of step {scan.get('step')} after "
+        f"{scan.get('full_scans_after', 0) - scan.get('full_scans_before', 0)} of "
+        f"{scan.get('passes')} passes (ksmd asleep, no progress)"
+        for scan in ktrace.get("meta", {}).get("scans", [])
+        if scan.get("gave_up")
+    ]
 
 
 def host_runner(session: Any) -> KernelRunner:
