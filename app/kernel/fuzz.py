@@ -632,7 +632,11 @@ class FuzzResult:
             if self.late
             else ""
         )
-        again = f" ({len(self.retried)} of them replayed again: late)" if self.retried else ""
+        again = (
+            f" ({len(self.retried)} on a second replay: the first ran the clock ahead)"
+            if self.retried
+            else ""
+        )
         return f"{self.agree} agree{again}, {self.disagree} disagree{tied}{late}"
 
 
