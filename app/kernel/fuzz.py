@@ -367,7 +367,7 @@ def op_kinds(doc: Doc) -> set[str]:
 
 @dataclass
 class Outcome:
-    kind: str  # "agree", "tied", "diff", "sim-error", "kernel-error"
+    kind: str  # "agree", "tied", "late", "diff", "sim-error", "kernel-error"
     kernel: Doc | None
     sim: Doc | None
     diffs: list[str]
@@ -400,7 +400,44 @@ def judge(doc: Doc, kernel: tuple[Doc | None, str | None]) -> Outcome:
         tied = without_ties(ktrace, strace)
         if tied is not None and not tied:
             return Outcome("tied", ktrace, strace, diffs)
+        diffs = diffs + gave_up_notes(ktrace)
+        ahead = clock_ahead_ms(ktrace)
+        if ahead >= CLOCK_SLACK_MS:
+            note = (
+                f"note: the kernel's clock ran {ahead:.0f} ms ahead of the format's (the "
+                "steps between scans took that much longer than the 200 ms gaps)"
+            )
+            return Outcome("late", ktrace, strace, [*diffs, note])
     return Outcome("diff" if diffs else "agree", ktrace, strace, diffs)
+
+
+#: a paced replay whose passes started this much later than the format's clock, in all,
+#: may have let a prune timer fall due a pass early (docs/replayer.md, "Pacing")
+CLOCK_SLACK_MS = 100.0
+#: replays of a scenario that disagreed while its replay was late, before it is counted apart
+LATE_RETRIES = 2
+
+
+def clock_ahead_ms(ktrace: Doc) -> float:
+    """How far a paced replay's clock ran ahead of the format's: the sum of its scans'
+    ``late_ms`` (0 when unpaced: no clock is read)."""
+    meta = ktrace.get("meta", {})
+    if not meta.get("pacing", {}).get("pass_gap_ms"):
+        return 0.0
+    return float(sum(scan.get("late_ms") or 0.0 for scan in meta.get("scans", [])))
+
+
+def gave_up_notes(ktrace: Doc) -> list[str]:
+    """The kernel trace's scans that ended before their passes (``meta.scans[].gave_up``):
+    right when nothing was registered, a replay fault otherwise (a ksmd wake-up lost in a
+    loaded guest); listed after a disagreement's differences, for the one who reads it."""
+    return [
+        f"note: the replayer gave up on the scan of step {scan.get('step')} after "
+        f"{scan.get('full_scans_after', 0) - scan.get('full_scans_before', 0)} of "
+        f"{scan.get('passes')} passes (ksmd asleep, no progress)"
+        for scan in ktrace.get("meta", {}).get("scans", [])
+        if scan.get("gave_up")
+    ]
 
 
 def host_runner(session: Any) -> KernelRunner:
@@ -573,6 +610,8 @@ class FuzzResult:
     agree: int = 0
     disagree: int = 0
     tied: int = 0  # agree except on pages userspace cannot classify (counted apart)
+    late: int = 0  # disagree, but every replay ran the clock ahead (counted apart)
+    retried: list[int] = field(default_factory=list)  # agreed once replayed on time
     kinds: set[str] = field(default_factory=set)
     failures: list[dict[str, Any]] = field(default_factory=list)
     families: dict[str, int] = field(default_factory=dict)  # scenarios per family
@@ -588,7 +627,17 @@ class FuzzResult:
     @property
     def summary(self) -> str:
         tied = f", {self.tied} agree only up to ties userspace cannot see" if self.tied else ""
-        return f"{self.agree} agree, {self.disagree} disagree{tied}"
+        late = (
+            f", {self.late} disagree only where the replay could not keep the format's clock"
+            if self.late
+            else ""
+        )
+        again = (
+            f" ({len(self.retried)} on a second replay: the first ran the clock ahead)"
+            if self.retried
+            else ""
+        )
+        return f"{self.agree} agree{again}, {self.disagree} disagree{tied}{late}"
 
 
 def _dump(path: Path, doc: Any) -> None:
@@ -615,9 +664,10 @@ def save_failure(
     return d
 
 
-def save_tie(out: Path, index: int, doc: Doc, outcome: Outcome) -> Path:
-    """``out/NNNN-tied/``: scenario, both traces, the differences on the tied pages."""
-    d = out / f"{index:04d}-tied"
+def save_tie(out: Path, index: int, doc: Doc, outcome: Outcome, suffix: str = "tied") -> Path:
+    """``out/NNNN-tied/``: scenario, both traces, the differences on the tied pages (and
+    ``NNNN-late/`` for a scenario whose every replay ran the clock ahead)."""
+    d = out / f"{index:04d}-{suffix}"
     _save(d, "scenario.json", "", doc, outcome)
     return d
 
@@ -679,6 +729,14 @@ def fuzz(
         for offset, (doc, ktrace) in enumerate(zip(part, runner(part), strict=True)):
             index = start + offset
             outcome = judge(doc, ktrace)
+            for _ in range(LATE_RETRIES if outcome.kind == "late" else 0):
+                if progress:
+                    progress.show(done, result, f"replaying #{index} (late)")
+                outcome = judge(doc, runner([doc])[0])
+                if outcome.kind != "late":
+                    if outcome.agrees:
+                        result.retried.append(index)
+                    break
             done += 1
             if outcome.agrees:
                 result.agree += 1
@@ -686,6 +744,10 @@ def fuzz(
                 result.tied += 1
                 if out is not None:  # kept for a look, not shrunk: nothing is wrong
                     save_tie(out, index, doc, outcome)
+            elif outcome.kind == "late":
+                result.late += 1
+                if out is not None:  # not shrunk: shrinking needs a replay that keeps time
+                    save_tie(out, index, doc, outcome, "late")
             else:
                 result.disagree += 1
                 if on_found:
@@ -732,6 +794,8 @@ def fuzz(
                 "agree": result.agree,
                 "disagree": result.disagree,
                 "tied": result.tied,
+                "late": result.late,
+                "retried": result.retried,
                 "op_kinds": sorted(result.kinds),
                 "families": result.families,
                 "seconds": result.seconds,

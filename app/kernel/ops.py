@@ -9,7 +9,8 @@ Conventions (``shared/scenario-format.md``, ``shared/traces/README.md``, ``ksm-m
 * one worker process per scenario process (:mod:`.worker`); ksmd is stopped (``run=0``)
   during every step but ``scan``;
 * ``scan N`` runs exactly N full passes, paced by the format's clock: a pass starts
-  ``PASS_GAP_SECONDS`` (200 ms) after the start of the previous one (of this scan or an
+  ``PASS_GAP_SECONDS`` (200 ms) plus a small margin (:func:`pass_gap`) after the start of
+  the previous one (of this scan or an
   earlier one), never sooner, so the kernel's prune timer sees the time the simulator
   keeps (``meta.pacing``; not when no clock can matter: :func:`needs_clock`);
   ``pages_to_scan`` is set so large that one batch is one whole pass, and
@@ -42,10 +43,19 @@ from .worker import PAGE, WorkerError
 REPLAYER = "ksmlab-replay/1"
 TRACE_FORMAT = "ksm-trace/1"
 SCAN_PAGES = 1_000_000_000  # pages_to_scan during a scan: a batch always ends with its pass
-WAKE_SLEEP_MS = (3_600_000, 3_600_001, 3_600_002, 3_600_003)  # an hour between passes
+WAKE_SLEEP_MS = 3_600_000  # an hour between passes
+#: every wake-up writes a value not written shortly before (``fresh_sleep`` in
+#: :meth:`Replay.op_scan`): ksmd's timed wait (``ksm_scan_thread``) ends only if the value
+#: differs from the one it read after its pass; toggling between two values let a second
+#: write (the nudge) undo the first one before a descheduled ksmd rechecked its condition
+#: (a TCG guest under load: ksmd slept an hour, the scan gave up after one pass)
+WAKE_SLEEP_SPAN = 1_000_000
 NUDGE_SECONDS = 0.05  # ksmd asleep this long after a wake-up without a pass: wake it again
 #: the format's clock: consecutive passes start this far apart, also across scan steps
 PASS_GAP_SECONDS = 0.2
+#: the most a paced pass starts later than the format's gap, spread over the longest prune
+#: interval (:func:`pass_gap`)
+PASS_GAP_MARGIN_SECONDS = 0.05
 PRUNE_KNOB = "stable_node_chains_prune_millisecs"
 #: knobs that read the clock (``ksm-model.md``: the chain prune timer, the advisor)
 CLOCK_KNOBS = (PRUNE_KNOB, "advisor_mode")
@@ -64,7 +74,23 @@ def needs_clock(scenario: Scenario) -> bool:
     return False
 
 
-def pacing(paced: bool) -> dict[str, Any]:
+def pass_gap(scenario: Scenario) -> float:
+    """The real time between pass starts: the format's 200 ms plus a margin, so that a
+    chain's prune timer is due on the kernel when the format says so although the walk
+    that checks it may come earlier in its pass than the one that set it (ksmd runs at
+    nice 5: on a loaded host a pass can stretch over tens of ms; the host fuzz, seed 16
+    scenario 130, at load 7: a search did not prune after exactly 5 passes of 1000 ms).
+    The margin, 50 ms over the longest prune interval of the scenario (in passes), keeps
+    a timer that is not due one pass before not due as long as the steps between scans
+    and the stretch of a pass add up to less than 150 ms."""
+    values = [scenario.sysfs.get(PRUNE_KNOB, DEFAULT_KNOBS.get(PRUNE_KNOB, 2000))]
+    values += [st.value for st in scenario.steps if st.op == "sysfs" and st.knob == PRUNE_KNOB]
+    gap_ms = round(PASS_GAP_SECONDS * 1000)
+    passes = max((-(-int(v) // gap_ms) for v in values if str(v).isdigit()), default=1)
+    return PASS_GAP_SECONDS + PASS_GAP_MARGIN_SECONDS / max(1, passes)
+
+
+def pacing(paced: bool, gap: float = PASS_GAP_SECONDS) -> dict[str, Any]:
     """``meta.pacing``: how passes were spaced in time."""
     if not paced:
         return {
@@ -73,9 +99,12 @@ def pacing(paced: bool) -> dict[str, Any]:
         }
     return {
         "pass_gap_ms": round(PASS_GAP_SECONDS * 1000),
+        "margin_ms": round((gap - PASS_GAP_SECONDS) * 1000, 1),
         "from": "pass start",
-        "note": "each pass starts 200 ms or more after the previous one (the format's "
-        "clock); scans[].late_ms: how much later than that the latest of its passes started",
+        "note": "each pass starts 200 ms plus the margin or more after the previous one "
+        "(the format's clock; the margin keeps a prune that is due on the format's clock due "
+        "on the kernel's); scans[].late_ms: how much later than that the latest of its "
+        "passes started",
     }
 
 
@@ -108,6 +137,10 @@ class Replay:
         self.meta: dict[str, Any] = {}
         self.last_start: float | None = None  # when the latest pass was started (monotonic)
         self.paced = needs_clock(scenario)
+        self.gap = pass_gap(scenario)  # between pass starts when paced
+        # sleep_millisecs values written to wake ksmd (WAKE_SLEEP_MS + seq): start from the
+        # clock, so that a forked replay (one per scenario in a guest) writes other values
+        self.wake_seq = int(time.time() * 1000) % WAKE_SLEEP_SPAN
         self.observe = Observer(self.sysfs, self.proc, session.classification, self.warnings)
 
     # -- driver
@@ -147,7 +180,7 @@ class Replay:
             "date": _utc_now(),
             "page_size": PAGE,
             "scan_method": "wake" if self.s.ksmd else f"sleep {round(PASS_GAP_SECONDS * 1000)} ms",
-            "pacing": pacing(self.paced),
+            "pacing": pacing(self.paced, self.gap),
         }
         return {
             "format": TRACE_FORMAT,
@@ -326,11 +359,16 @@ class Replay:
         fs0 = before["full_scans"] or 0
         target = fs0 + step.passes
         ksmd = self.s.ksmd if self.s.ksmd and self.proc.comm(self.s.ksmd) == "ksmd" else None
-        # ksmd may still be in its timed wait with the value the previous scan left: the
-        # first value written here must differ from it, or that wait never ends
-        sleeps = [
-            v for v in WAKE_SLEEP_MS if v not in (saved["sleep_millisecs"], self.s.last_sleep)
-        ][:2]
+
+        def fresh_sleep() -> int:
+            """A value not written shortly before: ksmd may still be in its timed wait with
+            the value the previous scan left, and a wake must differ from what it read."""
+            while True:
+                self.wake_seq += 1
+                v = WAKE_SLEEP_MS + self.wake_seq % WAKE_SLEEP_SPAN
+                if v not in (saved["sleep_millisecs"], self.s.last_sleep):
+                    return v
+
         cfg = self.s.config
         # without ksmd's thread, ksmd sleeps the format's gap between passes by itself
         stall = cfg.stall_seconds if ksmd else max(1.0, 5 * PASS_GAP_SECONDS)
@@ -338,13 +376,13 @@ class Replay:
         gave_up = False
         wakes = nudges = 0
         late = 0.0  # the most a pass of this scan started after its due time
-        current: KnobValue = sleeps[0] if ksmd else round(PASS_GAP_SECONDS * 1000)
+        current: KnobValue = fresh_sleep() if ksmd else round(self.gap * 1000)
 
         def due() -> float:
             """When the next pass may start: the format's gap after the previous start."""
             if self.last_start is None or not self.paced:
                 return -1.0
-            return self.last_start + PASS_GAP_SECONDS
+            return self.last_start + self.gap
 
         def started(now: float) -> None:
             nonlocal late
@@ -354,7 +392,7 @@ class Replay:
 
         def wake() -> None:
             nonlocal current
-            current = sleeps[1] if current == sleeps[0] else sleeps[0]
+            current = fresh_sleep()
             s.write("sleep_millisecs", current)  # a new value ends ksmd's timed wait
             self.s.last_sleep = current
 
@@ -385,7 +423,7 @@ class Replay:
                 if fs != last:
                     last, last_change, need_wake = fs, now, ksmd is not None
                 if ksmd and state == "S" and need_wake:
-                    if now >= due():  # the format's clock: 200 ms after the last start
+                    if now >= due():  # the format's clock: 200 ms (+ margin) after the last start
                         wake()  # exactly one more pass
                         started(now)
                         need_wake, last_change = False, now
