@@ -20,16 +20,28 @@ unique pages, which the format leaves open.
 
 from __future__ import annotations
 
+from array import array
+
 from .mm import (
+    ITEM_NONE,
     ITEM_STABLE,
     ITEM_UNSTABLE,
     PTE_DIRTY,
     PTE_SPECIAL,
     MmStruct,
     Vma,
+    seq_array,
 )
 from .stable import StableTreeMixin
 from .state import StableNode
+
+#: pages looked at for a run at once, and the fewest worth it
+RUN_WINDOW = 1024
+RUN_MIN = 32
+_NO_NODE = array("i", [-1]) * RUN_WINDOW
+_ONE_MAP = array("i", [1]) * RUN_WINDOW
+_ZERO_PFNS = array("i", bytes(4 * RUN_WINDOW))
+_IN_UNSTABLE_OR_NONE = bytes((ITEM_NONE, ITEM_UNSTABLE))
 
 
 def skip_age(age: int) -> int:
@@ -44,6 +56,9 @@ def skip_age(age: int) -> int:
 
 
 class ScannerMixin(StableTreeMixin):
+    #: handle runs of pages at once (:meth:`_scan_run`); tests turn it off to compare
+    scan_runs = True
+
     # ------------------------------------------------------------ the walk
     def _ksm_do_scan(self, budget: int | None) -> int:
         """ksm_do_scan: up to ``budget`` pages (None: to the end of the pass).
@@ -66,8 +81,23 @@ class ScannerMixin(StableTreeMixin):
                 break
             vma, idx, pfn = got
             smart = self.profile.smart_scan and self.knobs.get("smart_scan", 0) == 1
+            runs = self.scan_runs and not smart and self.log is None and self.profile.checksum_first
+            no_run_before = 0
             pfns = vma.pfn
             while True:
+                if runs and idx >= no_run_before:
+                    n = self._scan_run(vma, idx, limit - done if limit >= 0 else vma.npages)
+                    if n < 0:
+                        no_run_before = -n
+                    elif n:
+                        done += n
+                        if done == limit:
+                            break
+                        idx = walk(vma, idx + n, smart, True)
+                        if idx < 0:
+                            break
+                        pfn = pfns[idx]
+                        continue
                 nid = f_node[pfn]
                 if nid >= 0:
                     seen(vma, idx, nodes[nid])
@@ -82,6 +112,85 @@ class ScannerMixin(StableTreeMixin):
                     break
                 pfn = pfns[idx]
         return done
+
+    # ------------------------------------------------------- runs of pages
+    def _scan_run(self, vma: Vma, i: int, budget: int) -> int:
+        """A run of pages from page ``i`` whose outcome is known in advance, handled at once.
+
+        Exactly what the page-by-page path does to each (the walk considers every page of
+        the run, ``cmp_and_merge_page`` takes the same branch on each), for two kinds of
+        runs of consecutive frames, each an ordinary page mapped once:
+
+        - zero pages whose checksum is recorded, item not in a tree, ``use_zero_pages=1``:
+          each is merged with the zero page and its frame freed;
+        - pages of consecutive distinct contents none of which has a stable node or an
+          unstable-tree entry, checksums recorded, items not in the stable tree: each is
+          (re)inserted in the unstable tree.
+
+        Only while no chain and no dead node is in the stable tree (a search is then a
+        look-up), without smart scan, on the 6.11+ order, when no change log is kept.
+        Returns the pages handled; 0 or ``-end`` (a window that does not qualify: no run is
+        tried again before page ``end``) to take the page path.
+        """
+        n = min(budget, vma.npages - i, RUN_WINDOW)
+        if n < RUN_MIN or self.stable_node_chains or self.dead_nodes:
+            return 0
+        while True:
+            # a window that does not qualify is halved: a run may end before it does
+            if self._run_at_once(vma, i, n):
+                return n
+            if n // 2 < RUN_MIN:
+                return -(i + n)
+            n //= 2
+
+    def _run_at_once(self, vma: Vma, i: int, n: int) -> bool:
+        """Pages ``i`` .. ``i + n - 1`` as one run if they qualify (see :meth:`_scan_run`)."""
+        e = i + n
+        pfns = vma.pfn
+        p0 = pfns[i]
+        if (
+            p0 <= 0
+            or pfns[i:e] != seq_array(p0, n)
+            or self.f_node[p0 : p0 + n] != _NO_NODE[:n]
+            or self.f_map[p0 : p0 + n] != _ONE_MAP[:n]
+            or vma.mergeable.find(0, i, e) >= 0
+            or vma.it_state[i:e].translate(None, _IN_UNSTABLE_OR_NONE)
+        ):
+            return False
+        contents = self.f_content[p0 : p0 + n]
+        if vma.it_sum[i:e] != contents:
+            return False
+        c0 = contents[0]
+        state = vma.it_state
+        if c0 == 0:
+            if (
+                not self.knobs["use_zero_pages"]
+                or contents != _ZERO_PFNS[:n]
+                or state.find(ITEM_UNSTABLE, i, e) >= 0
+            ):
+                return False
+            # try_to_merge_with_zero_page on each, in order
+            pfns[i:e] = _ZERO_PFNS[:n]
+            if self.profile.zero_page_series:
+                vma.pte[i:e] = bytes((PTE_SPECIAL | PTE_DIRTY,)) * n
+                self.ksm_zero_pages += n
+                vma.mm.ksm_zero_pages += n
+            else:
+                vma.pte[i:e] = bytes((PTE_SPECIAL,)) * n
+            self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
+            self.free_pfns.extend(seq_array(p0, n))
+        else:
+            if contents != seq_array(c0, n) or not self.stable.keys().isdisjoint(range(c0, c0 + n)):
+                return False
+            if not self.unstable.set_run(c0, (vma.uid << 32) | i, n):
+                return False
+            # remove_rmap_item_from_tree (the unstable ones) then the insert, on each
+            self.pages_unshared += state.count(ITEM_NONE, i, e)
+            state[i:e] = bytes((ITEM_UNSTABLE,)) * n
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return True
 
     def _scan_get_next_rmap_item(self) -> tuple[Vma, int, int] | None:
         """scan_get_next_rmap_item: the next (mapping, page, pfn) to consider, or None.

@@ -15,8 +15,11 @@ It behaves as the ``dict[int, int]`` it replaces for what the simulator asks of 
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Iterator
+
+from .mm import seq_array
 
 #: log2 of the content ids per chunk
 CHUNK_BITS = 8
@@ -25,6 +28,16 @@ CHUNK_MASK = CHUNK - 1
 #: an empty slot (page keys are never negative)
 EMPTY = -1
 _BLANK = array("q", [EMPTY]) * CHUNK
+_LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
+
+
+def key_run(key: int, n: int) -> array[int]:
+    """``array("q", range(key, key + n))`` for page keys (the low 32 bits do not wrap)."""
+    out = array("q", bytes(8 * n))
+    words = memoryview(out).cast("B").cast("i")
+    words[_LO::2] = memoryview(seq_array(key & 0xFFFFFFFF, n))
+    words[_HI::2] = memoryview(array("i", [key >> 32]) * n)
+    return out
 
 
 class UnstableIndex:
@@ -81,6 +94,32 @@ class UnstableIndex:
         else:
             del self.chunks[n]
             del self.counts[n]
+
+    def set_run(self, content: int, key: int, n: int) -> bool:
+        """Contents ``content`` .. ``content + n - 1`` get keys ``key`` .. ``key + n - 1``,
+        if none of them has an entry (else False, nothing changed)."""
+        spans = []
+        c, end = content, content + n
+        while c < end:
+            number, slot = c >> CHUNK_BITS, c & CHUNK_MASK
+            k = min(end - c, CHUNK - slot)
+            chunk = self.chunks.get(number)
+            if chunk is not None and chunk[slot : slot + k] != _BLANK[:k]:
+                return False
+            spans.append((number, slot, k))
+            c += k
+        keys = key_run(key, n)
+        done = 0
+        for number, slot, k in spans:
+            chunk = self.chunks.get(number)
+            if chunk is None:
+                chunk = self.chunks[number] = array("q", _BLANK)
+                self.counts[number] = 0
+            chunk[slot : slot + k] = keys[done : done + k]
+            self.counts[number] += k
+            done += k
+        self.size += n
+        return True
 
     def __len__(self) -> int:
         return self.size
