@@ -52,6 +52,8 @@ _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
 def seq_array(start: int, n: int) -> array[int]:
     """``array("i", range(start, start + n))`` (0 <= start, start + n <= 2**31), built from
     16-bit halves by strided copies instead of one Python integer per element."""
+    if n <= 64:
+        return array("i", range(start, start + n))
     out = array("i", bytes(4 * n))
     halves = memoryview(out).cast("B").cast("H")
     low16 = memoryview(_LOW16)

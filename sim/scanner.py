@@ -7,7 +7,8 @@ batch never spans two passes. Two orders of ``cmp_and_merge_page`` exist: 6.11+ 
 checksum gate, zero page, stable tree, unstable tree) and the older one (stable tree first,
 on every scan).
 
-The unstable tree is a dictionary from content to the item holding it. The kernel's is a
+The unstable tree is a map from content to the item holding it (a compact
+:class:`~sim.unstable.UnstableIndex`). The kernel's is a
 red-black tree by memcmp, reset at each pass start, whose walk gives up (inserts nothing)
 when a node on its path has no mergeable page or is the walker's own frame. Within a pass
 only ksmd changes pages, and it takes an item out of the tree before changing its page, so
@@ -16,6 +17,11 @@ walker's frame (after fork): the dictionary gives the kernel's result for scenar
 Pages changed between two batches of one pass (the dashboard's stepper) are checked only
 when they are the match; which other nodes such a walk would meet depends on the order of
 unique pages, which the format leaves open.
+
+Large sessions: a run of pages whose outcome is known before looking at each (zero pages
+about to be merged with the zero page, pages of fresh unique contents about to enter the
+unstable tree) is handled at once by :meth:`ScannerMixin._scan_run`, with array slices
+instead of a Python step per page; the result is the same, page for page.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .mm import (
 )
 from .stable import StableTreeMixin
 from .state import StableNode
+from .unstable import key_run
 
 #: pages looked at for a run at once, and the fewest worth it
 RUN_WINDOW = 1024
@@ -85,8 +92,9 @@ class ScannerMixin(StableTreeMixin):
             no_run_before = 0
             pfns = vma.pfn
             while True:
-                if runs and idx >= no_run_before:
-                    n = self._scan_run(vma, idx, limit - done if limit >= 0 else vma.npages)
+                if runs:
+                    left = limit - done if limit >= 0 else vma.npages
+                    n = self._scan_run(vma, idx, left, idx >= no_run_before)
                     if n < 0:
                         no_run_before = -n
                     elif n:
@@ -114,7 +122,7 @@ class ScannerMixin(StableTreeMixin):
         return done
 
     # ------------------------------------------------------- runs of pages
-    def _scan_run(self, vma: Vma, i: int, budget: int) -> int:
+    def _scan_run(self, vma: Vma, i: int, budget: int, windows: bool) -> int:
         """A run of pages from page ``i`` whose outcome is known in advance, handled at once.
 
         Exactly what the page-by-page path does to each (the walk considers every page of
@@ -129,28 +137,96 @@ class ScannerMixin(StableTreeMixin):
 
         Only while no chain and no dead node is in the stable tree (a search is then a
         look-up), without smart scan, on the 6.11+ order, when no change log is kept.
-        Returns the pages handled; 0 or ``-end`` (a window that does not qualify: no run is
-        tried again before page ``end``) to take the page path.
+        A third kind is a run of pages of one content merged into its stable node
+        (:meth:`_merge_run`). Returns the pages handled; 0 or ``-end`` (a window that does
+        not qualify: ``windows`` is False before page ``end``) to take the page path.
         """
         n = min(budget, vma.npages - i, RUN_WINDOW)
-        if n < RUN_MIN or self.stable_node_chains or self.dead_nodes:
+        if n < 2 or self.stable_node_chains or self.dead_nodes:
             return 0
+        pfns = vma.pfn
+        p0 = pfns[i]
+        if p0 <= 0 or pfns[i + 1] != p0 + 1 or self.f_node[p0] >= 0:
+            return 0  # not a run of fresh frames: cheap to tell
+        same = self._merge_run(vma, i, n, p0)
+        if same:
+            return same
+        if n < RUN_MIN or not windows:
+            return 0
+        frames = seq_array(p0, n)
         while True:
             # a window that does not qualify is halved: a run may end before it does
-            if self._run_at_once(vma, i, n):
+            if self._run_at_once(vma, i, n, frames[:n]):
                 return n
             if n // 2 < RUN_MIN:
                 return -(i + n)
             n //= 2
 
-    def _run_at_once(self, vma: Vma, i: int, n: int) -> bool:
-        """Pages ``i`` .. ``i + n - 1`` as one run if they qualify (see :meth:`_scan_run`)."""
+    def _merge_run(self, vma: Vma, i: int, n: int, p0: int) -> int:
+        """Pages of one content that has a regular stable node with room for them, each
+        merged into it in order (``try_to_merge_with_ksm_page``); returns how many (0: no
+        such run here)."""
+        f_content = self.f_content
+        c = f_content[p0]
+        if c == 0 or f_content[p0 + 1] != c:
+            return 0
+        node = self.stable.get(c)
+        if node is None or node.kind != StableNode.REGULAR or node.dead:
+            return 0
+        have = len(node.items)
+        # each page finds the node a sharing candidate: 0 < rmap_hlist_len < max_page_sharing
+        n = min(n, self.knobs["max_page_sharing"] - have)
+        if have == 0 or n < 2:
+            return 0
+        same = array("i", [c]) * n
+        if f_content[p0 : p0 + n] != same:
+            lo, hi = 1, n  # the longest prefix of content c: lo pages are, hi are not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if f_content[p0 : p0 + mid] == same[:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+            if n < 2:
+                return 0
+            del same[n:]
         e = i + n
         pfns = vma.pfn
-        p0 = pfns[i]
+        state = vma.it_state
         if (
-            p0 <= 0
-            or pfns[i:e] != seq_array(p0, n)
+            pfns[i:e] != seq_array(p0, n)
+            or self.f_node[p0 : p0 + n] != _NO_NODE[:n]
+            or self.f_map[p0 : p0 + n] != _ONE_MAP[:n]
+            or vma.mergeable.find(0, i, e) >= 0
+            or state[i:e] != bytes((ITEM_NONE,)) * n
+            or vma.it_sum[i:e] != same
+        ):
+            return 0
+        kpfn = node.pfn
+        pfns[i:e] = array("i", [kpfn]) * n
+        vma.pte[i:e] = bytes(n)
+        self.f_map[kpfn] += n
+        self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
+        self.free_pfns.extend(seq_array(p0, n))
+        node.items.extend(key_run((vma.uid << 32) | i, n))
+        self.pages_sharing += n
+        state[i:e] = bytes((ITEM_STABLE,)) * n
+        vma.it_node[i:e] = array("i", [node.nid]) * n
+        vma.mm.ksm_merging_pages += n
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return n
+
+    def _run_at_once(self, vma: Vma, i: int, n: int, frames: array[int]) -> bool:
+        """Pages ``i`` .. ``i + n - 1`` as one run if they qualify (see :meth:`_scan_run`);
+        ``frames``: the pfns they must map (consecutive from the first one's)."""
+        e = i + n
+        pfns = vma.pfn
+        p0 = frames[0]
+        if (
+            pfns[i:e] != frames
             or self.f_node[p0 : p0 + n] != _NO_NODE[:n]
             or self.f_map[p0 : p0 + n] != _ONE_MAP[:n]
             or vma.mergeable.find(0, i, e) >= 0
@@ -178,7 +254,7 @@ class ScannerMixin(StableTreeMixin):
             else:
                 vma.pte[i:e] = bytes((PTE_SPECIAL,)) * n
             self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
-            self.free_pfns.extend(seq_array(p0, n))
+            self.free_pfns.extend(frames)
         else:
             if contents != seq_array(c0, n) or not self.stable.keys().isdisjoint(range(c0, c0 + n)):
                 return False

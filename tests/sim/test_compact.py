@@ -165,8 +165,8 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
     handled = [0]
     run_at_once = fast._scan_run
 
-    def counting(vma: Vma, i: int, budget: int) -> int:
-        n = run_at_once(vma, i, budget)
+    def counting(vma: Vma, i: int, budget: int, windows: bool) -> int:
+        n = run_at_once(vma, i, budget, windows)
         handled[0] += max(n, 0)
         return n
 
