@@ -10,7 +10,9 @@ pages, each label in 16 pages only), 50% unique pages, then ``MADV_MERGEABLE``; 
 records checksums, pass 2 merges (the **merging pass**: zero pages onto the zero page,
 duplicates into KSM pages), pass 3 is the **steady state** (the unique pages and the KSM
 pages again). Rates are pages scanned per second of CPU time (``time.process_time``) and
-of wall time.
+of wall time. ``smart_scan=0`` on both sides: every page is looked at on every pass, so
+both figures count the same work (with smart scan on, the simulator steps page by page:
+its runs of pages, ``sim.scanner.ScannerMixin._scan_run``, need it off).
 
 Prints:
 
