@@ -30,8 +30,13 @@ def label_bytes(label: str) -> bytes:
 
 
 def order_bytes(label: str) -> bytes:
-    """The leading bytes of a labelled page (``zero``: of the zero page) kept for ordering."""
-    return page_bytes(label)[:ORDER_BYTES]
+    """The leading bytes of a labelled page (``zero``: of the zero page) kept for ordering.
+
+    SHAKE-256 is an extendable-output function: a shorter digest is a prefix of a longer one,
+    so the leading bytes are computed without the rest of the page."""
+    if label == "zero":
+        return ZERO_BYTES[:ORDER_BYTES]
+    return hashlib.shake_256((LABEL_PREFIX + label).encode()).digest(ORDER_BYTES)
 
 
 def page_bytes(label: str) -> bytes:

@@ -23,6 +23,7 @@ frees its rmap_items, as the kernel's per-mm rmap_item list outlives the VMA.
 
 from __future__ import annotations
 
+import sys
 from array import array
 
 PTE_WRITE = 1
@@ -42,6 +43,29 @@ NO_CHECKSUM = -1
 GAP_PAGES = 16
 #: first page number of a process's first mapping (an arbitrary, page-aligned base)
 BASE_PAGE = 0x7F0000000 >> 12
+
+
+_LOW16 = array("H", range(1 << 16))
+_LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
+
+
+def seq_array(start: int, n: int) -> array[int]:
+    """``array("i", range(start, start + n))`` (0 <= start, start + n <= 2**31), built from
+    16-bit halves by strided copies instead of one Python integer per element."""
+    if n <= 64:
+        return array("i", range(start, start + n))
+    out = array("i", bytes(4 * n))
+    halves = memoryview(out).cast("B").cast("H")
+    low16 = memoryview(_LOW16)
+    i = 0
+    while i < n:
+        v = start + i
+        low = v & 0xFFFF
+        k = min(n - i, 0x10000 - low)
+        halves[2 * i + _LO : 2 * (i + k) : 2] = low16[low : low + k]
+        halves[2 * i + _HI : 2 * (i + k) : 2] = memoryview(array("H", [v >> 16]) * k)
+        i += k
+    return out
 
 
 class Vma:

@@ -7,6 +7,7 @@ frames and the immediate counters (``ksm_zero_pages``); the rest of KSM's bookke
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 
 from .errors import OpError, UnsupportedError
@@ -17,9 +18,11 @@ from .mm import (
     PTE_WRITE,
     MmStruct,
     Vma,
+    seq_array,
 )
 from .scanner import ScannerMixin
 from .scenario import Ranges
+from .state import MAX_CONTENT
 
 _ANON_NEW = PTE_WRITE | PTE_DIRTY | PTE_EXCLUSIVE
 
@@ -197,10 +200,60 @@ class ProcessMixin(ScannerMixin):
     def write(self, proc: str, name: str, pages: Ranges | None, content: str) -> None:
         vma = self.vma(proc, name)
         self._check_pages(vma, pages)
-        for i in iter_pages(pages, vma.npages):
-            cid = self.content_id(content)
-            vma.shadow[i] = cid
-            self._write_page(vma, i, cid)
+        ranges = pages if pages is not None else ((0, vma.npages),)
+        for lo, hi in ranges:
+            i = lo
+            hi = min(hi, vma.npages)
+            while i < hi:
+                n = self._write_fresh(vma, i, hi, content)
+                if n:
+                    i += n
+                    continue
+                cid = self.content_id(content)
+                vma.shadow[i] = cid
+                self._write_page(vma, i, cid)
+                i += 1
+
+    def _write_fresh(self, vma: Vma, lo: int, hi: int, content: str) -> int:
+        """Write pages ``lo`` up to ``hi`` at once when none is mapped yet, as
+        :meth:`_write_page` would one by one (the first fault prepares the VMA's anon_vma,
+        each page gets a new frame); returns how many were written (0: take the page path).
+
+        Only when no freed frame waits for reuse (new frames are then the next pfns in
+        order) and the content ids fit; stops at the end of the VMA holding ``lo``.
+        """
+        if self.free_pfns or hi - lo < 2:
+            return 0
+        seg = vma.seg_at(lo)
+        hi = min(hi, seg[1])
+        n = hi - lo
+        if n < 2 or vma.pfn[lo] != -1 or vma.pfn[lo:hi] != array("i", [-1]) * n:
+            return 0
+        if content == "unique":
+            first = self.next_content
+            if first + n > MAX_CONTENT:
+                return 0
+            self.next_content = first + n
+            cids = seq_array(first, n)
+        else:
+            cids = array("i", [self.content_id(content)]) * n
+        if not seg[2]:
+            seg[2] = self._new_anon()  # anon_vma_prepare on the first write fault
+        vma.shadow[lo:hi] = cids
+        base = len(self.f_content)
+        vma.pfn[lo:hi] = seq_array(base, n)
+        vma.pte[lo:hi] = bytes((_ANON_NEW,)) * n
+        self.f_content.extend(cids)
+        self.f_map.extend(array("i", [1]) * n)
+        self.f_node.extend(array("i", [-1]) * n)
+        log = self.log
+        if log is not None:
+            log.frames.update(range(base, base + n))
+            first_key = self.key(vma, lo)
+            keys = range(first_key, first_key + n)
+            log.events.extend(("write", key) for key in keys)
+            log.pages.update(keys)
+        return n
 
     def _new_anon(self) -> int:
         self.next_anon += 1
@@ -257,10 +310,12 @@ class ProcessMixin(ScannerMixin):
                 vma.split_at(a)
                 vma.split_at(b)
                 piece = vma.seg_at(a)
-                for i in range(a, b):
-                    if not flag and piece[2]:
+                if flag or not piece[2]:
+                    vma.mergeable[a:b] = bytes((flag,)) * (b - a)
+                else:
+                    for i in range(a, b):
                         self._break_ksm(vma, i)
-                    vma.mergeable[i] = flag
+                        vma.mergeable[i] = flag
                 modified.append(piece)
         for piece in modified:
             self._vma_merge(vma, piece)

@@ -7,7 +7,8 @@ batch never spans two passes. Two orders of ``cmp_and_merge_page`` exist: 6.11+ 
 checksum gate, zero page, stable tree, unstable tree) and the older one (stable tree first,
 on every scan).
 
-The unstable tree is a dictionary from content to the item holding it. The kernel's is a
+The unstable tree is a map from content to the item holding it (a compact
+:class:`~sim.unstable.UnstableIndex`). The kernel's is a
 red-black tree by memcmp, reset at each pass start, whose walk gives up (inserts nothing)
 when a node on its path has no mergeable page or is the walker's own frame. Within a pass
 only ksmd changes pages, and it takes an item out of the tree before changing its page, so
@@ -16,20 +17,38 @@ walker's frame (after fork): the dictionary gives the kernel's result for scenar
 Pages changed between two batches of one pass (the dashboard's stepper) are checked only
 when they are the match; which other nodes such a walk would meet depends on the order of
 unique pages, which the format leaves open.
+
+Large sessions: a run of pages whose outcome is known before looking at each (zero pages
+about to be merged with the zero page, pages of fresh unique contents about to enter the
+unstable tree) is handled at once by :meth:`ScannerMixin._scan_run`, with array slices
+instead of a Python step per page; the result is the same, page for page.
 """
 
 from __future__ import annotations
 
+from array import array
+
 from .mm import (
+    ITEM_NONE,
     ITEM_STABLE,
     ITEM_UNSTABLE,
     PTE_DIRTY,
     PTE_SPECIAL,
     MmStruct,
     Vma,
+    seq_array,
 )
 from .stable import StableTreeMixin
 from .state import StableNode
+from .unstable import key_run
+
+#: pages looked at for a run at once, and the fewest worth it
+RUN_WINDOW = 1024
+RUN_MIN = 32
+_NO_NODE = array("i", [-1]) * RUN_WINDOW
+_ONE_MAP = array("i", [1]) * RUN_WINDOW
+_ZERO_PFNS = array("i", bytes(4 * RUN_WINDOW))
+_IN_UNSTABLE_OR_NONE = bytes((ITEM_NONE, ITEM_UNSTABLE))
 
 
 def skip_age(age: int) -> int:
@@ -44,6 +63,9 @@ def skip_age(age: int) -> int:
 
 
 class ScannerMixin(StableTreeMixin):
+    #: handle runs of pages at once (:meth:`_scan_run`); tests turn it off to compare
+    scan_runs = True
+
     # ------------------------------------------------------------ the walk
     def _ksm_do_scan(self, budget: int | None) -> int:
         """ksm_do_scan: up to ``budget`` pages (None: to the end of the pass).
@@ -66,8 +88,24 @@ class ScannerMixin(StableTreeMixin):
                 break
             vma, idx, pfn = got
             smart = self.profile.smart_scan and self.knobs.get("smart_scan", 0) == 1
+            runs = self.scan_runs and not smart and self.log is None and self.profile.checksum_first
+            no_run_before = 0
             pfns = vma.pfn
             while True:
+                if runs:
+                    left = limit - done if limit >= 0 else vma.npages
+                    n = self._scan_run(vma, idx, left, idx >= no_run_before)
+                    if n < 0:
+                        no_run_before = -n
+                    elif n:
+                        done += n
+                        if done == limit:
+                            break
+                        idx = walk(vma, idx + n, smart, True)
+                        if idx < 0:
+                            break
+                        pfn = pfns[idx]
+                        continue
                 nid = f_node[pfn]
                 if nid >= 0:
                     seen(vma, idx, nodes[nid])
@@ -82,6 +120,153 @@ class ScannerMixin(StableTreeMixin):
                     break
                 pfn = pfns[idx]
         return done
+
+    # ------------------------------------------------------- runs of pages
+    def _scan_run(self, vma: Vma, i: int, budget: int, windows: bool) -> int:
+        """A run of pages from page ``i`` whose outcome is known in advance, handled at once.
+
+        Exactly what the page-by-page path does to each (the walk considers every page of
+        the run, ``cmp_and_merge_page`` takes the same branch on each), for two kinds of
+        runs of consecutive frames, each an ordinary page mapped once:
+
+        - zero pages whose checksum is recorded, item not in a tree, ``use_zero_pages=1``:
+          each is merged with the zero page and its frame freed;
+        - pages of consecutive distinct contents none of which has a stable node or an
+          unstable-tree entry, checksums recorded, items not in the stable tree: each is
+          (re)inserted in the unstable tree.
+
+        Only while no chain and no dead node is in the stable tree (a search is then a
+        look-up), without smart scan, on the 6.11+ order, when no change log is kept.
+        A third kind is a run of pages of one content merged into its stable node
+        (:meth:`_merge_run`). Returns the pages handled; 0 or ``-end`` (a window that does
+        not qualify: ``windows`` is False before page ``end``) to take the page path.
+        """
+        n = min(budget, vma.npages - i, RUN_WINDOW)
+        if n < 2 or self.stable_node_chains or self.dead_nodes:
+            return 0
+        pfns = vma.pfn
+        p0 = pfns[i]
+        if p0 <= 0 or pfns[i + 1] != p0 + 1 or self.f_node[p0] >= 0:
+            return 0  # not a run of fresh frames: cheap to tell
+        same = self._merge_run(vma, i, n, p0)
+        if same:
+            return same
+        if n < RUN_MIN or not windows:
+            return 0
+        frames = seq_array(p0, n)
+        while True:
+            # a window that does not qualify is halved: a run may end before it does
+            if self._run_at_once(vma, i, n, frames[:n]):
+                return n
+            if n // 2 < RUN_MIN:
+                return -(i + n)
+            n //= 2
+
+    def _merge_run(self, vma: Vma, i: int, n: int, p0: int) -> int:
+        """Pages of one content that has a regular stable node with room for them, each
+        merged into it in order (``try_to_merge_with_ksm_page``); returns how many (0: no
+        such run here)."""
+        f_content = self.f_content
+        c = f_content[p0]
+        if c == 0 or f_content[p0 + 1] != c:
+            return 0
+        node = self.stable.get(c)
+        if node is None or node.kind != StableNode.REGULAR or node.dead:
+            return 0
+        have = len(node.items)
+        # each page finds the node a sharing candidate: 0 < rmap_hlist_len < max_page_sharing
+        n = min(n, self.knobs["max_page_sharing"] - have)
+        if have == 0 or n < 2:
+            return 0
+        same = array("i", [c]) * n
+        if f_content[p0 : p0 + n] != same:
+            lo, hi = 1, n  # the longest prefix of content c: lo pages are, hi are not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if f_content[p0 : p0 + mid] == same[:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+            if n < 2:
+                return 0
+            del same[n:]
+        e = i + n
+        pfns = vma.pfn
+        state = vma.it_state
+        if (
+            pfns[i:e] != seq_array(p0, n)
+            or self.f_node[p0 : p0 + n] != _NO_NODE[:n]
+            or self.f_map[p0 : p0 + n] != _ONE_MAP[:n]
+            or vma.mergeable.find(0, i, e) >= 0
+            or state[i:e] != bytes((ITEM_NONE,)) * n
+            or vma.it_sum[i:e] != same
+        ):
+            return 0
+        kpfn = node.pfn
+        pfns[i:e] = array("i", [kpfn]) * n
+        vma.pte[i:e] = bytes(n)
+        self.f_map[kpfn] += n
+        self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
+        self.free_pfns.extend(seq_array(p0, n))
+        node.items.extend(key_run((vma.uid << 32) | i, n))
+        self.pages_sharing += n
+        state[i:e] = bytes((ITEM_STABLE,)) * n
+        vma.it_node[i:e] = array("i", [node.nid]) * n
+        vma.mm.ksm_merging_pages += n
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return n
+
+    def _run_at_once(self, vma: Vma, i: int, n: int, frames: array[int]) -> bool:
+        """Pages ``i`` .. ``i + n - 1`` as one run if they qualify (see :meth:`_scan_run`);
+        ``frames``: the pfns they must map (consecutive from the first one's)."""
+        e = i + n
+        pfns = vma.pfn
+        p0 = frames[0]
+        if (
+            pfns[i:e] != frames
+            or self.f_node[p0 : p0 + n] != _NO_NODE[:n]
+            or self.f_map[p0 : p0 + n] != _ONE_MAP[:n]
+            or vma.mergeable.find(0, i, e) >= 0
+            or vma.it_state[i:e].translate(None, _IN_UNSTABLE_OR_NONE)
+        ):
+            return False
+        contents = self.f_content[p0 : p0 + n]
+        if vma.it_sum[i:e] != contents:
+            return False
+        c0 = contents[0]
+        state = vma.it_state
+        if c0 == 0:
+            if (
+                not self.knobs["use_zero_pages"]
+                or contents != _ZERO_PFNS[:n]
+                or state.find(ITEM_UNSTABLE, i, e) >= 0
+            ):
+                return False
+            # try_to_merge_with_zero_page on each, in order
+            pfns[i:e] = _ZERO_PFNS[:n]
+            if self.profile.zero_page_series:
+                vma.pte[i:e] = bytes((PTE_SPECIAL | PTE_DIRTY,)) * n
+                self.ksm_zero_pages += n
+                vma.mm.ksm_zero_pages += n
+            else:
+                vma.pte[i:e] = bytes((PTE_SPECIAL,)) * n
+            self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
+            self.free_pfns.extend(frames)
+        else:
+            if contents != seq_array(c0, n) or not self.stable.keys().isdisjoint(range(c0, c0 + n)):
+                return False
+            if not self.unstable.set_run(c0, (vma.uid << 32) | i, n):
+                return False
+            # remove_rmap_item_from_tree (the unstable ones) then the insert, on each
+            self.pages_unshared += state.count(ITEM_NONE, i, e)
+            state[i:e] = bytes((ITEM_UNSTABLE,)) * n
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return True
 
     def _scan_get_next_rmap_item(self) -> tuple[Vma, int, int] | None:
         """scan_get_next_rmap_item: the next (mapping, page, pfn) to consider, or None.

@@ -94,7 +94,7 @@ class StableTreeMixin(KsmState):
             v.mm.ksm_merging_pages -= 1
             if self.log is not None:
                 self.log.pages.add(key)
-        node.items.clear()
+        del node.items[:]
         self.tree_gen += 1
         if node.dead:
             self.dead_nodes -= 1

@@ -24,6 +24,7 @@ from .errors import OpError
 from .mm import ITEM_ABSENT, ITEM_NONE, NO_CHECKSUM, MmStruct, Vma
 from .profiles import Profile
 from .rbtree import RbNode, RbRoot
+from .unstable import UnstableIndex
 
 ZERO_CONTENT = 0
 #: content ids are stored as 32-bit signed integers
@@ -65,8 +66,8 @@ class StableNode(RbNode):
         self.kind = kind
         self.content = content
         self.pfn = pfn
-        #: page keys of the rmap_items on this node (rmap_hlist)
-        self.items: list[int] = []
+        #: page keys of the rmap_items on this node (rmap_hlist), 8 bytes each
+        self.items: array[int] = array("q")
         self.dups: list[StableNode] = []
         self.chain: StableNode | None = None
         #: the KSM frame was freed (all its mappings gone); removed when next touched
@@ -124,7 +125,7 @@ class KsmState:
         self.dead_nodes = 0
         #: advances on every change a chain look-up depends on (dups, their items, deaths)
         self.tree_gen = 0
-        self.unstable: dict[int, int] = {}
+        self.unstable = UnstableIndex()
         self.next_nid = 1
         # global counters
         self.pages_shared = 0

@@ -1,0 +1,376 @@
+"""A whole VM host in the simulator: 16,777,216 pages (issue 18), and the real ksmd beside it.
+
+    uv run python bench/sim_16m.py                       # everything (root: with the host)
+    uv run python bench/sim_16m.py --no-host --no-big    # quick: 65,536 and 1M pages only
+
+The workload (the mixed one of ``bench/sim_throughput.py``, over 4 processes): each process
+maps ``pages / 4`` pages, writes 25% zero pages, 25% duplicates (a label per run of 16
+pages, each label in 16 pages only), 50% unique pages, then ``MADV_MERGEABLE``; kernel
+6.18, ``use_zero_pages=1``, ``smart_scan=0`` (every page is scanned on every pass). Pass 1
+records checksums, pass 2 merges (the **merging pass**: zero pages onto the zero page,
+duplicates into KSM pages), pass 3 is the **steady state** (the unique pages and the KSM
+pages again). Rates are pages scanned per second of CPU time (``time.process_time``) and
+of wall time. ``smart_scan=0`` on both sides: every page is looked at on every pass, so
+both figures count the same work (with smart scan on, the simulator steps page by page:
+its runs of pages, ``sim.scanner.ScannerMixin._scan_run``, need it off).
+
+Prints:
+
+- at 65,536, 1,048,576 and 16,777,216 pages: the creation time, the merging and steady
+  pages/s, and the memory per simulated page of the whole ``Kernel`` after those three
+  passes (``deep size``: every object reachable from the kernel, counted once with
+  ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and scanning the
+  session, which is too slow at 16M and agrees with the deep size at the smaller sizes);
+- the host's real ksmd on the same workload, side by side (root only; ``--host-pages``
+  pages, 4 child processes): ``pages_to_scan`` = the whole area, ``sleep_millisecs=0``;
+  pages_scanned over wall time and over ksmd's CPU time (``/proc/<ksmd>/schedstat``) for
+  the same passes, the simulator on the same shape, and the ratio simulator / ksmd.
+
+Host safety: the project's host lock (``app.kernel.guard``: ``$KSMLAB_KERNEL_LOCK``, default
+``/var/tmp/ksmlab-kernel.lock``) is held for the measurement only; it refuses to touch the
+host when ksmd is running (``run`` != 0); every writable knob is saved first (also in the
+replayer's state file, so ``ksmlab replay --restore`` repairs a killed run) and restored in
+a ``finally`` with ``run=2`` then ``run=0``: ksmd is never left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import mmap
+import os
+import struct
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sim import Kernel  # noqa: E402
+
+PROCS = 4
+PAGE = 4096
+#: pages of one duplicate label
+DUP_RUN = 16
+
+
+# ----------------------------------------------------------------------------- simulator
+def build(pages: int) -> Kernel:
+    """The mixed workload over :data:`PROCS` processes (see the module docstring)."""
+    k = Kernel("6.18", {"use_zero_pages": 1, "smart_scan": 0})
+    per = pages // PROCS
+    q = per // 4
+    for p in range(PROCS):
+        name = f"P{p}"
+        k.spawn(name)
+        k.mmap(name, "heap", per)
+        k.write(name, "heap", ((0, q),), "zero")
+        for j in range(q // DUP_RUN):
+            lo = q + j * DUP_RUN
+            k.write(name, "heap", ((lo, lo + DUP_RUN),), f"D{p}.{j}")
+        k.write(name, "heap", ((2 * q, per),), "unique")
+        k.madvise(name, "heap", None, "MADV_MERGEABLE")
+    return k
+
+
+def one_pass(k: Kernel) -> tuple[int, float, float]:
+    """One full pass: (pages scanned, CPU seconds, wall seconds)."""
+    scanned = k.pages_scanned
+    c0, w0 = time.process_time(), time.perf_counter()
+    k.scan_pass()
+    return k.pages_scanned - scanned, time.process_time() - c0, time.perf_counter() - w0
+
+
+def deep_size(root: object) -> int:
+    """Bytes of every object reachable from ``root`` (each counted once), without classes,
+    modules and functions (shared by every kernel)."""
+    skip = (type, type(sys), type(deep_size), type(len))
+    seen: set[int] = set()
+    todo = [root]
+    total = 0
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        todo.extend(gc.get_referents(obj))
+    return total
+
+
+def traced_bytes(pages: int) -> float:
+    """tracemalloc: bytes per page of building the session and its first 3 passes (slow)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    k = build(pages)
+    for _ in range(3):
+        k.scan_pass()
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del k
+    return used / pages
+
+
+def run_sim(pages: int) -> dict[str, Any]:
+    """Create, 3 timed passes, then the deep size."""
+    gc.collect()
+    c0, w0 = time.process_time(), time.perf_counter()
+    k = build(pages)
+    create = (time.process_time() - c0, time.perf_counter() - w0)
+    out: dict[str, Any] = {"pages": pages, "create": create}
+    out.update(first=one_pass(k), merging=one_pass(k), steady=one_pass(k))
+    out["counters"] = k.global_counters()
+    out["deep"] = deep_size(k) / pages
+    del k
+    gc.collect()
+    return out
+
+
+def rate(p: tuple[int, float, float]) -> tuple[float, float]:
+    """(pages per CPU second, pages per wall second)."""
+    n, cpu, wall = p
+    return n / max(cpu, 1e-9), n / max(wall, 1e-9)
+
+
+def show_sim(r: dict[str, Any]) -> None:
+    g = r["counters"]
+    n = r["pages"]
+    print(f"simulator, {n:,} pages ({PROCS} processes x {n // PROCS:,}):")
+    print(f"  created in {r['create'][1]:.2f} s wall ({r['create'][0]:.2f} s CPU)")
+    for label in ("merging", "steady"):
+        cpu, wall = rate(r[label])
+        what = "merging pass (pass 2)" if label == "merging" else "steady state (pass 3)"
+        print(f"  {what:22s} {cpu:12,.0f} pages/s CPU  {wall:12,.0f} pages/s wall")
+    mem = f"  memory: {r['deep']:.1f} bytes per page (deep size)"
+    if "traced" in r:
+        mem += f", {r['traced']:.1f} (tracemalloc)"
+    print(mem)
+    print(
+        f"  after 3 passes: pages_shared {g['pages_shared']:,}, pages_sharing "
+        f"{g['pages_sharing']:,}, ksm_zero_pages {g['ksm_zero_pages']:,}, pages_unshared "
+        f"{g['pages_unshared']:,}"
+    )
+
+
+# ---------------------------------------------------------------------------------- host
+def fill(area: mmap.mmap, per: int, p: int) -> None:
+    """One process's memory: the simulator's layout with real bytes."""
+    q = per // 4
+    stamp = os.getpid() << 32
+    area[0 : q * PAGE] = bytes(q * PAGE)
+    for j in range(q // DUP_RUN):
+        lo = (q + j * DUP_RUN) * PAGE
+        area[lo : lo + DUP_RUN * PAGE] = struct.pack("<QQ", 1 << 63 | p, j) * (PAGE // 16 * DUP_RUN)
+    for i in range(2 * q, per):
+        area[i * PAGE : (i + 1) * PAGE] = struct.pack("<QQ", stamp | p, i) * (PAGE // 16)
+
+
+def child(per: int, p: int, ready: int, go: int) -> None:
+    """A host process: map, fill, MADV_MERGEABLE, say so, wait to be told to exit."""
+    try:
+        area = mmap.mmap(-1, per * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        area.madvise(mmap.MADV_NOHUGEPAGE)
+        fill(area, per, p)
+        area.madvise(mmap.MADV_MERGEABLE)
+        os.write(ready, b"1")
+        os.read(go, 1)
+    finally:
+        os._exit(0)
+
+
+def ksmd_pid() -> int | None:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "ksmd":
+                return int(comm.parent.name)
+        except OSError:
+            continue
+    return None
+
+
+def cpu_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+@contextmanager
+def host_processes(pages: int) -> Iterator[list[int]]:
+    """:data:`PROCS` child processes holding the workload, killed (by pid) at the end."""
+    per = pages // PROCS
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pids = []
+    try:
+        for p in range(PROCS):
+            pid = os.fork()
+            if pid == 0:
+                os.close(ready_r)
+                os.close(go_w)
+                child(per, p, ready_w, go_r)
+            pids.append(pid)
+        for _ in range(PROCS):
+            if os.read(ready_r, 1) != b"1":
+                raise SystemExit("sim_16m: a host process died while filling its memory")
+        yield pids
+    finally:
+        os.close(go_w)  # the children's read returns: they exit
+        for pid in pids:
+            os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, go_r):
+            os.close(fd)
+
+
+def run_host(pages: int, passes: int, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """ksmd on the workload: per pass (pages, ksmd CPU s, wall s); None (said why) if skipped."""
+    from app.kernel.guard import KnobGuard, Refusal, host_lock, lock_file_path, state_file_path
+    from app.kernel.sysfs import KsmSysfs
+
+    sysfs = KsmSysfs()
+    if os.geteuid() != 0:
+        say("host ksmd: skipped (not root: writing /sys/kernel/mm/ksm needs root)")
+        return None
+    if not sysfs.exists("run"):
+        say(f"host ksmd: skipped ({sysfs.root} does not exist: no CONFIG_KSM)")
+        return None
+    pid = ksmd_pid()
+    if pid is None:
+        say("host ksmd: skipped (no ksmd thread found)")
+        return None
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(host_lock(lock_file_path(), timeout=600, on_wait=say))
+        except Refusal as exc:
+            say(f"host ksmd: skipped ({exc})")
+            return None
+        if sysfs.read("run") != 0:
+            say("host ksmd: skipped (ksmd is running, run != 0: someone uses KSM)")
+            return None
+        guard = KnobGuard(sysfs, state_file_path())
+        guard.save()
+        marks: list[tuple[float, int, int, int]] = []
+        try:
+            sysfs.write("run", 2)
+            sysfs.write("run", 0)
+            for name, value in (
+                ("advisor_mode", "none"),
+                ("smart_scan", 0),
+                ("use_zero_pages", 1),
+                ("max_page_sharing", 256),
+                ("merge_across_nodes", 1),
+                ("pages_to_scan", pages),
+                ("sleep_millisecs", 0),
+            ):
+                if sysfs.exists(name) and sysfs.read(name) != value:
+                    sysfs.write(name, value)
+            with host_processes(pages):
+                fs0 = sysfs.read_int("full_scans") or 0
+
+                def mark() -> tuple[float, int, int, int]:
+                    return (
+                        time.perf_counter(),
+                        sysfs.read_int("full_scans") or 0,
+                        sysfs.read_int("pages_scanned") or 0,
+                        cpu_ns(pid),
+                    )
+
+                marks.append(mark())
+                sysfs.write("run", 1)
+                deadline = time.monotonic() + 600
+                try:
+                    while marks[-1][1] < fs0 + passes:
+                        if time.monotonic() > deadline:
+                            say("host ksmd: a pass took more than 10 minutes; stopped")
+                            return None
+                        now = mark()
+                        if now[1] != marks[-1][1]:
+                            marks.append(now)
+                        else:
+                            time.sleep(0.0005)
+                finally:
+                    sysfs.write("run", 0)
+                counters = {
+                    n: sysfs.read_int(n)
+                    for n in ("pages_shared", "pages_sharing", "ksm_zero_pages", "pages_unshared")
+                }
+        finally:
+            problems = guard.restore()
+            if problems:
+                say(f"host ksmd: knobs NOT restored: {problems}")
+            if sysfs.read("run") != 0:
+                say("host ksmd: run is not 0 after the restore")
+    per_pass = []
+    for a, b in zip(marks, marks[1:], strict=False):
+        if b[1] != a[1] + 1:
+            say("host ksmd: two passes ended between two looks; their figures are merged")
+        per_pass.append((b[2] - a[2], (b[3] - a[3]) / 1e9, b[0] - a[0]))
+    return {"passes": per_pass, "counters": counters, "kernel": os.uname().release}
+
+
+def show_side_by_side(host: dict[str, Any], sim: dict[str, Any]) -> None:
+    pages = sim["pages"]
+    h = host["passes"]
+    print(
+        f"side by side, {pages:,} pages ({PROCS} processes), kernel {host['kernel']}, "
+        f"pages_to_scan={pages}, sleep_millisecs=0, smart_scan=0, use_zero_pages=1:"
+    )
+    hc = host["counters"]
+    g = sim["counters"]
+    print(
+        f"  after 3 passes: host pages_shared {hc['pages_shared']:,} sharing "
+        f"{hc['pages_sharing']:,} zero {hc['ksm_zero_pages']:,}; simulator "
+        f"{g['pages_shared']:,} / {g['pages_sharing']:,} / {g['ksm_zero_pages']:,}"
+    )
+    for label, i in (("merging pass (pass 2)", 1), ("steady state (pass 3)", 2)):
+        kc, kw = rate(h[i]) if len(h) > i else (0.0, 0.0)
+        sc, sw = rate(sim["merging" if i == 1 else "steady"])
+        print(
+            f"  {label}: ksmd {kc:,.0f} pages/s CPU, {kw:,.0f} wall; simulator {sc:,.0f} CPU, "
+            f"{sw:,.0f} wall; ratio {sc / max(kc, 1e-9):.1f}x CPU, {sw / max(kw, 1e-9):.1f}x wall"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pages", type=int, default=16_777_216, help="the big session (16M)")
+    ap.add_argument("--sizes", default="65536,1048576", help="smaller sessions")
+    ap.add_argument("--traced", default="65536", help="sizes also measured with tracemalloc (slow)")
+    ap.add_argument("--host-pages", type=int, default=131_072, help="host workload pages")
+    ap.add_argument("--no-host", action="store_true", help="skip the host ksmd measurement")
+    ap.add_argument("--no-big", action="store_true", help="skip the big session")
+    args = ap.parse_args()
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    if not args.no_host:
+        host = run_host(args.host_pages, 3, say)
+        if host is not None:
+            show_side_by_side(host, run_sim(args.host_pages))
+    results = [run_sim(int(n)) for n in args.sizes.split(",") if n]
+    if not args.no_big:
+        results.append(run_sim(args.pages))
+    traced = {int(n): traced_bytes(int(n)) for n in args.traced.split(",") if n}
+    for r in results:
+        if r["pages"] in traced:
+            r["traced"] = traced[r["pages"]]
+    for r in results:
+        show_sim(r)
+    if len(results) > 1:
+        small, big = results[0], results[-1]
+        for label in ("merging", "steady"):
+            a, b = rate(small[label])[0], rate(big[label])[0]
+            print(
+                f"{label}: {b:,.0f} pages/s CPU at {big['pages']:,} pages vs {a:,.0f} at "
+                f"{small['pages']:,} ({b / max(a, 1e-9):.2f}x)"
+            )
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The compact structures of large sessions (issue 18) behave as the plain ones they replace:
+the unstable tree's chunked index as a dict, ``seq_array`` as ``array(range)``, a range
+written at once as the same range written page by page, the short label digest as the
+prefix of the page's bytes."""
+
+from __future__ import annotations
+
+import random
+from array import array
+
+import pytest
+
+from sim import Kernel, check_invariants
+from sim.contents import ORDER_BYTES, order_bytes, page_bytes
+from sim.mm import Vma, seq_array
+from sim.unstable import CHUNK, UnstableIndex
+
+
+def test_unstable_index_is_a_dict() -> None:
+    rng = random.Random(18)
+    index = UnstableIndex()
+    plain: dict[int, int] = {}
+    for step in range(20_000):
+        content = rng.choice((rng.randrange(3 * CHUNK), rng.randrange(1 << 31)))
+        op = rng.random()
+        if op < 0.5:
+            key = rng.randrange(1 << 40)
+            index[content] = key
+            plain[content] = key
+        elif op < 0.8 and plain:
+            victim = rng.choice(list(plain)) if op < 0.7 else content
+            if victim in plain:
+                del index[victim]
+                del plain[victim]
+            else:
+                with pytest.raises(KeyError):
+                    del index[victim]
+        elif op < 0.81:
+            index.clear()
+            plain.clear()
+        assert index.get(content) == plain.get(content)
+        assert (content in index) == (content in plain)
+        assert len(index) == len(plain)
+        if step % 1000 == 0:
+            assert list(index.items()) == sorted(plain.items())
+    assert len(index.chunks) == len({c // CHUNK for c in plain})
+
+
+@pytest.mark.parametrize(
+    ("start", "n"), [(0, 0), (0, 1), (65_535, 3), (70_000, 200_000), ((1 << 31) - 10, 10)]
+)
+def test_seq_array(start: int, n: int) -> None:
+    assert seq_array(start, n) == array("i", range(start, start + n))
+
+
+@pytest.mark.parametrize("label", ["zero", "D0", "a label"])
+def test_order_bytes_are_the_page_prefix(label: str) -> None:
+    assert order_bytes(label) == page_bytes(label)[:ORDER_BYTES]
+
+
+def _session(record: bool, one_by_one: bool) -> Kernel:
+    k = Kernel("6.18", {"use_zero_pages": 1}, record=record)
+    k.spawn("A")
+    k.mmap("A", "heap", 300)
+    k.madvise("A", "heap", ((100, 200),), "MADV_MERGEABLE")
+    plan = [((0, 300), "unique"), ((10, 50), "x"), ((250, 300), "zero"), ((40, 120), "unique")]
+    for (lo, hi), content in plan:
+        if one_by_one:
+            for i in range(lo, hi):
+                k.write("A", "heap", ((i, i + 1),), content)
+        else:
+            k.write("A", "heap", ((lo, hi),), content)
+    k.spawn("B")
+    k.mmap("B", "heap", 64)
+    k.write("B", "heap", None, "unique")
+    return k
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_a_range_written_at_once_equals_page_by_page(record: bool) -> None:
+    a, b = _session(record, False), _session(record, True)
+    for k in (a, b):
+        check_invariants(k)
+        k.scan(3)
+        check_invariants(k)
+    for name in ("f_content", "f_map", "f_node", "free_pfns"):
+        assert getattr(a, name) == getattr(b, name), name
+    for proc in ("A", "B"):
+        va, vb = a.vma(proc, "heap"), b.vma(proc, "heap")
+        for field in ("pfn", "pte", "shadow", "it_state", "it_sum", "mergeable"):
+            assert getattr(va, field) == getattr(vb, field), (proc, field)
+        assert va.segs == vb.segs
+    assert a.checkpoint("end") == b.checkpoint("end")
+    if record:
+        la, lb = a.take_changes(), b.take_changes()
+        assert la.events == lb.events
+        assert la.pages == lb.pages and la.frames == lb.frames
+
+
+# ---------------------------------------------------------------- runs of pages at once
+CONTENTS = ("zero", "zero", "unique", "unique", "unique", "A", "B")
+
+
+def state_of(k: Kernel) -> tuple[object, ...]:
+    """Everything a step can change, for comparing two kernels."""
+    vmas = []
+    for uid, v in sorted(k.vmas_by_uid.items()):
+        vmas.append(
+            (
+                uid,
+                v.dead,
+                v.nitems,
+                [list(s) for s in v.segs],
+                *(
+                    bytes(getattr(v, f))
+                    for f in (
+                        "pfn",
+                        "pte",
+                        "mergeable",
+                        "it_state",
+                        "it_sum",
+                        "it_age",
+                        "it_skip",
+                        "it_node",
+                        "it_skipped",
+                        "shadow",
+                    )
+                ),
+            )
+        )
+    nodes = sorted(
+        (n.nid, n.kind, n.content, n.pfn, list(n.items), n.dead) for n in k.nodes.values()
+    )
+    mms = sorted(
+        (m.name, m.ksm_rmap_items, m.ksm_merging_pages, m.ksm_zero_pages, m.registered)
+        for m in k.procs.values()
+    )
+    cursor = (None if k.cursor is None else k.cursor.name, k.cursor_addr, k.seqnr)
+    return (
+        vmas,
+        nodes,
+        mms,
+        cursor,
+        bytes(k.f_content),
+        bytes(k.f_map),
+        bytes(k.f_node),
+        bytes(k.free_pfns),
+        sorted(k.unstable.items()),
+        k.global_counters(),
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_runs_at_once_equal_page_by_page(seed: int) -> None:
+    rng = random.Random(seed)
+    kernel = ("6.18", "6.12")[seed % 2]
+    sysfs = {
+        "use_zero_pages": rng.choice((0, 1, 1)),
+        "pages_to_scan": rng.choice((50, 333, 5000)),
+        "smart_scan": 0,
+    }
+    fast, slow = Kernel(kernel, sysfs), Kernel(kernel, sysfs)
+    slow.scan_runs = False
+    counter = 0
+    handled = [0]
+    run_at_once = fast._scan_run
+
+    def counting(vma: Vma, i: int, budget: int, windows: bool) -> int:
+        n = run_at_once(vma, i, budget, windows)
+        handled[0] += max(n, 0)
+        return n
+
+    fast._scan_run = counting  # type: ignore[method-assign]
+    for step in range(60):
+        procs = sorted(fast.procs)
+        vmas = [(p, v) for p in procs for v in fast.procs[p].vmas]
+        op = rng.choice(
+            ("mmap", "mmap", "write", "write", "madvise", "fork", "knob") + ("scan",) * 8
+        )
+        calls: list[tuple[str, tuple[object, ...]]] = []
+        if step in (1, 2):
+            op = "scan_pass"
+        elif step == 0:
+            op = "mmap"
+        if op == "scan_pass":
+            calls.append(("scan_pass", ()))
+        elif op == "mmap" or not procs:
+            counter += 1
+            proc = rng.choice(procs) if procs and rng.random() < 0.5 else f"p{counter}"
+            n = rng.randint(32, 700)
+            if proc not in fast.procs:
+                calls.append(("spawn", (proc,)))
+            name = f"v{counter}"
+            calls.append(("mmap", (proc, name, n)))
+            q = rng.randint(0, n) if step else n
+            first = "unique" if step == 0 else rng.choice(CONTENTS)
+            calls.append(("write", (proc, name, ((0, q),), first)))
+            if q < n:
+                calls.append(("write", (proc, name, ((q, n),), rng.choice(CONTENTS))))
+            calls.append(("madvise", (proc, name, None, "MADV_MERGEABLE")))
+        elif op in ("write", "madvise") and vmas:
+            proc, name = rng.choice(vmas)
+            n = fast.vma(proc, name).npages
+            lo = rng.randrange(n)
+            pages = ((lo, rng.randint(lo + 1, n)),)
+            if op == "write":
+                calls.append(("write", (proc, name, pages, rng.choice(CONTENTS))))
+            else:
+                advice = rng.choice(("MADV_MERGEABLE", "MADV_UNMERGEABLE"))
+                calls.append(("madvise", (proc, name, pages, advice)))
+        elif op == "fork" and len(procs) < 4:
+            counter += 1
+            calls.append(("fork", (rng.choice(procs), f"p{counter}")))
+        elif op == "knob":
+            knob, value = rng.choice(
+                (("max_page_sharing", "2"), ("use_zero_pages", "0"), ("use_zero_pages", "1"))
+                + (("pages_to_scan", "77"), ("smart_scan", "0"), ("smart_scan", "1"))
+            )
+            calls.append(("sysfs_write", (knob, value)))
+        else:
+            grain = rng.choice(("scan_page", "scan_batch", "scan_batch", "scan_pass"))
+            calls.append((grain, ()))
+        for method, args in calls:
+            outcomes = []
+            for k in (fast, slow):
+                try:
+                    outcomes.append(("ok", getattr(k, method)(*args)))
+                except Exception as exc:  # noqa: BLE001 - both must fail alike
+                    outcomes.append(("error", repr(exc)))
+            assert outcomes[0] == outcomes[1], (method, args)
+        assert state_of(fast) == state_of(slow), calls
+        check_invariants(fast)
+    assert handled[0] > 0
