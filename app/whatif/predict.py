@@ -422,6 +422,7 @@ def prediction_html(pred: Prediction, title: str = "capture") -> str:
             "xaxis": {"title": {"text": "simulated time (s)"}},
             "yaxis": {"title": {"text": "MiB"}},
             "yaxis2": {"title": {"text": "CPU s"}, "overlaying": "y", "side": "right"},
+            "legend": {"orientation": "h", "y": -0.2},
             "template": "plotly_white",
         },
     }
@@ -430,7 +431,8 @@ def prediction_html(pred: Prediction, title: str = "capture") -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>KSM prediction: {html.escape(title)}</title></head><body>"
-        f"<h1>KSM prediction: {html.escape(title)}</h1>{plot}<pre>{summary}</pre>"
+        f"<h1>KSM prediction: {html.escape(title)}</h1>{plot}"
+        f"<pre style='white-space:pre-wrap'>{summary}</pre>"
         "</body></html>"
     )
 

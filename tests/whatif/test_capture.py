@@ -181,10 +181,26 @@ def test_cli(tmp_path: Path, child: Callable[..., Child]) -> None:
     assert "1 processes" in r.stdout
     assert load_capture(out).processes[0].pid == c.pid
     r = run_cli(
-        "predict", str(out), "--duration", "5", "--merge", "all", "--knob", "use_zero_pages=1"
+        "predict",
+        str(out),
+        "--duration",
+        "5",
+        "--merge",
+        "all",
+        "--knob",
+        "use_zero_pages=1",
+        "--csv",
+        str(tmp_path / "c.csv"),
+        "--html",
+        str(tmp_path / "c.html"),
     )
     assert r.returncode == 0, r.stderr
     assert "savings after 5 s" in r.stdout
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert rows[0].startswith("t_s,pages_shared,pages_sharing,ksm_zero_pages,general_profit")
+    assert len(rows) == 7  # header + t = 0..5
+    html = (tmp_path / "c.html").read_text()
+    assert "Predicted KSM savings" in html and 'src="http' not in html  # offline
     r = run_cli("predict", str(out), "--knob", "pages_to_scan=-3")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     (tmp_path / "bad").write_bytes(b"nope")
