@@ -299,9 +299,15 @@ def _from_le(typecode: str, data: bytes) -> array[int]:
 
 
 # ----------------------------------------------------------------------- loading
-def load_capture(source: str | Path | bytes) -> Capture:
+class CaptureTooLarge(CaptureError):
+    """The capture holds more pages than the reader allows (checked before any column is
+    decompressed: a small file can claim a huge capture)."""
+
+
+def load_capture(source: str | Path | bytes, max_pages: int | None = None) -> Capture:
     """Read and validate a capture (a path, or the file's bytes); :class:`CaptureError`
-    with a clear message (and the field) when it is not a valid ``ksm-capture/1`` file."""
+    with a clear message (and the field) when it is not a valid ``ksm-capture/1`` file,
+    :class:`CaptureTooLarge` when it has more than ``max_pages`` pages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
@@ -309,10 +315,10 @@ def load_capture(source: str | Path | bytes) -> Capture:
             data = Path(source).read_bytes()
         except OSError as exc:
             raise CaptureError(f"cannot read {source}: {exc.strerror}") from None
-    return _parse(data)
+    return _parse(data, MAX_PAGES if max_pages is None else min(max_pages, MAX_PAGES))
 
 
-def _parse(data: bytes) -> Capture:
+def _parse(data: bytes, max_pages: int = MAX_PAGES) -> Capture:
     if not data.startswith(MAGIC):
         raise CaptureError(f"not a capture file (it does not start with {MAGIC!r})")
     buf = io.BytesIO(data)
@@ -341,7 +347,9 @@ def _parse(data: bytes) -> Capture:
             f"unsupported version {head.get('version')!r} (this ksmlab reads {VERSION})",
             "version",
         )
-    pages = _int(head, "pages", 0, MAX_PAGES)
+    pages = _int(head, "pages", 0, 1 << 62)
+    if pages > max_pages:
+        raise CaptureTooLarge(f"the capture has {pages} pages, at most {max_pages} here", "pages")
     classes = _int(head, "classes", 1, max(1, pages + 1))
     snapshots = _int(head, "snapshots", 1, 1_000_000)
     period = head.get("period_s", 0.0)

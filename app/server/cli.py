@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         except ApiError as exc:
             sys.stderr.write(f"ksmlab serve: --capture {args.capture}: {exc.message}\n")
             return 2
-        link = urlencode(manager.link_params(session))
+        link = urlencode({"sid": session.id, "kernel": sc.kernel, **manager.link_params(session)})
         sys.stdout.write(f"capture {args.capture}: http://{host}:{port}/session?{link}\n")
         sys.stdout.flush()
     uvicorn.run(app, host=host, port=port, **opts)

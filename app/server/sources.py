@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from sim import Kernel, Next, ScenarioError, SimError, Stepper, parse_scenario
-from sim.capture import MAGIC, Capture, CaptureError, load_capture
+from sim.capture import MAGIC, Capture, CaptureError, CaptureTooLarge, load_capture
 from sim.fromcapture import CAPTURED, MERGE_MODES, capture_document
 from sim.presets import UnknownPresetError, list_presets, load_preset
 from sim.runner import check_supported
@@ -194,17 +194,14 @@ def _load_capture_checked(
         )
     if kernel is not None and kernel not in KERNELS:
         raise ApiError(422, "kernel", f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})")
-    try:
-        cap = load_capture(data)
+    try:  # the page count is checked before any column is decompressed
+        cap = load_capture(data, max_pages=settings.max_pages)
+    except CaptureTooLarge as exc:
+        raise ApiError(
+            413, "pages", f"{exc.message}; this server allows {settings.max_pages} per session"
+        ) from None
     except CaptureError as exc:
         raise ApiError(422, "capture", _short(str(exc))) from None
-    if cap.pages > settings.max_pages:
-        raise ApiError(
-            413,
-            "pages",
-            f"the capture maps {cap.pages} pages; this server allows {settings.max_pages} "
-            "per session",
-        )
     return cap, kernel or "6.18", merge
 
 

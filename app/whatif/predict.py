@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sim import Kernel, KnobError, SimError
+from sim import Kernel, KnobError, SimError, timemodel
 from sim.capture import Capture, CaptureError, load_capture
 from sim.fromcapture import MERGE_MODES, PageRef, WriteSchedule, capture_notes, capture_scenario
 from sim.kernel import PAGE_SIZE, RMAP_ITEM_SIZE
@@ -260,6 +260,10 @@ def predict(
     )
     sched = WriteSchedule(capture, seed)
     acct = TimeAccount()
+    # the time model's batch clock (pages by kind, per-pass costs, the scan-time advisor)
+    # where sim.timemodel has one; else the two-kind batch_cost
+    clock_type = getattr(timemodel, "BatchClock", None)
+    clock: Any = clock_type(k, costs, acct) if clock_type is not None else None
     end_ns = round(duration_s * 1e9)
     step_ns = max(1, round(sample_s * 1e9))
     next_sample = 0
@@ -314,18 +318,25 @@ def predict(
             before = watched()
             skipped0 = k.pages_skipped
             seq0 = k.seqnr
-            k.take_changes()
+            if clock is not None:
+                clock.before()
+            else:
+                k.take_changes()
             out = st.feed(Next("batch"))
             assert out is not None
-            log = k.take_changes()
-            cost = batch_cost(
-                costs,
-                handed=int(out.what.get("scanned", 0)),
-                first=first_pass_pages(log),
-                skipped=k.pages_skipped - skipped0,
-                sleep_millisecs=int(k.knobs["sleep_millisecs"]),
-            )
-            acct.charge(cost)
+            handed = int(out.what.get("scanned", 0))
+            if clock is not None:  # charges the account itself (and runs the advisor)
+                clock.after(handed)
+            else:
+                log = k.take_changes()
+                cost = batch_cost(
+                    costs,
+                    handed=handed,
+                    first=first_pass_pages(log),
+                    skipped=k.pages_skipped - skipped0,
+                    sleep_millisecs=int(k.knobs["sleep_millisecs"]),
+                )
+                acct.charge(cost)
             now = watched()
             if now != before:
                 pred.last_change_ns = acct.now_ns
@@ -411,6 +422,7 @@ def prediction_html(pred: Prediction, title: str = "capture") -> str:
             "xaxis": {"title": {"text": "simulated time (s)"}},
             "yaxis": {"title": {"text": "MiB"}},
             "yaxis2": {"title": {"text": "CPU s"}, "overlaying": "y", "side": "right"},
+            "legend": {"orientation": "h", "y": -0.2},
             "template": "plotly_white",
         },
     }
@@ -419,7 +431,8 @@ def prediction_html(pred: Prediction, title: str = "capture") -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>KSM prediction: {html.escape(title)}</title></head><body>"
-        f"<h1>KSM prediction: {html.escape(title)}</h1>{plot}<pre>{summary}</pre>"
+        f"<h1>KSM prediction: {html.escape(title)}</h1>{plot}"
+        f"<pre style='white-space:pre-wrap'>{summary}</pre>"
         "</body></html>"
     )
 

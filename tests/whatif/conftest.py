@@ -11,9 +11,9 @@ CHILD = Path(__file__).with_name("memchild.py")
 
 
 class Child:
-    def __init__(self, pages: int, change: int = 0) -> None:
+    def __init__(self, pages: int, change: int = 0, merge: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), str(pages), str(change)],
+            [sys.executable, str(CHILD), str(pages), str(change)] + (["merge"] if merge else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -38,8 +38,8 @@ class Child:
 def child() -> Iterator[Callable[..., Child]]:
     started: list[Child] = []
 
-    def start(pages: int, change: int = 0) -> Child:
-        c = Child(pages, change)
+    def start(pages: int, change: int = 0, merge: bool = False) -> Child:
+        c = Child(pages, change, merge)
         started.append(c)
         return c
 

@@ -1,6 +1,7 @@
 """A child process with known memory, for the capture tests (run as a script).
 
-``python memchild.py PAGES [CHANGE]`` maps PAGES private anonymous pages and fills them by
+``python memchild.py PAGES [CHANGE [merge]]`` maps PAGES private anonymous pages (madvised
+MADV_MERGEABLE with ``merge``) and fills them by
 page index ``i``: ``i % 4 == 0`` zero-filled (written), ``1`` one shared random page
 (duplicates), ``2`` a random page of its own (unique), ``3`` never touched. It prints the
 mapping's address and waits on stdin; with CHANGE, it rewrites the unique pages of the
@@ -23,6 +24,8 @@ def main() -> None:
     change = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     m = mmap.mmap(-1, n * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    if len(sys.argv) > 3 and sys.argv[3] == "merge":
+        m.madvise(mmap.MADV_MERGEABLE)
     dup = os.urandom(PAGE)
     for i in range(n):
         kind = i % 4

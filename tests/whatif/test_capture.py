@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -180,12 +181,73 @@ def test_cli(tmp_path: Path, child: Callable[..., Child]) -> None:
     assert "1 processes" in r.stdout
     assert load_capture(out).processes[0].pid == c.pid
     r = run_cli(
-        "predict", str(out), "--duration", "5", "--merge", "all", "--knob", "use_zero_pages=1"
+        "predict",
+        str(out),
+        "--duration",
+        "5",
+        "--merge",
+        "all",
+        "--knob",
+        "use_zero_pages=1",
+        "--csv",
+        str(tmp_path / "c.csv"),
+        "--html",
+        str(tmp_path / "c.html"),
     )
     assert r.returncode == 0, r.stderr
     assert "savings after 5 s" in r.stdout
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert rows[0].startswith("t_s,pages_shared,pages_sharing,ksm_zero_pages,general_profit")
+    assert len(rows) == 7  # header + t = 0..5
+    html = (tmp_path / "c.html").read_text()
+    assert "Predicted KSM savings" in html and 'src="http' not in html  # offline
     r = run_cli("predict", str(out), "--knob", "pages_to_scan=-3")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     (tmp_path / "bad").write_bytes(b"nope")
     r = run_cli("predict", str(tmp_path / "bad"))
     assert r.returncode == 2 and "not a capture file" in r.stderr
+
+
+def test_a_small_file_claiming_a_huge_capture_is_refused_before_decompressing() -> None:
+    import json
+    import struct
+    import zlib
+
+    from sim.capture import MAGIC, CaptureTooLarge
+
+    pages = 1 << 27
+    bomb = zlib.compress(bytes(pages), 9)  # 128 MiB of flags in about 130 KB
+    head = {
+        "format": "ksm-capture/1",
+        "version": 1,
+        "pages": pages,
+        "classes": 1,
+        "snapshots": 1,
+        "processes": [{"pid": 1, "comm": "x", "mappings": [{"start": 0, "pages": pages}]}],
+        "columns": [{"name": "flags", "type": "B", "bytes": len(bomb), "zlib": True}],
+    }
+    raw = json.dumps(head).encode()
+    data = MAGIC + struct.pack("<I", len(raw)) + raw + bomb
+    with pytest.raises(CaptureTooLarge, match="at most 1000"):
+        load_capture(data, max_pages=1000)
+
+
+def test_find_pids_by_name_and_cgroup(tmp_path: Path) -> None:
+    from app.kernel.capture import find_pids, process_cgroup
+
+    exe = tmp_path / "ksmcap-child"
+    exe.symlink_to(sys.executable)
+    proc = subprocess.Popen([str(exe), "-c", "import time; time.sleep(60)"])
+    try:
+        for _ in range(50):
+            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "ksmcap-child":
+                break
+            time.sleep(0.05)
+        assert find_pids(name="^ksmcap-child$") == [proc.pid]
+        mine = process_cgroup(Path("/proc"), os.getpid())
+        assert proc.pid in find_pids(cgroup=mine)
+        assert os.getpid() not in find_pids(cgroup=mine)  # never the capturing process
+        assert find_pids(cgroup="/no/such/group") == []
+    finally:
+        proc.kill()
+        proc.wait()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
 
 from app.config import Settings
+from app.server.threaded import free_port
 from tests.app.conftest import TEST_SETTINGS, LiveServer
 
 from .test_predict import quarter_capture
@@ -67,3 +73,31 @@ def test_bad_captures_get_a_clear_4xx(http: httpx.Client) -> None:
     assert r.status_code == 422 and "merge" in r.text
     # the server keeps serving
     assert upload(http, quarter_capture(100).to_bytes()).status_code == 303
+
+
+def test_serve_with_a_capture(tmp_path: Path) -> None:
+    cap = tmp_path / "guests.ksmcap"
+    cap.write_bytes(quarter_capture(1000).to_bytes())
+    port = free_port()
+    env = {**os.environ, "KSMLAB_DATA_DIR": str(tmp_path / "data")}
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--capture", str(cap)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(f"capture {cap}: http://127.0.0.1:{port}/session?sid="), line
+        url = line.split(": ", 1)[1].strip()
+        for _ in range(100):  # until uvicorn listens
+            try:
+                r = httpx.get(url, timeout=10)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert r.status_code == 200 and "capture guests.ksmcap" in r.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    bad = tmp_path / "bad.ksmcap"
+    bad.write_bytes(b"KSMCAPTURE\n")
+    r2 = subprocess.run(cmd[:-1] + [str(bad)], capture_output=True, text=True, env=env, timeout=60)
+    assert r2.returncode == 2 and r2.stderr.count("\n") == 1 and "truncated" in r2.stderr
