@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import sim.cli
 from app.kernel import cli as kernel_cli
 from app.server import cli as server_cli
+from app.whatif import check as check_cli
 from app.whatif import cli as whatif_cli
 
 COMMAND_MODULES = (
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     kernel_cli,  # replay, fuzz
     server_cli,  # serve
     whatif_cli,  # presets, sweep
+    check_cli,  # calibrate, whatif-check
 )
 
 

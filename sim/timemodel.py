@@ -108,6 +108,21 @@ class CpuCosts:
         return cls(**out)  # type: ignore[arg-type]
 
 
+#: this machine's kernel as ``ksmlab calibrate`` measured it (6.18.44, 2 vCPUs AMD EPYC, a
+#: shared virtual machine; median of 3 rounds of 20 000 pages, 4 December 2026, load 4):
+#: the default of the what-if check and prediction. ``CpuCosts()`` keeps the sweep's
+#: historical figures (0.9, 3.5, 0.1 us), so that sweep CSVs stay comparable.
+MACHINE_COSTS = CpuCosts(
+    first_ns=1141,
+    later_ns=5597,
+    skip_ns=266,
+    merge_ns=7219,
+    zero_ns=2291,
+    ksm_ns=319,
+    pass_ns=123_710,
+)
+
+
 @dataclass(frozen=True)
 class BatchCost:
     """What one ksmd batch cost: pages by kind, its CPU and the time it took with its sleep."""
