@@ -88,12 +88,31 @@ sys.stdin.read()
 DEFAULT_MODULES = ("plotly.graph_objects", "pydantic", "fastapi")
 
 
+ADDR_NO_RANDOMIZE = 0x0040000
+
+
+def _same_layout() -> None:  # pragma: no cover - runs in the child before exec
+    """No address-space randomisation: copies started alike lay their heaps out alike (as
+    the workers of a pre-forking server do); their pointer-filled pages can then match."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.personality(ADDR_NO_RANDOMIZE)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class ProgramCopies:
-    """``n`` copies of a Python interpreter importing ``modules`` under merge-any."""
+    """``n`` copies of a Python interpreter importing ``modules`` under merge-any.
+
+    ``same_layout`` (default) starts them without address randomisation and with one hash
+    seed, so that identical work gives identical pages; without it almost every heap page
+    holds different pointers and little merges (measured: 266 of 29 000 pages).
+    """
 
     n: int = 4
     modules: Sequence[str] = DEFAULT_MODULES
+    same_layout: bool = True
     ready_timeout_s: float = 120.0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -110,6 +129,8 @@ class ProgramCopies:
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
+                        env={**os.environ, "PYTHONHASHSEED": "0"} if self.same_layout else None,
+                        preexec_fn=_same_layout if self.same_layout else None,
                     )
                 )
             deadline = time.monotonic() + self.ready_timeout_s

@@ -411,8 +411,14 @@ def sample_of(record: Any) -> Sample:
         ksm_zero_pages=int(get("ksm_zero_pages")),
         ksm_rmap_items=int(get("ksm_rmap_items")),
         full_scans=int(get("full_scans")),
-        cpu_ns=int(get("cpu_ns")),
+        cpu_ns=int(get("cpu_ns"))
+        if _has(record, "cpu_ns")
+        else round(float(get("ksmd_cpu_s")) * 1e9),
     )
+
+
+def _has(record: Any, name: str) -> bool:
+    return name in record if isinstance(record, dict) else hasattr(record, name)
 
 
 def whatif_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
