@@ -24,7 +24,8 @@ figures, so that all show the same numbers:
   mm list walk). A cost left at ``None`` is charged as ``later_ns`` (the model before the
   kinds were split).
 - **Time.** ksmd's loop is one batch, then ``sleep_millisecs``: simulated time advances by
-  the batch's CPU plus the sleep. Operations between batches take no time.
+  the batch's CPU plus the sleep plus ``wake_ns`` (the wall time a real ksmd loses per
+  batch: jiffy rounding, waiting for a CPU). Operations between batches take no time.
 - **The advisor.** With ``advisor_mode=scan-time`` the kernel retunes pages_to_scan at each
   pass end from the pass's duration and ksmd's CPU (:mod:`sim.advisor`): :class:`BatchClock`
   gives the kernel this model's clock before each batch and calls ``Kernel.advise`` after.
@@ -61,6 +62,9 @@ class CpuCosts:
     ksm_ns: int | None = None
     #: every pass
     pass_ns: int = 0
+    #: wall time per batch beyond its CPU and sleep_millisecs (not CPU): the sleep's jiffy
+    #: rounding and the delay before a nice-5 kernel thread runs again on a busy host
+    wake_ns: int = 0
 
     @classmethod
     def from_us(
@@ -73,6 +77,7 @@ class CpuCosts:
         zero: float | None = None,
         ksm: float | None = None,
         pass_us: float = 0.0,
+        wake_us: float = 0.0,
     ) -> CpuCosts:
         def ns(v: float | None) -> int | None:
             return None if v is None else round(v * 1000)
@@ -85,6 +90,7 @@ class CpuCosts:
             ns(zero),
             ns(ksm),
             round(pass_us * 1000),
+            round(wake_us * 1000),
         )
 
     def as_dict(self) -> dict[str, int | None]:
@@ -204,7 +210,7 @@ def kinds_cost(costs: CpuCosts, kinds: BatchKinds, sleep_millisecs: int) -> Batc
         kinds.later,
         kinds.skipped,
         cpu,
-        cpu + sleep_millisecs * 1_000_000,
+        cpu + sleep_millisecs * 1_000_000 + costs.wake_ns,
         kinds.merged,
         kinds.zero,
         kinds.ksm,

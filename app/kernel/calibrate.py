@@ -14,6 +14,8 @@ what-if sweep and prediction (``--calibration FILE``). Method (``docs/cpu-model.
 - **merge**, **ksm**: a *pairs* area (page i = page i + N/2): pass 1 first visits, pass 2
   inserts N/2 pages in the unstable tree (later) and merges N/2 (merge), pass 3 revisits N
   KSM pages (ksm).
+- **wake** (wall time, not CPU): one page per batch, ``sleep_millisecs=20``, for 3 s: the
+  wall time per batch less its CPU and the sleep (jiffy rounding, scheduling delay).
 - **zero**: a zero-filled area with ``use_zero_pages=1``: pass 2 merges every page with the
   zero page.
 
@@ -120,6 +122,29 @@ class OnePass:
         )
 
 
+WAKE_SLEEP_MS = 20
+WAKE_SECONDS = 3.0
+
+
+def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float:
+    """Run ksmd with one page per batch for ``seconds``: the wall time of a batch minus its
+    CPU and ``sleep_ms`` (batches: pages scanned plus passes, a pass end's batch scans none)."""
+    s.write("sleep_millisecs", sleep_ms)
+    p0, f0, c0 = s.read_int("pages_scanned") or 0, s.read_int("full_scans") or 0, ksmd_cpu_ns(pid)
+    t0 = time.monotonic_ns()
+    s.write("run", 1)
+    try:
+        time.sleep(seconds)
+    finally:
+        s.write("run", 0)
+    wall = time.monotonic_ns() - t0
+    batches = (s.read_int("pages_scanned") or 0) - p0 + (s.read_int("full_scans") or 0) - f0
+    cpu = ksmd_cpu_ns(pid) - c0
+    if batches < 10:
+        raise RuntimeError(f"only {batches} ksmd batches in {seconds} s")
+    return (wall - cpu) / batches - sleep_ms * 1_000_000
+
+
 def _fresh(s: KsmSysfs, **knobs: int) -> None:
     """Unmerge everything, then set knobs (ksmd stopped)."""
     s.write("run", 2)
@@ -144,6 +169,11 @@ def measure_round(s: KsmSysfs, pages: int, log: Callable[[str], None]) -> dict[s
     pass_ns = statistics.median(r.cpu_ns for r in runs)
     out["pass_ns"] = pass_ns
     log(f"  pass overhead {pass_ns / 1000:.1f} us")
+    # wall time per batch beyond CPU and sleep: one page per batch, default sleep
+    _fresh(s, **{**base, "smart_scan": 0, "pages_to_scan": 1})
+    with Area(TINY, "unique"):
+        out["wake_ns"] = batch_wake_ns(s, ksmd_pid(), WAKE_SLEEP_MS, WAKE_SECONDS)
+    s.write("pages_to_scan", base["pages_to_scan"])
     # unique pages
     _fresh(s, **base)
     with Area(pages, "unique"):
@@ -221,6 +251,7 @@ def calibrate(
         zero_ns=max(0, round(med["zero_ns"])),
         ksm_ns=max(0, round(med["ksm_ns"])),
         pass_ns=max(0, round(med["pass_ns"])),
+        wake_ns=max(0, round(med["wake_ns"])),
     )
     return calibration_doc(
         costs,

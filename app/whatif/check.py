@@ -225,7 +225,14 @@ def compare(
     for k in range(1, 11):
         t = duration_s * k / 10
         p, r = _at(predicted, t, pv), _at(real.samples, t, rv)
-        curve.append({"t_s": round(t, 3), "predicted": p, "kernel": r, "error": _rel(p, rf)})
+        curve.append(
+            {
+                "t_s": round(t, 3),
+                "predicted": p,
+                "kernel": r,
+                "error": None if rf == 0 else (p - r) / rf,
+            }
+        )
     t90p, t90r = time_to(predicted, 0.9, pv), time_to(real.samples, 0.9, rv)
     cpu_p = predicted[-1].cpu_ns / (predicted[-1].t_s * 1e9) if predicted[-1].t_s else 0.0
     cpu_r = real.samples[-1].cpu_ns / (real.wall_s * 1e9) if real.wall_s else 0.0
