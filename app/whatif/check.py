@@ -311,10 +311,13 @@ def curves_figure(
             },
         ],
         "layout": {
-            "title": {"text": f"{html.escape(title)}<br><sub>{sub}</sub>"},
+            "title": {
+                "text": f"{title}<br><sub>{sub}</sub>",
+                "font": {"size": 15},
+            },
             "xaxis": {"title": {"text": "time since ksmd started (s)"}, "rangemode": "tozero"},
             "yaxis": {
-                "title": {"text": "memory saved (MiB): pages_sharing + ksm_zero_pages"},
+                "title": {"text": "memory saved (MiB)"},
                 "rangemode": "tozero",
             },
             "template": "plotly_white",
@@ -445,7 +448,8 @@ def whatif_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[s
         "use_zero_pages": args.use_zero_pages,
         "smart_scan": 1,
     }
-    if args.advisor:
+    if args.advisor:  # the advisor sets pages_to_scan (from advisor_min_pages_to_scan)
+        del knobs["pages_to_scan"]
         knobs["advisor_mode"] = "scan-time"
     workload: Guests | ProgramCopies
     if args.workload == "guests":
@@ -469,11 +473,14 @@ def whatif_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[s
         workload.stop()
     result = compare(predicted, real, args.duration)
     result.update(workload=args.workload, knobs=knobs, costs=costs.as_dict(), pids=pids)
+    result["command"] = "ksmlab " + " ".join(sys.argv[1:])
     command = "ksmlab " + " ".join(sys.argv[1:])
     (out / "check.csv").write_text(curves_csv(predicted, real.samples), encoding="utf-8")
     (out / "check.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    title = f"{args.workload}: {len(pids)} processes, " + ", ".join(
-        f"{k}={v}" for k, v in knobs.items()
+    title = (
+        f"{args.workload}: {len(pids)} processes<br><sub>"
+        + ", ".join(f"{k}={v}" for k, v in knobs.items())
+        + "</sub>"
     )
     page = out / "check.html"
     page.write_text(
@@ -485,6 +492,26 @@ def whatif_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[s
         if why:
             log(f"no PNG: {why}")
     return result
+
+
+def replot(out: Path, png: Path | None = None) -> str | None:
+    """Write ``out/check.html`` again (and a PNG) from ``check.csv`` and ``check.json``."""
+    result = json.loads((out / "check.json").read_text(encoding="utf-8"))
+    sides: dict[str, list[Sample]] = {"predicted": [], "kernel": []}
+    with (out / "check.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            values = {n: row[n] for n in Sample.__dataclass_fields__}
+            sides[row["side"]].append(
+                Sample(float(values.pop("t_s")), **{n: int(v) for n, v in values.items()})
+            )
+    knobs = ", ".join(f"{k}={v}" for k, v in result.get("knobs", {}).items())
+    title = f"{result.get('workload', '')}: {len(result.get('pids', []))} processes"
+    fig = curves_figure(
+        sides["predicted"], sides["kernel"], result, f"{title}<br><sub>{knobs}</sub>"
+    )
+    page = out / "check.html"
+    page.write_text(render_html(fig, result, result.get("command", "")), encoding="utf-8")
+    return screenshot_png(page, png) if png is not None else None
 
 
 def _out(text: str) -> None:
