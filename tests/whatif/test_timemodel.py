@@ -170,6 +170,14 @@ def test_check_errors_against_the_targets() -> None:
     assert r["errors"]["cpu"] == pytest.approx(0.1)
     assert r["errors"]["curve"] == pytest.approx(0.05)  # tenths at 1..10 s: worst -5%
     assert r["within"] == {"final": True, "curve": True, "t90": True, "cpu": True}
+    # zero pages that appeared without being counted (THP splits) count as memory saved
+    real.zero_ptes_end = 5
+    assert r["final_memory"]["kernel"] == 100  # computed before: unchanged
+    assert compare(pred, real, 10.0)["final_memory"] == {
+        "predicted": 95,
+        "kernel": 105,
+        "error": pytest.approx(-10 / 105),
+    }
     # other processes merge too: the workload's own figures are compared
     real.others = [1]
     r = compare(pred, real, 10.0)
