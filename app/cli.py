@@ -19,6 +19,7 @@ import sim.cli
 from app.kernel import capture as kernel_capture
 from app.kernel import cli as kernel_cli
 from app.server import cli as server_cli
+from app.whatif import check as check_cli
 from app.whatif import cli as whatif_cli
 from app.whatif import predict as whatif_predict
 
@@ -29,6 +30,7 @@ COMMAND_MODULES = (
     whatif_cli,  # presets, sweep
     kernel_capture,  # capture
     whatif_predict,  # predict
+    check_cli,  # calibrate, whatif-check
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .advisor import AdvisorCtx, scan_time_advisor
 from .errors import KnobError
 from .ksm_files import KNOB_DEFAULTS
 from .process import ProcessMixin
@@ -86,6 +87,7 @@ class KnobsMixin(ProcessMixin):
     def _init_knobs(self, sysfs: dict[str, Any]) -> list[str]:
         """Kernel defaults plus a scenario's ``sysfs``; returns the knobs skipped."""
         self.knobs = {k: v for k, v in DEFAULTS.items() if k in self.profile.knobs}
+        self.advisor = AdvisorCtx()
         skipped = []
         for knob, value in sysfs.items():
             if knob not in self.profile.knobs:
@@ -187,9 +189,52 @@ class KnobsMixin(ProcessMixin):
         if mode != self.knobs[knob]:
             self.knobs[knob] = mode
             # set_advisor_defaults
+            if mode == "scan-time":
+                self.advisor = AdvisorCtx()
             self.knobs["pages_to_scan"] = (
                 self.knobs["advisor_min_pages_to_scan"] if mode == "scan-time" else 100
             )
+
+    # ---------------------------------------------------------- the advisor
+    #: the scan-time advisor's context (sim.advisor); ksmd's clock, set by a time model
+    advisor: AdvisorCtx
+    ksmd_ktime_ns: int = 0
+
+    @property
+    def advisor_on(self) -> bool:
+        return bool(self.knobs.get("advisor_mode", "none") == "scan-time")
+
+    def _advisor_start_scan(self) -> None:
+        """advisor_start_scan, at a pass start: stamp it with ksmd's clock."""
+        if self.advisor_on:
+            self.advisor.start_scan_ns = self.ksmd_ktime_ns
+
+    def _advisor_stop_scan(self) -> None:
+        """advisor_stop_scan, at a pass end: the advisor runs once the driver gives the time
+        (:meth:`advise`)."""
+        if self.advisor_on:
+            self.advisor.due = True
+
+    def advise(self, now_ns: int, cpu_ns: int) -> int | None:
+        """Run the scan-time advisor if a pass ended since the last call (``now_ns``: ksmd's
+        clock at the pass end, ``cpu_ns``: ksmd's CPU time so far, task_sched_runtime).
+        Returns the new pages_to_scan, or None when the advisor did not run."""
+        if not self.advisor.due:
+            return None
+        self.advisor.due = False
+        if not self.advisor_on:
+            return None
+        step = scan_time_advisor(
+            self.advisor,
+            now_ns=now_ns,
+            cpu_time_ns=cpu_ns,
+            pages_to_scan=int(self.knobs["pages_to_scan"]),
+            target_scan_time=int(self.knobs["advisor_target_scan_time"]),
+            max_cpu=int(self.knobs["advisor_max_cpu"]),
+            max_pages_to_scan=int(self.knobs["advisor_max_pages_to_scan"]),
+        )
+        self.knobs["pages_to_scan"] = step.pages
+        return step.pages
 
     def _store_advisor_max_cpu(self, knob: str, text: str) -> None:
         self.knobs[knob] = self._uint(knob, text, ULONG_MAX)

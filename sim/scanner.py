@@ -65,6 +65,9 @@ def skip_age(age: int) -> int:
 class ScannerMixin(StableTreeMixin):
     #: handle runs of pages at once (:meth:`_scan_run`); tests turn it off to compare
     scan_runs = True
+    #: KSM pages ksmd met again with their item already on the node (nothing to do): the
+    #: time model's cheap "KSM revisit" (``sim.timemodel``); no kernel counter has it
+    ksm_revisits: int = 0
 
     # ------------------------------------------------------------ the walk
     def _ksm_do_scan(self, budget: int | None) -> int:
@@ -280,6 +283,7 @@ class ScannerMixin(StableTreeMixin):
         if mm is None:
             # pass start: reset the unstable tree, cursor on the first slot
             self.unstable.clear()
+            self._advisor_start_scan()  # type: ignore[attr-defined]
             mm = self.cursor = self.slots[0]
             self.cursor_addr = 0
             self.cursor_seen_mergeable = False
@@ -296,6 +300,7 @@ class ScannerMixin(StableTreeMixin):
             if nxt is None:
                 self.cursor = None
                 self.cursor_addr = 0
+                self._advisor_stop_scan()  # type: ignore[attr-defined]
                 self.seqnr += 1
                 self._event("pass_end")
                 return None
@@ -397,6 +402,7 @@ class ScannerMixin(StableTreeMixin):
     def _ksm_page_seen(self, vma: Vma, idx: int, node: StableNode) -> None:
         """The page is already a KSM page (§4 A)."""
         if vma.it_state[idx] == ITEM_STABLE and vma.it_node[idx] == node.nid:
+            self.ksm_revisits += 1
             return
         # reached by fork, or made KSM in place while we mapped it: stable_tree_search
         # returns the page itself and merging it with itself succeeds (bypassing the limit)

@@ -3,38 +3,130 @@
 The simulator's own clock (:attr:`sim.state.KsmState.clock_ms`) is the scenario format's:
 200 ms per ``scan`` pass, nothing elsewhere; it drives the chain prune timer, as the
 recorded traces do. This module is the *time model* on top of it, used by the what-if sweep
-(:mod:`app.whatif.sweep`) and the dashboard's "time and money" figures, so that both show
-the same numbers:
+(:mod:`app.whatif.sweep`), the what-if prediction and the dashboard's "time and money"
+figures, so that all show the same numbers:
 
-- **CPU of a batch.** Every page handed to ``cmp_and_merge_page`` whose rmap_item was
-  created in that visit costs ``first_ns`` (checksum only: a page never merges on its first
-  scan); any other page handed over costs ``later_ns`` (checksum, tree searches, merging);
-  each page smart scan skips costs ``skip_ns``. Defaults: 0.9, 3.5 and 0.1 us (measured,
-  ``bench/ksmd_costs.py``; ``docs/cpu-model.md``).
+- **CPU of a batch.** Every page ksmd looks at is of exactly one kind, each with its cost
+  (:class:`CpuCosts`, ``docs/cpu-model.md``):
+
+  ============  =================================================================  =========
+  kind          the page, in this visit                                            from
+  ============  =================================================================  =========
+  ``first``     its rmap_item was created (checksum only)                          item_new
+  ``later``     any other page handed to cmp_and_merge_page that did not merge     the rest
+  ``merge``     merged: into a KSM page, or with a page of the unstable tree       merge*
+  ``zero``      merged with the zero page (``use_zero_pages``)                     zero_merge
+  ``ksm``       already a KSM page with its item on the node (nothing to do)       revisit
+  ``skipped``   smart scan skipped it                                              pages_skipped
+  ============  =================================================================  =========
+
+  plus ``pass_ns`` for every pass that ends in the batch (the pass start's LRU drain, the
+  mm list walk). A cost left at ``None`` is charged as ``later_ns`` (the model before the
+  kinds were split).
 - **Time.** ksmd's loop is one batch, then ``sleep_millisecs``: simulated time advances by
-  the batch's CPU plus the sleep. Operations between batches take no time.
+  the batch's CPU plus the sleep plus ``wake_ns`` (the wall time a real ksmd loses per
+  batch: jiffy rounding, waiting for a CPU). Operations between batches take no time.
+- **The advisor.** With ``advisor_mode=scan-time`` the kernel retunes pages_to_scan at each
+  pass end from the pass's duration and ksmd's CPU (:mod:`sim.advisor`): :class:`BatchClock`
+  gives the kernel this model's clock before each batch and calls ``Kernel.advise`` after.
 
 Every figure is an integer number of nanoseconds, so results are reproducible bit for bit.
+A *calibration file* (``ksmlab calibrate``, :func:`load_calibration`) holds costs measured on
+one machine's kernel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
 
 from .changes import ChangeLog
+
+CALIBRATION_FORMAT = "ksmlab-calibration/1"
 
 
 @dataclass(frozen=True)
 class CpuCosts:
-    """Modelled ksmd CPU per page, in nanoseconds."""
+    """Modelled ksmd CPU per page by kind and per pass, in nanoseconds."""
 
     first_ns: int = 900
     later_ns: int = 3500
     skip_ns: int = 100
+    #: a page merged in this visit (None: charged as later_ns)
+    merge_ns: int | None = None
+    #: a page merged with the zero page in this visit (None: charged as later_ns)
+    zero_ns: int | None = None
+    #: an already merged KSM page revisited (None: charged as later_ns)
+    ksm_ns: int | None = None
+    #: every pass
+    pass_ns: int = 0
+    #: wall time per batch beyond its CPU and sleep_millisecs (not CPU): the sleep's jiffy
+    #: rounding and the delay before a nice-5 kernel thread runs again on a busy host
+    wake_ns: int = 0
 
     @classmethod
-    def from_us(cls, first: float, later: float, skip: float) -> CpuCosts:
-        return cls(round(first * 1000), round(later * 1000), round(skip * 1000))
+    def from_us(
+        cls,
+        first: float,
+        later: float,
+        skip: float,
+        *,
+        merge: float | None = None,
+        zero: float | None = None,
+        ksm: float | None = None,
+        pass_us: float = 0.0,
+        wake_us: float = 0.0,
+    ) -> CpuCosts:
+        def ns(v: float | None) -> int | None:
+            return None if v is None else round(v * 1000)
+
+        return cls(
+            round(first * 1000),
+            round(later * 1000),
+            round(skip * 1000),
+            ns(merge),
+            ns(zero),
+            ns(ksm),
+            round(pass_us * 1000),
+            round(wake_us * 1000),
+        )
+
+    def as_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> CpuCosts:
+        """From :meth:`as_dict`'s shape; unknown keys are refused, missing ones default."""
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(doc) - names)
+        if bad:
+            raise ValueError(f"unknown cost {bad[0]!r} (known: {', '.join(sorted(names))})")
+        out: dict[str, int | None] = {}
+        for name, value in doc.items():
+            if value is None and name in ("merge_ns", "zero_ns", "ksm_ns"):
+                out[name] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"cost {name!r} must be a non-negative integer (ns)")
+            out[name] = value
+        return cls(**out)  # type: ignore[arg-type]
+
+
+#: this machine's kernel as ``ksmlab calibrate`` measured it (6.18.44, 2 vCPUs AMD EPYC, a
+#: shared virtual machine; median of 3 rounds of 20 000 pages, 4 December 2026, load 4):
+#: the default of the what-if check and prediction. ``CpuCosts()`` keeps the sweep's
+#: historical figures (0.9, 3.5, 0.1 us), so that sweep CSVs stay comparable.
+MACHINE_COSTS = CpuCosts(
+    first_ns=1141,
+    later_ns=5597,
+    skip_ns=266,
+    merge_ns=7219,
+    zero_ns=2291,
+    ksm_ns=319,
+    pass_ns=123_710,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +138,10 @@ class BatchCost:
     skipped: int
     cpu_ns: int
     time_ns: int
+    merged: int = 0
+    zero: int = 0
+    ksm: int = 0
+    passes: int = 0
 
 
 def first_pass_pages(log: ChangeLog) -> int:
@@ -53,14 +149,82 @@ def first_pass_pages(log: ChangeLog) -> int:
     return sum(1 for kind, _ in log.events if kind == "item_new")
 
 
+@dataclass(frozen=True)
+class BatchKinds:
+    """The pages of one batch by kind (see the module doc); ``handed`` includes all but
+    ``skipped``. A page on its first visit is ``first`` whatever else happens to it (on
+    6.5 and older a first visit can merge: charged as first)."""
+
+    handed: int
+    first: int
+    merged: int
+    zero: int
+    ksm: int
+    skipped: int
+    passes: int
+
+    @property
+    def later(self) -> int:
+        return max(0, self.handed - self.first - self.merged - self.zero - self.ksm)
+
+
+def batch_kinds(log: ChangeLog, handed: int, skipped: int, ksm: int) -> BatchKinds:
+    """Classify a batch's pages from its change log (``ksm``: the kernel's growth of
+    ``ksm_revisits`` over the batch)."""
+    new: set[int] = set()
+    merged: set[int] = set()
+    zero: set[int] = set()
+    merge_new = 0
+    passes = 0
+    for kind, key in log.events:
+        if kind == "item_new":
+            new.add(key)
+        elif kind in ("merge", "ksm_append"):
+            merged.add(key)
+        elif kind == "merge_new":
+            # logged for the tree's page, then for the page ksmd holds: count the second
+            merge_new += 1
+            if merge_new % 2 == 0:
+                merged.add(key)
+        elif kind == "zero_merge":
+            zero.add(key)
+        elif kind == "pass_end":
+            passes += 1
+    return BatchKinds(handed, len(new), len(merged - new), len(zero - new), ksm, skipped, passes)
+
+
+def kinds_cost(costs: CpuCosts, kinds: BatchKinds, sleep_millisecs: int) -> BatchCost:
+    """The cost of a batch of these kinds, followed by its sleep."""
+    later = costs.later_ns
+    cpu = (
+        kinds.first * costs.first_ns
+        + kinds.later * later
+        + kinds.merged * (later if costs.merge_ns is None else costs.merge_ns)
+        + kinds.zero * (later if costs.zero_ns is None else costs.zero_ns)
+        + kinds.ksm * (later if costs.ksm_ns is None else costs.ksm_ns)
+        + kinds.skipped * costs.skip_ns
+        + kinds.passes * costs.pass_ns
+    )
+    return BatchCost(
+        kinds.first,
+        kinds.later,
+        kinds.skipped,
+        cpu,
+        cpu + sleep_millisecs * 1_000_000 + costs.wake_ns,
+        kinds.merged,
+        kinds.zero,
+        kinds.ksm,
+        kinds.passes,
+    )
+
+
 def batch_cost(
     costs: CpuCosts, handed: int, first: int, skipped: int, sleep_millisecs: int
 ) -> BatchCost:
     """The cost of a batch that handed ``handed`` pages to ``cmp_and_merge_page`` (``first``
-    of them on their first visit) and skipped ``skipped`` pages, followed by its sleep."""
-    later = handed - first
-    cpu = first * costs.first_ns + later * costs.later_ns + skipped * costs.skip_ns
-    return BatchCost(first, later, skipped, cpu, cpu + sleep_millisecs * 1_000_000)
+    of them on their first visit) and skipped ``skipped`` pages, followed by its sleep
+    (the two-kind model: merges, zero pages and KSM revisits are charged as later pages)."""
+    return kinds_cost(costs, BatchKinds(handed, first, 0, 0, 0, skipped, 0), sleep_millisecs)
 
 
 @dataclass
@@ -73,6 +237,10 @@ class TimeAccount:
     first: int = 0
     later: int = 0
     skipped: int = 0
+    merged: int = 0
+    zero: int = 0
+    ksm: int = 0
+    passes: int = 0
 
     def charge(self, cost: BatchCost) -> None:
         self.now_ns += cost.time_ns
@@ -81,8 +249,98 @@ class TimeAccount:
         self.first += cost.first
         self.later += cost.later
         self.skipped += cost.skipped
+        self.merged += cost.merged
+        self.zero += cost.zero
+        self.ksm += cost.ksm
+        self.passes += cost.passes
+
+    @property
+    def not_first(self) -> int:
+        """Pages handed over after their first visit (every kind but first and skipped)."""
+        return self.later + self.merged + self.zero + self.ksm
 
     @property
     def cpu_share(self) -> float | None:
         """ksmd's CPU over simulated time (what ``top`` shows), None before any time."""
         return self.cpu_ns / self.now_ns if self.now_ns else None
+
+
+class _TimedKernel(Protocol):
+    """What :class:`BatchClock` needs of a :class:`sim.Kernel`."""
+
+    pages_skipped: int
+    ksm_revisits: int
+    ksmd_ktime_ns: int
+    knobs: dict[str, Any]
+
+    def take_changes(self) -> ChangeLog: ...
+
+    def advise(self, now_ns: int, cpu_ns: int) -> int | None: ...
+
+
+class BatchClock:
+    """Charges the batches of one kernel (created with ``record=True``) to a
+    :class:`TimeAccount`, and runs the kernel's advisor on this clock.
+
+    Call :meth:`before` just before a batch and :meth:`after` just after it with the pages
+    it handed over. ``cpu_base_ns`` is ksmd's CPU time before the first batch (what the
+    advisor's first pass compares against: the real ksmd's runtime since boot).
+    """
+
+    def __init__(
+        self,
+        kernel: _TimedKernel,
+        costs: CpuCosts,
+        account: TimeAccount | None = None,
+        cpu_base_ns: int = 0,
+    ) -> None:
+        self.k = kernel
+        self.costs = costs
+        self.time = account if account is not None else TimeAccount()
+        self.cpu_base_ns = cpu_base_ns
+        self._skipped0 = 0
+        self._ksm0 = 0
+
+    def before(self) -> None:
+        k = self.k
+        k.take_changes()
+        k.ksmd_ktime_ns = self.time.now_ns
+        self._skipped0 = k.pages_skipped
+        self._ksm0 = k.ksm_revisits
+
+    def after(self, handed: int) -> BatchCost:
+        k = self.k
+        log = k.take_changes()
+        kinds = batch_kinds(
+            log, handed, k.pages_skipped - self._skipped0, k.ksm_revisits - self._ksm0
+        )
+        cost = kinds_cost(self.costs, kinds, int(k.knobs["sleep_millisecs"]))
+        end_of_cpu = self.time.now_ns + cost.cpu_ns
+        self.time.charge(cost)
+        if kinds.passes:
+            k.advise(end_of_cpu, self.cpu_base_ns + self.time.cpu_ns)
+        return cost
+
+
+def load_calibration(path: str | Path) -> CpuCosts:
+    """The costs of a calibration file (``ksmlab calibrate``); ValueError with a reason."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read calibration {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"calibration {path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
+        raise ValueError(f"calibration {path}: format is not {CALIBRATION_FORMAT!r}")
+    costs = doc.get("costs")
+    if not isinstance(costs, dict):
+        raise ValueError(f"calibration {path}: no 'costs' object")
+    try:
+        return CpuCosts.from_dict(costs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"calibration {path}: {exc}") from None
+
+
+def calibration_doc(costs: CpuCosts, **facts: Any) -> dict[str, Any]:
+    """A calibration file's document: the costs and how they were measured."""
+    return {"format": CALIBRATION_FORMAT, "costs": costs.as_dict(), **facts}

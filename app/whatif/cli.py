@@ -3,8 +3,8 @@
 ``presets [--json]`` lists the shipped scenario stories (name, title, kernels).
 
 ``sweep [--presets a,b] [--capture FILE [--duration S] [--merge MODE]] [--grid KNOB=V1,V2 ...]
-[--kernel V] [--out DIR] [--jobs N]
-[--max-passes N] [--costs FIRST,LATER,SKIP] [--png FILE] [--scheduler ADDRESS] [--fresh]``
+[--kernel V] [--out DIR] [--jobs N] [--max-passes N] [--costs FIRST,LATER,SKIP | --calibration FILE]
+[--png FILE] [--scheduler ADDRESS] [--fresh]``
 runs every preset under every combination of the grid's knob values in the simulator, on
 all cores (or on a Dask cluster: ``--scheduler tcp://HOST:PORT`` or ``local:N``), keeps each
 finished run in ``DIR/sweep.sqlite`` (a killed sweep resumes when run again), shows progress
@@ -34,7 +34,7 @@ from sim.capture import CaptureError, load_capture
 from sim.fromcapture import MERGE_MODES
 from sim.presets import list_presets, preset_names
 from sim.scenario import KERNELS
-from sim.timemodel import CpuCosts
+from sim.timemodel import CpuCosts, load_calibration
 
 from .cluster import parse_scheduler
 from .store import STORE_NAME, ResultStore, StoreError
@@ -191,7 +191,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             sources[src.name] = src
             chosen.append(src.name)
         grid = parse_grid(args.grid or DEFAULT_GRID)
+        if args.costs and args.calibration:
+            raise ValueError("--costs and --calibration: give one of them")
         costs = _parse_costs(args.costs) if args.costs else CpuCosts()
+        if args.calibration:
+            costs = load_calibration(args.calibration)
         if args.jobs is not None and args.jobs < 1:
             raise ValueError("--jobs must be at least 1")
         if args.scheduler is not None:
@@ -353,6 +357,11 @@ def register(sub: Any) -> None:
         "--costs",
         metavar="FIRST,LATER,SKIP",
         help="per-page ksmd CPU in us (default 0.9,3.5,0.1; see docs/cpu-model.md)",
+    )
+    s.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="ksmd costs measured by `ksmlab calibrate` (a JSON file; instead of --costs)",
     )
     s.add_argument("--no-html", action="store_true", help="write only the CSV")
     s.add_argument(

@@ -66,7 +66,7 @@ from sim.presets import load_preset
 from sim.runner import check_supported
 from sim.scenario import Step
 from sim.stepper import Action, Inject, Next, Stepper
-from sim.timemodel import CpuCosts, TimeAccount, batch_cost, first_pass_pages
+from sim.timemodel import BatchClock, CpuCosts
 
 from . import predict as _predict
 
@@ -283,7 +283,8 @@ class _Driver:
         self.stepper = stepper
         self.k = stepper.kernel
         self.costs = costs
-        self.time = TimeAccount()
+        self.clock = BatchClock(self.k, costs)
+        self.time = self.clock.time
         self.last_change_ns = 0
         self.passes = 0
 
@@ -327,20 +328,11 @@ class _Driver:
         if self.time.batches >= MAX_BATCHES:
             raise SimError(f"more than {MAX_BATCHES} batches")
         before = self.watched()
-        skipped0 = k.pages_skipped
         seq0 = k.seqnr
-        k.take_changes()
+        self.clock.before()
         out = self.stepper.feed(action)
         assert out is not None
-        log = k.take_changes()
-        cost = batch_cost(
-            self.costs,
-            handed=int(out.what["scanned"]),
-            first=first_pass_pages(log),
-            skipped=k.pages_skipped - skipped0,
-            sleep_millisecs=int(k.knobs["sleep_millisecs"]),
-        )
-        self.time.charge(cost)
+        self.clock.after(int(out.what["scanned"]))
         if k.seqnr != seq0:
             self.passes += 1
         if self.watched() != before:
@@ -411,7 +403,7 @@ def run_point(
     result.pages_scanned = k.pages_scanned
     result.pages_skipped = k.pages_skipped
     result.first_pass_pages = drive.time.first
-    result.later_pass_pages = drive.time.later
+    result.later_pass_pages = drive.time.not_first
     result.cpu_ns = drive.time.cpu_ns
     return result
 

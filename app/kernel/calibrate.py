@@ -1,0 +1,265 @@
+"""``ksmlab calibrate``: measure ksmd's CPU costs on this machine's kernel (root).
+
+Fills a :class:`sim.timemodel.CpuCosts` with figures measured on the real ksmd, for the
+what-if sweep and prediction (``--calibration FILE``). Method (``docs/cpu-model.md``):
+
+- ksmd runs exactly one pass at a time: ``run=1``, a new ``sleep_millisecs`` value (which
+  wakes it), wait for ``full_scans`` to grow, ``run=0``; ``pages_to_scan`` is larger than
+  the area, so one pass is one batch. The pass's CPU is the growth of ksmd's run time
+  (``/proc/<ksmd>/schedstat``, nanoseconds; ``/proc/<ksmd>/stat`` ticks as a fallback).
+- **pass**: 20 passes over a tiny area (16 unique pages): CPU per pass, less the pages.
+- **first**, **later**, **skip**: a *unique* area (:class:`app.kernel.workloads.Area`);
+  pass 1 creates every rmap_item, passes 2-4 look at every page again, pass 5 skips all
+  (smart scan). Per page: (CPU - pass) / pages.
+- **merge**, **ksm**: a *pairs* area (page i = page i + N/2): pass 1 first visits, pass 2
+  inserts N/2 pages in the unstable tree (later) and merges N/2 (merge), pass 3 revisits N
+  KSM pages (ksm).
+- **wake** (wall time, not CPU): one page per batch, ``sleep_millisecs=20``, for 3 s: the
+  wall time per batch less its CPU and the sleep (jiffy rounding, scheduling delay).
+- **zero**: a zero-filled area with ``use_zero_pages=1``: pass 2 merges every page with the
+  zero page.
+
+Each round holds the host lock (:func:`app.kernel.guard.host_lock`, shared with the
+replayer) only for its own measurement; every knob is saved first (:class:`KnobGuard`, with
+its state file) and restored in a ``finally`` after a ``run=2``; ``run`` ends at 0. It refuses
+when ksmd is running or another process has mergeable memory (``force`` skips the latter).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.timemodel import CpuCosts, calibration_doc
+
+from .guard import KnobGuard, Refusal, check_privileges, host_lock, lock_file_path, state_file_path
+from .sysfs import KsmSysfs
+from .workloads import Area
+
+PASS_TIMEOUT_S = 120.0
+TINY = 16
+
+
+def ksmd_pid() -> int:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "ksmd":
+                return int(comm.parent.name)
+        except (OSError, ValueError):
+            continue
+    raise Refusal("no ksmd kernel thread found")
+
+
+def ksmd_cpu_ns(pid: int) -> int:
+    """Nanoseconds ksmd has spent on a CPU (task_sched_runtime, as the advisor reads it)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def mergeable_pids(exclude: int | None = None) -> list[int]:
+    """Processes with mergeable memory or merge-any (ksm_stat says so)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/ksm_stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "ksm_mergeable: yes" in text or "ksm_merge_any: yes" in text:
+            pids.append(int(stat.parent.name))
+    return [p for p in pids if p != exclude]
+
+
+@dataclass(frozen=True)
+class Pass:
+    scanned: int
+    skipped: int
+    cpu_ns: int
+    wall_ns: int
+
+
+class OnePass:
+    """Runs ksmd for exactly one full pass at a time and measures it."""
+
+    def __init__(self, sysfs: KsmSysfs, pid: int) -> None:
+        self.s = sysfs
+        self.pid = pid
+        self.sleep = 60_000
+
+    def _int(self, name: str) -> int:
+        return self.s.read_int(name) or 0
+
+    def __call__(self) -> Pass:
+        before = (self._int("full_scans"), self._int("pages_scanned"), self._int("pages_skipped"))
+        cpu0 = ksmd_cpu_ns(self.pid)
+        t0 = time.monotonic_ns()
+        self.s.write("run", 1)
+        self.sleep = 60_001 if self.sleep == 60_000 else 60_000
+        self.s.write("sleep_millisecs", self.sleep)  # a new value wakes ksmd
+        deadline = time.monotonic() + PASS_TIMEOUT_S
+        try:
+            while self._int("full_scans") == before[0]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a ksmd pass took longer than 120 s")
+                time.sleep(0.001)
+        finally:
+            self.s.write("run", 0)
+        wall = time.monotonic_ns() - t0
+        time.sleep(0.03)  # let ksmd go back to sleep before reading its CPU time
+        return Pass(
+            self._int("pages_scanned") - before[1],
+            self._int("pages_skipped") - before[2],
+            ksmd_cpu_ns(self.pid) - cpu0,
+            wall,
+        )
+
+
+WAKE_SLEEP_MS = 20
+WAKE_SECONDS = 3.0
+
+
+def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float:
+    """Run ksmd with one page per batch for ``seconds``: the wall time of a batch minus its
+    CPU and ``sleep_ms`` (batches: pages scanned plus passes, a pass end's batch scans none)."""
+    s.write("sleep_millisecs", sleep_ms)
+    p0, f0, c0 = s.read_int("pages_scanned") or 0, s.read_int("full_scans") or 0, ksmd_cpu_ns(pid)
+    t0 = time.monotonic_ns()
+    s.write("run", 1)
+    try:
+        time.sleep(seconds)
+    finally:
+        s.write("run", 0)
+    wall = time.monotonic_ns() - t0
+    batches = (s.read_int("pages_scanned") or 0) - p0 + (s.read_int("full_scans") or 0) - f0
+    cpu = ksmd_cpu_ns(pid) - c0
+    if batches < 10:
+        raise RuntimeError(f"only {batches} ksmd batches in {seconds} s")
+    return (wall - cpu) / batches - sleep_ms * 1_000_000
+
+
+def _fresh(s: KsmSysfs, **knobs: int) -> None:
+    """Unmerge everything, then set knobs (ksmd stopped)."""
+    s.write("run", 2)
+    s.write("run", 0)
+    for name, value in knobs.items():
+        if s.exists(name) and s.read(name) != value:
+            s.write(name, value)
+
+
+def measure_round(s: KsmSysfs, pages: int, log: Callable[[str], None]) -> dict[str, float]:
+    """One round of every measurement (the caller holds the lock and saved the knobs)."""
+    one = OnePass(s, ksmd_pid())
+    base = {"pages_to_scan": max(pages * 2, 1000), "smart_scan": 1, "use_zero_pages": 0}
+    if s.exists("advisor_mode") and s.read("advisor_mode") != "none":
+        s.write("advisor_mode", "none")
+    out: dict[str, float] = {}
+    # per pass: a tiny area, smart scan off (every page handed over every pass)
+    _fresh(s, **{**base, "smart_scan": 0})
+    with Area(TINY, "unique"):
+        one()  # first visits
+        runs = [one() for _ in range(20)]
+    pass_ns = statistics.median(r.cpu_ns for r in runs)
+    out["pass_ns"] = pass_ns
+    log(f"  pass overhead {pass_ns / 1000:.1f} us")
+    # wall time per batch beyond CPU and sleep: one page per batch, default sleep
+    _fresh(s, **{**base, "smart_scan": 0, "pages_to_scan": 1})
+    with Area(TINY, "unique"):
+        out["wake_ns"] = batch_wake_ns(s, ksmd_pid(), WAKE_SLEEP_MS, WAKE_SECONDS)
+    s.write("pages_to_scan", base["pages_to_scan"])
+    # unique pages
+    _fresh(s, **base)
+    with Area(pages, "unique"):
+        runs = [one() for _ in range(5)]
+    if any(r.scanned < pages for r in runs[:4]) or runs[4].skipped < pages:
+        raise RuntimeError(f"unexpected pass sizes on the unique area: {runs}")
+    out["first_ns"] = (runs[0].cpu_ns - pass_ns) / runs[0].scanned
+    later = runs[1:4]
+    out["later_ns"] = sum(r.cpu_ns - pass_ns for r in later) / sum(r.scanned for r in later)
+    out["skip_ns"] = (runs[4].cpu_ns - pass_ns) / runs[4].skipped
+    out["wall_per_cpu"] = sum(r.wall_ns for r in runs) / max(1, sum(r.cpu_ns for r in runs))
+    # identical pairs: merges, then KSM revisits
+    _fresh(s, **base)
+    with Area(pages, "pairs"):
+        one()  # first visits
+        p2, p3 = one(), one()
+        sharing = s.read_int("pages_sharing") or 0
+    half = pages // 2
+    if sharing < half * 0.95:
+        raise RuntimeError(f"only {sharing} of {half} pairs merged")
+    out["merge_ns"] = (p2.cpu_ns - pass_ns - half * out["later_ns"]) / half
+    out["ksm_ns"] = (p3.cpu_ns - pass_ns) / p3.scanned
+    # zero-filled pages
+    _fresh(s, **{**base, "use_zero_pages": 1})
+    with Area(pages, "zero"):
+        one()  # first visits
+        z2 = one()
+        zeros = s.read_int("ksm_zero_pages") or 0
+    if zeros < pages * 0.95:
+        raise RuntimeError(f"only {zeros} of {pages} zero pages merged")
+    out["zero_ns"] = (z2.cpu_ns - pass_ns) / z2.scanned
+    log(
+        "  per page (ns): "
+        + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in out.items() if k.endswith("_ns"))
+    )
+    return out
+
+
+def calibrate(
+    *,
+    pages: int = 20_000,
+    rounds: int = 3,
+    force: bool = False,
+    sysfs_root: str | Path = "/sys/kernel/mm/ksm",
+    log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Measure ``rounds`` rounds; returns the calibration document (median per cost)."""
+    s = KsmSysfs(sysfs_root)
+    check_privileges(s)
+    results = []
+    for i in range(rounds):
+        log(f"round {i + 1}/{rounds}")
+        with host_lock(lock_file_path(), timeout=600, on_wait=log):
+            if s.read("run") != 0:
+                raise Refusal("ksmd is running (run != 0): someone uses KSM; not touching it")
+            others = mergeable_pids(os.getpid())
+            if others and not force:
+                raise Refusal(f"processes {others[:8]} have mergeable memory (use --force)")
+            guard = KnobGuard(s, state_file_path())
+            guard.save()
+            try:
+                results.append(measure_round(s, pages, log))
+            finally:
+                problems = guard.restore()
+                if s.read("run") != 0:
+                    s.write("run", 0)
+                if problems:
+                    raise RuntimeError(f"knobs not restored: {problems}")
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    costs = CpuCosts(
+        first_ns=max(0, round(med["first_ns"])),
+        later_ns=max(0, round(med["later_ns"])),
+        skip_ns=max(0, round(med["skip_ns"])),
+        merge_ns=max(0, round(med["merge_ns"])),
+        zero_ns=max(0, round(med["zero_ns"])),
+        ksm_ns=max(0, round(med["ksm_ns"])),
+        pass_ns=max(0, round(med["pass_ns"])),
+        wake_ns=max(0, round(med["wake_ns"])),
+    )
+    return calibration_doc(
+        costs,
+        kernel=os.uname().release,
+        cpus=os.cpu_count(),
+        pages=pages,
+        rounds=[{k: round(v, 3) for k, v in r.items()} for r in results],
+        wall_per_cpu=round(med["wall_per_cpu"], 3),
+        load=[round(x, 2) for x in os.getloadavg()],
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
