@@ -303,6 +303,8 @@ def page_detail(
             "rmap_hlist_len": len(node.items),
             "mapcount": k.f_map[pfn],
             "sharers": sharers,
+            # the same pages as ranges ("A heap[100-199]"), for people to read
+            "sharer_ranges": page_ranges(k, node.items, None)[0],
         }
     detail["why"] = why_not_merged(k, vma, i, ksm_placed)
     return detail
