@@ -687,7 +687,7 @@ STEP_WORDS: dict[str, dict[str, _ChainRow]] = {
     "unmerge_all": {
         "any": (
             "ksmd unmerged every KSM page and dropped every rmap_item (run=2)",
-            ("run_store", "unmerge_and_remove_all_rmap_items", "unmerge_ksm_pages", "break_ksm"),
+            ("break_ksm",),
         ),
     },
     "cow_zero": {
@@ -796,6 +796,12 @@ OP_CHAIN: dict[str, tuple[str, ...]] = {
     "prctl": ("prctl (PR_SET_MEMORY_MERGE)", "ksm_enable_merge_any"),
     "sysfs": ("sysfs write",),
     "knob": ("sysfs write",),
+    "run=2": (
+        "echo 2 > run",
+        "run_store",
+        "unmerge_and_remove_all_rmap_items",
+        "unmerge_ksm_pages",
+    ),
 }
 
 
@@ -804,6 +810,8 @@ def _chain_head(what: dict[str, Any]) -> tuple[str, ...]:
     if kind == "ksmd" or (kind == "op" and what.get("op") == "scan"):
         return KSMD_CHAIN
     op = what.get("op") if kind == "op" else kind
+    if op in ("sysfs", "knob") and what.get("knob") == "run" and str(what.get("value")) == "2":
+        return OP_CHAIN["run=2"]
     advice = what.get("advice")
     return OP_CHAIN.get(f"{op}:{advice}", OP_CHAIN.get(str(op), ()))
 
@@ -842,6 +850,8 @@ def step_words(
     keys = [key for kind, key in log.events if kind in merged]
     who = _ranges_text(k, keys)
     text = words.format(who=who or "pages", n=len(keys))
+    if lead != "unmerge_all" and any(kind == "unmerge_all" for kind, _ in log.events):
+        text = f"run=2: ksmd unmerged every KSM page and dropped every rmap_item; {text}"
     if lead == "write" and what.get("kind") == "op" and what.get("content") is not None:
         text += f" with {what['content']!r}"
     if lead != "pass_end" and any(kind == "pass_end" for kind, _ in log.events):

@@ -195,7 +195,8 @@ class Timeline:
             b.counters.append(_counters(st.kernel))
             now, cpu, batches = b.times[-1]
             if cost is not None:
-                now, cpu, batches = now + cost.time_ns, cpu + cost.cpu_ns, batches + 1
+                charged, n = cost
+                now, cpu, batches = now + charged.time_ns, cpu + charged.cpu_ns, batches + n
             b.times.append((now, cpu, batches))
             if out.checkpoint is not None:
                 cp = st.kernel.checkpoint(out.checkpoint)
@@ -211,12 +212,15 @@ class Timeline:
         self._maybe_checkpoint(b, self.step, st, self.last)
         return self.last
 
-    def _cost(self, out: Outcome, log: ChangeLog, can_scan: bool, skipped: int) -> BatchCost | None:
+    def _cost(
+        self, out: Outcome, log: ChangeLog, can_scan: bool, skipped: int
+    ) -> tuple[BatchCost, int] | None:
         """What the ksmd work of a step cost, as the sweep charges a batch
         (:meth:`app.whatif.sweep._Driver.batch`): None when the step ran no ksmd (an op,
         a knob write, or a batch with nothing to scan). A ``pass`` is charged as the batches
-        of ``pages_to_scan`` it took, each with its sleep; a ``page`` as its CPU only (its
-        batch's sleep is not known to be over)."""
+        of ``pages_to_scan`` stepping batch by batch takes, each with its sleep; a ``page``
+        as its CPU only (its batch's sleep is not known to be over). Returns the cost and
+        the batches it counts for (a page: none)."""
         what = out.what
         if not can_scan or "scanned" not in what:
             return None
@@ -228,17 +232,14 @@ class Timeline:
         if grain == "page":
             sleeps = 0
         elif grain == "pass":
+            # the batches of pages_to_scan stepping batch by batch takes: one more when the
+            # last one used its whole budget (the pass end is found by the next batch)
             per = max(1, int(knobs["pages_to_scan"]))
-            sleeps = max(1, -(-handed // per))
+            sleeps = -(-handed // per) + (1 if what.get("pass_end") and handed % per == 0 else 0)
         else:
             sleeps = 1
-        return BatchCost(
-            cost.first,
-            cost.later,
-            cost.skipped,
-            cost.cpu_ns,
-            cost.cpu_ns + sleeps * sleep * 1_000_000,
-        )
+        time_ns = cost.cpu_ns + sleeps * sleep * 1_000_000
+        return BatchCost(cost.first, cost.later, cost.skipped, cost.cpu_ns, time_ns), sleeps
 
     def _fork_branch(self) -> None:
         old, s = self.branch, self.step
