@@ -64,6 +64,8 @@ for (const view of views) {
       scheduleLegend();
       if (v === primary) syncUrl();
       scheduleInspectorRefresh(v);
+      // a snapshot fills the view's head (time and money, the sentence): fit the grid again
+      if (msg.type === "snapshot" && body.classList.contains("presenter")) requestAnimationFrame(fitPresenterGrid);
     }
     if (msg.type === "state" && v === primary) {
       setPlaying(msg.playing);
