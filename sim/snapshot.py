@@ -837,7 +837,7 @@ def step_words(
                 words = f"ksmd starts ({outcome.text.split(':')[0]}): " + words
             return words, " → ".join((*head, "cmp_and_merge_page") if n else head)
         if what.get("kind") == "checkpoint":
-            return f"checkpoint {what.get('name')!r}: a chapter of the story", ""
+            return f"checkpoint {what.get('name')!r}", ""
         if what.get("op") == "madvise" and what.get("advice") == "MADV_MERGEABLE":
             where = f"{what.get('proc')} {what.get('vma')}"
             return f"{where} is now mergeable (MADV_MERGEABLE): ksmd will scan it", " → ".join(head)
