@@ -21,6 +21,7 @@ Nothing here changes the kernel's state.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -302,6 +303,8 @@ def page_detail(
             "rmap_hlist_len": len(node.items),
             "mapcount": k.f_map[pfn],
             "sharers": sharers,
+            # the same pages as ranges ("A heap[100-199]"), for people to read
+            "sharer_ranges": page_ranges(k, node.items, None)[0],
         }
     detail["why"] = why_not_merged(k, vma, i, ksm_placed)
     return detail
@@ -539,7 +542,10 @@ def describe(k: Kernel, log: ChangeLog | None, outcome: Outcome) -> Summary:
         if facts.get("scanned") and facts.get("grain") in ("page", "batch"):
             # a page or batch of ksmd where nothing changed still names its path
             action += ": ksm_do_scan -> cmp_and_merge_page: nothing changed"
-        return Summary(action, [], {}, {**outcome.what, "counts": {}})
+        words, chain = step_words(k, log, outcome, None)
+        return Summary(
+            action, [], {}, {**outcome.what, "counts": {}, "words": words, "chain": chain}
+        )
     counts = dict(Counter(kind for kind, _ in log.events))
     events = [event_where(k, kind, key) for kind, key in log.events[:MAX_EVENTS]]
     lead = next((kind for kind in SUMMARY_ORDER if kind in counts), log.events[0][0])
@@ -554,4 +560,302 @@ def describe(k: Kernel, log: ChangeLog | None, outcome: Outcome) -> Summary:
         line += "; full scan completed"
     if action:
         line = f"{action}: {line}"
-    return Summary(line, events, counts, {**outcome.what, "counts": counts})
+    words, chain = step_words(k, log, outcome, lead)
+    facts = {**outcome.what, "counts": counts, "words": words, "chain": chain}
+    return Summary(line, events, counts, facts)
+
+
+# ------------------------------------------------------------ plain words and call chains
+def page_ranges(k: Kernel, keys: Iterable[int], limit: int | None = 3) -> tuple[list[str], int]:
+    """Pages named by their keys, grouped as ranges: ``(["A heap[100-199]", "B heap[7]"],
+    groups)``, at most ``limit`` of them listed (mapping order, then page order) and
+    ``groups`` the number of ranges in all."""
+    by_vma: dict[int, list[int]] = {}
+    for key in keys:
+        if key < 0:
+            continue
+        uid, page = split_key(key)
+        by_vma.setdefault(uid, []).append(page)
+    out: list[str] = []
+    total = 0
+    for uid in sorted(by_vma):
+        v = k.vmas_by_uid.get(uid)
+        name = f"{v.mm.name} {v.name}" if v is not None else f"mapping {uid}"
+        pages = sorted(set(by_vma[uid]))
+        start = prev = pages[0]
+        for p in [*pages[1:], None]:
+            if p is not None and p == prev + 1:
+                prev = p
+                continue
+            total += 1
+            if limit is None or len(out) < limit:
+                out.append(f"{name}[{start}]" if start == prev else f"{name}[{start}-{prev}]")
+            if p is not None:
+                start = prev = p
+    return out, total
+
+
+def _ranges_text(k: Kernel, keys: Iterable[int]) -> str:
+    shown, total = page_ranges(k, keys)
+    text = ", ".join(shown)
+    if total > len(shown):
+        text += f" and {total - len(shown)} more range{'s' if total - len(shown) > 1 else ''}"
+    return text
+
+
+#: what a ksmd batch calls before the event's own path
+KSMD_CHAIN = ("ksmd", "ksm_do_scan")
+
+#: event kind -> the plain-words sentence (``{who}``: the pages as ranges, ``{n}`` their
+#: number) and the kernel call chain from the point the step's cause enters it, by profile:
+#: ``series`` for the kernels with the zero-page series (6.12, 6.18), ``old`` for 6.1/6.5.
+#: Checked against mm/ksm.c and mm/memory.c of each: zero pages merge through
+#: ``try_to_merge_with_zero_page`` (added in 6.8) with ``replace_page`` marking the PTE
+#: dirty (``pte_mkdirty``, 6.6+); 6.1 and 6.5 call ``try_to_merge_one_page`` inline from
+#: ``cmp_and_merge_page`` and ``replace_page`` leaves the PTE clean.
+_ChainRow = tuple[str, tuple[str, ...]]
+STEP_WORDS: dict[str, dict[str, _ChainRow]] = {
+    "zero_merge": {
+        "series": (
+            "ksmd merged {who} into the zero page: their PTEs are now dirty-marked "
+            "(ksm_zero_pages +{n})",
+            (
+                "cmp_and_merge_page",
+                "try_to_merge_with_zero_page",
+                "try_to_merge_one_page",
+                "write_protect_page",
+                "replace_page (pte_mkdirty)",
+            ),
+        ),
+        "old": (
+            "ksmd merged {who} into the zero page: their PTEs stay clean, so the kernel "
+            "cannot tell them from read faults (not counted)",
+            ("cmp_and_merge_page", "try_to_merge_one_page", "write_protect_page", "replace_page"),
+        ),
+    },
+    "merge_new": {
+        "any": (
+            "ksmd merged {who}: identical pages found in the unstable tree now share new KSM "
+            "pages (write-protected)",
+            (
+                "cmp_and_merge_page",
+                "unstable_tree_search_insert",
+                "try_to_merge_two_pages",
+                "try_to_merge_one_page",
+                "replace_page",
+                "stable_tree_insert",
+            ),
+        ),
+    },
+    "merge": {
+        "any": (
+            "ksmd merged {who} into an existing KSM page",
+            (
+                "cmp_and_merge_page",
+                "stable_tree_search",
+                "try_to_merge_with_ksm_page",
+                "try_to_merge_one_page",
+                "replace_page",
+            ),
+        ),
+    },
+    "ksm_append": {
+        "any": (
+            "ksmd accounted {who}: they already mapped a KSM page (shared by fork)",
+            ("cmp_and_merge_page", "stable_tree_search", "stable_tree_append"),
+        ),
+    },
+    "unshare_zero": {
+        "any": (
+            "{who} left the zero page KSM had placed: each got a private zero-filled page "
+            "(ksm_zero_pages -{n})",
+            (
+                "break_ksm",
+                "handle_mm_fault (FAULT_FLAG_UNSHARE)",
+                "do_wp_page",
+                "wp_page_copy",
+                "ksm_might_unmap_zero_page",
+            ),
+        ),
+    },
+    "unshare": {
+        "any": (
+            "{who} left their KSM pages: each got a private copy",
+            ("break_ksm", "handle_mm_fault (FAULT_FLAG_UNSHARE)", "do_wp_page", "wp_page_copy"),
+        ),
+    },
+    "unmerge_all": {
+        "any": (
+            "ksmd unmerged every KSM page and dropped every rmap_item (run=2)",
+            ("break_ksm",),
+        ),
+    },
+    "cow_zero": {
+        "any": (
+            "{who} was written: copy-on-write replaced the KSM-placed zero page with a private "
+            "page (ksm_zero_pages -{n})",
+            ("do_wp_page", "wp_page_copy", "ksm_might_unmap_zero_page"),
+        ),
+    },
+    "cow": {
+        "any": (
+            "{who} was written: copy-on-write gave the writer a private copy of the shared page",
+            ("do_wp_page", "wp_page_copy"),
+        ),
+    },
+    "zap_zero": {
+        "any": (
+            "{who} was unmapped, KSM-placed zero pages with it (ksm_zero_pages -{n})",
+            ("zap_pte_range", "ksm_might_unmap_zero_page"),
+        ),
+    },
+    "zap": {"any": ("{who} was unmapped", ("zap_pte_range",))},
+    "chain_created": {
+        "any": (
+            "a KSM page reached max_page_sharing sharers: its stable node became a chain of dups",
+            ("stable_tree_insert", "alloc_stable_node_chain"),
+        ),
+    },
+    "chain_collapsed": {
+        "any": (
+            "a stable_node chain with one dup left collapsed into a regular stable node",
+            ("stable_node_dup", "collapse"),
+        ),
+    },
+    "chain_freed": {
+        "any": ("an empty stable_node chain was freed", ("free_stable_node_chain",)),
+    },
+    "node_removed": {
+        "any": (
+            "ksmd dropped a stable node no page maps any more",
+            ("remove_node_from_stable_tree",),
+        ),
+    },
+    "volatile": {
+        "any": (
+            "ksmd found {who} changed since its last look (checksum differs): volatile, not "
+            "merged in this pass",
+            ("cmp_and_merge_page", "calc_checksum"),
+        ),
+    },
+    "unstable_insert": {
+        "any": (
+            "ksmd put {who} in the unstable tree: no identical page found yet",
+            ("cmp_and_merge_page", "unstable_tree_search_insert"),
+        ),
+    },
+    "smart_skip": {
+        "any": (
+            "ksmd skipped {who}: smart scan saw them unchanged for several passes",
+            ("scan_get_next_rmap_item", "should_skip_rmap_item"),
+        ),
+    },
+    "item_free": {
+        "any": (
+            "ksmd freed the rmap_items of {who}: no page to track there any more",
+            ("scan_get_next_rmap_item", "get_next_rmap_item / remove_trailing_rmap_items"),
+        ),
+    },
+    "item_new": {
+        "any": (
+            "ksmd met {who} for the first time: a new rmap_item and a checksum each",
+            ("scan_get_next_rmap_item", "get_next_rmap_item", "alloc_rmap_item"),
+        ),
+    },
+    "read_fault": {
+        "any": (
+            "{who} was read before any write: it maps the shared zero page (PTE clean)",
+            ("do_anonymous_page",),
+        ),
+    },
+    "write": {"any": ("{who} was written", ("do_anonymous_page / do_wp_page",))},
+    "mm_dropped": {
+        "any": (
+            "ksmd dropped a process with no mergeable mapping left from its list",
+            ("scan_get_next_rmap_item", "remove_mm_slot"),
+        ),
+    },
+    "pass_end": {
+        "any": (
+            "ksmd completed a full pass (full_scans +1)",
+            ("scan_get_next_rmap_item",),
+        ),
+    },
+}
+
+#: what the ops of a scenario call before the event's own path (kind of op -> chain head)
+OP_CHAIN: dict[str, tuple[str, ...]] = {
+    "madvise:MADV_UNMERGEABLE": ("madvise", "ksm_madvise", "unmerge_ksm_pages"),
+    "madvise:MADV_MERGEABLE": ("madvise", "ksm_madvise", "__ksm_enter"),
+    "madvise": ("madvise",),
+    "write": ("page fault", "handle_mm_fault"),
+    "read": ("page fault", "handle_mm_fault"),
+    "munmap": ("munmap", "unmap_region"),
+    "exit": ("exit_mmap", "unmap_vmas"),
+    "fork": ("fork", "dup_mmap", "ksm_fork"),
+    "prctl": ("prctl (PR_SET_MEMORY_MERGE)", "ksm_enable_merge_any"),
+    "sysfs": ("sysfs write",),
+    "knob": ("sysfs write",),
+    "run=2": (
+        "echo 2 > run",
+        "run_store",
+        "unmerge_and_remove_all_rmap_items",
+        "unmerge_ksm_pages",
+    ),
+}
+
+
+def _chain_head(what: dict[str, Any]) -> tuple[str, ...]:
+    kind = what.get("kind")
+    if kind == "ksmd" or (kind == "op" and what.get("op") == "scan"):
+        return KSMD_CHAIN
+    op = what.get("op") if kind == "op" else kind
+    if op in ("sysfs", "knob") and what.get("knob") == "run" and str(what.get("value")) == "2":
+        return OP_CHAIN["run=2"]
+    advice = what.get("advice")
+    return OP_CHAIN.get(f"{op}:{advice}", OP_CHAIN.get(str(op), ()))
+
+
+def step_words(
+    k: Kernel, log: ChangeLog | None, outcome: Outcome, lead: str | None
+) -> tuple[str, str]:
+    """A step in plain words, and its kernel call chain (``"a → b → c"``; may be empty):
+    from the :data:`STEP_WORDS` row of its lead event (the profile's variant) and the
+    chain head of what caused it (:data:`KSMD_CHAIN`, :data:`OP_CHAIN`), keyed by the
+    outcome's facts, never by its sentence."""
+    what = outcome.what
+    head = _chain_head(what)
+    if lead is None or log is None:
+        if what.get("kind") == "ksmd" or what.get("op") == "scan":
+            n = int(what.get("scanned", 0))
+            words = (
+                f"ksmd looked at {n} page{'s' if n != 1 else ''}: nothing changed"
+                if n
+                else "ksmd found no page left in this pass"
+            )
+            if what.get("kind") == "op":
+                words = f"ksmd starts ({outcome.text.split(':')[0]}): " + words
+            return words, " → ".join((*head, "cmp_and_merge_page") if n else head)
+        if what.get("kind") == "checkpoint":
+            return f"checkpoint {what.get('name')!r}", ""
+        if what.get("op") == "madvise" and what.get("advice") == "MADV_MERGEABLE":
+            where = f"{what.get('proc')} {what.get('vma')}"
+            return f"{where} is now mergeable (MADV_MERGEABLE): ksmd will scan it", " → ".join(head)
+        return outcome.text, " → ".join(head)
+    row = STEP_WORDS.get(lead)
+    if row is None:
+        return outcome.text, " → ".join(head)
+    words, chain = row.get("any") or row["series" if k.profile.zero_page_series else "old"]
+    merged = ("merge_new", "merge") if lead == "merge_new" else (lead,)
+    keys = [key for kind, key in log.events if kind in merged]
+    who = _ranges_text(k, keys)
+    text = words.format(who=who or "pages", n=len(keys))
+    if lead != "unmerge_all" and any(kind == "unmerge_all" for kind, _ in log.events):
+        text = f"run=2: ksmd unmerged every KSM page and dropped every rmap_item; {text}"
+    if lead == "write" and what.get("kind") == "op" and what.get("content") is not None:
+        text += f" with {what['content']!r}"
+    if lead != "pass_end" and any(kind == "pass_end" for kind, _ in log.events):
+        text += "; ksmd completed a full pass"
+    if what.get("kind") == "op" and what.get("op") == "madvise":
+        text = f"{what.get('advice')}: {text}"
+    return text, " → ".join((*head, *chain))

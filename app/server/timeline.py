@@ -25,12 +25,16 @@ from typing import Any
 
 from sim import Kernel
 from sim.changes import ChangeLog, page_key
+from sim.kernel import PAGE_SIZE, RMAP_ITEM_SIZE
 from sim.scenario import Scenario
 from sim.stepper import GRAINS, Action, Grain, Next, Outcome, Stepper
+from sim.timemodel import BatchCost, CpuCosts, TimeAccount, batch_cost, first_pass_pages
 
 #: the recorded scenario checkpoints may always use this much, however small the budget
 MIN_TRACE_BYTES = 16 << 20
 CounterRow = tuple[tuple[int | None, ...], dict[str, tuple[Any, ...]]]
+#: the time account after a step: (simulated ns, ksmd CPU ns, batches charged)
+TimeRow = tuple[int, int, int]
 _GRAINS: dict[str, Grain] = {g: g for g in GRAINS}
 
 
@@ -79,6 +83,9 @@ class Branch:
     zero_merges: dict[int, list[int]] = field(default_factory=dict)
     #: the result of each step that holds a checkpoint (a seek there needs no replay)
     results: dict[int, StepResult] = field(default_factory=dict)
+    #: the running time account (:class:`sim.timemodel.TimeAccount`) after each step, by
+    #: step number (like ``counters``): back, seek, reload and forks read it, never recompute
+    times: list[TimeRow] = field(default_factory=lambda: [(0, 0, 0)])
 
     @property
     def head(self) -> int:
@@ -100,8 +107,11 @@ class Timeline:
         memory_bytes: int = 256 << 20,
         max_steps: int = 1_000_000,
         max_branches: int = 64,
+        costs: CpuCosts | None = None,
     ):
         self.scenario = scenario
+        #: the CPU model every ksmd batch is charged with (the sweep's defaults)
+        self.costs = costs or CpuCosts()
         self.interval = interval
         self.memory_bytes = memory_bytes
         self.max_steps = max_steps
@@ -169,10 +179,13 @@ class Timeline:
                     "timeline_memory_mb",
                     f"the recorded checkpoints fill this session's {self.memory_bytes >> 20} MB",
                 )
+        k = st.kernel
+        can_scan, skipped0 = k.can_scan, k.pages_skipped
         out = st.feed(action)
         if out is None:
             return None
         log = st.kernel.take_changes()
+        cost = self._cost(out, log, can_scan, k.pages_skipped - skipped0) if can_scan else None
         if fork and self.step < self.head:
             self._fork_branch()
         self.step += 1
@@ -180,6 +193,11 @@ class Timeline:
         if self.step > b.head:
             b.actions.append(action)
             b.counters.append(_counters(st.kernel))
+            now, cpu, batches = b.times[-1]
+            if cost is not None:
+                charged, n = cost
+                now, cpu, batches = now + charged.time_ns, cpu + charged.cpu_ns, batches + n
+            b.times.append((now, cpu, batches))
             if out.checkpoint is not None:
                 cp = st.kernel.checkpoint(out.checkpoint)
                 b.trace[self.step] = cp
@@ -194,6 +212,35 @@ class Timeline:
         self._maybe_checkpoint(b, self.step, st, self.last)
         return self.last
 
+    def _cost(
+        self, out: Outcome, log: ChangeLog, can_scan: bool, skipped: int
+    ) -> tuple[BatchCost, int] | None:
+        """What the ksmd work of a step cost, as the sweep charges a batch
+        (:meth:`app.whatif.sweep._Driver.batch`): None when the step ran no ksmd (an op,
+        a knob write, or a batch with nothing to scan). A ``pass`` is charged as the batches
+        of ``pages_to_scan`` stepping batch by batch takes, each with its sleep; a ``page``
+        as its CPU only (its batch's sleep is not known to be over). Returns the cost and
+        the batches it counts for (a page: none)."""
+        what = out.what
+        if not can_scan or "scanned" not in what:
+            return None
+        knobs = self.kernel.knobs
+        handed = int(what["scanned"])
+        sleep = int(knobs["sleep_millisecs"])
+        cost = batch_cost(self.costs, handed, first_pass_pages(log), skipped, 0)
+        grain = what.get("grain", "batch")
+        if grain == "page":
+            sleeps = 0
+        elif grain == "pass":
+            # the batches of pages_to_scan stepping batch by batch takes: one more when the
+            # last one used its whole budget (the pass end is found by the next batch)
+            per = max(1, int(knobs["pages_to_scan"]))
+            sleeps = -(-handed // per) + (1 if what.get("pass_end") and handed % per == 0 else 0)
+        else:
+            sleeps = 1
+        time_ns = cost.cpu_ns + sleeps * sleep * 1_000_000
+        return BatchCost(cost.first, cost.later, cost.skipped, cost.cpu_ns, time_ns), sleeps
+
     def _fork_branch(self) -> None:
         old, s = self.branch, self.step
         new = Branch(
@@ -207,6 +254,7 @@ class Timeline:
             {k: v for k, v in old.marks.items() if k <= s},
             {k: [x for x in v if x <= s] for k, v in old.zero_merges.items() if v[0] <= s},
             {k: v for k, v in old.results.items() if k <= s},
+            old.times[: s + 1],
         )
         self.branches.append(new)
         self.branch = new
@@ -300,11 +348,36 @@ class Timeline:
         """The recorded steps of the branch a talk points at: ``{"step", "what"}``, in order."""
         return [{"step": s, "what": w} for s, w in sorted(self.branch.marks.items())]
 
-    def story(self) -> dict[str, Any]:
-        """Where the scenario is, known from the start: ``pos``, the scenario steps done (a
-        ``scan`` counts once it has started), and ``steps`` their number."""
+    def time_account(self) -> TimeAccount:
+        """The running time account at the viewed step (simulated time, ksmd CPU, batches)."""
+        now, cpu, batches = self.branch.times[self.step]
+        return TimeAccount(now_ns=now, cpu_ns=cpu, batches=batches)
+
+    def story(self) -> dict[str, int]:
+        """Where the scenario is, known from the start, and what ksmd cost so far:
+
+        - ``pos``, the scenario steps done (a ``scan`` counts once it has started), and
+          ``steps`` their number;
+        - ``time_ns``, ``cpu_ns``, ``batches``: the running :class:`sim.timemodel.TimeAccount`
+          (every ksmd batch charged with :func:`sim.timemodel.batch_cost`, as the sweep does);
+        - ``saved_bytes``: memory saved, the kernel's ``general_profit`` (``(pages_sharing +
+          ksm_zero_pages) x 4096 - rmap_items x 64``); on 6.1, which has no such file, the
+          same formula without ksm_zero_pages (as the sweep reports it).
+        """
         st = self.stepper
-        return {"pos": st.pos, "steps": len(st.steps)}
+        k = st.kernel
+        now, cpu, batches = self.branch.times[self.step]
+        profit = k.global_counters()["general_profit"]
+        if profit is None:
+            profit = k.pages_sharing * PAGE_SIZE - k.ksm_rmap_items * RMAP_ITEM_SIZE
+        return {
+            "pos": st.pos,
+            "steps": len(st.steps),
+            "time_ns": now,
+            "cpu_ns": cpu,
+            "batches": batches,
+            "saved_bytes": int(profit),
+        }
 
     def chapters(self) -> list[dict[str, Any]]:
         """The scenario's steps a talk is told by: checkpoints and every op but ``scan``."""

@@ -61,6 +61,13 @@ function layout(title, ytitle, y2title, big) {
   return l;
 }
 
+/** The x axis title of a figure, by mode ("step" or "time"). */
+function xTitle(l, mode) {
+  l.xaxis.title = { text: mode === "time" ? "simulated time (s)" : "step" };
+  l.margin.b = 44;
+  return l;
+}
+
 /** A static HTML legend beside a figure: [[name, colour, dashed]]. */
 function legendOf(el) {
   let box = el.nextElementSibling;
@@ -97,7 +104,9 @@ export class Charts {
     this.pages = []; // counters on the pages axis
     this.bytes = []; // counters on the KiB axis
     this.peers = null; // side by side: the charts whose y axes this one shares (shareAxes)
-    this.tap = null; // {push(step, global), reset()}: a figure fed from this one (Overlay)
+    this.tap = null; // {push(x, global), reset()}: a figure fed from this one (Overlay)
+    this.xmode = "step"; // or "time": simulated seconds (SessionView sets xOf)
+    this.xOf = (step) => step;
     // a figure nobody can see is not redrawn (points wait until it scrolls into view)
     this.visible = true;
     if (window.IntersectionObserver) {
@@ -130,13 +139,17 @@ export class Charts {
       traces.push({ x: [], y: [], name: `${name} (KiB)`, yaxis: "y2", mode: "lines", line: { color: colour(name), width: 2, dash: "dot" } });
     }
     const config = { displayModeBar: false, responsive: true, staticPlot: false };
-    P.newPlot(this.globalEl, traces, layout("global counters", "pages", this.bytes.length ? "KiB" : null, this.big), config);
+    const gl = layout("global counters", "pages", this.bytes.length ? "KiB" : null, this.big);
+    xTitle(gl, this.xmode);
+    P.newPlot(this.globalEl, traces, gl, config);
     legendOf(this.globalEl).set([
       ...this.pages.map((n) => [n, colour(n), false]),
       ...this.bytes.map((n) => [`${n} (KiB, right axis)`, colour(n), true]),
     ]);
     if (this.procEl) {
-      P.newPlot(this.procEl, [], layout("ksm_process_profit per process", "KiB", null, this.big), config);
+      const pl = layout("ksm_process_profit per process", "KiB", null, this.big);
+      xTitle(pl, this.xmode);
+      P.newPlot(this.procEl, [], pl, config);
       legendOf(this.procEl).set([]);
     }
     this.procIndex.clear();
@@ -147,6 +160,13 @@ export class Charts {
     this.tap?.reset();
     this.pending = { x: [], g: this.pages.map(() => []), kib: this.bytes.map(() => []), procs: new Map() };
     this._publish();
+  }
+
+  /** The x axis: "step" or "time" (the caller replays the history, see SessionView). */
+  setXMode(mode) {
+    this.xmode = mode;
+    this.globalEl.dataset.xmode = mode;
+    this.reset();
   }
 
   setBig(big) {
@@ -162,7 +182,8 @@ export class Charts {
     if (!this.pending) return;
     const p = this.pending;
     this.lastPush = performance.now();
-    p.x.push(step);
+    const x = this.xOf(step);
+    p.x.push(x);
     const y = this.ymax;
     this.pages.forEach((name, i) => {
       const v = global?.[name] ?? null;
@@ -175,12 +196,12 @@ export class Charts {
       p.kib[i].push(kib);
       if (kib !== null && kib > y.kib) y.kib = kib;
     });
-    this.tap?.push(step, global);
+    this.tap?.push(x, global);
     for (const [name, stat] of Object.entries(procs || {})) {
       if (!p.procs.has(name)) p.procs.set(name, { x: [], y: [] });
       const v = stat?.ksm_process_profit;
       const q = p.procs.get(name);
-      q.x.push(step);
+      q.x.push(x);
       const kib = v === null || v === undefined ? null : v / 1024;
       q.y.push(kib);
       if (kib !== null && kib > y.procs) y.procs = kib;
@@ -283,11 +304,11 @@ export class Charts {
   _drawMarkers() {
     this._markersDirty = false;
     const shapes = this.markers.map((m) => ({
-      type: "line", x0: m.step, x1: m.step, yref: "paper", y0: 0, y1: 1,
+      type: "line", x0: this.xOf(m.step), x1: this.xOf(m.step), yref: "paper", y0: 0, y1: 1,
       line: { color: "#ff4040", width: 2, dash: "dash" },
     }));
     const annotations = this.markers.map((m, i) => ({
-      x: m.step, yref: "paper", y: 1 - (i % 3) * 0.09, text: m.text, showarrow: false,
+      x: this.xOf(m.step), yref: "paper", y: 1 - (i % 3) * 0.09, text: m.text, showarrow: false,
       xanchor: "left", font: { color: "#ff8080", size: this.big ? 16 : 12 }, bgcolor: "#0f131a",
     }));
     this.Plotly.relayout(this.globalEl, { shapes, annotations });
@@ -319,6 +340,12 @@ export class Overlay {
     this.big = !!opts.big;
     this.lastFlush = 0;
     this.points = 0;
+    this.xmode = "step";
+    this.reset();
+  }
+
+  setXMode(mode) {
+    this.xmode = mode;
     this.reset();
   }
 
@@ -333,7 +360,7 @@ export class Overlay {
       line: { color: COLOURS[name], width: name === "ksm_zero_pages" ? 4 : 2.5, dash: DASHES[i % 2] },
     })));
     const l = layout(`${this.kernels.join(" vs ")}: key counters`, "pages", null, this.big);
-    l.xaxis.title = { text: "step (each kernel's own)" };
+    l.xaxis.title = { text: this.xmode === "time" ? "simulated time (s), each kernel's own" : "step (each kernel's own)" };
     l.margin.b = 44;
     P.newPlot(this.el, traces, l, { displayModeBar: false, responsive: true });
     legendOf(this.el).set(OVERLAY_KEYS.flatMap((name) => this.kernels.map((kv, i) => [`${name} ${kv}`, COLOURS[name], i % 2 === 1])));
@@ -350,16 +377,16 @@ export class Overlay {
     this.pending[i] = { x: [], y: OVERLAY_KEYS.map(() => []) };
   }
 
-  push(i, step, global) {
+  push(i, x, global) {
     const p = this.pending?.[i];
     if (!p) return;
-    p.x.push(step);
+    p.x.push(x);
     OVERLAY_KEYS.forEach((name, k) => p.y[k].push(global?.[name] ?? null));
   }
 
   /** The taps to set on each pane's Charts (``charts.tap``). */
   tapOf(i) {
-    return { push: (step, g) => this.push(i, step, g), reset: () => this.clear(i) };
+    return { push: (x, g) => this.push(i, x, g), reset: () => this.clear(i) };
   }
 
   flush(now = performance.now(), force = false) {

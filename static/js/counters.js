@@ -98,7 +98,9 @@ export class Counters {
       last.classList.add("proc-head");
       last.dataset.proc = p;
     }
-    this.el.replaceChildren(t);
+    // the "time and money" figures above the table stay (session_view.js fills them)
+    this.el.querySelector("table.counter-table")?.remove();
+    this.el.append(t);
     this.table = t;
   }
 }

@@ -23,6 +23,21 @@ export function count(v) {
   return n.toLocaleString("en-US");
 }
 
+/** A duration in nanoseconds: "420 µs", "12.4 ms", "3.82 s", "2 min 5.0 s". */
+export function duration(ns) {
+  const n = Number(ns);
+  if (n < 1e6) return `${Math.round(n / 1e3)} µs`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(1)} ms`;
+  if (n < 60e9) return `${(n / 1e9).toFixed(2)} s`;
+  const min = Math.floor(n / 60e9);
+  return `${min} min ${((n - min * 60e9) / 1e9).toFixed(1)} s`;
+}
+
+/** ksmd's CPU share of the simulated time, in percent ("1.23 %"), or "" before any time. */
+export function share(cpuNs, timeNs) {
+  return timeNs > 0 ? `${((100 * cpuNs) / timeNs).toFixed(2)} %` : "";
+}
+
 /** The text of a value of this unit ("—" where the kernel has no such file). */
 export function formatValue(v, unit) {
   if (v === null || v === undefined) return "—";

@@ -1,5 +1,5 @@
 // Presenter keyboard: space play/pause, right arrow / PageDown step, left arrow / PageUp
-// step back, ] / [ next / previous chapter, + / - speed, f fullscreen, p presenter mode, v physical view, 0 fit, ? help.
+// step back, ] / [ next / previous chapter, + / - speed, f fullscreen, p presenter mode, v physical view, t x axis steps / time, 0 fit, ? help.
 // A presentation clicker sends PageUp / PageDown, so it steps forward and back.
 
 const KEYS = {
@@ -16,6 +16,7 @@ const KEYS = {
   p: "presenter",
   v: "view",
   0: "fit",
+  t: "xaxis",
   "]": "nextChapter",
   "[": "previousChapter",
   "?": "help",

@@ -64,6 +64,8 @@ for (const view of views) {
       scheduleLegend();
       if (v === primary) syncUrl();
       scheduleInspectorRefresh(v);
+      // a snapshot fills the view's head (time and money, the sentence): fit the grid again
+      if (msg.type === "snapshot" && body.classList.contains("presenter")) requestAnimationFrame(fitPresenterGrid);
     }
     if (msg.type === "state" && v === primary) {
       setPlaying(msg.playing);
@@ -74,6 +76,29 @@ for (const view of views) {
 }
 
 bindKnobForm();
+
+// ------------------------------------------------------------------ x axis: steps or time
+// The charts' x axis: steps, or simulated time (ksmd's batches and sleeps, sim/timemodel.py,
+// each step's `story.time_ns`); the choice is remembered in this browser.
+const XKEY = "ksmlab.xaxis";
+let xmode = "step";
+function setXMode(mode) {
+  xmode = mode === "time" ? "time" : "step";
+  try { localStorage.setItem(XKEY, xmode); } catch (e) { /* private mode: not remembered */ }
+  for (const b of document.querySelectorAll(".x-axis-toggle")) {
+    b.setAttribute("aria-pressed", String(xmode === "time"));
+    b.textContent = xmode === "time" ? "x: simulated time" : "x: steps";
+  }
+  body.dataset.xaxis = xmode;
+  overlay?.setXMode(xmode);
+  for (const v of views) v.setXMode(xmode);
+}
+for (const b of document.querySelectorAll(".x-axis-toggle")) {
+  b.addEventListener("click", () => setXMode(xmode === "time" ? "step" : "time"));
+}
+let savedX = null;
+try { savedX = localStorage.getItem(XKEY); } catch (e) { /* no storage */ }
+setXMode(savedX);
 
 // the legend's count of cells per kind, against the counters (once per frame at most)
 let legendPending = false;
@@ -260,6 +285,7 @@ bindKeys({
   nextChapter: () => chapters?.next(),
   previousChapter: () => chapters?.previous(),
   fit: () => { for (const v of views) v.grid.fit(); },
+  xaxis: () => setXMode(xmode === "time" ? "step" : "time"),
   help: () => { if (help) { if (help.open) help.close(); else help.showModal(); } },
   close: () => { if (help?.open) help.close(); },
 });

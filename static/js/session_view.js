@@ -4,6 +4,7 @@
 
 import { Charts } from "./charts.js";
 import { Counters } from "./counters.js";
+import { bytes, duration, share } from "./format.js";
 import { PageGrid } from "./page_grid.js";
 import { b64bytes, b64int32, forEachPage, frameRecords } from "./protocol.js";
 
@@ -92,6 +93,15 @@ export class SessionView {
     this.charts = g && window.Plotly ? new Charts(g, p, { big: opts.big }) : null;
     this.counters = new Counters(root.querySelector(".counters"));
     this.summaryEl = root.querySelector(".what-happened");
+    this.wordsEl = root.querySelector(".what-happened .words");
+    this.chainEl = root.querySelector(".what-happened .call-chain");
+    this.money = {
+      cpu: root.querySelector(".m-cpu"), time: root.querySelector(".m-time"), saved: root.querySelector(".m-saved"),
+    };
+    // the time account of each step (story.time_ns), for the simulated-time axis
+    this.times = new Map();
+    this.xmode = "step";
+    if (this.charts) this.charts.xOf = (s) => (this.xmode === "time" ? (this.times.get(s) ?? NaN) / 1e9 : s);
     this.stepEl = root.querySelector(".step-no");
     this.storyEl = root.querySelector(".story-pos");
     this.step = 0;
@@ -191,12 +201,20 @@ export class SessionView {
     this.step = msg.step;
     this.head = msg.head;
     if (this.summaryEl) {
-      this.summaryEl.textContent = msg.summary || "";
+      const w = msg.what || {};
+      // plain words first, the kernel's call chain below (sim/snapshot.py step_words)
+      if (this.wordsEl) {
+        this.wordsEl.textContent = w.words || msg.summary || "";
+        this.wordsEl.title = msg.summary || "";
+        this.chainEl.textContent = w.chain || "";
+      } else this.summaryEl.textContent = msg.summary || "";
       this.summaryEl.dataset.step = String(msg.step);
     }
     if (this.stepEl) this.stepEl.textContent = String(msg.step);
     this.story = msg.story || this.story;
     if (this.storyEl && this.story) this.storyEl.textContent = `scenario step ${this.story.pos} / ${this.story.steps}`;
+    if (msg.story && msg.story.time_ns != null) this.times.set(msg.step, msg.story.time_ns);
+    this._showMoney();
     this.root.dataset.step = String(msg.step);
     this.root.dataset.head = String(msg.head);
     this.counters.update(this.global, this.procStats, this.kernel);
@@ -209,6 +227,33 @@ export class SessionView {
     for (const fn of this.listeners) fn(this, msg);
     this._wake(msg);
     this.pendingAck = msg.step;
+  }
+
+  /** "ksmd CPU so far", simulated time and memory saved, from the step's `story`. */
+  _showMoney() {
+    const s = this.story, m = this.money;
+    if (!s || s.time_ns == null || !m.cpu) return;
+    const pct = share(s.cpu_ns, s.time_ns);
+    m.cpu.textContent = `${duration(s.cpu_ns)}${pct ? ` (${pct})` : ""}`;
+    m.cpu.dataset.ns = String(s.cpu_ns);
+    m.cpu.title = `${s.cpu_ns.toLocaleString("en-US")} ns of modelled ksmd CPU in ${s.batches.toLocaleString("en-US")} batches${pct ? `: ${pct} of the simulated time` : ""}`;
+    m.time.textContent = duration(s.time_ns);
+    m.time.dataset.ns = String(s.time_ns);
+    m.time.title = `${s.time_ns.toLocaleString("en-US")} ns: every batch's CPU plus sleep_millisecs`;
+    m.saved.textContent = bytes(s.saved_bytes);
+    m.saved.dataset.bytes = String(s.saved_bytes);
+    m.saved.title = this.global?.general_profit != null
+      ? `general_profit: ${s.saved_bytes.toLocaleString("en-US")} bytes = (pages_sharing + ksm_zero_pages) × 4 KiB − rmap_items × 64 B`
+      : `${s.saved_bytes.toLocaleString("en-US")} bytes = pages_sharing × 4 KiB − rmap_items × 64 B (this kernel has no general_profit)`;
+  }
+
+  /** The charts' x axis: "step" or "time" (simulated seconds); redraws the history. */
+  setXMode(mode) {
+    if (mode === this.xmode) return;
+    this.xmode = mode;
+    if (!this.charts) return;
+    this.charts.setXMode(mode);
+    if (this.seen) this._reloadCharts(this.step);
   }
 
   applyState(msg) {
@@ -247,9 +292,18 @@ export class SessionView {
     const seq = (this.reloadSeq = (this.reloadSeq || 0) + 1);
     if (!this.chartBuffer) this.chartBuffer = [];
     let rows = [];
+    const base = `/api/sessions/${encodeURIComponent(this.id)}`;
     try {
-      const r = await fetch(`/api/sessions/${encodeURIComponent(this.id)}/counters.csv`);
+      const [r, t] = await Promise.all([fetch(`${base}/counters.csv`), fetch(`${base}/times`)]);
       if (r.ok) rows = parseCsv(await r.text());
+      if (t.ok) {
+        const times = await t.json();
+        if (seq === this.reloadSeq) {
+          const live = this.times;
+          this.times = new Map(times.time_ns.map((ns, s) => [s, ns]));
+          for (const [s, ns] of live) if (s > times.step) this.times.set(s, ns);
+        }
+      }
     } catch (e) { /* keep the live points only */ }
     if (seq !== this.reloadSeq) return;
     const buffered = this.chartBuffer || [];

@@ -455,5 +455,10 @@ def test_messages_carry_the_tables_and_the_step_as_data() -> None:
     delta = enc.delta(k, log, meta)
     assert delta is not None
     msg = json.loads(dump(delta))
-    assert msg["what"] == {"kind": "ksmd", "counts": d.counts} and d.counts["zero_merge"] == 8
+    assert (
+        msg["what"]
+        == {"kind": "ksmd", "counts": d.counts, "words": d.what["words"], "chain": d.what["chain"]}
+        and d.counts["zero_merge"] == 8
+    )
+    assert msg["what"]["words"].startswith("ksmd merged A heap[0-7] into the zero page")
     assert "ksm_files" not in msg and "kind_table" not in msg

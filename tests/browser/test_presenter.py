@@ -629,3 +629,337 @@ def test_live_view_linked_both_ways(sized: Any, live_server: Any) -> None:
     sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
     open_sid(pg, live_server, sid)
     assert pg.get_attribute("a.live-link", "href") == "/live"
+
+
+# ------------------------------------------------------------------ time and money (14)
+
+
+def fmt_duration(ns: int) -> str:
+    """static/js/format.js duration(), mirrored."""
+    if ns < 1e6:
+        return f"{round(ns / 1e3)} µs"
+    if ns < 1e9:
+        return _fixed(Decimal(ns / 1e6), 1) + " ms"
+    if ns < 60e9:
+        return _fixed(Decimal(ns / 1e9), 2) + " s"
+    m = int(ns // 60e9)
+    return f"{m} min " + _fixed(Decimal((ns - m * 60e9) / 1e9), 1) + " s"
+
+
+def fmt_share(cpu: int, now: int) -> str:
+    return _fixed(Decimal(100 * cpu / now), 2) + " %" if now else ""
+
+
+MONEY_JS = """() => [...document.querySelectorAll('.session-view')].map(v => ({
+  cpu: v.querySelector('.m-cpu').textContent, cpuNs: v.querySelector('.m-cpu').dataset.ns,
+  time: v.querySelector('.m-time').textContent, timeNs: v.querySelector('.m-time').dataset.ns,
+  saved: v.querySelector('.m-saved').textContent,
+  savedBytes: v.querySelector('.m-saved').dataset.bytes}))"""
+
+
+def check_money(pg: Any, server: Any, sid: str, pane: int = 0) -> dict[str, int]:
+    """The time-and-money figures on screen equal the step's ``story``, formatted."""
+    story: dict[str, int] = api(server, f"/sessions/{sid}/snapshot")["story"]
+    shown = pg.evaluate(MONEY_JS)[pane]
+    share = fmt_share(story["cpu_ns"], story["time_ns"])
+    assert shown["cpu"] == fmt_duration(story["cpu_ns"]) + (f" ({share})" if share else "")
+    assert shown["time"] == fmt_duration(story["time_ns"])
+    assert shown["saved"] == fmt_bytes(story["saved_bytes"])
+    assert (int(shown["cpuNs"]), int(shown["timeNs"]), int(shown["savedBytes"])) == (
+        story["cpu_ns"],
+        story["time_ns"],
+        story["saved_bytes"],
+    )
+    return story
+
+
+@pytest.mark.parametrize("size", VIEWPORTS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_time_and_money_equal_the_sweep_at_the_end_of_the_story(
+    sized: Any, live_server: Any, size: tuple[int, int]
+) -> None:
+    from app.whatif.sweep import SweepPoint, run_point
+
+    knobs = {"pages_to_scan": 50, "sleep_millisecs": 30}
+    sid = api(
+        live_server,
+        "/sessions",
+        {"preset": "zero-pages-unmerge", "kernel": "6.18", "knobs": knobs},
+    )["id"]
+    # the sweep stops this story at its sweep_until checkpoint, "pass3"
+    while not api(live_server, f"/sessions/{sid}/step", {"n": 1})["summary"].startswith(
+        "checkpoint 'pass3'"
+    ):
+        assert api(live_server, f"/sessions/{sid}")["step"] < 80
+    step = api(live_server, f"/sessions/{sid}")["step"]
+    pg = sized(*size)
+    open_sid(pg, live_server, sid)
+    wait_step(pg, step)
+    story = check_money(pg, live_server, sid)
+    r = run_point(SweepPoint("zero-pages-unmerge", "6.18", tuple(knobs.items())), max_passes=0)
+    assert (story["time_ns"], story["cpu_ns"], story["batches"], story["saved_bytes"]) == (
+        r.total_ns,
+        r.cpu_ns,
+        r.batches,
+        r.general_profit,
+    )
+    assert (
+        story["saved_bytes"]
+        == api(live_server, f"/sessions/{sid}/snapshot")["global"]["general_profit"]
+    )
+    # back: the figures of the earlier step, exactly
+    pg.keyboard.press("ArrowLeft")
+    wait_step(pg, step - 1)
+    check_money(pg, live_server, sid)
+
+
+def test_money_on_a_262144_page_session(sized: Any, live_server: Any) -> None:
+    sid = api(live_server, "/sessions", {"scenario": big_scenario()})["id"]
+    api(live_server, f"/sessions/{sid}/step", {"n": len(big_scenario()["steps"])})
+    api(live_server, f"/sessions/{sid}/step", {"n": 2, "grain": "pass"})
+    head = api(live_server, f"/sessions/{sid}")["step"]
+    pg = sized(1280, 720)
+    open_sid(pg, live_server, sid)
+    wait_step(pg, head)
+    story = check_money(pg, live_server, sid)
+    g = api(live_server, f"/sessions/{sid}/snapshot")["global"]
+    assert story["cpu_ns"] > 0 and story["saved_bytes"] == g["general_profit"] > 100 << 20
+
+
+def chart_state(pg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = pg.evaluate(
+        """() => { const c = window.__ksm.views[0].charts;
+             return {mode: c.globalEl.dataset.xmode || 'step', x: c.globalEl.data[0].x,
+                     markers: c.markers.map(m => m.step),
+                     shapes: (c.globalEl.layout.shapes || []).map(s => s.x0)}; }"""
+    )
+    return out
+
+
+def test_x_axis_in_simulated_time_remembered_with_markers(
+    sized: Any, live_server: Any, screenshot: Any
+) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    api(live_server, f"/sessions/{sid}/step", {"n": 24})
+    pg = sized(1600, 1000)
+    open_sid(pg, live_server, sid)
+    wait_step(pg, 24)
+    pg.wait_for_function("() => window.__ksm.views[0].charts.markers.some(m => m.step === 22)")
+    pg.click(".what-happened")
+    pg.keyboard.press("t")
+    times = api(live_server, f"/sessions/{sid}/times")["time_ns"]
+    want = [ns / 1e9 for ns in times]
+    pg.wait_for_function(
+        "n => window.__ksm.views[0].charts.globalEl.data[0].x.length === n"
+        " && window.__ksm.views[0].charts.globalEl.dataset.xmode === 'time'",
+        arg=len(want),
+        timeout=TIMEOUT,
+    )
+    st = chart_state(pg)
+    assert st["x"] == pytest.approx(want) and 22 in st["markers"]
+    assert times[22] / 1e9 in st["shapes"]  # the marker at its simulated time
+    assert pg.inner_text(".x-axis-toggle") == "x: simulated time"
+    pg.locator(".charts").scroll_into_view_if_needed()
+    screenshot(pg, "charts-simulated-time")
+    # remembered across a reload; markers too
+    pg.reload()
+    open_sid(pg, live_server, sid)
+    pg.wait_for_function(
+        "() => window.__ksm.views[0].charts.globalEl.dataset.xmode === 'time'"
+        " && window.__ksm.views[0].charts.markers.some(m => m.step === 22)"
+        " && window.__ksm.views[0].charts.globalEl.data[0].x.length > 20",
+        timeout=TIMEOUT,
+    )
+    assert chart_state(pg)["x"] == pytest.approx(want)
+    # back in steps with a click
+    pg.click(".x-axis-toggle")
+    pg.wait_for_function(
+        "() => window.__ksm.views[0].charts.globalEl.dataset.xmode === 'step'"
+        " && window.__ksm.views[0].charts.globalEl.data[0].x.length === 25",
+        timeout=TIMEOUT,
+    )
+    assert chart_state(pg)["x"] == list(range(25))
+
+
+# ------------------------------------------------------------ words, story, sharers (14)
+
+
+def test_plain_words_call_chain_and_the_story_in_the_page(
+    sized: Any, live_server: Any, screenshot: Any
+) -> None:
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
+    api(live_server, f"/sessions/{sid}/step", {"n": 13})  # the zero-page merge
+    pg = sized(1280, 720)
+    open_sid(pg, live_server, sid)
+    wait_step(pg, 13)
+    what = api(live_server, f"/sessions/{sid}/snapshot")["what"]
+    assert pg.inner_text(".what-happened .words") == what["words"]
+    assert what["words"].startswith("ksmd merged A heap[0-99] into the zero page")
+    assert pg.inner_text(".what-happened .call-chain") == what["chain"]
+    assert "try_to_merge_with_zero_page" in what["chain"]
+    # the call chain is the smaller, secondary line
+    sizes = pg.evaluate(
+        "() => ['.words', '.call-chain'].map(s => parseFloat(getComputedStyle("
+        "document.querySelector('.what-happened ' + s)).fontSize))"
+    )
+    assert sizes[1] < sizes[0]
+    # the story's paragraph, readable in the page (not only a tooltip), and collapsible
+    from sim.presets import load_preset
+
+    desc = load_preset("zero-pages-unmerge").description
+    assert pg.inner_text(".story-text p") == desc
+    assert pg.locator(".story-text p").is_visible()
+    pg.click(".story-text summary")
+    assert not pg.locator(".story-text p").is_visible()
+    screenshot(pg, "session-plain-words")
+    # presenter mode: the paragraph on one line
+    open_sid(pg, live_server, sid, "&presenter=1")
+    box = pg.locator(".story-text p").bounding_box()
+    lh = pg.evaluate(
+        "() => parseFloat(getComputedStyle(document.querySelector('.story-text p')).lineHeight)"
+        " || 20"
+    )
+    assert box is not None and box["height"] < 1.6 * lh
+
+
+def test_inspector_groups_sharers_as_ranges(sized: Any, live_server: Any, screenshot: Any) -> None:
+    sid = api(live_server, "/sessions", {"preset": "forking-server", "kernel": "6.18"})["id"]
+    while not api(live_server, f"/sessions/{sid}/snapshot")["global"]["pages_sharing"]:
+        api(live_server, f"/sessions/{sid}/step", {"n": 5})
+    snap = api(live_server, f"/sessions/{sid}/snapshot")
+    proc, vma = snap["procs"][0]["name"], snap["procs"][0]["vmas"][0]["name"]
+    npages = snap["procs"][0]["vmas"][0]["npages"]
+    page = next(
+        i
+        for i in range(npages)
+        if api(live_server, f"/sessions/{sid}/pages/{proc}/{vma}/{i}")["stable_node"]
+    )
+    d = api(live_server, f"/sessions/{sid}/pages/{proc}/{vma}/{page}")
+    ranges = d["stable_node"]["sharer_ranges"]
+    assert len(ranges) < len(d["stable_node"]["sharers"])  # grouped
+    pg = sized(1600, 1000)
+    open_sid(pg, live_server, sid)
+    pg.evaluate(
+        "a => import('/static/js/inspector.js').then(m => m.inspectPage(window.__ksm.views[0],"
+        " {proc: a[0], vma: a[1], page: a[2]}))",
+        [proc, vma, page],
+    )
+    pg.wait_for_selector(".inspector .sharer-count", timeout=TIMEOUT)
+    assert pg.locator(".inspector ul.sharers li").all_inner_texts() == ranges
+    n = len(d["stable_node"]["sharers"])
+    assert pg.inner_text(".inspector .sharer-count").startswith(f"{n} sharers in {len(ranges)}")
+
+
+# ------------------------------------------------------------ future chapters (14)
+
+
+def test_future_chapters_drawn_from_the_start_and_clickable(
+    sized: Any, live_server: Any, screenshot: Any
+) -> None:
+    sid = api(live_server, "/sessions", {"preset": "vm-host", "kernel": "6.18"})["id"]
+    chapters = api(live_server, f"/sessions/{sid}/snapshot")["chapters"]
+    pg = sized(1280, 720)
+    open_sid(pg, live_server, sid)
+    pg.wait_for_function(
+        "n => document.querySelectorAll('.chapter-bar .chapter.future').length === n",
+        arg=len(chapters),
+        timeout=TIMEOUT,
+    )
+    opacity = pg.evaluate(
+        "() => getComputedStyle(document.querySelector('.chapter.future')).opacity"
+    )
+    assert float(opacity) < 1  # dimmed
+    # they sit in scenario order along the bar
+    lefts = pg.evaluate(
+        "() => [...document.querySelectorAll('.chapter.future')].map(b => parseFloat(b.style.left))"
+    )
+    assert lefts == sorted(lefts) and len(set(lefts)) == len(lefts)
+    target = [c for c in chapters if c["op"] == "checkpoint"][1]
+    pg.click(f".chapter.future[data-at='{target['at']}']")
+    pg.wait_for_function("() => !window.__ksm.chapters.running", timeout=TIMEOUT)
+    pg.wait_for_function(
+        "at => (window.__ksm.views[0].story?.pos ?? 0) > at", arg=target["at"], timeout=TIMEOUT
+    )
+    snap = api(live_server, f"/sessions/{sid}/snapshot")
+    assert snap["what"] == {**snap["what"], "kind": "checkpoint", "name": target["name"]}
+    assert snap["story"]["pos"] == target["at"] + 1
+    # reached: drawn as a recorded mark now, the rest still dimmed ahead
+    pg.wait_for_function(
+        "at => !document.querySelector(`.chapter.future[data-at='${at}']`)"
+        " && document.querySelector(`.chapter[data-step]:not(.future)`)",
+        arg=target["at"],
+        timeout=TIMEOUT,
+    )
+    ahead = [c for c in chapters if c["at"] > target["at"]]
+    assert pg.locator(".chapter.future").count() == len(ahead)
+    screenshot(pg, "chapters-future-1280")
+
+
+# ------------------------------------------------------ side by side in presenter (14)
+
+
+def test_side_by_side_presenter_1280_both_grids_and_zero_pages_on_screen(
+    sized: Any, live_server: Any, screenshot: Any
+) -> None:
+    group = api(live_server, "/compare", {"preset": "vm-host", "kernels": ["6.1", "6.18"]})
+    sids = [s["id"] for s in group["sessions"]]
+    api(live_server, f"/sessions/{sids[0]}/step", {"n": 60})
+    pg = sized(1280, 720)
+    pg.goto(f"{live_server.url}/compare?a={sids[0]}&b={sids[1]}&presenter=1")
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('.side-by-side canvas.page-grid')]"
+        ".every(c => c.dataset.kindCounts) && document.querySelectorAll("
+        "\"td[data-counter='g.ksm_zero_pages']\").length === 2",
+        timeout=TIMEOUT,
+    )
+    pg.wait_for_timeout(800)
+    boxes = pg.evaluate(
+        """() => [...document.querySelectorAll('.side-by-side canvas.page-grid'),
+                  ...document.querySelectorAll("td[data-counter='g.ksm_zero_pages']"),
+                  ...[...document.querySelectorAll("td[data-counter='g.ksm_zero_pages']")]
+                    .map(td => td.parentElement.querySelector('th'))]
+             .map(e => { const r = e.getBoundingClientRect();
+                         return [r.left, r.top, r.right, r.bottom, r.height]; })"""
+    )
+    assert len(boxes) == 6
+    for left, top, right, bottom, height in boxes:
+        assert height > 0 and left >= 0 and top >= 0 and right <= 1280 and bottom <= 720, boxes
+    # and the cell is not hidden behind its scrolling panel
+    hidden = pg.evaluate(
+        """() => [...document.querySelectorAll("td[data-counter='g.ksm_zero_pages']")].map(td => {
+             const r = td.getBoundingClientRect();
+             const p = td.closest('.counters').getBoundingClientRect();
+             return r.top < p.top || r.bottom > p.bottom + 1; })"""
+    )
+    assert hidden == [False, False]
+    texts = pg.locator("td[data-counter='g.ksm_zero_pages']").all_inner_texts()
+    snaps = [api(live_server, f"/sessions/{s}/snapshot")["global"] for s in sids]
+    assert texts == [fmt_value(g["ksm_zero_pages"], "pages") for g in snaps]
+    for i, s in enumerate(sids):
+        check_money(pg, live_server, s, i)
+    screenshot(pg, "compare-presenter-1280")
+
+
+# ------------------------------------------------------------ upload without JS (14)
+
+
+def test_upload_warning_without_javascript(browser: Any, live_server: Any, tmp_path: Path) -> None:
+    doc = json.loads((REPO / "sim" / "presets" / "zero-pages-unmerge.json").read_text())
+    doc["sysfs"] = {"use_zero_page": 1}
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(doc))
+    ctx = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 720})
+    try:
+        pg = ctx.new_page()
+        pg.goto(f"{live_server.url}/")
+        pg.set_input_files("#upload input[type=file]", str(path))
+        pg.click("#upload button[type=submit]")
+        pg.wait_for_selector("#upload .upload-warnings", timeout=TIMEOUT)
+        text = pg.inner_text("#upload .upload-warnings")
+        assert "sysfs.use_zero_page" in text and "did you mean use_zero_pages?" in text
+        assert "sid=" not in pg.url
+        # a second press opens it as it is (the page carried the file's text)
+        pg.click("#upload .upload-warnings button[type=submit]")
+        pg.wait_for_url("**/session?sid=*", timeout=TIMEOUT)
+        assert pg.locator(".session-view").count() == 1
+    finally:
+        ctx.close()

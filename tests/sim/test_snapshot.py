@@ -137,11 +137,21 @@ def test_describe_names_the_lead_event_and_carries_the_step_as_data() -> None:
     assert d.text.startswith("write A heap[0] 'Y': do_wp_page -> wp_page_copy ")
     assert "A heap[0]" in d.text.split(": ", 1)[1]
     assert d.counts == {"cow_zero": 1} and d.events == [("cow_zero", "A", "heap", 0)]
-    assert d.what == {**what, "counts": {"cow_zero": 1}}
+    assert d.what == {
+        **what,
+        "counts": {"cow_zero": 1},
+        "words": "A heap[0] was written: copy-on-write replaced the KSM-placed zero page with a "
+        "private page (ksm_zero_pages -1)",
+        "chain": "page fault → handle_mm_fault → do_wp_page → wp_page_copy → "
+        "ksm_might_unmap_zero_page",
+    }
     ksmd = {"kind": "ksmd", "grain": "batch", "scanned": 3, "pass_end": False}
     quiet = describe(k, None, Outcome(text="ksmd scanned 3 pages", what=ksmd))
     assert quiet.text == "ksmd scanned 3 pages: ksm_do_scan -> cmp_and_merge_page: nothing changed"
-    assert (quiet.events, quiet.counts, quiet.what) == ([], {}, {**ksmd, "counts": {}})
+    words = {"words": "ksmd looked at 3 pages: nothing changed"}
+    chain = {"chain": "ksmd → ksm_do_scan → cmp_and_merge_page"}
+    assert (quiet.events, quiet.counts) == ([], {})
+    assert quiet.what == {**ksmd, "counts": {}, **words, **chain}
 
 
 def test_kinds_table_follows_the_kind_numbers() -> None:

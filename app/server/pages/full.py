@@ -209,9 +209,18 @@ async def post_session_upload(
     try:
         if refusal is not None:
             raise refusal
-        if not isinstance(upload, UploadFile):
+        # the file; or, after a warning page without JavaScript, the text it carried
+        text = form.get("scenario_text")
+        chosen = isinstance(upload, UploadFile) and bool(upload.filename)
+        if isinstance(upload, UploadFile) and (chosen or not isinstance(text, str) or not text):
+            data = await upload.read(manager.settings.max_body_bytes + 1)
+            name = (upload.filename or "").lower()
+            yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
+        elif isinstance(text, str) and text:
+            data = text.encode()
+            yaml_ok = form.get("scenario_yaml") == "1"
+        else:
             raise ApiError(422, "scenario", "choose a scenario file")
-        data = await upload.read(manager.settings.max_body_bytes + 1)
         if len(data) > manager.settings.max_body_bytes:
             raise ApiError(413, "scenario", f"at most {manager.settings.max_body_bytes} bytes")
         if is_capture(data):  # a capture of real memory (ksmlab capture)
@@ -221,18 +230,27 @@ async def post_session_upload(
                 data,
                 kernel if isinstance(kernel, str) else None,
                 merge if isinstance(merge, str) else None,
-                upload.filename or "",
+                (upload.filename or "") if isinstance(upload, UploadFile) else "",
             )
             session = manager.create(sc, stepper=stepper, recipe_origin=origin)
             return _opened(request, manager, session)
-        name = (upload.filename or "").lower()
-        yaml_ok = name.endswith((".yaml", ".yml")) or (upload.content_type or "") in YAML_TYPES
         doc = await decode_document_async(data, yaml_ok)
         warnings = [] if form.get("anyway") == "1" else knob_warnings(doc)
         if warnings and HTMX in request.headers:  # the form warns; a second press opens it
             page = render(manager, request, "partials/upload_warnings.html", warnings=warnings)
             page.headers.update({"HX-Retarget": "#upload .upload-result", "HX-Reswap": "innerHTML"})
             return page
+        if warnings:  # no JavaScript: the start page, with the warnings in the upload form
+            return render(
+                manager,
+                request,
+                "index.html",
+                presets=list_presets(manager.settings.presets_dir),
+                knob_hints=KNOB_HINTS,
+                warnings=warnings,
+                scenario_text=data.decode("utf-8", "replace"),
+                scenario_yaml=yaml_ok,
+            )
         sc = resolve(manager.settings, None, doc, kernel if isinstance(kernel, str) else None, None)
         session = manager.create(sc)
     except ApiError as exc:

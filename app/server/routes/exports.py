@@ -1,5 +1,5 @@
-"""Exports: the session's ``ksm-trace/1`` trace, a CSV of every counter per step, and what
-a shared link needs to rebuild a step (``share``)."""
+"""Exports: the session's ``ksm-trace/1`` trace, a CSV of every counter per step, the time
+account per step (``times``), and what a shared link needs to rebuild a step (``share``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,22 @@ async def export_counters(session: SessionDep) -> PlainTextResponse:
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{session.id}-counters.csv"'},
     )
+
+
+@router.get("/times")
+async def export_times(session: SessionDep) -> dict[str, Any]:
+    """The running time account of every step of the branch up to the viewed one (what the
+    charts' simulated-time axis needs after a jump): ``time_ns`` and ``cpu_ns`` by step,
+    ``batches`` charged (``sim.timemodel``, as each step's ``story`` carries them)."""
+    session.check_idle()
+    t = session.timeline
+    rows = t.branch.times[: t.step + 1]
+    return {
+        "step": t.step,
+        "time_ns": [r[0] for r in rows],
+        "cpu_ns": [r[1] for r in rows],
+        "batches": [r[2] for r in rows],
+    }
 
 
 @router.get("/share")
