@@ -110,6 +110,9 @@ class Viewer:
         self.sent = 0
         self.direct = 0
         self.acked = -1
+        #: what this viewer shows of a large session (app.server.overview.Viewport; None:
+        #: the default overview)
+        self.viewport: object | None = None
         self.max_queue = 0
         self.closing = False
         self.task: asyncio.Task[None] | None = None
@@ -145,6 +148,14 @@ class Viewer:
         if self.max_bytes is None or not self.queue:
             return False
         return sum(map(len, self.queue)) + extra > self.max_bytes
+
+    def resync(self) -> None:
+        """Drop what is queued; the sender sends a fresh snapshot when it can."""
+        if self.closing:
+            return
+        self.queue.clear()
+        self.need_resync = True
+        self._wake.set()
 
     def reset(self, frames: list[str]) -> None:
         """Replace whatever is queued (a snapshot supersedes older deltas)."""
