@@ -73,15 +73,16 @@ class Viewport:
 
 
 def default_bucket(total_pages: int) -> int:
-    """The smallest power of two that cuts ``total_pages`` into at most DEFAULT_BUCKETS."""
+    """The smallest power of four that cuts ``total_pages`` into at most DEFAULT_BUCKETS
+    (powers of four: the browser draws a bucket as a square of pages)."""
     b = 1
     while b < MAX_BUCKET and -(-total_pages // b) > DEFAULT_BUCKETS:
-        b <<= 1
+        b <<= 2
     return b
 
 
 def min_bucket(lanes: Iterable[int]) -> int:
-    """The smallest bucket size with at most MAX_BUCKETS buckets for these mapping sizes."""
+    """The smallest power of two with at most MAX_BUCKETS buckets for these mapping sizes."""
     sizes = list(lanes)
     b = 1
     while b < MAX_BUCKET and sum(-(-n // b) for n in sizes) > MAX_BUCKETS:
