@@ -127,7 +127,7 @@ export class PageGrid {
     else {
       this.ov = new Overview(this, msg, names, KIND_PACKED);
       this.lanes = [];
-      this.ov.fit();
+      this.fit(); // and tell the server what the fitted grid shows
     }
     this.canvas.dataset.bucket = String(this.ov.bucket);
     this.canvas.dataset.overview = "1";
