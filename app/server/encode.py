@@ -96,6 +96,8 @@ def runs(flags: bytearray) -> list[tuple[int, int]]:
 
 
 BIG_CHUNK = 1 << 16
+#: a step whose change log names more than 1/BULK of the pages is compared in bulk
+BULK = 16
 
 
 def _diff(old: Any, new: Any, out: set[int], base: int = 0) -> None:
@@ -113,28 +115,35 @@ def _diff(old: Any, new: Any, out: set[int], base: int = 0) -> None:
         return
     for lo in range(0, n, CHUNK):
         hi = min(lo + CHUNK, n)
-        if old[lo:hi] != new[lo:hi]:
-            for i in range(lo, hi):
-                if old[i] != new[i]:
-                    out.add(base + i)
+        a, b = old[lo:hi], new[lo:hi]
+        if a != b:
+            at = base + lo
+            out.update(at + j for j, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
 
 
 def _unlogged(old: Any, new: Any, logged: set[int], out: set[int]) -> None:
-    """:func:`_diff` of the pages the change log did not name: the logged positions are
-    patched into ``old`` for one whole compare (memcmp), then put back."""
+    """Every index where two columns differ, given the indexes the change log named: the
+    span of the logged indexes is copied into ``old`` for one whole compare (memcmp), then
+    put back; when nothing outside the span changed (the log is complete) only the span is
+    compared, chunk by chunk, else the whole column."""
     if len(old) != len(new):
         _diff(old, new, out)
         return
-    saved = [(i, old[i]) for i in logged if i < len(old)]
-    for i, _ in saved:
-        old[i] = new[i]
+    if not logged:
+        _diff(old, new, out)
+        return
+    lo, hi = min(logged), max(logged) + 1
+    hi = min(hi, len(old))
+    saved = old[lo:hi]
+    old[lo:hi] = new[lo:hi]
     try:
-        if old == new:
-            return
+        outside_equal = old == new
     finally:
-        for i, x in saved:
-            old[i] = x
-    _diff(old, new, out)
+        old[lo:hi] = saved
+    if outside_equal:
+        _diff(old[lo:hi], new[lo:hi], out, lo)
+    else:
+        _diff(old, new, out)
 
 
 class _VmaMirror:
@@ -154,13 +163,33 @@ PageRow = tuple[int, int, int, int, int]
 
 
 @dataclass
+class _Bulk:
+    """A mapping's columns before and after a step that touched much of it; the changed
+    rows of a page range are found when a viewport asks for them (C-speed chunk compares)."""
+
+    old: tuple[Any, Any, Any, Any]
+    new: tuple[Any, Any, Any, Any]
+
+    def rows(self, spans: list[tuple[int, int]]) -> list[PageRow]:
+        changed: set[int] = set()
+        for lo, hi in spans:
+            for a, b in zip(self.old, self.new, strict=True):
+                _diff(a[lo:hi], b[lo:hi], changed, lo)
+        pfn, pte, st, kind = self.new
+        return [(i, pfn[i], pte[i], st[i], kind[i]) for i in sorted(changed)]
+
+
+@dataclass
 class StepChanges:
     """What one step changed, before it is encoded for a viewport (:meth:`Encoder.encode`)."""
 
     global_: dict[str, int | None]
     ksm_stat: dict[str, dict[str, int | bool | None]]
     pages: dict[int, list[PageRow]]
-    kinds: dict[int, list[int]]
+    #: mappings compared in bulk: their rows are found per viewport (:class:`_Bulk`)
+    bulk: dict[int, _Bulk]
+    #: page ranges ``[lo, hi)`` that hold every page whose kind changed, by mapping
+    kinds: dict[int, list[tuple[int, int]]]
     mergeable: dict[str, list[tuple[int, int]]]
     frames: list[tuple[int, int, int]]
     ksm_frames: set[int]
@@ -190,6 +219,7 @@ class Encoder:
         self._unstable = 0
         #: the session version the mirror equals (set by the session; -1: unknown)
         self.version = -1
+        self._rank: dict[int, int] = {}
 
     # ------------------------------------------------------------------- sizes
     def pages(self) -> int:
@@ -333,7 +363,7 @@ class Encoder:
             for pfn in frames
             if pfn < len(self._f_node) and (self._f_node[pfn] >= 0) != (k.f_node[pfn] >= 0)
         }
-        pages, kinds, mergeable = self._page_changes(k, log, retyped)
+        pages, bulk, kinds, mergeable = self._page_changes(k, log, retyped)
         ksm_frames = {
             pfn
             for pfn in frames
@@ -357,6 +387,7 @@ class Encoder:
             global_={f: v for f, v in glob.items() if self._global.get(f) != v},
             ksm_stat=stat_diff,
             pages=pages,
+            bulk=bulk,
             kinds=kinds,
             mergeable=mergeable,
             frames=frame_rows,
@@ -388,6 +419,15 @@ class Encoder:
             rec = _page_bytes(rows)
             if rows:
                 out.append(PageRecords(uid=uid, n=len(rows), d=b64(rec)))
+        for uid, bk in ch.bulk.items():
+            n = len(bk.new[0])
+            spans = [(0, n)] if viewport is None else viewport.detail_of(uid)
+            rows = bk.rows(spans) if spans else []
+            if viewport is not None:
+                sent_pfns.update(r[1] for r in rows)
+            if rows:
+                out.append(PageRecords(uid=uid, n=len(rows), d=b64(_page_bytes(rows))))
+        out.sort(key=lambda r: self._rank.get(r.uid, 0))
         if viewport is None:
             frame_rows = ch.frames
             over = None
@@ -427,7 +467,6 @@ class Encoder:
         new_n = len(k.f_map)
         n = min(old_n, new_n)
         logged = {p for p in log.frames if p < n} if log is not None else set()
-        changed.update(logged)
         if old_n == new_n:
             _unlogged(self._f_map, k.f_map, logged, changed)
             _unlogged(self._f_node, k.f_node, logged, changed)
@@ -448,21 +487,41 @@ class Encoder:
 
     def _page_changes(
         self, k: Kernel, log: ChangeLog | None, retyped: set[int]
-    ) -> tuple[dict[int, list[PageRow]], dict[int, list[int]], dict[str, list[tuple[int, int]]]]:
+    ) -> tuple[
+        dict[int, list[PageRow]],
+        dict[int, _Bulk],
+        dict[int, list[tuple[int, int]]],
+        dict[str, list[tuple[int, int]]],
+    ]:
         logged: dict[int, set[int]] = {}
-        if log is not None:
+        total = sum(len(m.kind) for m in self._vmas.values())
+        # a step that touched many pages (a whole pass) is compared column by column
+        bulk = log is None or len(log.pages) * BULK > total
+        if not bulk and log is not None:
             for key in log.pages:
                 uid, page = split_key(key)
                 logged.setdefault(uid, set()).add(page)
         retyped_b = [struct.pack("<i", pfn) for pfn in retyped]
         out: dict[int, list[PageRow]] = {}
-        kinds: dict[int, list[int]] = {}
+        bulks: dict[int, _Bulk] = {}
+        kinds: dict[int, list[tuple[int, int]]] = {}
         mergeable: dict[str, list[tuple[int, int]]] = {}
+        self._rank = {}
         for mm in k.procs.values():
             for v in mm.vmas.values():
+                self._rank[v.uid] = len(self._rank)
                 m = self._vmas[v.uid]
+                if bulk:
+                    bulks[v.uid], kr = self._bulk(k, v, m)
+                    if kr:
+                        kinds[v.uid] = kr
+                    mr = runs(v.mergeable)
+                    if mr != m.mergeable:
+                        m.mergeable = mr
+                        mergeable[str(v.uid)] = mr
+                    continue
                 lg = logged.get(v.uid, set())
-                cand = set(lg)
+                cand: set[int] = set()
                 _unlogged(m.pfn, v.pfn, lg, cand)
                 _unlogged(m.pte, v.pte, lg, cand)
                 _unlogged(m.state, v.it_state, lg, cand)
@@ -475,12 +534,27 @@ class Encoder:
                 if rows:
                     out[v.uid] = rows
                 if kc:
-                    kinds[v.uid] = kc
+                    kinds[v.uid] = [(i, i + 1) for i in kc]
                 mr = runs(v.mergeable)
                 if mr != m.mergeable:
                     m.mergeable = mr
                     mergeable[str(v.uid)] = mr
-        return out, kinds, mergeable
+        return out, bulks, kinds, mergeable
+
+    @staticmethod
+    def _bulk(k: Kernel, v: Vma, m: _VmaMirror) -> tuple[_Bulk, list[tuple[int, int]]]:
+        """A step that touched a large part of the mapping: the kinds of every page at once
+        (:func:`sim.snapshot.page_kinds`), the mirror replaced by copies; which pages changed
+        is found per viewport (:class:`_Bulk`); the chunks whose kinds changed are returned."""
+        kind = page_kinds(k, v)
+        old = (m.pfn, m.pte, m.state, m.kind)
+        kr = _changed_chunks(m.kind, kind)
+        m.pfn = array("i", v.pfn)
+        m.pte = bytearray(v.pte)
+        m.state = bytearray(v.it_state)
+        m.skipped = bytearray(v.it_skipped)
+        m.kind = kind
+        return _Bulk(old, (m.pfn, m.pte, m.state, m.kind)), kr
 
     @staticmethod
     def _rows(k: Kernel, v: Vma, m: _VmaMirror, cand: set[int]) -> tuple[list[PageRow], list[int]]:
@@ -500,6 +574,26 @@ class Encoder:
             m.pfn[i], m.pte[i], m.state[i], m.kind[i], m.skipped[i] = pfn, pte, st, kind, skipped
             rows.append((i, pfn, pte, st, kind))
         return rows, kinds
+
+
+def _changed_chunks(old: bytearray, new: bytearray) -> list[tuple[int, int]]:
+    """The CHUNK-aligned ranges where two byte columns differ (memcmp per chunk)."""
+    out: list[tuple[int, int]] = []
+    if old == new:
+        return out
+    n = len(new)
+    for lo in range(0, n, BIG_CHUNK):
+        hi = min(lo + BIG_CHUNK, n)
+        if old[lo:hi] == new[lo:hi]:
+            continue
+        for a in range(lo, hi, CHUNK):
+            b = min(a + CHUNK, hi)
+            if old[a:b] != new[a:b]:
+                if out and out[-1][1] == a:
+                    out[-1] = (out[-1][0], b)
+                else:
+                    out.append((a, b))
+    return out
 
 
 def _page_bytes(rows: list[PageRow]) -> bytearray:

@@ -138,14 +138,19 @@ def lane_records(kinds: bytes | bytearray, bucket: int) -> tuple[int, bytes]:
 
 
 def changed_records(
-    kinds: bytes | bytearray, bucket: int, pages: Sequence[int]
+    kinds: bytes | bytearray, bucket: int, ranges: Sequence[tuple[int, int]]
 ) -> tuple[int, bytes]:
-    """The buckets holding ``pages`` (whose kind changed): ``(count, gap-prefixed records)``."""
+    """The buckets that meet ``ranges`` (``[lo, hi)``, holding every page whose kind
+    changed): ``(count, gap-prefixed records)``."""
     n = len(kinds)
     out = bytearray()
     prev = -1
     count = 0
-    for b in sorted({p // bucket for p in pages if p < n}):
+    buckets: set[int] = set()
+    for lo, hi in ranges:
+        if lo < n:
+            buckets.update(range(lo // bucket, (min(hi, n) - 1) // bucket + 1))
+    for b in sorted(buckets):
         uvarint(out, b - prev - 1)
         prev = b
         bucket_record(kinds, b * bucket, min(b * bucket + bucket, n), out)

@@ -59,7 +59,7 @@ def test_lane_records_equal_a_naive_count() -> None:
         for b, counts in got:
             chunk = kinds[b * bucket : (b + 1) * bucket]
             assert counts == {k: chunk.count(k) for k in set(chunk)}, (bucket, b)
-    n, rec = ov.changed_records(kinds, 64, [1000, 4099, 5])
+    n, rec = ov.changed_records(kinds, 64, [(1000, 1001), (4099, 4100), (5, 6)])
     assert [b for b, _ in ov.decode_records(rec, gaps=True)] == [0, 15, 64]
     # the one KSM-placed zero page among 4,096 is in its bucket's counts
     assert ov.decode_records(ov.lane_records(kinds, 4096)[1])[0][1][6] == 1
