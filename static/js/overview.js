@@ -184,7 +184,9 @@ export class Overview {
 
   _paintBucket(lane, b, c) {
     const [x, y] = this.xy(lane, b * this.bucket);
-    const qs = quarters(c, this.prio);
+    let only = -1; // a bucket of one kind (most of them): no share-out
+    for (let k = 0; k < this.nk; k++) if (c[k]) { if (only === -1) only = k; else { only = -2; break; } }
+    const qs = only >= 0 ? [only, only, only, only] : quarters(c, this.prio);
     const L = this.layer, q = this.q;
     const lx = Math.floor(x / q), ly = Math.floor(y / q);
     if (this.side === 1) { L.set(ly * L.w + lx, this.packed[qs[0]]); return; }

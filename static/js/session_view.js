@@ -147,7 +147,8 @@ export class SessionView {
       if (added.length) this.charts.mark(msg.step, `+${added.join(",")}`);
       if (gone.length) this.charts.mark(msg.step, `exit ${gone.join(",")}`);
     }
-    const jump = this.seen === undefined || msg.step !== this.step + 1;
+    // a snapshot of the same step (a large session's new viewport) keeps the charts
+    const jump = this.seen === undefined || (msg.step !== this.step + 1 && msg.step !== this.step);
     this.procNames = names;
     this.seen = true;
     this.marks = msg.marks || [];
