@@ -186,7 +186,7 @@ def decode_records(buf: bytes, gaps: bool = False) -> list[tuple[int, dict[int, 
 def vm_host_scenario(
     guests: int = 4,
     pages: int = 4_194_304,
-    labels: int = 1024,
+    labels: int = 64,
     kernel: str = "6.18",
     planted: Sequence[int] = (3_000_000, 3_500_001),
 ) -> dict[str, object]:

@@ -79,11 +79,6 @@ def planted_pixels(pg: Any, page: int) -> list[list[int]]:
     )
 
 
-@pytest.mark.xfail(
-    reason="open: the click on the zoomed-in page cell did not reach the page inspector in the "
-    "last run (the overview, its counts, the planted pixels and the zoom passed)",
-    strict=False,
-)
 def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
     big_page: Any, host: tuple[Any, str], screenshot: Any
 ) -> None:
