@@ -186,7 +186,7 @@ def _measure_big(args: argparse.Namespace, base: str) -> int:
         def on_ws(ws: Any) -> None:
             ws.on(
                 "framereceived",
-                lambda payload: sizes.append(len(payload)) if '"delta"' in payload[:20] else None,
+                lambda p: sizes.append(len(p)) if '"type":"delta"' in p else None,
             )
 
         page.on("websocket", on_ws)
