@@ -178,3 +178,23 @@ def test_a_bad_viewport_gets_an_error_naming_the_field_and_the_socket_stays_open
         await ws.close()
 
     run(go())
+
+
+def test_when_two_clones_do_not_fit_the_budget_only_step_0_is_kept_and_replay_is_exact() -> None:
+    from app.server.timeline import Timeline, estimate_bytes
+    from sim import Kernel
+    from sim.presets import load_preset
+    from sim.stepper import Stepper
+
+    sc = load_preset("vm-host")
+    t = Timeline(sc, Stepper(Kernel(sc.kernel, sc.sysfs, record=True), sc.steps), interval=4)
+    t.memory_bytes = estimate_bytes(t.kernel)  # room for one clone: the timeline's step 0
+    states = [t.kernel.checkpoint("s")]
+    while t.step < 80 and t.forward() is not None:
+        states.append(t.kernel.checkpoint("s"))
+    n = t.step
+    assert n > 20
+    assert list(t.branch.checkpoints) == [0]
+    for step in (3, n // 2, n - 1, 0, n):
+        t.seek(step)
+        assert t.kernel.checkpoint("s") == states[step], step
