@@ -34,7 +34,7 @@ MAX_BUCKETS = 1 << 19
 #: at most this many pages of per-page data in one viewport
 MAX_DETAIL_PAGES = 1 << 18
 #: a new viewer's overview has at most this many buckets (until it says what it shows)
-DEFAULT_BUCKETS = 1 << 16
+DEFAULT_BUCKETS = 1 << 14
 #: the largest bucket (a power of two)
 MAX_BUCKET = 1 << 24
 NKINDS = len(KIND_NAMES)
