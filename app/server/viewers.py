@@ -128,9 +128,11 @@ class Viewer:
         if self.raw is not None and not self.queue and not self.sending and self.raw.ready():
             data = wire if wire is not None else text_frame(frame)
             self.raw.write(data)
-            self._charge(len(data))
             self.sent += 1
             self.direct += 1
+            if self.transport is not None and self._buffered() == 0:
+                return  # the socket took it all: nothing to charge, no task to wake
+            self._charge(len(data))
             self._wake.set()  # the sender watches the transport drain
             return
         if len(self.queue) >= self.maxlen or self._over_bytes(len(frame)):
