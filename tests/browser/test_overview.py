@@ -94,10 +94,11 @@ def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
     assert counts["ksm_zero"] == GUESTS * (GUEST_PAGES // 4) + 1
     # the viewport the grid asked for at fit: the overview only
     pg.wait_for_function(
-        "() => (document.querySelector('canvas.page-grid').dataset.viewport || '')"
-        ".includes('bucket')"
+        f"""() => {{ const g = ({GRID})(); const vp = g.canvas.dataset.viewport;
+        return !!vp && JSON.parse(vp).bucket === g.ov.bucket; }}""",
+        timeout=60_000,
     )
-    pg.wait_for_timeout(500)
+    pg.wait_for_timeout(300)
     magenta = [255, 32, 200]  # palette.js KIND_COLOURS.ksm_zero
     assert magenta in planted_pixels(pg, PLANTED), "the planted zero page is hidden"
     if TOTAL == 16_777_216:
@@ -133,7 +134,12 @@ def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
     pg.focus("canvas.page-grid")
     pg.keyboard.press("0")
     pg.wait_for_function(f"() => ({GRID})().scale < 1")
-    pg.mouse.click(x, y)  # the whole host again: somewhere in a bucket
+    # the overview's viewport is asked for and its snapshot drawn
+    pg.wait_for_function(
+        f"""() => {{ const g = ({GRID})(); const vp = JSON.parse(g.canvas.dataset.viewport);
+        return vp.detail.length === 0 && vp.bucket === g.ov.bucket; }}""",
+        timeout=60_000,
+    )
     box = pg.evaluate(
         f"""() => {{ const g = ({GRID})(), lane = g.ov.lanes[0];
         const [x, y] = g.ov.xy(lane, 0); const r = g.canvas.getBoundingClientRect();
@@ -141,9 +147,9 @@ def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
     )
     pg.mouse.click(*box)
     pg.wait_for_selector(".inspector .bucket-counts")
-    b = pg.evaluate(f"() => ({GRID})().ov.bucket")
+    size = pg.inner_text(".inspector .bucket-counts dd:not([data-kind])")
     cells = pg.eval_on_selector_all(
         ".inspector .bucket-counts dd[data-kind]", "els => els.map((e) => e.textContent)"
     )
-    assert sum(int(c.replace(",", "")) for c in cells) == b
+    assert sum(int(c.replace(",", "")) for c in cells) == int(size.replace(",", ""))
     assert pg.is_visible(".inspector button.zoom-in")
