@@ -6,7 +6,11 @@ Prints, in one run:
    stepping it over the websocket; whole ``delta`` frames, and the page records alone);
 2. p50/p99 lag from step (the ``ts`` the server stamps on a step) to receipt, for 1, 100
    and 1,000 viewers of one playing session, beside a bare websocket broadcast (the
-   ``websockets`` library's ``broadcast()``, no app) of the same messages at the same rate.
+   ``websockets`` library's ``broadcast()``, no app) of the same messages at the same rate;
+   ``deliv.``: of the steps made in the window (those any viewer received), the share the
+   viewers received on average, ``worst``: the share of the viewer that received fewest
+   (issue 18: at least 95% to every viewer; a resync snapshot counts as one step received,
+   the steps it replaced as not delivered).
 
 Usage: ``python bench/stream.py [--rate 20] [--seconds 6]``. Child processes: the server
 (``--serve``), the baseline (``--baseline``) and client groups (``--clients``), all on
@@ -178,17 +182,22 @@ async def clients(url: str, n: int) -> None:
     lags: list[float] = []
     resyncs = [0]
     window = [float("inf"), float("inf")]
+    per_viewer: list[set[float]] = []  # the steps (their ts) each viewer received
 
-    def sink(now: float, buf: bytearray, lo: int, hi: int, first: bool) -> None:
-        at = buf.find(b'"ts":', lo, min(hi, lo + 300))
-        if at < 0:
-            return
-        end = buf.find(b",", at)
-        ts = float(buf[at + 5 : end])
-        if window[0] <= ts <= window[1]:
-            lags.append(now - ts)
-            if not first and buf.find(b'"type":"snapshot"', lo, min(hi, lo + 4000)) >= 0:
-                resyncs[0] += 1
+    def sink_of(seen: set[float]) -> Any:
+        def sink(now: float, buf: bytearray, lo: int, hi: int, first: bool) -> None:
+            at = buf.find(b'"ts":', lo, min(hi, lo + 300))
+            if at < 0:
+                return
+            end = buf.find(b",", at)
+            ts = float(buf[at + 5 : end])
+            if window[0] <= ts <= window[1]:
+                lags.append(now - ts)
+                seen.add(ts)
+                if not first and buf.find(b'"type":"snapshot"', lo, min(hi, lo + 4000)) >= 0:
+                    resyncs[0] += 1
+
+        return sink
 
     loop = asyncio.get_running_loop()
     host_port = url.split("//", 1)[1].split("/", 1)[0]
@@ -198,8 +207,12 @@ async def clients(url: str, n: int) -> None:
     keep = []
 
     async def open_one() -> None:
+        seen: set[float] = set()
+        per_viewer.append(seen)
         async with sem:
-            _, proto = await loop.create_connection(lambda: _Viewer(path, sink), HOST, port)
+            _, proto = await loop.create_connection(
+                lambda: _Viewer(path, sink_of(seen)), HOST, port
+            )
             await asyncio.wait_for(proto.opened, 60)
             keep.append(proto)
 
@@ -211,7 +224,10 @@ async def clients(url: str, n: int) -> None:
     window[0], window[1] = float(t0), float(t1)
     while time.time() * 1000.0 < window[1] + 1500:
         await asyncio.sleep(0.1)
-    print(json.dumps({"lags": lags, "resyncs": resyncs[0]}), flush=True)
+    counts = [len(seen) for seen in per_viewer]
+    steps = len(set().union(*per_viewer)) if per_viewer else 0
+    print(json.dumps({"lags": lags, "resyncs": resyncs[0], "counts": counts, "steps": steps}))
+    sys.stdout.flush()
     os._exit(0)  # the parent is done with us: no close handshakes for hundreds of sockets
 
 
@@ -255,11 +271,15 @@ def measure_lag(url: str, viewers: int, seconds: float) -> dict[str, Any]:
             p.stdin.flush()
         lags: list[float] = []
         resyncs = 0
+        counts: list[int] = []
+        steps = 0
         for p in procs:
             assert p.stdout is not None
             out = json.loads(readline(p, seconds + 60))
             lags += out["lags"]
             resyncs += out["resyncs"]
+            counts += out["counts"]
+            steps = max(steps, out["steps"])
     finally:
         for p in procs:
             p.kill()
@@ -272,6 +292,8 @@ def measure_lag(url: str, viewers: int, seconds: float) -> dict[str, Any]:
             "p50": float("nan"),
             "p99": float("nan"),
             "resyncs": resyncs,
+            "delivered": 0.0,
+            "worst": 0.0,
         }
     return {
         "viewers": viewers,
@@ -279,6 +301,9 @@ def measure_lag(url: str, viewers: int, seconds: float) -> dict[str, Any]:
         "p50": statistics.median(lags),
         "p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
         "resyncs": resyncs,
+        # of the steps made in the window (those any viewer received), the share each got
+        "delivered": sum(counts) / max(1, steps * len(counts)),
+        "worst": min(counts, default=0) / max(1, steps),
     }
 
 
@@ -388,7 +413,8 @@ def run_bench(args: argparse.Namespace) -> int:
             wait_port(bport)
             print(
                 f"{'viewers':>8} | {'ksmlab p50':>10} {'p99':>8} {'frames':>8} {'steps/s':>7} "
-                f"{'resync':>6} | {'bare ws p50':>11} {'p99':>8} {'frames':>8} {'steps/s':>7}"
+                f"{'resync':>6} {'deliv.':>6} {'worst':>6} | {'bare ws p50':>11} {'p99':>8} "
+                f"{'frames':>8} {'steps/s':>7}"
             )
             for n in (int(v) for v in args.viewers.split(",")):
                 if time.monotonic() > DEADLINE:
@@ -399,7 +425,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 per = n * args.seconds
                 print(
                     f"{n:>8} | {ours['p50']:>8.1f}ms {ours['p99']:>6.1f}ms "
-                    f"{ours['frames']:>8} {ours['frames'] / per:>7.1f} {ours['resyncs']:>6} | "
+                    f"{ours['frames']:>8} {ours['frames'] / per:>7.1f} {ours['resyncs']:>6} "
+                    f"{100 * ours['delivered']:>5.1f}% {100 * ours['worst']:>5.1f}% | "
                     f"{bare['p50']:>9.1f}ms {bare['p99']:>6.1f}ms {bare['frames']:>8} "
                     f"{bare['frames'] / per:>7.1f}",
                     flush=True,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 Event = tuple[str, str | None, str | None, int | None]
 """``[kind, proc, vma, page]`` (proc/vma/page null for a global event)."""
@@ -69,6 +69,44 @@ class FramesView(BaseModel):
     mapcount: str
 
 
+class FrameRecords(BaseModel):
+    count: int
+    n: int
+    d: str
+
+
+class OverviewLane(BaseModel):
+    """One mapping's buckets: ``n`` bucket records (``docs/protocol.md``, the overview)."""
+
+    uid: int
+    n: int
+    d: str = Field(description="b64 bucket records")
+
+
+class DetailView(BaseModel):
+    """Per-page columns of pages ``[lo, hi)`` of one mapping (a viewport's detail range)."""
+
+    uid: int
+    lo: int
+    hi: int
+    pfn: str
+    pte: str
+    kind: str
+    item: str
+
+
+class OverviewView(BaseModel):
+    bucket: int = Field(description="pages per bucket")
+    lanes: list[OverviewLane]
+    detail: list[DetailView]
+    ksm_frames: FrameRecords = Field(description="the zero page and every KSM page's frame")
+
+
+class OverviewDelta(BaseModel):
+    bucket: int
+    lanes: list[OverviewLane] = Field(description="only the buckets that changed")
+
+
 class Snapshot(_Step):
     type: Literal["snapshot"] = "snapshot"
     kernel: str
@@ -91,16 +129,13 @@ class Snapshot(_Step):
     chapters: list[dict[str, Any]] = Field(
         default_factory=list, description="the scenario's checkpoints and ops (at, op, name)"
     )
+    overview: OverviewView | None = Field(
+        None, description="a large session: per-bucket kind counts, per-page data of the viewport"
+    )
 
 
 class PageRecords(BaseModel):
     uid: int
-    n: int
-    d: str
-
-
-class FrameRecords(BaseModel):
-    count: int
     n: int
     d: str
 
@@ -123,6 +158,7 @@ class Delta(_Step):
     ksmd: dict[str, Any] | None
     unstable_tree: int
     knobs: dict[str, Any]
+    overview: OverviewDelta | None = None
 
 
 class State(BaseModel):
@@ -243,12 +279,49 @@ class AckMsg(_Client):
     step: int
 
 
+#: a viewport's bucket sizes: powers of two from 1 to 2**24 pages
+MAX_BUCKET = 1 << 24
+#: per-page data a viewport may ask for, all its ranges together
+MAX_DETAIL_PAGES = 1 << 18
+
+
+class ViewportMsg(_Client):
+    """Not a control: what this viewer shows of a large session (``docs/protocol.md``)."""
+
+    type: Literal["viewport"]
+    bucket: int = Field(ge=1, le=MAX_BUCKET, description="pages per bucket, a power of two")
+    detail: list[tuple[int, int, int]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="[uid, lo, hi): page ranges wanted page by page",
+    )
+
+    @field_validator("bucket")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("bucket must be a power of two")
+        return v
+
+    @field_validator("detail")
+    @classmethod
+    def _ranges(cls, v: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        total = 0
+        for uid, lo, hi in v:
+            if uid < 0 or lo < 0 or hi <= lo:
+                raise ValueError("each range is [uid, lo, hi) with 0 <= lo < hi")
+            total += hi - lo
+        if total > MAX_DETAIL_PAGES:
+            raise ValueError(f"at most {MAX_DETAIL_PAGES} pages of detail")
+        return v
+
+
 Command = (
     StepMsg | BackMsg | SeekMsg | PlayMsg | PauseMsg | ResetMsg | SpeedMsg | InjectMsg | KnobMsg
 )
 """A control of a session's group (everything a client sends but ``ack``)."""
 
-ClientMessage = Annotated[Command | AckMsg, Field(discriminator="type")]
+ClientMessage = Annotated[Command | AckMsg | ViewportMsg, Field(discriminator="type")]
 
 COMMANDS: dict[str, type[Command]] = {
     "step": StepMsg,

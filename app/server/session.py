@@ -40,7 +40,8 @@ from sim.stepper import Stepper
 from sim.trace import PROC_FIELDS
 
 from . import messages as m
-from .encode import Encoder
+from . import overview as ov
+from .encode import Encoder, StepChanges
 from .errors import ApiError
 from .fastsend import text_frame
 from .groups import Group, GroupSettings
@@ -121,6 +122,9 @@ class Session:
         self.what: dict[str, Any] = {}
         self.ts = _now_ms()
         self._snapshot: tuple[int, str] | None = None
+        #: a large session's snapshots by viewport, for the current version only
+        self._views: dict[ov.Viewport, str] = {}
+        self._views_version = -1
         #: the recipe's origin (preset, scenario or fork) and hash (app.server.store)
         self.recipe_origin: dict[str, Any] = {}
         self.recipe = ""
@@ -174,18 +178,23 @@ class Session:
                 if s.recorder is not None:
                     s.recorder(s)
 
-    async def ensure_snapshot(self) -> None:
-        """Encode the current step's snapshot on a worker thread if it is not cached (a
-        1M-page snapshot takes a quarter of a second), unless the group plays (then the
-        play loop owns the kernel, on the loop)."""
+    async def ensure_snapshot(self, viewer: Viewer | None = None) -> None:
+        """Encode the current step's snapshot (for this viewer's viewport) on a worker thread
+        if it is not cached (a 1M-page snapshot takes a quarter of a second), unless the
+        group plays (then the play loop owns the kernel, on the loop)."""
         group = self.group
-        if group.playing or (self._snapshot is not None and self._snapshot[0] == self.version):
+        vp = self.viewport_of(viewer)
+        if vp is not None:
+            cached = self._views_version == self.version and vp in self._views
+        else:
+            cached = self._snapshot is not None and self._snapshot[0] == self.version
+        if group.playing or cached:
             return
         lock = _group_locks.setdefault(group, asyncio.Lock())
         async with lock:
             if group.playing:
                 return
-            await asyncio.get_running_loop().run_in_executor(WORKERS, self.snapshot_text)
+            await asyncio.get_running_loop().run_in_executor(WORKERS, self.snapshot_text, vp)
 
     def control(self, msg: m.Command) -> None:
         """Apply one command to the session's group (every member; ApiError on refusal)."""
@@ -244,12 +253,52 @@ class Session:
             "story": t.story(),
         }
 
-    def snapshot(self) -> m.Snapshot:
+    def big(self) -> bool:
+        """More pages than whole snapshots carry: viewers get an overview (app.server.overview)."""
+        return self.pages() > ov.DETAIL_MAX_PAGES
+
+    def viewport_of(self, viewer: Viewer | None) -> ov.Viewport | None:
+        """The viewport a viewer is sent (None: the whole session, page by page)."""
+        if not self.big():
+            return None
+        vp = viewer.viewport if viewer is not None else None
+        if isinstance(vp, ov.Viewport):
+            sizes = self.encoder.lane_sizes() or None
+            if sizes is None or ov.min_bucket(sizes.values()) <= vp.bucket:
+                return vp
+        return ov.Viewport(ov.default_bucket(self.pages()))
+
+    def check_viewport(self, msg: m.ViewportMsg) -> ov.Viewport:
+        """The viewport a ``viewport`` message asks for (ApiError naming the field)."""
+        sizes = {v.uid: v.npages for mm in self.kernel.procs.values() for v in mm.vmas.values()}
+        least = ov.min_bucket(sizes.values())
+        if self.big() and msg.bucket < least:
+            raise ApiError(
+                422, "bucket", f"at least {least} pages per bucket for this session's size"
+            )
+        for uid, _lo, _hi in msg.detail:
+            if uid not in sizes:
+                raise ApiError(422, "detail", f"no mapping with uid {uid}")
+        return ov.Viewport(
+            msg.bucket, tuple((u, lo, min(hi, sizes[u])) for u, lo, hi in msg.detail)
+        )
+
+    def snapshot(self, viewport: ov.Viewport | None = None) -> m.Snapshot:
         t = self.timeline
         meta = {**self._meta(), "marks": t.marks(), "chapters": t.chapters()}
-        return self.encoder.snapshot(self.kernel, meta)
+        if viewport is None and self.big():
+            viewport = self.viewport_of(None)
+        snap = self.encoder.snapshot(
+            self.kernel, meta, viewport, sync=self.encoder.version != self.version
+        )
+        self.encoder.version = self.version
+        return snap
 
-    def snapshot_text(self) -> str:
+    def snapshot_text(self, viewport: ov.Viewport | None = None) -> str:
+        if viewport is None and self.big():
+            viewport = self.viewport_of(None)
+        if viewport is not None:
+            return self._view_text(viewport)
         if self.busy and not self._off_loop():
             if self._snapshot is None:
                 raise _busy_error()
@@ -257,6 +306,22 @@ class Session:
         if self._snapshot is None or self._snapshot[0] != self.version:
             self._snapshot = (self.version, m.dump(self.snapshot()))
         return self._snapshot[1]
+
+    def _view_text(self, viewport: ov.Viewport) -> str:
+        if self.busy and not self._off_loop():
+            text = self._views.get(viewport)
+            if text is None:
+                raise _busy_error()
+            return text  # an earlier step, whole
+        if self._views_version != self.version:
+            self._views = {}
+            self._views_version = self.version
+        text = self._views.get(viewport)
+        if text is None:
+            if len(self._views) >= 64:
+                self._views.clear()
+            text = self._views[viewport] = m.dump(self.snapshot(viewport))
+        return text
 
     def state_message(self) -> m.State:
         return self._state_of(self.info())
@@ -337,12 +402,36 @@ class Session:
         for v in list(self.viewers):
             v.push(frame, wire)
 
+    def _broadcast_views(self, frames: dict[ov.Viewport | None, tuple[str, bytes]]) -> None:
+        """A large session's step: each viewer gets the delta of its viewport (encoded once
+        per distinct viewport); a viewer whose viewport changed meanwhile resyncs."""
+        for v in list(self.viewers):
+            hit = frames.get(self.viewport_of(v))
+            if hit is None:
+                v.resync()
+            else:
+                v.push(*hit)
+
     def broadcast_snapshot(self) -> None:
+        if self.big():
+            # encode here (a worker, or the play loop) what the viewers resync to: the first
+            # syncs the mirror (a pass over every page), the others read the mirror
+            for vp in {self.viewport_of(v) for v in list(self.viewers)} or {None}:
+                self.snapshot_text(vp)
+            if self._off_loop() and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._resync_all)
+            else:
+                self._resync_all()
+            return
         frames = [self.snapshot_text(), m.dump(self.state_message())]
         if self._off_loop() and self._loop is not None:
             self._loop.call_soon_threadsafe(self._reset_viewers, frames)
         else:
             self._reset_viewers(frames)
+
+    def _resync_all(self) -> None:
+        for v in list(self.viewers):
+            v.resync()
 
     def _reset_viewers(self, frames: list[str]) -> None:
         for v in list(self.viewers):
@@ -360,19 +449,43 @@ class Session:
             self.what = d.what
         if not stream:
             return
-        delta = self.encoder.delta(self.kernel, res.log if res else None, self._meta())
-        if delta is None:
+        if self.encoder.version != self.version - 1:  # the mirror missed steps: resync
+            self.encoder.version = -1
             self.broadcast_snapshot()
+            return
+        ch = self.encoder.changes(self.kernel, res.log if res else None)
+        if ch is None:
+            self.encoder.version = -1
+            self.broadcast_snapshot()
+            return
+        self.encoder.version = self.version
+        meta = self._meta()
+        if not self.big():
+            self.broadcast(m.dump(self.encoder.encode(ch, meta, None)))
+            return
+        self._publish_views(ch, meta)
+
+    def _publish_views(self, ch: StepChanges, meta: dict[str, Any]) -> None:
+        if not self.viewers:
+            return
+        frames: dict[ov.Viewport | None, tuple[str, bytes]] = {}
+        for v in list(self.viewers):
+            vp = self.viewport_of(v)
+            if vp not in frames:
+                text = m.dump(self.encoder.encode(ch, meta, vp))
+                frames[vp] = (text, text_frame(text))
+        if self._off_loop() and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._broadcast_views, frames)
         else:
-            self.broadcast(m.dump(delta))
+            self._broadcast_views(frames)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
 
-    def resync_frames(self) -> list[str]:
+    def resync_frames(self, viewer: Viewer | None = None) -> list[str]:
         if self.busy and not self._off_loop():
             return []  # the viewer resyncs once the worker is done (deltas stay in order)
-        return [self.snapshot_text(), m.dump(self.state_message())]
+        return [self.snapshot_text(self.viewport_of(viewer)), m.dump(self.state_message())]
 
     def snapshot_frame(self) -> str:
         """The current snapshot, shared by every viewer that resyncs at this step."""

@@ -266,11 +266,15 @@ class Timeline:
             b.results[step] = res
         if step % self.interval or step in b.checkpoints:
             return
+        room = max(0, self.memory_bytes - self.trace_bytes)
+        budget = room // max(1, estimate_bytes(st.kernel))
+        if budget < 2:
+            # a clone of this size does not fit beside step 0's: keep step 0 only (every other
+            # step is replayed from it) rather than break the memory budget
+            return
         b.checkpoints[step] = st.clone()
         if res is not None:
             b.results[step] = res
-        room = max(0, self.memory_bytes - self.trace_bytes)
-        budget = max(2, room // max(1, estimate_bytes(st.kernel)))
         while len(b.checkpoints) > budget:
             keys = sorted(b.checkpoints)
             for key in keys[1:-1:2]:  # keep step 0 and the newest

@@ -110,6 +110,9 @@ class Viewer:
         self.sent = 0
         self.direct = 0
         self.acked = -1
+        #: what this viewer shows of a large session (app.server.overview.Viewport; None:
+        #: the default overview)
+        self.viewport: object | None = None
         self.max_queue = 0
         self.closing = False
         self.task: asyncio.Task[None] | None = None
@@ -125,9 +128,11 @@ class Viewer:
         if self.raw is not None and not self.queue and not self.sending and self.raw.ready():
             data = wire if wire is not None else text_frame(frame)
             self.raw.write(data)
-            self._charge(len(data))
             self.sent += 1
             self.direct += 1
+            if self.transport is not None and self._buffered() == 0:
+                return  # the socket took it all: nothing to charge, no task to wake
+            self._charge(len(data))
             self._wake.set()  # the sender watches the transport drain
             return
         if len(self.queue) >= self.maxlen or self._over_bytes(len(frame)):
@@ -145,6 +150,14 @@ class Viewer:
         if self.max_bytes is None or not self.queue:
             return False
         return sum(map(len, self.queue)) + extra > self.max_bytes
+
+    def resync(self) -> None:
+        """Drop what is queued; the sender sends a fresh snapshot when it can."""
+        if self.closing:
+            return
+        self.queue.clear()
+        self.need_resync = True
+        self._wake.set()
 
     def reset(self, frames: list[str]) -> None:
         """Replace whatever is queued (a snapshot supersedes older deltas)."""

@@ -9,6 +9,7 @@ import { showLegendCounts } from "./legend.js";
 import { ChapterBar } from "./chapters.js";
 import { Overlay, shareAxes } from "./charts.js";
 import { SessionView } from "./session_view.js";
+import { inspectBucket } from "./overview.js";
 
 const params = new URLSearchParams(location.search);
 const body = document.body;
@@ -52,6 +53,7 @@ for (const view of views) {
   });
   cv.addEventListener("procclick", (e) => { for (const v of views) inspectProc(v, e.detail.proc); });
   cv.addEventListener("frameclick", (e) => inspectFrame(view, e.detail));
+  cv.addEventListener("bucketclick", (e) => inspectBucket(view, e.detail));
   cv.addEventListener("selectionchange", (e) => {
     selection = e.detail;
     for (const v of views) if (v !== view) v.grid.selectPages(e.detail.proc, e.detail.vma, ...pagesRange(e.detail.pages), true);

@@ -11,6 +11,7 @@
 import { Layer, mix, pack } from "./cell_image.js";
 import { drawCursor, drawSelection, gridLines, labels, laneGaps, mapCounts } from "./grid_overlay.js";
 import { bindPointer } from "./grid_pointer.js";
+import { Overview } from "./overview.js";
 import { FLASH_COLOURS, KIND_COLOURS, ksmShade } from "./palette.js";
 
 const COLS = [8, 10, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024];
@@ -75,6 +76,7 @@ export class PageGrid {
    * frames: {count, kind: Uint8Array (frame kind ids), mapcount: Int32Array}
    */
   setLayout(lanes, frames) {
+    this.ov = null;
     this.lanes = lanes.map((l) => ({ ...l, kinds: l.kinds ?? new Uint8Array(l.npages), pfns: l.pfns ?? null }));
     this.byKey.clear();
     for (const lane of this.lanes) {
@@ -111,10 +113,58 @@ export class PageGrid {
     this._publish();
   }
 
-  lane(key) { return this.byKey.get(key); }
+  lane(key) { return this.ov ? this.ov.byUid.get(key) : this.byKey.get(key); }
+
+  /**
+   * A large session's snapshot (it carries `overview`, overview.js): the whole host as
+   * buckets, per-page data only where the viewport asked for it.
+   */
+  setOverview(msg) {
+    const names = KIND_NAMES;
+    const same = this.ov && this.ov.lanes.length === msg.overview.lanes.length
+      && this.ov.lanes.every((l, i) => l.uid === msg.overview.lanes[i].uid);
+    if (same) this.ov.load(msg);
+    else {
+      this.ov = new Overview(this, msg, names, KIND_PACKED);
+      this.lanes = [];
+      this.fit(); // and tell the server what the fitted grid shows
+    }
+    this.canvas.dataset.bucket = String(this.ov.bucket);
+    this.canvas.dataset.overview = "1";
+    this.canvas.tabIndex = 0;
+    this._publish();
+    this.needs = true;
+  }
+
+  /** A delta's `overview`: changed buckets. */
+  applyOverview(od) {
+    if (this.ov) this.ov.apply(od);
+  }
+
+  /** Zoom so that pages [lo, hi) of a mapping fill the screen (overview only). */
+  zoomToPages(proc, vma, lo, hi) {
+    if (!this.ov) return;
+    const lane = this.ov.lanes.find((l) => l.proc === proc && l.vma === vma);
+    if (lane) { this.ov.zoomTo(lane, lo, hi); this.viewportChanged(); }
+  }
+
+  /** After a zoom or pan: tell the server what we show (debounced; overview only). */
+  viewportChanged() {
+    if (!this.ov || !this.onViewport) return;
+    clearTimeout(this._vpTimer);
+    this._vpTimer = setTimeout(() => {
+      const vp = this.ov.viewport();
+      const key = JSON.stringify(vp);
+      if (key === this.ov.sent) return;
+      this.ov.sent = key;
+      this.canvas.dataset.viewport = key;
+      this.onViewport(vp);
+    }, 150);
+  }
 
   /** One page changed: its new kind and pfn. Returns its previous kind. */
   setPage(lane, i, kind, pfn) {
+    if (this.ov) return this.ov.setPage(lane, i, kind, pfn);
     if (!lane || i < 0 || i >= lane.npages) return -1;
     const old = lane.kinds[i];
     this.counts[old]--; this.counts[kind]++;
@@ -131,6 +181,7 @@ export class PageGrid {
 
   /** One frame changed (physical view, and the shade of the KSM cells mapping it). */
   setFrame(pfn, kind, mapcount) {
+    if (this.ov) { this.ov.fmap.set(pfn, mapcount); return; }
     if (pfn >= this.fcap) this._growFrames(pfn + 1);
     if (pfn >= this.fcount) this.fcount = pfn + 1;
     const wasKsm = this.fkind[pfn] === 2;
@@ -144,6 +195,7 @@ export class PageGrid {
   /** Called once after a batch of setPage / setFrame calls. */
   commit() {
     this.batch = null;
+    if (this.ov) { this._publish(); this.needs = true; return; }
     this._version = (this._version || 0) + 1;
     if (this.phys && this.fcount > 0 && this.phys.px[0] !== this._frameColour(0)) this.phys.set(0, this._frameColour(0));
     const now = performance.now();
@@ -158,6 +210,7 @@ export class PageGrid {
 
   /** Flash a cell (merge, zero_merge, unshare, cow); one batch per step. */
   flash(lane, i, cls) {
+    if (this.ov) return;
     const c = FLASH_COLOURS[cls];
     if (!c || !lane || i < 0 || i >= lane.npages) return;
     if (!this.batch) {
@@ -216,6 +269,7 @@ export class PageGrid {
   }
 
   kindCounts() {
+    if (this.ov) return this.ov.kindCounts();
     const out = {};
     KIND_NAMES.forEach((n, k) => { out[n] = this.counts[k]; });
     return out;
@@ -260,6 +314,7 @@ export class PageGrid {
   _layer() { return this.view === "virtual" ? this.virt : this.phys; }
 
   fit() {
+    if (this.ov) { this.ov.fit(); this.viewportChanged(); return; }
     const layer = this._layer();
     if (!layer) return;
     const w = this.cw - this.gutter - 16, h = this.ch - 16;
@@ -285,16 +340,25 @@ export class PageGrid {
   }
 
   zoomAt(factor, sx, sy) {
-    const s = Math.min(200, Math.max(0.05, this.scale * factor));
+    const max = this.ov ? this.ov.maxScale() : 200, min = this.ov ? 0.01 : 0.05;
+    const s = Math.min(max, Math.max(min, this.scale * factor));
     const cx = (sx - this.ox) / this.scale, cy = (sy - this.oy) / this.scale;
     this.scale = s;
     this.ox = sx - cx * s;
     this.oy = sy - cy * s;
     this.needs = true;
+    this.viewportChanged();
   }
 
   /** screen point -> {lane, page} (virtual) or {pfn} (physical) or {proc} (gutter) */
   hit(sx, sy) {
+    if (this.ov) {
+      if (sx < this.gutter) return null;
+      const h = this.ov.at((sx - this.ox) / this.scale, (sy - this.oy) / this.scale);
+      if (!h) return null;
+      if (this.ov.detailAt(h.lane, h.page)) return h;
+      return { bucket: this.ov.bucketOf(h.lane, h.page) };
+    }
     const layer = this._layer();
     if (!layer) return null;
     const x = Math.floor((sx - this.ox) / this.scale), y = Math.floor((sy - this.oy) / this.scale);
@@ -395,6 +459,11 @@ export class PageGrid {
 
   _publish() {
     const d = this.canvas.dataset;
+    if (this.ov) {
+      d.kindCounts = JSON.stringify(this.kindCounts());
+      d.pages = String(this.ov.lanes.reduce((s, l) => s + l.npages, 0));
+      return;
+    }
     d.kindCounts = JSON.stringify(this.kindCounts());
     d.pages = String(this.lanes.reduce((s, l) => s + l.npages, 0));
     d.frames = String(this.fcount || 0);
@@ -402,6 +471,7 @@ export class PageGrid {
 
   /** Draw if anything changed; returns true when it drew. */
   draw(now = performance.now()) {
+    if (this.ov) return this.ov.draw();
     const layer = this._layer();
     if (!layer) return false;
     if (this.flashes.length) this._flashStages(now);

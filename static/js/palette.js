@@ -14,6 +14,11 @@ export const KIND_COLOURS = {
   stale: [150, 60, 60],      // unmerged, rmap_item still on a stable node until ksmd's next pass
 };
 
+// The overview of a large session: a bucket shows its pages by kind in four quarters, and a
+// kind present in it at all gets a quarter, in this order (static/js/overview.js): the
+// minorities a talk points at first, so that they are never hidden by the majority.
+export const OV_PRIORITY = ["ksm_zero", "stale", "zero", "ksm", "unstable", "volatile", "skipped", "anon", "none"];
+
 // event kinds (sim/changes.py EVENT_PATHS) -> flash class
 export const FLASH_OF_EVENT = {
   merge: "merge", merge_new: "merge", ksm_append: "merge",

@@ -89,6 +89,7 @@ export class SessionView {
     this.kernel = root.dataset.kernel;
     this.opts = opts;
     this.grid = new PageGrid(root.querySelector("canvas.page-grid"), { gutter: opts.big ? 190 : 150 });
+    this.grid.onViewport = (vp) => this.send(vp); // a large session: what the grid shows
     const g = root.querySelector(".chart-global"), p = root.querySelector(".chart-procs");
     this.charts = g && window.Plotly ? new Charts(g, p, { big: opts.big }) : null;
     this.counters = new Counters(root.querySelector(".counters"));
@@ -134,14 +135,17 @@ export class SessionView {
     this.grid.setKinds(table);
     this.counters.setFiles(msg.ksm_files);
     if (this.charts) this.charts.setFiles(msg.ksm_files);
-    const lanes = [];
-    for (const proc of msg.procs) {
-      for (const v of proc.vmas) {
-        lanes.push({ proc: proc.name, vma: v.name, uid: v.uid, npages: v.npages, kinds: b64bytes(v.kind), pfns: b64int32(v.pfn) });
+    if (msg.overview) this.grid.setOverview(msg); // a large session (overview.js)
+    else {
+      const lanes = [];
+      for (const proc of msg.procs) {
+        for (const v of proc.vmas) {
+          lanes.push({ proc: proc.name, vma: v.name, uid: v.uid, npages: v.npages, kinds: b64bytes(v.kind), pfns: b64int32(v.pfn) });
+        }
       }
+      const frames = msg.frames ? { count: msg.frames.count, kind: b64bytes(msg.frames.kind), mapcount: b64int32(msg.frames.mapcount) } : null;
+      this.grid.setLayout(lanes, frames);
     }
-    const frames = msg.frames ? { count: msg.frames.count, kind: b64bytes(msg.frames.kind), mapcount: b64int32(msg.frames.mapcount) } : null;
-    this.grid.setLayout(lanes, frames);
     this.grid.setCursor(msg.ksmd?.cursor);
     this.global = { ...msg.global };
     this.procStats = Object.fromEntries(msg.procs.map((p) => [p.name, { ...p.ksm_stat }]));
@@ -153,7 +157,8 @@ export class SessionView {
       if (added.length) this.charts.mark(msg.step, `+${added.join(",")}`);
       if (gone.length) this.charts.mark(msg.step, `exit ${gone.join(",")}`);
     }
-    const jump = this.seen === undefined || msg.step !== this.step + 1;
+    // a snapshot of the same step (a large session's new viewport) keeps the charts
+    const jump = this.seen === undefined || (msg.step !== this.step + 1 && msg.step !== this.step);
     this.procNames = names;
     this.seen = true;
     this.marks = msg.marks || [];
@@ -189,6 +194,7 @@ export class SessionView {
         }
       });
     }
+    if (msg.overview) grid.applyOverview(msg.overview);
     grid.commit();
     if (msg.ksmd) grid.setCursor(msg.ksmd.cursor);
     Object.assign(this.global, msg.global || {});

@@ -2,8 +2,10 @@
 
 A client message is a command (:data:`app.server.messages.Command`, applied with
 :meth:`~app.server.session.Session.control`, refused for a viewer without the presenter's
-token) or ``ack``: the viewer reports the last step it drew, kept as its ``acked`` in
-``GET /api/sessions/{id}/viewers`` (how far each browser's drawing lags the session).
+token), ``ack``: the viewer reports the last step it drew, kept as its ``acked`` in
+``GET /api/sessions/{id}/viewers`` (how far each browser's drawing lags the session), or
+``viewport``: what the viewer shows of a large session (app.server.overview); it is answered
+with a snapshot of that viewport, then deltas for it.
 """
 
 from __future__ import annotations
@@ -51,14 +53,14 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
     viewer = Viewer(
         ws,
         settings.ws_queue,
-        session.resync_frames,
+        lambda: session.resync_frames(viewer),
         raw,
         settings.ws_queue_bytes,
         budget=manager.viewer_budget,
         transport=getattr(proto, "transport", None),
     )
-    await session.ensure_snapshot()
-    viewer.reset(session.resync_frames())
+    await session.ensure_snapshot(viewer)
+    viewer.reset(session.resync_frames(viewer))
     session.viewers.add(viewer)
     session.touch()
     viewer.task = asyncio.get_running_loop().create_task(viewer.run())
@@ -93,6 +95,14 @@ async def watch_session(ws: WebSocket, session_id: str) -> None:
             if isinstance(msg, m.AckMsg):  # a viewer's report, not a control: never refused
                 viewer.acked = msg.step
                 session.touch()
+                continue
+            if isinstance(msg, m.ViewportMsg):  # what this viewer shows: never refused
+                try:
+                    viewer.viewport = session.check_viewport(msg)
+                    await session.ensure_snapshot(viewer)
+                    viewer.reset(session.resync_frames(viewer))
+                except ApiError as exc:
+                    viewer.push(m.dump(exc.message_model()))
                 continue
             if refusal is not None:
                 viewer.push(m.dump(refusal.message_model()))
