@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sim import Kernel, KnobError, SimError, timemodel
+from sim import Kernel, KnobError, SimError
 from sim.capture import Capture, CaptureError, load_capture
 from sim.fromcapture import MERGE_MODES, PageRef, WriteSchedule, capture_notes, capture_scenario
 from sim.kernel import PAGE_SIZE, RMAP_ITEM_SIZE
 from sim.scenario import KERNELS, Step
 from sim.stepper import Inject, Next, Stepper
-from sim.timemodel import CpuCosts, TimeAccount, batch_cost, first_pass_pages
+from sim.timemodel import BatchClock, CpuCosts, TimeAccount
 
 #: ``sizeof(struct ksm_stable_node)`` on x86_64 (the slab object: 48 bytes)
 STABLE_NODE_SIZE = 48
@@ -261,9 +261,7 @@ def predict(
     sched = WriteSchedule(capture, seed)
     acct = TimeAccount()
     # the time model's batch clock (pages by kind, per-pass costs, the scan-time advisor)
-    # where sim.timemodel has one; else the two-kind batch_cost
-    clock_type = getattr(timemodel, "BatchClock", None)
-    clock: Any = clock_type(k, costs, acct) if clock_type is not None else None
+    clock = BatchClock(k, costs, acct)
     end_ns = round(duration_s * 1e9)
     step_ns = max(1, round(sample_s * 1e9))
     next_sample = 0
@@ -316,27 +314,12 @@ def predict(
                 pred.samples.append(sample(next_sample))
                 next_sample += step_ns
             before = watched()
-            skipped0 = k.pages_skipped
             seq0 = k.seqnr
-            if clock is not None:
-                clock.before()
-            else:
-                k.take_changes()
+            clock.before()
             out = st.feed(Next("batch"))
             assert out is not None
-            handed = int(out.what.get("scanned", 0))
-            if clock is not None:  # charges the account itself (and runs the advisor)
-                clock.after(handed)
-            else:
-                log = k.take_changes()
-                cost = batch_cost(
-                    costs,
-                    handed=handed,
-                    first=first_pass_pages(log),
-                    skipped=k.pages_skipped - skipped0,
-                    sleep_millisecs=int(k.knobs["sleep_millisecs"]),
-                )
-                acct.charge(cost)
+            # charges the account itself (and runs the advisor)
+            clock.after(int(out.what.get("scanned", 0)))
             now = watched()
             if now != before:
                 pred.last_change_ns = acct.now_ns
