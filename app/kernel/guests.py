@@ -16,9 +16,7 @@ emulation (TCG: KVM cannot run these kernels here, ``docs/qemu.md``).
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .qemu import base_image
-from .qemu_boot import _die_with_parent
+from .qemu_boot import _die_with_parent, kill_group
 from .qemu_initramfs import CpioWriter
 from .qemu_packages import ensure_kernel, find_qemu
 
@@ -137,16 +135,7 @@ class Guests:
     def stop(self) -> None:
         """Kill every guest this object started (its process group) and reap it."""
         for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_group(p, timeout=15)
         self.procs.clear()
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -189,13 +189,18 @@ def _remove_stale_dirs() -> None:
             continue
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes], timeout: float | None = None) -> None:
+    """SIGKILL a child started in its own process group, and reap it (waiting at most
+    ``timeout`` seconds when given)."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    proc.wait()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def boot(
@@ -248,7 +253,7 @@ def boot(
                     expected,
                 )
         finally:
-            _kill_group(proc)
+            kill_group(proc)
             result.seconds = round(time.monotonic() - t0, 3)
             result.returncode = proc.returncode
             result.frames = parse_frames(payload.read_text(encoding="latin-1"))
