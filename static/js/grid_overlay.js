@@ -3,7 +3,21 @@
 
 import { CURSOR_COLOUR } from "./palette.js";
 
-const BG = "#0b0e13";
+export const BG = "#0b0e13";
+
+/** Start a frame of grid ``g``: clear its canvas, clip to the cells right of the gutter
+ * (the caller restores the context), pixels unsmoothed. */
+export function beginFrame(g) {
+  const ctx = g.ctx;
+  ctx.setTransform(g.dpr, 0, 0, g.dpr, 0, 0);
+  ctx.fillStyle = BG;
+  ctx.fillRect(0, 0, g.cw, g.ch);
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(g.gutter, 0, g.cw - g.gutter, g.ch);
+  ctx.clip();
+  ctx.imageSmoothingEnabled = false;
+}
 
 /** The visible cell range [x0, x1, y0, y1] of a layer. */
 export function visible(g, layer, s) {

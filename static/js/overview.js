@@ -12,13 +12,13 @@
 // shows when zoomed in (its `viewport` message); those pages are drawn one cell per page.
 
 import { Layer, pack } from "./cell_image.js";
+import { BG, beginFrame } from "./grid_overlay.js";
 import { CURSOR_COLOUR, KIND_COLOURS, OV_PRIORITY, ksmShade } from "./palette.js";
 import { b64bytes, b64int32, frameRecords } from "./protocol.js";
 
 export const TILE = 64; // pages per tile side
 const TP = TILE * TILE; // pages per tile
 const MAX_DETAIL = 1 << 18; // pages of per-page data a viewport may ask for
-const BG = "#0b0e13";
 
 // Morton order inside a tile: z -> (x, y) and back
 const ZX = new Uint8Array(TP), ZY = new Uint8Array(TP), ZI = new Uint16Array(TP);
@@ -286,14 +286,7 @@ export class Overview {
     const dirty = this.layer.flush() | (this.detail ? this.detail.layer.flush() : false);
     if (!g.needs && !dirty) return false;
     g.needs = false;
-    ctx.setTransform(g.dpr, 0, 0, g.dpr, 0, 0);
-    ctx.fillStyle = BG;
-    ctx.fillRect(0, 0, g.cw, g.ch);
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(g.gutter, 0, g.cw - g.gutter, g.ch);
-    ctx.clip();
-    ctx.imageSmoothingEnabled = false;
+    beginFrame(g);
     ctx.drawImage(this.layer.canvas, g.ox, g.oy, this.layer.w * this.q * s, this.layer.h * this.q * s);
     if (this.detail) {
       const d = this.detail;

@@ -9,7 +9,7 @@
 // selection. The physical view draws one cell per frame (pfn) with how many PTEs map it.
 
 import { Layer, mix, pack } from "./cell_image.js";
-import { drawCursor, drawSelection, gridLines, labels, laneGaps, mapCounts } from "./grid_overlay.js";
+import { beginFrame, drawCursor, drawSelection, gridLines, labels, laneGaps, mapCounts } from "./grid_overlay.js";
 import { bindPointer } from "./grid_pointer.js";
 import { Overview } from "./overview.js";
 import { FLASH_COLOURS, KIND_COLOURS, ksmShade } from "./palette.js";
@@ -20,7 +20,6 @@ const COLS = [8, 10, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 160, 200, 256, 32
 const FLASH_STAGES = [0, 260, 520]; // ms: flash colour, blend, restored
 const MAX_FLASH_BATCHES = 8;
 const KSM_REPAINT_MS = 1000;
-const BG = "#0b0e13";
 const UNKNOWN = [255, 0, 0]; // a kind palette.js has no colour for
 // set by PageGrid.setKinds from the snapshot's kind table
 let KIND_NAMES = [];
@@ -484,14 +483,7 @@ export class PageGrid {
     if (!this.needs && !dirtyCells) return false;
     this.needs = false;
     const ctx = this.ctx, s = this.scale;
-    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
-    ctx.fillStyle = BG;
-    ctx.fillRect(0, 0, this.cw, this.ch);
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(this.gutter, 0, this.cw - this.gutter, this.ch);
-    ctx.clip();
-    ctx.imageSmoothingEnabled = false;
+    beginFrame(this);
     ctx.drawImage(layer.canvas, this.ox, this.oy, layer.w * s, layer.h * s);
     if (s >= 6) gridLines(this, layer, s);
     if (this.view === "virtual") {
