@@ -60,6 +60,9 @@ EVENT_PATHS: dict[str, str] = {
     "pass_end": "scan_get_next_rmap_item: full scan completed (full_scans +1)",
     "mm_dropped": "scan_get_next_rmap_item: no VM_MERGEABLE VMA left, mm_slot removed",
     "unmerge_all": "run=2 -> unmerge_and_remove_all_rmap_items",
+    "thp_zero": "try_to_merge_one_page -> split_huge_page -> remap_page -> "
+    "try_to_map_unused_to_zeropage: a zero-filled subpage of the split THP now maps the zero "
+    "page (PTE clean, counted nowhere)",
 }
 
 PATHS_65 = {

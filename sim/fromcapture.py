@@ -27,6 +27,15 @@ that are or would be marked), ``"prctl"`` gives every process ``PR_SET_MEMORY_ME
 page that changed ``c`` times over the capture's period ``T`` is rewritten with new unique
 content every ``T / c`` seconds, from a phase drawn from a seeded generator (the same
 schedule every time). Standard library only.
+
+:func:`thp_groups` gives the captured transparent huge pages, which the scenario format
+cannot say (:func:`apply_thp` marks them in a kernel after the story, :mod:`sim.thp`). The
+capture has a THP flag per page (``KPF_THP``) but no folio boundaries: the pages flagged
+THP and present are grouped by their 2 MiB-aligned virtual address (mapping start + page
+index), each run of consecutive flagged pages in one 2 MiB block being one huge page. That
+is exact for PMD-mapped THPs (the only kind qemu guests' RAM gets: 512 pages, aligned);
+a block holding several smaller large folios (mTHP) would be taken as one, and pages of a
+THP that were not present would be missed (a PMD-mapped THP has all of its pages).
 """
 
 from __future__ import annotations
@@ -36,10 +45,14 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .capture import KSM_MASK, KSM_SHIFT, KSM_ZERO_PFN, PRESENT, ZERO_CLASS, Capture
+from .capture import KSM_MASK, KSM_SHIFT, KSM_ZERO_PFN, PRESENT, THP, ZERO_CLASS, Capture
 from .scenario import FORMAT, Scenario, parse_scenario
+from .thp import HPAGE_PMD_NR
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 MERGE_MODES = ("captured", "all", "prctl")
 #: the checkpoint after which KSM is switched on
@@ -191,13 +204,54 @@ def capture_notes(capture: Capture) -> list[str]:
             + ": the simulation starts with KSM off and nothing merged"
         )
     if s["thp"]:
+        groups = sum(len(r) for _, _, r in thp_groups(capture))
         notes.append(
-            f"{s['thp']} pages were in transparent huge pages: the simulator treats them "
-            "as 4 KiB pages (the kernel splits a THP before merging its pages)"
+            f"{s['thp']} pages were in transparent huge pages, taken as {groups} huge pages "
+            "by their 2 MiB-aligned addresses: KSM splits one before merging a page of it, "
+            "and since 6.12 the split maps its zero-filled pages to the zero page, memory "
+            "saved that no KSM counter shows (modelled, reported as uncounted zero-page PTEs)"
         )
     if s["swapped"]:
         notes.append(f"{s['swapped']} swapped-out pages were not read (left out)")
     return notes
+
+
+def thp_groups(capture: Capture) -> list[tuple[str, str, list[tuple[int, int]]]]:
+    """The captured THPs as ``(process, mapping, [(lo, hi), ...])`` page ranges of the
+    simulator's mappings, one range per huge page (see the module docstring)."""
+    out: list[tuple[str, str, list[tuple[int, int]]]] = []
+    flags = capture.flags
+    want = PRESENT | THP
+    for p, pname, mnames in zip(
+        capture.processes, proc_names(capture), vma_names(capture), strict=True
+    ):
+        for m, vname in zip(p.mappings, mnames, strict=True):
+            ranges: list[tuple[int, int]] = []
+            base = m.start >> 12
+            block = lo = -1
+            for j in range(m.pages):
+                if flags[m.first + j] & want != want:
+                    if lo >= 0:
+                        ranges.append((lo, j))
+                        lo = -1
+                    continue
+                b = (base + j) // HPAGE_PMD_NR
+                if lo >= 0 and b != block:
+                    ranges.append((lo, j))
+                    lo = -1
+                if lo < 0:
+                    lo, block = j, b
+            if lo >= 0:
+                ranges.append((lo, m.pages))
+            if ranges:
+                out.append((pname, vname, ranges))
+    return out
+
+
+def apply_thp(kernel: Kernel, capture: Capture) -> int:
+    """Mark the captured THPs in ``kernel`` (after the captured story, before ksmd runs);
+    returns the pages marked."""
+    return sum(kernel.thp(proc, vma, ranges) for proc, vma, ranges in thp_groups(capture))
 
 
 # ------------------------------------------------------------------------ writes

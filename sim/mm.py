@@ -39,6 +39,10 @@ ITEM_STABLE = 3
 ZERO_PFN = 0
 NO_CHECKSUM = -1
 
+#: ``Vma.thp``: not part of a THP; mapped to the zero page by the split of its THP
+THP_NONE = -1
+THP_ZERO = -2
+
 #: pages between two mappings of a process (the replayer's layout, never merged)
 GAP_PAGES = 16
 #: first page number of a process's first mapping (an arbitrary, page-aligned base)
@@ -90,6 +94,7 @@ class Vma:
         "nitems",
         "shadow",
         "it_skipped",
+        "thp",
     )
 
     def __init__(self, uid: int, mm: MmStruct, name: str, start: int, npages: int):
@@ -115,6 +120,9 @@ class Vma:
         #: what the process last wrote to each page (0: never written, reads zeros); the
         #: invariant checker verifies that KSM never changes what a process reads
         self.shadow = array("i", [0]) * npages
+        #: transparent huge pages (:mod:`sim.thp`): None while the mapping never had one,
+        #: else per page the THP it is part of (>= 0), :data:`THP_NONE` or :data:`THP_ZERO`
+        self.thp: array[int] | None = None
 
     @property
     def end(self) -> int:

@@ -41,6 +41,10 @@ class Profile:
     has_pages_scanned: bool
     #: ksm_stat has ksm_merge_any / ksm_mergeable lines (6.14)
     has_mergeable_lines: bool
+    #: 6.12 "mm: remap unused subpages to shared zeropage when splitting isolated thp": a
+    #: split of an anonymous THP (KSM splits one before merging a page of it) maps its
+    #: zero-filled subpages to the shared zero page, clean and counted nowhere (sim.thp)
+    thp_split_zero_remap: bool = False
 
     @property
     def knobs(self) -> tuple[str, ...]:
@@ -59,8 +63,34 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "6.18": Profile("6.18", True, True, True, True, True, True, True, True, True, True),
-    "6.12": Profile("6.12", True, True, True, True, True, True, True, True, True, False),
+    "6.18": Profile(
+        "6.18",
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        thp_split_zero_remap=True,
+    ),
+    "6.12": Profile(
+        "6.12",
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,
+        thp_split_zero_remap=True,
+    ),
     "6.5": Profile("6.5", False, False, False, False, False, False, True, True, False, False),
     "6.1": Profile("6.1", False, False, False, False, False, False, False, False, False, False),
 }

@@ -40,6 +40,7 @@ from .mm import (
 )
 from .stable import StableTreeMixin
 from .state import StableNode
+from .thp import ThpMixin
 from .unstable import key_run
 
 #: pages looked at for a run at once, and the fewest worth it
@@ -62,7 +63,7 @@ def skip_age(age: int) -> int:
     return 8
 
 
-class ScannerMixin(StableTreeMixin):
+class ScannerMixin(StableTreeMixin, ThpMixin):
     #: handle runs of pages at once (:meth:`_scan_run`); tests turn it off to compare
     scan_runs = True
     #: KSM pages ksmd met again with their item already on the node (nothing to do): the
@@ -145,7 +146,7 @@ class ScannerMixin(StableTreeMixin):
         not qualify: ``windows`` is False before page ``end``) to take the page path.
         """
         n = min(budget, vma.npages - i, RUN_WINDOW)
-        if n < 2 or self.stable_node_chains or self.dead_nodes:
+        if n < 2 or self.stable_node_chains or self.dead_nodes or vma.thp is not None:
             return 0
         pfns = vma.pfn
         p0 = pfns[i]
@@ -427,6 +428,9 @@ class ScannerMixin(StableTreeMixin):
         if vma.it_sum[idx] != content and self._checksum_changed(vma, idx, content):
             return
         if content == 0 and self.knobs["use_zero_pages"]:
+            if vma.thp is not None and vma.thp[idx] >= 0 and not self._thp_merge_one(vma, idx, pfn):
+                self._zero_merge_failed(vma, idx)
+                return
             self._merge_with_zero_page(vma, idx, pfn)
             return
         stable = self.stable
@@ -437,6 +441,8 @@ class ScannerMixin(StableTreeMixin):
         else:
             node = None
         if node is not None:
+            if vma.thp is not None and vma.thp[idx] >= 0 and not self._thp_merge_one(vma, idx, pfn):
+                return
             self._merge_with_ksm_page(vma, idx, pfn, node)
             return
         self._unstable_tree_search_insert(vma, idx, pfn, content)
@@ -450,14 +456,37 @@ class ScannerMixin(StableTreeMixin):
             node = None
         self._remove_rmap_item_from_tree(vma, idx)
         if node is not None and node.nid in self.nodes and not node.dead:
+            if vma.thp is not None and vma.thp[idx] >= 0 and not self._thp_merge_one(vma, idx, pfn):
+                return
             self._merge_with_ksm_page(vma, idx, pfn, node)
             return
         if self._checksum_changed(vma, idx, content):
             return
         if content == 0 and self.knobs["use_zero_pages"]:
+            if vma.thp is not None and vma.thp[idx] >= 0 and not self._thp_merge_one(vma, idx, pfn):
+                return  # 6.5 and 6.1 never remap: not reached on their profiles
             self._merge_with_zero_page(vma, idx, pfn)
             return
         self._unstable_tree_search_insert(vma, idx, pfn, content)
+
+    def _zero_merge_failed(self, vma: Vma, idx: int) -> None:
+        """cmp_and_merge_page after try_to_merge_with_zero_page failed because the split of
+        the page's THP mapped it to the zero page (:mod:`sim.thp`): the stable tree search
+        and the unstable tree go on with the zero-filled page ksmd still holds; any merge
+        of it fails (it has no PTE left), so only an insert changes anything."""
+        stable = self.stable
+        if 0 in stable or (stable and (self.stable_node_chains or self.dead_nodes)):
+            if self._stable_tree_search(0) is not None:
+                return  # try_to_merge_with_ksm_page fails
+        if self.unstable.get(0) is None:
+            key = (vma.uid << 32) | idx
+            self.unstable[0] = key
+            vma.it_state[idx] = ITEM_UNSTABLE
+            self.pages_unshared += 1
+            if self.log is not None:
+                self.log.event("unstable_insert", key)
+        # else: the tree's zero-filled page is gone too (get_mergeable_page fails), or the
+        # merge of ours fails in try_to_merge_two_pages: nothing changes
 
     # ------------------------------------------------------------- merges
     def _merge_with_zero_page(self, vma: Vma, idx: int, pfn: int) -> None:
@@ -506,6 +535,10 @@ class ScannerMixin(StableTreeMixin):
             return  # the same frame (shared after fork): never substitute
         if self.f_content[tpfn] != content:
             return  # the tree page changed under us (only with mid-pass writes)
+        if (vma.thp is not None or tv.thp is not None) and not self._thp_merge_two(
+            vma, idx, pfn, tv, ti, tpfn
+        ):
+            return
         # try_to_merge_two_pages: our page becomes a KSM page in place ...
         vma.pte[idx] = 0
         # ... and the tree page's PTE is replaced by one mapping it

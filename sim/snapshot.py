@@ -35,6 +35,7 @@ from .mm import (
     PTE_EXCLUSIVE,
     PTE_SPECIAL,
     PTE_WRITE,
+    THP_ZERO,
     Vma,
 )
 
@@ -367,6 +368,12 @@ def why_not_merged(k: Kernel, vma: Vma, i: int, ksm_placed: bool | None = None) 
                 "Merged: KSM mapped it to the shared zero page (use_zero_pages=1); the "
                 "dirty bit marks it as KSM-placed, so it is counted in ksm_zero_pages." + item
             )
+        if vma.thp is not None and vma.thp[i] == THP_ZERO:
+            return (
+                "Maps the shared zero page since KSM split its transparent huge page: the "
+                "split maps zero-filled subpages to the zero page (6.12+, a clean PTE like a "
+                "read fault's). The memory is saved, but no KSM counter includes it."
+            )
         if zero_series:
             return (
                 "Maps the shared zero page after a read fault: not anonymous memory, "
@@ -481,6 +488,7 @@ SUMMARY_ORDER = (
     "zero_merge",
     "merge_new",
     "merge",
+    "thp_zero",
     "unshare_zero",
     "unshare",
     "unmerge_all",
@@ -615,6 +623,20 @@ KSMD_CHAIN = ("ksmd", "ksm_do_scan")
 #: ``cmp_and_merge_page`` and ``replace_page`` leaves the PTE clean.
 _ChainRow = tuple[str, tuple[str, ...]]
 STEP_WORDS: dict[str, dict[str, _ChainRow]] = {
+    "thp_zero": {
+        "any": (
+            "ksmd split a transparent huge page to merge a page of it: {who} were "
+            "zero-filled and now map the shared zero page with a clean PTE, memory saved "
+            "that no KSM counter shows ({n} pages)",
+            (
+                "cmp_and_merge_page",
+                "try_to_merge_one_page",
+                "split_huge_page",
+                "remap_page (RMP_USE_SHARED_ZEROPAGE)",
+                "try_to_map_unused_to_zeropage",
+            ),
+        ),
+    },
     "zero_merge": {
         "series": (
             "ksmd merged {who} into the zero page: their PTEs are now dirty-marked "
