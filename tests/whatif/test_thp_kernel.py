@@ -1,0 +1,180 @@
+"""KSM splits transparent huge pages: the real ksmd against the simulation of a capture
+(root, KSMLAB_KERNEL_TESTS=1; THP ``madvise`` or ``always`` on the host).
+
+A child (``thpchild.py thp``) maps two 2 MiB-aligned blocks with MADV_HUGEPAGE, each one THP:
+64 pages of contents another child (``thpchild.py dup``, no THP) holds too, 64 random
+pages, 384 zero-filled pages. The test captures both with ksmd stopped, checks in smaps
+that the kernel really gave THPs (``AnonHugePages``; skips with the reason otherwise), runs
+the real ksmd (host lock held, every knob saved and restored, ``run=0`` at the end) until
+six more full scans are done, then compares per process ``ksm_zero_pages`` and
+``ksm_merging_pages`` and the zero-page PTEs that appeared (pagemap + kpageflags
+``ZERO_PAGE``, :func:`app.whatif.check.zero_page_ptes`) with the simulation of the
+capture (its THPs applied, :func:`sim.fromcapture.apply_thp`) over as many passes.
+With ``use_zero_pages=1`` and with 0.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.kernel.capture import capture_processes
+from app.kernel.guard import KnobGuard, host_lock, lock_file_path, state_file_path
+from app.kernel.host.procfs import ProcFs
+from app.kernel.sysfs import KsmSysfs
+from app.whatif.check import zero_page_ptes
+from sim import Kernel
+from sim.capture import THP
+from sim.fromcapture import apply_thp, capture_scenario, proc_names
+from sim.stepper import Next, Stepper
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("KSMLAB_KERNEL_TESTS") != "1", reason="needs KSMLAB_KERNEL_TESTS=1 (root)"
+)
+CHILD = Path(__file__).with_name("thpchild.py")
+BLOCKS = 2
+PASSES = 6
+
+
+class ThpChild:
+    def __init__(self, role: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), role, str(BLOCKS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.addr = int(self.proc.stdout.readline())
+        self.pid = self.proc.pid
+
+    def anon_huge_kb(self) -> int:
+        """AnonHugePages of the child's mapping at ``addr`` (smaps)."""
+        lines = Path(f"/proc/{self.pid}/smaps").read_text().splitlines()
+        inside = False
+        for line in lines:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= self.addr < hi
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _ksmd_passes(
+    a: ThpChild, b: ThpChild, sysfs: KsmSysfs, use_zero_pages: int
+) -> tuple[dict[int, dict[str, int]], int, int]:
+    """The real ksmd over PASSES more full scans (the caller holds the host lock and has
+    saved the knobs): ksm_stat per pid, the zero-page PTEs of the THP child that
+    appeared, and the full scans done."""
+    procfs = ProcFs()
+    for name, value in (
+        ("use_zero_pages", use_zero_pages),
+        ("pages_to_scan", 5000),
+        ("sleep_millisecs", 10),
+        ("smart_scan", 0),
+    ):
+        if sysfs.exists(name):
+            sysfs.write(name, value)
+    zero0 = zero_page_ptes([a.pid])
+    scans0 = int(sysfs.read_int("full_scans") or 0)
+    sysfs.write("run", 1)
+    deadline = time.monotonic() + 240
+    while int(sysfs.read_int("full_scans") or 0) < scans0 + PASSES:
+        assert time.monotonic() < deadline, "ksmd did not complete its passes"
+        time.sleep(0.05)
+    sysfs.write("run", 0)  # stopped: merges and zero pages stay as they are
+    scans = int(sysfs.read_int("full_scans") or 0) - scans0
+    stats = {}
+    for pid in (a.pid, b.pid):
+        st = procfs.ksm_stat(pid) or {}
+        stats[pid] = {k: int(v) for k, v in st.items()}
+    return stats, zero_page_ptes([a.pid]) - zero0, scans
+
+
+@pytest.mark.parametrize("use_zero_pages", [1, 0])
+def test_thp_split_zero_pages_against_the_kernel(use_zero_pages: int) -> None:
+    assert os.geteuid() == 0, "KSMLAB_KERNEL_TESTS=1 needs root"
+    sysfs = KsmSysfs()
+    # held from the children's start: no other ksmd run may touch their pages first
+    with host_lock(lock_file_path(), timeout=900):
+        guard = KnobGuard(sysfs, state_file_path())
+        guard.save()
+        a = b = None
+        try:
+            sysfs.write("run", 0)
+            a = ThpChild("thp")
+            b = ThpChild("dup")
+            huge_kb = a.anon_huge_kb()
+            if huge_kb < BLOCKS * 2048:
+                pytest.skip(
+                    f"the kernel gave {huge_kb} kB of AnonHugePages for {BLOCKS} 2 MiB "
+                    "blocks (THP disabled or no free huge page): nothing to test"
+                )
+            cap = capture_processes([a.pid, b.pid], mergeable_only=True)
+            stats, zero_kernel, scans = _ksmd_passes(a, b, sysfs, use_zero_pages)
+            huge_after = a.anon_huge_kb()
+        finally:
+            problems = guard.restore()
+            if sysfs.read("run") != 0:
+                sysfs.write("run", 0)
+            for c in (b, a):
+                if c is not None:
+                    c.stop()
+        assert problems == {}
+    assert sum(1 for f in cap.flags if f & THP) == BLOCKS * 512
+    assert huge_after < huge_kb  # ksmd split them
+
+    sc = capture_scenario(cap, "6.18", {"use_zero_pages": use_zero_pages, "smart_scan": 0})
+    k = Kernel("6.18", sc.sysfs, record=True)
+    st = Stepper(k, sc.steps)
+    while st.in_scenario:
+        st.feed(Next("batch"))
+    assert apply_thp(k, cap) == BLOCKS * 512
+    zero0 = k.zero_page_ptes()
+    for _ in range(scans):
+        k.scan_pass()
+    pa, pb = proc_names(cap)
+    sim = {a.pid: k.ksm_stat(pa), b.pid: k.ksm_stat(pb)}
+    zero_sim = k.zero_page_ptes() - zero0
+    report = {
+        "use_zero_pages": use_zero_pages,
+        "passes": scans,
+        "anon_huge_kb": [huge_kb, huge_after],
+        "kernel": {"stats": stats, "zero_page_ptes": zero_kernel},
+        "sim": {"stats": sim, "zero_page_ptes": zero_sim, "thp_pages": k.thp_pages()},
+    }
+    sys.stderr.write(f"THP check: {report}\n")
+    for pid in (a.pid, b.pid):
+        for name in ("ksm_merging_pages", "ksm_zero_pages", "ksm_rmap_items"):
+            assert sim[pid][name] == stats[pid].get(name), (name, report)
+    assert zero_sim == zero_kernel, report
+    # the zero-filled pages went to the zero page outside KSM's counters
+    assert zero_kernel - stats[a.pid].get("ksm_zero_pages", 0) >= BLOCKS * 300
+    # without its THPs the simulation counts them: ksm_zero_pages, or one KSM page
+    flat = Kernel("6.18", sc.sysfs)
+    for step in sc.steps:
+        flat.apply(step)
+    for _ in range(scans):
+        flat.scan_pass()
+    counted = flat.ksm_stat(pa)
+    assert (counted["ksm_zero_pages"], counted["ksm_merging_pages"]) != (
+        sim[a.pid]["ksm_zero_pages"],
+        sim[a.pid]["ksm_merging_pages"],
+    )
