@@ -4,7 +4,8 @@
 when the kernel gives one), first touch by a write so that each block faults in as one
 THP; in each block pages 0-63 get the shared contents ``dup`` (page ``j``: the same bytes
 in the ``dup`` child), pages 64-127 random bytes of their own, the other 384 stay
-zero-filled. ``dup``: maps 64 pages with MADV_NOHUGEPAGE holding the same 64 contents.
+zero-filled; a third block holds instead two equal pages (0 and 1), 64 random pages and 446
+zero-filled ones. ``dup``: maps 64 pages with MADV_NOHUGEPAGE holding the same 64 contents.
 Both madvise MADV_MERGEABLE, print the mapping's address and wait on stdin.
 """
 
@@ -50,6 +51,13 @@ def main() -> None:
         assert libc.madvise(addr, size, MADV_HUGEPAGE) == 0, os.strerror(ctypes.get_errno())
         for b in range(blocks):
             base = addr + b * HUGE
+            if b == 2:  # two equal pages inside one huge page, nothing shared outside
+                same = os.urandom(PAGE)
+                ctypes.memmove(base, same, PAGE)
+                ctypes.memmove(base + PAGE, same, PAGE)
+                for j in range(2, 2 + UNIQUE):
+                    ctypes.memmove(base + j * PAGE, os.urandom(PAGE), PAGE)
+                continue
             for j in range(DUPS):
                 ctypes.memmove(base + j * PAGE, dup_page(j), PAGE)
             for j in range(DUPS, DUPS + UNIQUE):
