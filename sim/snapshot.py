@@ -556,8 +556,11 @@ def describe(k: Kernel, log: ChangeLog | None, outcome: Outcome) -> Summary:
         )
     counts = dict(Counter(kind for kind, _ in log.events))
     events = [event_where(k, kind, key) for kind, key in log.events[:MAX_EVENTS]]
-    lead = next((kind for kind in SUMMARY_ORDER if kind in counts), log.events[0][0])
-    first = next(key for kind, key in log.events if kind == lead)
+    # a first visit stores the page's first checksum through the checksum gate, which logs
+    # it volatile too: the step is about meeting those pages, not about pages that changed
+    leads = Counter(kind for kind, key in _without_first_checksums(log.events))
+    lead = next((kind for kind in SUMMARY_ORDER if kind in leads), log.events[0][0])
+    first = next(key for kind, key in _without_first_checksums(log.events) if kind == lead)
     _, proc, vma, page = event_where(k, lead, first)
     path, _, what = event_path(lead, k.profile.zero_page_series).partition(": ")
     where = f"{proc} {vma}[{page}] " if proc is not None else ""
@@ -571,6 +574,15 @@ def describe(k: Kernel, log: ChangeLog | None, outcome: Outcome) -> Summary:
     words, chain = step_words(k, log, outcome, lead)
     facts = {**outcome.what, "counts": counts, "words": words, "chain": chain}
     return Summary(line, events, counts, facts)
+
+
+def _without_first_checksums(events: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The events less the ``volatile`` of pages met for the first time in the same step
+    (their new rmap_item took its first checksum: nothing changed since a last look)."""
+    new = {key for kind, key in events if kind == "item_new"}
+    if not new:
+        return events
+    return [(kind, key) for kind, key in events if kind != "volatile" or key not in new]
 
 
 # ------------------------------------------------------------ plain words and call chains
@@ -869,7 +881,7 @@ def step_words(
         return outcome.text, " → ".join(head)
     words, chain = row.get("any") or row["series" if k.profile.zero_page_series else "old"]
     merged = ("merge_new", "merge") if lead == "merge_new" else (lead,)
-    keys = [key for kind, key in log.events if kind in merged]
+    keys = [key for kind, key in _without_first_checksums(log.events) if kind in merged]
     who = _ranges_text(k, keys)
     text = words.format(who=who or "pages", n=len(keys))
     if lead != "unmerge_all" and any(kind == "unmerge_all" for kind, _ in log.events):

@@ -21,8 +21,10 @@ figures, so that all show the same numbers:
   ============  =================================================================  =========
 
   plus ``pass_ns`` for every pass that ends in the batch (the pass start's LRU drain, the
-  mm list walk). A cost left at ``None`` is charged as ``later_ns`` (the model before the
-  kinds were split).
+  mm list walk), and ``batch_ns`` for every batch: what a batch costs beyond its pages
+  (waking up, the caches and TLB a 20 ms sleep left cold; measured here at 25-45 us, which
+  a batch of 10 pages doubles and a batch of 1 000 hardly notices). A cost left at
+  ``None`` is charged as ``later_ns`` (the model before the kinds were split).
 - **Time.** ksmd's loop is one batch, then ``sleep_millisecs``: simulated time advances by
   the batch's CPU plus the sleep plus ``wake_ns`` (the wall time a real ksmd loses per
   batch: jiffy rounding, waiting for a CPU). Operations between batches take no time.
@@ -65,6 +67,8 @@ class CpuCosts:
     #: wall time per batch beyond its CPU and sleep_millisecs (not CPU): the sleep's jiffy
     #: rounding and the delay before a nice-5 kernel thread runs again on a busy host
     wake_ns: int = 0
+    #: CPU of every batch beyond its pages: waking up, caches and TLB cold after the sleep
+    batch_ns: int = 0
 
     @classmethod
     def from_us(
@@ -78,6 +82,7 @@ class CpuCosts:
         ksm: float | None = None,
         pass_us: float = 0.0,
         wake_us: float = 0.0,
+        batch_us: float = 0.0,
     ) -> CpuCosts:
         def ns(v: float | None) -> int | None:
             return None if v is None else round(v * 1000)
@@ -91,6 +96,7 @@ class CpuCosts:
             ns(ksm),
             round(pass_us * 1000),
             round(wake_us * 1000),
+            round(batch_us * 1000),
         )
 
     def as_dict(self) -> dict[str, int | None]:
@@ -204,6 +210,7 @@ def kinds_cost(costs: CpuCosts, kinds: BatchKinds, sleep_millisecs: int) -> Batc
         + kinds.ksm * (later if costs.ksm_ns is None else costs.ksm_ns)
         + kinds.skipped * costs.skip_ns
         + kinds.passes * costs.pass_ns
+        + costs.batch_ns
     )
     return BatchCost(
         kinds.first,

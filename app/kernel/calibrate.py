@@ -18,6 +18,10 @@ what-if sweep and prediction (``--calibration FILE``). Method (``docs/cpu-model.
   wall time per batch less its CPU and the sleep (jiffy rounding, scheduling delay).
 - **zero**: a zero-filled area with ``use_zero_pages=1``: pass 2 merges every page with the
   zero page.
+- **batch**: CPU of a batch beyond its pages (waking, caches cold after the sleep): a unique
+  area of :data:`BATCH_AREA` pages revisited with smart scan off, once as one batch per pass
+  (its CPU per page), then :data:`BATCH_PAGES` pages a batch with ``sleep_millisecs=20`` for
+  :data:`WAKE_SECONDS`: (CPU - pages x that per page - passes x pass) / batches.
 
 Each round holds the host lock (:func:`app.kernel.guard.host_lock`, shared with the
 replayer) only for its own measurement; every knob is saved first (:class:`KnobGuard`, with
@@ -124,6 +128,8 @@ class OnePass:
 
 WAKE_SLEEP_MS = 20
 WAKE_SECONDS = 3.0
+BATCH_AREA = 4000
+BATCH_PAGES = 10
 
 
 def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float:
@@ -143,6 +149,35 @@ def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float
     if batches < 10:
         raise RuntimeError(f"only {batches} ksmd batches in {seconds} s")
     return (wall - cpu) / batches - sleep_ms * 1_000_000
+
+
+def batch_overhead_ns(s: KsmSysfs, one: OnePass, pass_ns: float, seconds: float) -> float:
+    """CPU per batch beyond its pages, on a unique area already visited (see the module doc;
+    the caller set smart_scan=0 and a pages_to_scan above the area)."""
+    whole = one()  # the area as one batch: warm caches, the pages' own cost
+    per_page = (whole.cpu_ns - pass_ns) / max(1, whole.scanned)
+    pts = s.read_int("pages_to_scan") or 0
+    s.write("pages_to_scan", BATCH_PAGES)
+    s.write("sleep_millisecs", WAKE_SLEEP_MS)
+    p0, f0, c0 = (
+        s.read_int("pages_scanned") or 0,
+        s.read_int("full_scans") or 0,
+        ksmd_cpu_ns(one.pid),
+    )
+    s.write("run", 1)
+    try:
+        time.sleep(seconds)
+    finally:
+        s.write("run", 0)
+    time.sleep(0.03)
+    scanned = (s.read_int("pages_scanned") or 0) - p0
+    passes = (s.read_int("full_scans") or 0) - f0
+    cpu = ksmd_cpu_ns(one.pid) - c0
+    s.write("pages_to_scan", pts)
+    batches = -(-scanned // BATCH_PAGES) + passes
+    if batches < 10:
+        raise RuntimeError(f"only {batches} ksmd batches in {seconds} s")
+    return (cpu - scanned * per_page - passes * pass_ns) / batches
 
 
 def _fresh(s: KsmSysfs, **knobs: int) -> None:
@@ -185,6 +220,11 @@ def measure_round(s: KsmSysfs, pages: int, log: Callable[[str], None]) -> dict[s
     out["later_ns"] = sum(r.cpu_ns - pass_ns for r in later) / sum(r.scanned for r in later)
     out["skip_ns"] = (runs[4].cpu_ns - pass_ns) / runs[4].skipped
     out["wall_per_cpu"] = sum(r.wall_ns for r in runs) / max(1, sum(r.cpu_ns for r in runs))
+    # CPU per batch beyond its pages
+    _fresh(s, **{**base, "smart_scan": 0})
+    with Area(BATCH_AREA, "unique"):
+        one()  # first visits
+        out["batch_ns"] = batch_overhead_ns(s, one, pass_ns, WAKE_SECONDS)
     # identical pairs: merges, then KSM revisits
     _fresh(s, **base)
     with Area(pages, "pairs"):
@@ -252,6 +292,7 @@ def calibrate(
         ksm_ns=max(0, round(med["ksm_ns"])),
         pass_ns=max(0, round(med["pass_ns"])),
         wake_ns=max(0, round(med["wake_ns"])),
+        batch_ns=max(0, round(med["batch_ns"])),
     )
     return calibration_doc(
         costs,

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import html
-import importlib
-import inspect
 import io
 import json
 import os
@@ -477,13 +475,17 @@ def _predict(
     sample_s: float,
     cpu_base_ns: int,
 ) -> list[Sample]:
-    # the capture helper's (issue 17 part 1), imported by name until it is on main
-    predict: Any = importlib.import_module("app.whatif.predict").predict
+    from app.whatif.predict import predict
 
-    kwargs: dict[str, Any] = {"duration_s": duration_s, "costs": costs, "sample_s": sample_s}
-    if "cpu_base_ns" in inspect.signature(predict).parameters:
-        kwargs["cpu_base_ns"] = cpu_base_ns
-    pred = predict(capture, "6.18", knobs, **kwargs)
+    pred = predict(
+        capture,
+        "6.18",
+        knobs,
+        duration_s=duration_s,
+        costs=costs,
+        sample_s=sample_s,
+        cpu_base_ns=cpu_base_ns,
+    )
     return [sample_of(r) for r in pred.samples]
 
 
@@ -503,6 +505,7 @@ def sample_of(record: Any) -> Sample:
         cpu_ns=int(get("cpu_ns"))
         if _has(record, "cpu_ns")
         else round(float(get("ksmd_cpu_s")) * 1e9),
+        pages_to_scan=int(get("pages_to_scan")) if _has(record, "pages_to_scan") else 0,
         uncounted_zero_pages=int(get("uncounted_zero_pages"))
         if _has(record, "uncounted_zero_pages")
         else 0,
@@ -515,10 +518,9 @@ def _has(record: Any, name: str) -> bool:
 
 def whatif_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     from app.kernel.calibrate import ksmd_cpu_ns, ksmd_pid
+    from app.kernel.capture import capture_processes
     from app.kernel.guests import Guests
     from app.kernel.workloads import ProgramCopies
-
-    capture_processes: Any = importlib.import_module("app.kernel.capture").capture_processes
 
     calibration = args.calibration
     if calibration is None and _default_calibration().exists():

@@ -22,8 +22,8 @@ that no counter shows. Each sample and the summary report them apart
 that counters compare with counters and memory with memory; the savings stay the counters'.
 
 ``ksmlab predict CAPTURE [--kernel V] [--knob k=v ...] [--duration S] [--merge MODE]
-[--csv OUT] [--html OUT]`` prints the summary (and writes the samples as CSV, or as an
-offline plotly HTML page). Exit status 2 for a bad capture or knob (one line).
+[--ksmd-cpu-s S] [--csv OUT] [--html OUT]`` prints the summary (and writes the samples as
+CSV, or as an offline plotly HTML page). Exit status 2 for a bad capture or knob (one line).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class Sample:
     stable_node_chains: int = 0
     pages_scanned: int = 0
     writes: int = 0  # captured writes applied so far
+    pages_to_scan: int = 0  # the knob's value (the scan-time advisor changes it)
     #: zero-page PTEs that appeared since the start and no counter shows (THP splits)
     uncounted_zero_pages: int = 0
 
@@ -257,12 +258,18 @@ def predict(
     merge: str = "captured",
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
+    cpu_base_ns: int = 0,
 ) -> Prediction:
     """Predict what KSM does to ``capture`` over ``duration_s`` simulated seconds.
 
     ``kernel`` is a simulator profile ("6.18", ...), ``knobs`` sysfs values set before
     ``run=1``; ``merge`` a merge mode of :data:`sim.fromcapture.MERGE_MODES`; ``seed`` fixes
-    the write schedule. ``progress(fraction)`` is called now and then. Raises
+    the write schedule. ``progress(fraction)`` is called now and then. ``cpu_base_ns`` is
+    ksmd's CPU time before KSM starts: with ``advisor_mode=scan-time`` the kernel's first
+    advisor step compares the first pass against ksmd's CPU time since boot (switching the
+    mode zeroes the advisor's context), so on a host where ksmd has run before, the first
+    pass's pages_to_scan falls to the floor (``ksmlab whatif-check`` passes the real
+    ksmd's runtime). Raises
     :class:`sim.SimError` (a knob the kernel refuses: :class:`sim.KnobError`) or
     ValueError for bad arguments.
     """
@@ -270,6 +277,8 @@ def predict(
         raise ValueError(f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})")
     if duration_s <= 0 or sample_s <= 0:
         raise ValueError("duration and sample interval must be > 0")
+    if cpu_base_ns < 0:
+        raise ValueError("ksmd's CPU time so far (--ksmd-cpu-s) must not be negative")
     wall0 = time.monotonic()
     costs = costs or CpuCosts()
     knobs = dict(knobs or {})
@@ -295,7 +304,7 @@ def predict(
     sched = WriteSchedule(capture, seed)
     acct = TimeAccount()
     # the time model's batch clock (pages by kind, per-pass costs, the scan-time advisor)
-    clock = BatchClock(k, costs, acct)
+    clock = BatchClock(k, costs, acct, cpu_base_ns=cpu_base_ns)
     end_ns = round(duration_s * 1e9)
     step_ns = max(1, round(sample_s * 1e9))
     next_sample = 0
@@ -321,6 +330,7 @@ def predict(
             int(k.stable_node_chains),
             int(k.pages_scanned),
             writes,
+            int(k.knobs["pages_to_scan"]),
             uncounted(),
         )
 
@@ -502,6 +512,13 @@ def register(subparsers: Any) -> None:
     )
     pp.add_argument("--costs", metavar="FIRST,LATER,SKIP", help="CPU per page in us (0.9,3.5,0.1)")
     pp.add_argument("--seed", type=int, default=0, help="seed of the write schedule (0)")
+    pp.add_argument(
+        "--ksmd-cpu-s",
+        type=float,
+        default=0.0,
+        help="ksmd's CPU time so far on the host, in seconds (the 'ksmd' line of `ps -o "
+        "time`): with advisor_mode=scan-time the kernel's first advisor step counts it (0)",
+    )
     pp.add_argument("--csv", type=Path, help="write the per-second samples as CSV")
     pp.add_argument("--html", type=Path, help="write the savings curve as an offline HTML page")
     pp.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -536,6 +553,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             sample_s=args.sample,
             merge=args.merge,
             seed=args.seed,
+            cpu_base_ns=round(args.ksmd_cpu_s * 1e9),
         )
     except KnobError as exc:
         sys.stderr.write(f"ksmlab predict: --knob {exc.knob}: {exc.errno}: {exc.reason}\n")

@@ -186,6 +186,21 @@ def test_plain_words_and_call_chains_by_profile() -> None:
             assert chain.startswith("ksmd → ksm_do_scan")
 
 
+def test_first_visits_are_not_called_changed() -> None:
+    """A page's first visit stores its first checksum through the checksum gate (logged
+    volatile): its words say ksmd met it, not that it changed; a page rewritten between two
+    looks is the one that "changed since its last look"."""
+    first = words_of("zero-pages-unmerge", "6.18")
+    assert not [w for w, _, _ in first if "changed since" in w]
+    met = [w for w, _, _ in first if "for the first time" in w]
+    assert met[:3] == [
+        f"ksmd met A heap[{lo}-{lo + 99}] for the first time: a new rmap_item and a checksum each"
+        for lo in (0, 100, 200)
+    ]
+    volatile = [w for w, _, _ in words_of("volatile-buffers", "6.18") if "changed since" in w]
+    assert volatile and volatile[0].startswith("ksmd found app buf[0-99] changed since")
+
+
 def test_sharers_grouped_as_ranges() -> None:
     from sim.snapshot import page_detail, page_ranges
 

@@ -100,6 +100,29 @@ def test_writes_are_replayed_deterministically() -> None:
     assert a.pages_sharing == 249 + 249
 
 
+def test_advisor_first_step_counts_ksmd_cpu_since_boot() -> None:
+    """Switching advisor_mode to scan-time zeroes the advisor's context, so the kernel's first
+    scan_time_advisor compares the first pass with ksmd's CPU time since boot: on a host whose
+    ksmd ran for 50 s before, pages_to_scan falls to the floor after the first pass."""
+    cap = quarter_capture(4000)
+    knobs = {"advisor_mode": "scan-time"}
+
+    def after_first_pass(cpu_base_ns: int) -> int:
+        pred = predict(
+            cap, "6.18", knobs, duration_s=0.5, sample_s=0.01, merge="all", cpu_base_ns=cpu_base_ns
+        )
+        assert pred.samples[0].pages_to_scan == 500  # advisor_min_pages_to_scan
+        return next(s.pages_to_scan for s in pred.samples if s.full_scans >= 1)
+
+    # 3 000 pages at 500 a batch: the pass takes 1 s (scan_time's floor), a few ms of CPU
+    # (cpu_percent 1): per_page_cost 500, the 10% CPU floor lifts pages to 5 000
+    assert after_first_pass(0) == 5000
+    # 50 s of CPU since boot: cpu_percent 5 000, per_page_cost 1: pages = max(0, 1 x 10)
+    assert after_first_pass(50 * 10**9) == 10
+    with pytest.raises(ValueError, match="ksmd-cpu-s"):
+        predict(cap, "6.18", knobs, duration_s=1, cpu_base_ns=-1)
+
+
 def test_bad_knob() -> None:
     with pytest.raises(KnobError):
         predict(quarter_capture(), "6.18", {"pages_to_scan": -1}, duration_s=1)

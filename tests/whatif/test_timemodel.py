@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -75,6 +76,21 @@ def test_pages_by_kind_on_identical_pairs() -> None:
     ]
     # time: CPU + sleep (20 ms default) + wake, per batch
     assert clock.time.now_ns == sum(g[7] for g in got) + 3 * (20_000_000 + 4_000_000)
+
+
+def test_batch_overhead_is_charged_once_per_batch() -> None:
+    """batch_ns: the same 100 pairs in batches of 10 pages cost 10 overheads a pass, in
+    CPU and so in time; one batch per pass costs one."""
+    costs = dataclasses.replace(COSTS, batch_ns=40_000)
+    one = _kernel(100, "pairs")
+    whole = _passes(one, BatchClock(one, costs), 1)[0][7]
+    assert whole == 100 * 1000 + 100_000 + 40_000
+    small = _kernel(100, "pairs", pages_to_scan=10)
+    clock = BatchClock(small, costs)
+    got = _passes(small, clock, 11)  # 10 batches of 10 pages, then the pass end
+    assert sum(g[0] for g in got) == 100 and got[-1][6] == 1
+    assert [g[7] for g in got] == [10 * 1000 + 40_000] * 10 + [100_000 + 40_000]
+    assert clock.time.cpu_ns == 100 * 1000 + 100_000 + 11 * 40_000
 
 
 def test_zero_pages_and_skips() -> None:
