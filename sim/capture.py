@@ -1,7 +1,9 @@
 """Captures of real memory (``ksm-capture/1``): the file format, its loader and its figures.
 
 A capture is what ``ksmlab capture`` (:mod:`app.kernel.capture`) saw of some processes'
-anonymous private memory: per process its mappings, and per page whether it is present, its
+private memory (anonymous mappings and, since version 2, private file mappings, whose
+copy-on-write pages are anonymous): per process its mappings, and per page whether it is
+present, its
 *content class*, its KSM state at capture time, whether it was part of a transparent huge
 page and, when several snapshots were taken, how many times its content changed over the
 period. No page content and no hash of one is stored: the reader fingerprints each page
@@ -25,9 +27,9 @@ File layout (all integers little-endian)::
 
 Each column holds one value per captured page, pages in order (processes, then their
 mappings, then pages by address): ``flags`` (uint8, :data:`PRESENT`, :data:`THP`,
-:data:`SWAPPED` and the KSM state in bits 3-4, :data:`KSM_PLAIN`...), ``class`` (uint32)
-and, with several snapshots, ``changes`` (uint16, saturating). A column is zlib-compressed
-when its header entry says ``"zlib": true``. Standard library only.
+:data:`SWAPPED`, the KSM state in bits 3-4, :data:`KSM_PLAIN`..., and :data:`FILE`),
+``class`` (uint32) and, with several snapshots, ``changes`` (uint16, saturating). A column
+is zlib-compressed when its header entry says ``"zlib": true``. Standard library only.
 """
 
 from __future__ import annotations
@@ -48,13 +50,24 @@ from typing import Any
 from .errors import SimError
 
 FORMAT = "ksm-capture/1"
-VERSION = 1
+#: the version written when a capture has a file-backed mapping (else 1, what every reader
+#: of ``ksm-capture/1`` reads: an anonymous-only capture is byte for byte what it was)
+VERSION = 2
+#: versions this loader reads (1: anonymous mappings only; 2: adds file-backed mappings,
+#: the mapping field ``file`` and the page flag :data:`FILE`)
+VERSIONS = (1, 2)
 MAGIC = b"KSMCAPTURE\n"
 
 #: per-page flag bits
 PRESENT = 1
 THP = 2
 SWAPPED = 4
+#: a page-cache (file) page mapped in a private file mapping: present in the page table but
+#: not anonymous, so ksmd walks it and skips it (no rmap_item, never merged). Never read:
+#: :data:`PRESENT` is clear and its class is 0 (the simulator sees it as not present).
+FILE = 32
+#: the flag bits a loader accepts
+FLAG_BITS = PRESENT | THP | SWAPPED | (3 << 3) | FILE
 KSM_SHIFT = 3
 KSM_MASK = 3 << KSM_SHIFT
 #: KSM state at capture time (bits 3-4 of the flags)
@@ -89,22 +102,28 @@ class CaptureError(SimError):
 
 @dataclass
 class CapturedMapping:
-    """One anonymous private mapping (one VMA of ``/proc/PID/smaps``)."""
+    """One private mapping (one VMA of ``/proc/PID/smaps``): anonymous, or file-backed."""
 
     start: int  # virtual address
     pages: int
-    name: str = ""  # "" anonymous, "[heap]", "[stack]", "[anon:...]"
+    name: str = ""  # "" anonymous, "[heap]", "[stack]", "[anon:...]", or the file's path
     mergeable: bool = False  # VmFlags ``mg`` at capture time
     #: index of its first page in the capture's columns (set by the capture)
     first: int = 0
+    #: a private file mapping (version 2): its present pages are copy-on-write anonymous
+    #: pages (read and classed) or page-cache pages (flag :data:`FILE`, not read)
+    file: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "start": self.start,
             "pages": self.pages,
             "name": self.name,
             "mergeable": self.mergeable,
         }
+        if self.file:
+            out["file"] = True
+        return out
 
 
 @dataclass
@@ -195,7 +214,7 @@ class Capture:
         present page beyond the first of its class, and every zero page with
         ``use_zero_pages``: the pages ``pages_sharing + ksm_zero_pages`` could reach)."""
         flags, cls = self.flags, self.cls
-        present = zero = thp = swapped = 0
+        present = zero = thp = swapped = file = 0
         counts: Counter[int] = Counter()
         states = [0, 0, 0, 0]
         for i in range(len(flags)):
@@ -203,6 +222,8 @@ class Capture:
             states[(f & KSM_MASK) >> KSM_SHIFT] += 1
             if f & SWAPPED:
                 swapped += 1
+            if f & FILE:
+                file += 1
             if not f & PRESENT:
                 continue
             present += 1
@@ -217,6 +238,10 @@ class Capture:
         dup_classes = sum(1 for n in counts.values() if n > 1)
         unique = sum(1 for n in counts.values() if n == 1)
         changing = sum(1 for c in self.changes if c)
+        cow = 0
+        for _, m in self.mappings():
+            if m.file:
+                cow += sum(1 for i in range(m.first, m.first + m.pages) if flags[i] & PRESENT)
         return {
             "processes": len(self.processes),
             "mappings": sum(len(p.mappings) for p in self.processes),
@@ -235,13 +260,42 @@ class Capture:
             "changes": sum(self.changes),
             "saving_pages": zero + dup_pages - dup_classes,
             "classes": self.classes,
+            "file_mappings": sum(1 for _, m in self.mappings() if m.file),
+            "file_pages": file,
+            "cow": cow,
         }
 
+    def walked_file_pages(self, merge: str = "captured") -> int:
+        """Page-cache pages ksmd walks (and skips) in every full pass, under a merge mode of
+        :data:`sim.fromcapture.MERGE_MODES`: the :data:`FILE` pages of the file mappings
+        the mode makes mergeable (``captured``: VmFlags ``mg`` or a merge-any process;
+        ``all`` and ``prctl``: every captured mapping) that have an anon_vma. ksmd skips a
+        VMA without an anon_vma entirely (``scan_get_next_rmap_item``); a private file VMA
+        has one once any of its pages was copied on write, which the capture sees as an
+        anonymous page (present, swapped out or a KSM page) in it."""
+        flags = self.flags
+        total = 0
+        for proc, m in self.mappings():
+            if not m.file:
+                continue
+            if merge == "captured" and not (m.mergeable or proc.merge_any):
+                continue
+            span = range(m.first, m.first + m.pages)
+            if not any(flags[i] & (PRESENT | SWAPPED) for i in span):
+                continue  # no anonymous page: no anon_vma, ksmd skips the whole VMA
+            total += sum(1 for i in span if flags[i] & FILE)
+        return total
+
     # --------------------------------------------------------------- the file
+    @property
+    def version(self) -> int:
+        """The version this capture needs: 2 with a file-backed mapping, else 1."""
+        return VERSION if any(m.file for _, m in self.mappings()) else 1
+
     def header(self, columns: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": self.version,
             "created": self.created,
             "host": self.host,
             "snapshots": self.snapshots,
@@ -342,9 +396,10 @@ def _parse(data: bytes, max_pages: int = MAX_PAGES) -> Capture:
         raise CaptureError(
             f"unsupported format {head.get('format')!r} (expected {FORMAT!r})", "format"
         )
-    if head.get("version") != VERSION:
+    version = head.get("version")
+    if isinstance(version, bool) or version not in VERSIONS:
         raise CaptureError(
-            f"unsupported version {head.get('version')!r} (this ksmlab reads {VERSION})",
+            f"unsupported version {version!r} (this ksmlab reads {', '.join(map(str, VERSIONS))})",
             "version",
         )
     pages = _int(head, "pages", 0, 1 << 62)
@@ -355,7 +410,7 @@ def _parse(data: bytes, max_pages: int = MAX_PAGES) -> Capture:
     period = head.get("period_s", 0.0)
     if isinstance(period, bool) or not isinstance(period, (int, float)) or period < 0:
         raise CaptureError("expected a number >= 0", "period_s")
-    procs = _processes(head.get("processes"))
+    procs = _processes(head.get("processes"), version)
     total = sum(p.pages for p in procs)
     if total != pages:
         raise CaptureError(f"the mappings hold {total} pages, the header says {pages}", "pages")
@@ -403,6 +458,19 @@ def _parse(data: bytes, max_pages: int = MAX_PAGES) -> Capture:
     cls = got["class"]
     if pages and max(cls) >= classes:
         raise CaptureError(f"a page has class {max(cls)}, the header says {classes}", "class")
+    flags = got["flags"]
+    bits = FLAG_BITS if version >= 2 else FLAG_BITS & ~FILE
+    seen = 0
+    for f in set(flags.tobytes()):
+        seen |= f
+        if f & FILE and f & (PRESENT | THP):
+            raise CaptureError(
+                f"a page has flags {f:#x}: a FILE page is neither present nor THP", "flags"
+            )
+    if seen & ~bits:
+        raise CaptureError(
+            f"unknown flag bits {seen & ~bits:#x} (version {version} knows {bits:#x})", "flags"
+        )
     notes = head.get("notes", [])
     if not isinstance(notes, list) or not all(isinstance(x, str) for x in notes):
         raise CaptureError("expected a list of strings", "notes")
@@ -441,7 +509,7 @@ def _str(obj: dict[str, Any], key: str, where: str, limit: int = 4096) -> str:
     return value
 
 
-def _processes(raw: Any) -> list[CapturedProcess]:
+def _processes(raw: Any, version: int = VERSION) -> list[CapturedProcess]:
     if not isinstance(raw, list) or len(raw) > MAX_PROCESSES:
         raise CaptureError(f"expected a list of at most {MAX_PROCESSES} processes", "processes")
     out: list[CapturedProcess] = []
@@ -479,12 +547,18 @@ def _processes(raw: Any) -> list[CapturedProcess]:
             mergeable = m.get("mergeable", False)
             if not isinstance(mergeable, bool):
                 raise CaptureError("expected true or false", f"{mw}.mergeable")
+            is_file = m.get("file", False)
+            if not isinstance(is_file, bool) or (is_file and version < 2):
+                raise CaptureError(
+                    "expected true or false (and only in a version 2 file)", f"{mw}.file"
+                )
             proc.mappings.append(
                 CapturedMapping(
                     _int(m, "start", 0, (1 << 64) - 1, mw),
                     _int(m, "pages", 1, MAX_PAGES, mw),
                     _str(m, "name", mw, 256),
                     mergeable,
+                    file=is_file,
                 )
             )
         out.append(proc)

@@ -1,13 +1,18 @@
-"""``ksmlab capture``: snapshot real processes' anonymous memory into a ``ksm-capture/1`` file.
+"""``ksmlab capture``: snapshot real processes' private memory into a ``ksm-capture/1`` file.
 
 Read-only: the processes are never stopped (no ptrace stop) nor altered. For each process
 its anonymous private mappings (``/proc/PID/smaps``: private, no file, or ``[heap]``,
-``[stack]``, ``[anon:...]``) are read page by page:
+``[stack]``, ``[anon:...]``) and its KSM-compatible private file mappings (a library's
+data, relocated read-only data and text: ``PR_SET_MEMORY_MERGE`` and ``MADV_MERGEABLE``
+mark them too, and their copy-on-write pages are anonymous pages KSM merges) are read page
+by page:
 
 1. ``/proc/PID/pagemap`` first: a page not present (never touched) or swapped out is not
    read at all (reading it through ``/proc/PID/mem`` would fault it in and so alter the
-   process); with root, a page mapped to the kernel's zero page (``KPF_ZERO_PAGE`` in
-   ``/proc/kpageflags``) is known to be zero without reading it.
+   process); a present page that is not anonymous (``PM_FILE``: a page-cache page of a
+   file mapping) is not read either, only flagged :data:`sim.capture.FILE` (ksmd walks
+   it and skips it); with root, a page mapped to the kernel's zero page
+   (``KPF_ZERO_PAGE`` in ``/proc/kpageflags``) is known to be zero without reading it.
 2. The other present pages are read with large ``pread``\\ s of ``/proc/PID/mem`` (runs of
    present pages, up to :data:`CHUNK_BYTES` at a time) and hashed, 4 KiB at a time, with
    BLAKE2b-64 keyed by a random salt kept in memory only (:class:`sim.capture.ClassTable`);
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.capture import (
+    FILE,
     KSM_AMBIGUOUS,
     KSM_MASK,
     KSM_PAGE,
@@ -86,6 +92,11 @@ KPF_THP = 22
 PF_KTHREAD = 0x00200000
 #: names of the anonymous private VMAs a capture reads ("" is plain anonymous memory)
 ANON_NAMES = ("", "[heap]", "[stack]")
+#: pagemap: a file page or a shared-anonymous page (not an anonymous page of this mm)
+PM_FILE = 1 << 61
+#: VmFlags that make a VMA KSM-incompatible (``vma_ksm_compatible``/``ksm_compatible``:
+#: VM_SHARED, VM_MAYSHARE, VM_PFNMAP, VM_IO, VM_DONTEXPAND, VM_HUGETLB, VM_MIXEDMAP)
+KSM_INCOMPATIBLE = frozenset({"sh", "ms", "pf", "io", "de", "ht", "mm"})
 
 #: progress callback: (pages done, pages to do, snapshot number from 1)
 Progress = Callable[[int, int, int], None]
@@ -103,6 +114,37 @@ def is_anon_private(v: SmapsVma) -> bool:
         and (v.name in ANON_NAMES or v.name.startswith("[anon:"))
         and v.end > v.start
     )
+
+
+def is_file_private(v: SmapsVma, vmflags: frozenset[str]) -> bool:
+    """A private file mapping KSM may mark mergeable (``vma_ksm_compatible``): a path, not
+    shared, none of :data:`KSM_INCOMPATIBLE` (``[vdso]``, ``[vvar]`` and the like have a
+    bracketed name and are VM_DONTEXPAND or VM_PFNMAP)."""
+    return (
+        len(v.perms) >= 4
+        and v.perms[3] == "p"
+        and v.name.startswith("/")
+        and v.end > v.start
+        and not vmflags & KSM_INCOMPATIBLE
+    )
+
+
+def vm_flags(smaps_text: str) -> dict[int, frozenset[str]]:
+    """``{VMA start: its VmFlags}`` of an smaps file."""
+    out: dict[int, frozenset[str]] = {}
+    start: int | None = None
+    for line in smaps_text.splitlines():
+        if line.startswith("VmFlags:"):
+            if start is not None:
+                out[start] = frozenset(line.split()[1:])
+            continue
+        head = line.split(None, 1)[0] if line.strip() else ""
+        if "-" in head and not head.endswith(":"):
+            try:
+                start = int(head.partition("-")[0], 16)
+            except ValueError:
+                start = None
+    return out
 
 
 def _read_text(path: Path) -> str | None:
@@ -181,7 +223,7 @@ class _Proc:
     pagemap: int  # fd of /proc/PID/pagemap
 
 
-def _open_process(root: Path, pid: int, mergeable_only: bool = False) -> _Proc:
+def _open_process(root: Path, pid: int, mergeable_only: bool = False, files: bool = True) -> _Proc:
     base = root / str(pid)
     if not base.exists():
         raise CaptureFailed(f"process {pid} does not exist")
@@ -197,11 +239,18 @@ def _open_process(root: Path, pid: int, mergeable_only: bool = False) -> _Proc:
         ) from None
     if not smaps_text.strip() and not (base / "exe").exists():
         raise CaptureFailed(f"process {pid} has no memory (a kernel thread or a zombie)")
-    vmas = [
-        v
-        for v in parse_smaps(smaps_text)
-        if is_anon_private(v) and (v.mergeable or not mergeable_only)
-    ]
+    flags_of = vm_flags(smaps_text) if files else {}
+    vmas = []
+    file_vma = []
+    for v in parse_smaps(smaps_text):
+        if mergeable_only and not v.mergeable:
+            continue
+        if is_anon_private(v):
+            vmas.append(v)
+            file_vma.append(False)
+        elif files and is_file_private(v, flags_of.get(v.start, frozenset())):
+            vmas.append(v)
+            file_vma.append(True)
     fds = []
     try:
         for name in ("mem", "pagemap"):
@@ -228,8 +277,10 @@ def _open_process(root: Path, pid: int, mergeable_only: bool = False) -> _Proc:
         merge_any if isinstance(merge_any, bool) else None,
         stat,
         [
-            CapturedMapping(v.start, (v.end - v.start) // PAGE_SIZE, v.name[:256], v.mergeable)
-            for v in vmas
+            CapturedMapping(
+                v.start, (v.end - v.start) // PAGE_SIZE, v.name[:256], v.mergeable, file=f
+            )
+            for v, f in zip(vmas, file_vma, strict=True)
         ],
     )
     return _Proc(info, vmas, fds[0], fds[1])
@@ -355,7 +406,9 @@ def _read_snapshot(
     zero_flag = PRESENT | KSM_ZERO_PFN << KSM_SHIFT
     for p in procs:
         entries = [_pagemap(p, m) for m in p.info.mappings]
-        pfns = {e & PM_PFN_MASK for ents in entries for e in ents if e & PM_PRESENT}
+        pfns = {
+            e & PM_PFN_MASK for ents in entries for e in ents if e & PM_PRESENT and not e & PM_FILE
+        }
         kflags: dict[int, int] = {}
         if pfns and pfns != {0}:
             try:
@@ -379,6 +432,9 @@ def _read_snapshot(
                 if not e & PM_PRESENT:
                     if e & PM_SWAP:
                         flags[base + j] = SWAPPED
+                    continue
+                if e & PM_FILE:  # a page-cache page: walked by ksmd, never read here
+                    flags[base + j] = FILE
                     continue
                 i = base + j
                 present[i] = 1
@@ -482,7 +538,7 @@ def _ksm_states_dirty(
     pages: list[tuple[int, int, int, int]] = []  # (page index, mapping number, entry, flags)
     for n, (m, ents) in enumerate(zip(p.info.mappings, entries, strict=True)):
         for j, e in enumerate(ents):
-            if e & PM_PRESENT:
+            if e & PM_PRESENT and not e & PM_FILE:
                 pages.append((m.first + j, n, e, kflags.get(e & PM_PFN_MASK, 0)))
     if any(v.ksm_kb is None for v in p.vmas):
         rules.add("dirty rule, unchecked (no smaps KSM: line)")
@@ -513,9 +569,12 @@ def capture_processes(
     proc_root: str | Path = "/proc",
     salt: bytes | None = None,
     mergeable_only: bool = False,
+    files: bool = True,
 ) -> Capture:
-    """Capture the anonymous private memory of ``pids`` (see the module docstring); with
-    ``mergeable_only`` only the mappings that are VM_MERGEABLE now (a qemu guest's RAM)."""
+    """Capture the private memory of ``pids`` (see the module docstring); with
+    ``mergeable_only`` only the mappings that are VM_MERGEABLE now (a qemu guest's RAM);
+    ``files=False`` leaves the private file mappings out (anonymous mappings only, a
+    version 1 file as before)."""
     if not pids:
         raise CaptureFailed("no process to capture")
     if snapshots < 1:
@@ -527,7 +586,7 @@ def capture_processes(
     procs: list[_Proc] = []
     try:
         for pid in dict.fromkeys(pids):
-            procs.append(_open_process(root, pid, mergeable_only))
+            procs.append(_open_process(root, pid, mergeable_only, files))
         cap_procs = [p.info for p in procs]
         # mapping offsets into the columns (Capture.index does the same)
         first = 0
@@ -623,8 +682,9 @@ class Bar:
 def register(subparsers: Any) -> None:
     cp = subparsers.add_parser(
         "capture",
-        help="capture processes' anonymous memory for a what-if prediction (root)",
-        description="Snapshot the anonymous private memory of processes into a ksm-capture/1 "
+        help="capture processes' private memory for a what-if prediction (root)",
+        description="Snapshot the private memory of processes (anonymous mappings and the "
+        "copy-on-write pages of private file mappings) into a ksm-capture/1 "
         "file: per page presence, a salted content class (no content, no hash stored), "
         "KSM state and, with --snapshots, how often it changed. Read-only: the processes "
         "are never stopped.",
@@ -640,6 +700,11 @@ def register(subparsers: Any) -> None:
         "--mergeable-only",
         action="store_true",
         help="only the mappings that are VM_MERGEABLE now (e.g. a qemu guest's RAM)",
+    )
+    cp.add_argument(
+        "--anon-only",
+        action="store_true",
+        help="leave out the private file mappings (their copy-on-write pages; version 1 file)",
     )
     cp.add_argument("-o", "--out", type=Path, required=True, help="the capture file to write")
     cp.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -671,6 +736,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             interval_s=args.interval,
             progress=None if args.no_progress else Bar(),
             mergeable_only=args.mergeable_only,
+            files=not args.anon_only,
         )
         elapsed = time.monotonic() - t0
         try:
@@ -687,6 +753,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
         f"{args.out}: {s['processes']} processes, {s['mappings']} mappings, {mib:,.0f} MiB "
         f"mapped, {s['present']} pages present ({pct(s['zero']):.1f}% zero, "
         f"{pct(s['duplicate']):.1f}% duplicate, {pct(s['unique']):.1f}% unique), "
-        f"{s['ksm_pages']} KSM pages, {s['changing']} changing, in {elapsed:.2f}s\n"
+        f"{s['ksm_pages']} KSM pages, {s['changing']} changing; {s['file_mappings']} file "
+        f"mappings ({s['cow']} copy-on-write pages read, {s['file_pages']} page-cache pages "
+        f"not read), in {elapsed:.2f}s\n"
     )
     return 0
