@@ -23,8 +23,14 @@ figures, so that all show the same numbers:
   plus ``pass_ns`` for every pass that ends in the batch (the pass start's LRU drain, the
   mm list walk), and ``batch_ns`` for every batch: what a batch costs beyond its pages
   (waking up, the caches and TLB a 20 ms sleep left cold; measured here at 25-45 us, which
-  a batch of 10 pages doubles and a batch of 1 000 hardly notices). A cost left at
-  ``None`` is charged as ``later_ns`` (the model before the kinds were split).
+  a batch of 10 pages doubles and a batch of 1 000 hardly notices), and ``file_ns`` for
+  every page-cache page ksmd walks in each pass the batch ends: a
+  present page of a mergeable private file mapping with an anon_vma that is not anonymous
+  (``scan_get_next_rmap_item`` finds the folio, sees it is not anonymous and goes on: no
+  rmap_item, not in ``pages_to_scan``). The simulator never sees those pages (they are not
+  present in it), so they are charged per pass, all at the pass's end: ``walk_pages`` of
+  :class:`BatchClock` (a capture's :meth:`sim.capture.Capture.walked_file_pages`). A cost
+  left at ``None`` is charged as ``later_ns`` (the model before the kinds were split).
 - **Time.** ksmd's loop is one batch, then ``sleep_millisecs``: simulated time advances by
   the batch's CPU plus the sleep plus ``wake_ns`` (the wall time a real ksmd loses per
   batch: jiffy rounding, waiting for a CPU). Operations between batches take no time.
@@ -69,6 +75,8 @@ class CpuCosts:
     wake_ns: int = 0
     #: CPU of every batch beyond its pages: waking up, caches and TLB cold after the sleep
     batch_ns: int = 0
+    #: a page-cache page of a mergeable file mapping walked (and skipped) in a pass
+    file_ns: int = 0
 
     @classmethod
     def from_us(
@@ -83,6 +91,7 @@ class CpuCosts:
         pass_us: float = 0.0,
         wake_us: float = 0.0,
         batch_us: float = 0.0,
+        file_us: float = 0.0,
     ) -> CpuCosts:
         def ns(v: float | None) -> int | None:
             return None if v is None else round(v * 1000)
@@ -97,6 +106,7 @@ class CpuCosts:
             round(pass_us * 1000),
             round(wake_us * 1000),
             round(batch_us * 1000),
+            round(file_us * 1000),
         )
 
     def as_dict(self) -> dict[str, int | None]:
@@ -148,6 +158,8 @@ class BatchCost:
     zero: int = 0
     ksm: int = 0
     passes: int = 0
+    #: page-cache pages walked (charged at the end of each pass)
+    file: int = 0
 
 
 def first_pass_pages(log: ChangeLog) -> int:
@@ -199,9 +211,13 @@ def batch_kinds(log: ChangeLog, handed: int, skipped: int, ksm: int) -> BatchKin
     return BatchKinds(handed, len(new), len(merged - new), len(zero - new), ksm, skipped, passes)
 
 
-def kinds_cost(costs: CpuCosts, kinds: BatchKinds, sleep_millisecs: int) -> BatchCost:
-    """The cost of a batch of these kinds, followed by its sleep."""
+def kinds_cost(
+    costs: CpuCosts, kinds: BatchKinds, sleep_millisecs: int, walk_pages: int = 0
+) -> BatchCost:
+    """The cost of a batch of these kinds, followed by its sleep; every pass it ends also
+    walked ``walk_pages`` page-cache pages."""
     later = costs.later_ns
+    file = kinds.passes * walk_pages
     cpu = (
         kinds.first * costs.first_ns
         + kinds.later * later
@@ -211,6 +227,7 @@ def kinds_cost(costs: CpuCosts, kinds: BatchKinds, sleep_millisecs: int) -> Batc
         + kinds.skipped * costs.skip_ns
         + kinds.passes * costs.pass_ns
         + costs.batch_ns
+        + file * costs.file_ns
     )
     return BatchCost(
         kinds.first,
@@ -222,6 +239,7 @@ def kinds_cost(costs: CpuCosts, kinds: BatchKinds, sleep_millisecs: int) -> Batc
         kinds.zero,
         kinds.ksm,
         kinds.passes,
+        file,
     )
 
 
@@ -248,6 +266,7 @@ class TimeAccount:
     zero: int = 0
     ksm: int = 0
     passes: int = 0
+    file: int = 0
 
     def charge(self, cost: BatchCost) -> None:
         self.now_ns += cost.time_ns
@@ -260,6 +279,7 @@ class TimeAccount:
         self.zero += cost.zero
         self.ksm += cost.ksm
         self.passes += cost.passes
+        self.file += cost.file
 
     @property
     def not_first(self) -> int:
@@ -292,6 +312,8 @@ class BatchClock:
     Call :meth:`before` just before a batch and :meth:`after` just after it with the pages
     it handed over. ``cpu_base_ns`` is ksmd's CPU time before the first batch (what the
     advisor's first pass compares against: the real ksmd's runtime since boot).
+    ``walk_pages``: page-cache pages ksmd walks in every pass (charged ``file_ns`` each at
+    every pass end; see the module doc).
     """
 
     def __init__(
@@ -300,11 +322,13 @@ class BatchClock:
         costs: CpuCosts,
         account: TimeAccount | None = None,
         cpu_base_ns: int = 0,
+        walk_pages: int = 0,
     ) -> None:
         self.k = kernel
         self.costs = costs
         self.time = account if account is not None else TimeAccount()
         self.cpu_base_ns = cpu_base_ns
+        self.walk_pages = walk_pages
         self._skipped0 = 0
         self._ksm0 = 0
 
@@ -321,7 +345,7 @@ class BatchClock:
         kinds = batch_kinds(
             log, handed, k.pages_skipped - self._skipped0, k.ksm_revisits - self._ksm0
         )
-        cost = kinds_cost(self.costs, kinds, int(k.knobs["sleep_millisecs"]))
+        cost = kinds_cost(self.costs, kinds, int(k.knobs["sleep_millisecs"]), self.walk_pages)
         end_of_cpu = self.time.now_ns + cost.cpu_ns
         self.time.charge(cost)
         if kinds.passes:
@@ -342,6 +366,8 @@ def load_calibration(path: str | Path) -> CpuCosts:
     costs = doc.get("costs")
     if not isinstance(costs, dict):
         raise ValueError(f"calibration {path}: no 'costs' object")
+    if "file_ns" not in costs:  # a file from before file_ns was measured: this machine's
+        costs = {**costs, "file_ns": MACHINE_COSTS.file_ns}
     try:
         return CpuCosts.from_dict(costs)
     except (TypeError, ValueError) as exc:

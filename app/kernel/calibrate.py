@@ -22,6 +22,13 @@ what-if sweep and prediction (``--calibration FILE``). Method (``docs/cpu-model.
   area of :data:`BATCH_AREA` pages revisited with smart scan off, once as one batch per pass
   (its CPU per page), then :data:`BATCH_PAGES` pages a batch with ``sleep_millisecs=20`` for
   :data:`WAKE_SECONDS`: (CPU - pages x that per page - passes x pass) / batches.
+- **file**: a file of N pages (under ``/var/tmp``) mapped privately (:class:`FileArea`),
+  every page read so that its PTE maps the page-cache page, one page written (copy on
+  write: the VMA gets its anon_vma and one anonymous page), ``MADV_MERGEABLE``, smart scan
+  off: after the first visit, each pass walks N - 1 page-cache pages and hands one page to
+  ``cmp_and_merge_page``. Per page: (CPU - pass - later) / (N - 1). The same mapping
+  without the write (no anon_vma: ksmd skips the whole VMA) is measured too, as
+  ``file_noanon_ns`` in the rounds (expected near 0: it checks that rule).
 
 Each round holds the host lock (:func:`app.kernel.guard.host_lock`, shared with the
 replayer) only for its own measurement; every knob is saved first (:class:`KnobGuard`, with
@@ -31,8 +38,10 @@ when ksmd is running or another process has mergeable memory (``force`` skips th
 
 from __future__ import annotations
 
+import mmap
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +52,7 @@ from sim.timemodel import CpuCosts, calibration_doc
 
 from .guard import KnobGuard, Refusal, check_privileges, host_lock, lock_file_path, state_file_path
 from .sysfs import KsmSysfs
-from .workloads import Area
+from .workloads import MADV_MERGEABLE, MADV_NOHUGEPAGE, PAGE, Area
 
 PASS_TIMEOUT_S = 120.0
 TINY = 16
@@ -124,6 +133,54 @@ class OnePass:
             ksmd_cpu_ns(self.pid) - cpu0,
             wall,
         )
+
+
+class FileArea:
+    """``pages`` pages of a new file under ``directory``, mapped privately by this process
+    (the file is unlinked at once), every page read (its PTE maps the page-cache page),
+    ``MADV_MERGEABLE``; with ``cow`` the first page is written (copied on write: the VMA
+    gets an anon_vma and one anonymous page)."""
+
+    def __init__(self, pages: int, cow: bool, directory: str = "/var/tmp") -> None:
+        fd, path = tempfile.mkstemp(prefix="ksmlab-calibrate-", dir=directory)
+        try:
+            stamp = (os.getpid() << 40) | (time.monotonic_ns() & ((1 << 40) - 1))
+            block = 256
+            for lo in range(0, pages, block):
+                os.write(
+                    fd,
+                    b"".join(
+                        (stamp + i).to_bytes(8, "little") * (PAGE // 8)
+                        for i in range(lo, min(pages, lo + block))
+                    ),
+                )
+            self.map = mmap.mmap(
+                fd,
+                pages * PAGE,
+                flags=mmap.MAP_PRIVATE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+        finally:
+            os.close(fd)
+            os.unlink(path)
+        self.pages = pages
+        self.map.madvise(MADV_NOHUGEPAGE)
+        total = 0
+        for i in range(pages):  # read faults: page-cache pages mapped (fault-around helps)
+            total += self.map[i * PAGE]
+        if cow:
+            self.map[0] = (self.map[0] + 1) & 0xFF
+        self.map.madvise(MADV_MERGEABLE)
+
+    def close(self) -> None:
+        if not self.map.closed:
+            self.map.close()
+
+    def __enter__(self) -> FileArea:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 WAKE_SLEEP_MS = 20
@@ -245,6 +302,20 @@ def measure_round(s: KsmSysfs, pages: int, log: Callable[[str], None]) -> dict[s
     if zeros < pages * 0.95:
         raise RuntimeError(f"only {zeros} of {pages} zero pages merged")
     out["zero_ns"] = (z2.cpu_ns - pass_ns) / z2.scanned
+    # page-cache pages of a private file mapping with an anon_vma: walked, skipped
+    _fresh(s, **{**base, "smart_scan": 0})
+    with FileArea(pages, cow=True):
+        one()  # the anonymous page's first visit
+        runs = [one() for _ in range(3)]
+    if any(r.scanned != 1 for r in runs):
+        raise RuntimeError(f"unexpected pass sizes on the file area: {runs}")
+    walk = statistics.median(r.cpu_ns for r in runs)
+    out["file_ns"] = (walk - pass_ns - out["later_ns"]) / (pages - 1)
+    # the same mapping never written: no anon_vma, so ksmd should skip the whole VMA
+    _fresh(s, **{**base, "smart_scan": 0})
+    with FileArea(pages, cow=False):
+        runs = [one() for _ in range(3)]
+    out["file_noanon_ns"] = (statistics.median(r.cpu_ns for r in runs) - pass_ns) / pages
     log(
         "  per page (ns): "
         + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in out.items() if k.endswith("_ns"))
@@ -293,6 +364,7 @@ def calibrate(
         pass_ns=max(0, round(med["pass_ns"])),
         wake_ns=max(0, round(med["wake_ns"])),
         batch_ns=max(0, round(med["batch_ns"])),
+        file_ns=max(0, round(med["file_ns"])),
     )
     return calibration_doc(
         costs,

@@ -125,6 +125,8 @@ class Prediction:
     pages_skipped: int = 0
     first_pass_pages: int = 0
     later_pass_pages: int = 0
+    #: page-cache pages ksmd walks every full pass (charged ``file_ns`` each)
+    walked_file_pages: int = 0
     elapsed_s: float = 0.0  # wall-clock time of the prediction
     #: pages in transparent huge pages at the start, huge pages KSM split, and the
     #: zero-page PTEs that appeared and no counter shows (see the module docstring)
@@ -174,6 +176,7 @@ class Prediction:
             "stable_nodes": self.stable_nodes,
             "ksm_memory_bytes": self.ksm_memory_bytes,
             "full_scans": self.full_scans,
+            "walked_file_pages": self.walked_file_pages,
             "writes": self.writes,
             "thp_pages": self.thp_pages,
             "thp_splits": self.thp_splits,
@@ -269,7 +272,9 @@ def predict(
     advisor step compares the first pass against ksmd's CPU time since boot (switching the
     mode zeroes the advisor's context), so on a host where ksmd has run before, the first
     pass's pages_to_scan falls to the floor (``ksmlab whatif-check`` passes the real
-    ksmd's runtime). Raises
+    ksmd's runtime). Every full pass is also charged the page-cache pages ksmd walks in the
+    capture's mergeable file mappings (:meth:`sim.capture.Capture.walked_file_pages`,
+    ``costs.file_ns`` each). Raises
     :class:`sim.SimError` (a knob the kernel refuses: :class:`sim.KnobError`) or
     ValueError for bad arguments.
     """
@@ -303,8 +308,10 @@ def predict(
     )
     sched = WriteSchedule(capture, seed)
     acct = TimeAccount()
-    # the time model's batch clock (pages by kind, per-pass costs, the scan-time advisor)
-    clock = BatchClock(k, costs, acct, cpu_base_ns=cpu_base_ns)
+    # the time model's batch clock (pages by kind, per-pass costs including the page-cache
+    # pages walked in file mappings, the scan-time advisor)
+    pred.walked_file_pages = capture.walked_file_pages(merge)
+    clock = BatchClock(k, costs, acct, cpu_base_ns, pred.walked_file_pages)
     end_ns = round(duration_s * 1e9)
     step_ns = max(1, round(sample_s * 1e9))
     next_sample = 0
