@@ -8,6 +8,7 @@ that every knob is back and ksmd stopped afterwards, and that its processes are 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def test_calibrate_measures_every_kind(knobs_kept: KsmSysfs, tmp_path: Path) -> 
     assert c.first_ns > 0 and c.later_ns > c.first_ns and c.pass_ns > 0
     assert c.merge_ns is not None and c.ksm_ns is not None and c.zero_ns is not None
     assert c.ksm_ns < c.later_ns  # a merged page revisited is cheap
+    # a page-cache page walked in a file mapping with an anon_vma: cheaper than any page
+    # ksmd hands over; the same mapping without an anon_vma is skipped whole
+    assert 0 < c.file_ns < c.first_ns
+    [round1] = json.loads(out.read_text())["rounds"]
+    assert round1["file_noanon_ns"] < round1["file_ns"] / 2
 
 
 @kernel_only
