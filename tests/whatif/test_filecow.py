@@ -88,6 +88,51 @@ def test_round_trip_with_file_mappings(tmp_path: Path) -> None:
     assert load_capture(anon.to_bytes()).version == 1
 
 
+def test_a_version_1_file_still_loads() -> None:
+    """A file as the first ksmlab wrote it (header and columns built by hand here)."""
+    head = {
+        "format": "ksm-capture/1",
+        "version": 1,
+        "created": "2026-12-01T00:00:00Z",
+        "host": {"kernel": "6.18.44", "machine": "x86_64", "page_size": 4096},
+        "snapshots": 1,
+        "period_s": 0.0,
+        "pages": 3,
+        "classes": 2,
+        "ksm_rule": "KPF_KSM",
+        "notes": [],
+        "processes": [
+            {
+                "pid": 7,
+                "comm": "a",
+                "exe": "/bin/a",
+                "cgroup": "/",
+                "merge_any": True,
+                "ksm_stat": None,
+                "mappings": [{"start": 4096, "pages": 3, "name": "[heap]", "mergeable": True}],
+            }
+        ],
+        "columns": [
+            {"name": "flags", "type": "B", "bytes": 3, "zlib": False},
+            {"name": "class", "type": "I", "bytes": 12, "zlib": False},
+        ],
+    }
+    raw = json.dumps(head).encode()
+    data = (
+        b"KSMCAPTURE\n"
+        + len(raw).to_bytes(4, "little")
+        + raw
+        + bytes([PRESENT, PRESENT, 0])
+        + b"".join(c.to_bytes(4, "little") for c in (1, 0, 0))
+    )
+    cap = load_capture(data)
+    assert cap.version == 1 and cap.pages == 3
+    [(_, m)] = list(cap.mappings())
+    assert not m.file and m.mergeable and m.name == "[heap]"
+    assert cap.stats()["file_pages"] == 0 and cap.walked_file_pages() == 0
+    assert b'"version":1' in cap.to_bytes()
+
+
 def test_version_and_flag_errors() -> None:
     good = file_capture().to_bytes()
     assert b'"version":2' in good
