@@ -142,6 +142,8 @@ MACHINE_COSTS = CpuCosts(
     zero_ns=2291,
     ksm_ns=319,
     pass_ns=123_710,
+    # ksmlab calibrate, 4 December 2026 16:22 UTC, load 2: 22, 24, 20 ns in three rounds
+    file_ns=22,
 )
 
 
