@@ -65,7 +65,7 @@ export function drawCursor(g, s) {
   ctx.strokeRect(x - pad - 1, y - pad - 1, s + 2 * pad + 2, s + 2 * pad + 2);
   ctx.strokeStyle = CURSOR_COLOUR;
   ctx.strokeRect(x - pad, y - pad, s + 2 * pad, s + 2 * pad);
-  ctx.font = `bold ${Math.round(g.gutter / 10)}px system-ui, sans-serif`;
+  ctx.font = `bold ${Math.round((g.labelPx || g.gutter / 8) * 0.8)}px system-ui, sans-serif`;
   ctx.fillStyle = CURSOR_COLOUR;
   ctx.textBaseline = "bottom";
   ctx.fillText("ksmd", x - pad, y - pad - 2);
@@ -119,14 +119,20 @@ export function mapCounts(g, layer, s) {
   ctx.textAlign = "start";
 }
 
-/** The gutter: process and mapping names beside their lanes. */
+/**
+ * The gutter: process and mapping names beside their lanes. Each label sits on its lane's
+ * rows: the name and mapping over the page count, from the lane's top, when the lane is tall
+ * enough; else one line (name and mapping) centred on the lane, in smaller type down to 9 px
+ * when the lane is short; a label that would overlap the one above is left out (zoom in to
+ * read it). Returns the boxes drawn: {lane, top, bottom, right, rowTop, rowBottom, lines, px}.
+ */
 export function labels(g, s) {
   const ctx = g.ctx;
   ctx.fillStyle = "#0f131a";
   ctx.fillRect(0, 0, g.gutter, g.ch);
   ctx.fillStyle = "#e6edf3";
   ctx.textBaseline = "top";
-  const big = Math.round(Math.min(22, Math.max(13, g.gutter / 8)));
+  const big = g.labelPx || Math.round(Math.min(22, Math.max(13, g.gutter / 8)));
   if (g.view === "physical") {
     ctx.font = `bold ${big}px system-ui, sans-serif`;
     ctx.fillText("frames", 10, 10);
@@ -139,22 +145,41 @@ export function labels(g, s) {
     }
     ctx.fillText(`${g._used} mapped`, 10, 14 + big);
     ctx.fillText("number = PTEs", 10, 18 + 2 * big);
-    return;
+    return [];
   }
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(0, 0, g.gutter, g.ch);
+  ctx.clip();
+  const boxes = [];
   let lastBottom = -Infinity;
   for (const lane of g.lanes) {
-    let y = g.oy + lane.row0 * s;
-    const h = lane.rows * s;
-    if (y + h < 0 || y > g.ch) continue;
-    y = Math.max(y, Math.min(4, y + h - 2 * big), lastBottom + 2);
-    ctx.font = `bold ${big}px system-ui, sans-serif`;
+    const rowTop = g.oy + lane.row0 * s, rowBottom = rowTop + lane.rows * s;
+    if (rowBottom <= 0 || rowTop >= g.ch) continue;
+    // the part of the lane on screen
+    const top = Math.max(rowTop, 0), bottom = Math.min(rowBottom, g.ch), room = bottom - top;
+    const lines = room >= 2 * big + 4 ? 2 : 1;
+    const px = lines === 2 ? big : Math.max(9, Math.min(big, Math.floor(room)));
+    const h = lines === 2 ? 2 * big + 3 : px;
+    const y = lines === 2 ? top + Math.min(2, room - h) : (top + bottom - h) / 2;
+    if (y < lastBottom + 1) continue;
+    ctx.font = `bold ${px}px system-ui, sans-serif`;
     ctx.fillStyle = "#e6edf3";
     ctx.fillText(lane.proc, 10, y);
     const w = ctx.measureText(lane.proc).width;
-    ctx.font = `${big - 3}px ui-monospace, "DejaVu Sans Mono", monospace`;
+    const small = lines === 2 ? px - 3 : Math.max(8, px - 2);
+    ctx.font = `${small}px ui-monospace, "DejaVu Sans Mono", monospace`;
     ctx.fillStyle = "#9aa4b2";
-    ctx.fillText(lane.vma, 16 + w, y + 2);
-    ctx.fillText(`${lane.npages} pages`, 10, y + big + 3);
-    lastBottom = y + 2 * big + 4;
+    ctx.fillText(lane.vma, 16 + w, y + (px - small) * 0.7);
+    let right = 16 + w + ctx.measureText(lane.vma).width;
+    if (lines === 2) {
+      const count = `${lane.npages} pages`;
+      ctx.fillText(count, 10, y + big + 3);
+      right = Math.max(right, 10 + ctx.measureText(count).width);
+    }
+    boxes.push({ lane, top: y, bottom: y + h, right, rowTop, rowBottom, lines, px });
+    lastBottom = y + h;
   }
+  ctx.restore();
+  return boxes;
 }

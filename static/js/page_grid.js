@@ -35,7 +35,10 @@ export class PageGrid {
   constructor(canvas, opts = {}) {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d", { alpha: false });
-    this.gutter = opts.gutter ?? 150;
+    // the label gutter: at most maxGutter, as wide as the labels need (_layoutGutter)
+    this.maxGutter = opts.gutter ?? 150;
+    this.gutter = this.maxGutter;
+    this.labelPx = 19;
     this.lanes = [];
     this.byKey = new Map();
     this.view = "virtual"; // or "physical"
@@ -83,17 +86,8 @@ export class PageGrid {
       if (lane.uid !== undefined && lane.uid !== null) this.byKey.set(lane.uid, lane);
     }
     const total = this.lanes.reduce((s, l) => s + l.npages, 0);
-    this.cols = this._chooseCols(total);
-    let row = 0;
-    for (const lane of this.lanes) {
-      lane.row0 = row;
-      lane.rows = Math.max(1, Math.ceil(lane.npages / this.cols));
-      row += lane.rows + 1;
-    }
-    this.rows = Math.max(1, row - 1);
-    this.virt = new Layer(this.cols, this.rows);
-    this.flashes = [];
-    this.batch = null;
+    this._layoutGutter();
+    this._placeLanes(this._chooseCols(total));
     this.counts.fill(0);
     this.zeroPtes = 0;
     for (const lane of this.lanes) if (lane.pfns) for (let i = 0; i < lane.npages; i++) if (lane.pfns[i] === 0) this.zeroPtes++;
@@ -108,6 +102,7 @@ export class PageGrid {
     this.virt.markAll();
     if (!this.fitted || this._lastTotal !== total) this.fit();
     this._lastTotal = total;
+    this._laidOut = [this.cw, this.ch];
     this.needs = true;
     this._publish();
   }
@@ -126,6 +121,7 @@ export class PageGrid {
     else {
       this.ov = new Overview(this, msg, names, KIND_PACKED);
       this.lanes = [];
+      this._layoutGutter();
       this.fit(); // and tell the server what the fitted grid shows
     }
     this.canvas.dataset.bucket = String(this.ov.bucket);
@@ -252,7 +248,8 @@ export class PageGrid {
 
   /** Presenter mode: a wider label gutter and larger labels. */
   setBig(big) {
-    this.gutter = big ? 190 : 150;
+    this.maxGutter = big ? 190 : 150;
+    this._layoutGutter();
     this.fit();
   }
 
@@ -292,6 +289,29 @@ export class PageGrid {
   }
 
   // ------------------------------------------------------------ geometry
+  /**
+   * The labels' type size and the gutter's width. The type follows the canvas (a narrow pane,
+   * side by side at 1280 px, gets smaller labels: 19 px, 22 px in presenter mode, at most);
+   * the gutter is as wide as the widest label needs, at most maxGutter (150, 190 in
+   * presenter mode), so a narrow pane keeps its width for the cells. The overview (large
+   * sessions) keeps the full gutter for its own labels.
+   */
+  _layoutGutter() {
+    const top = this.maxGutter > 150 ? 22 : 19;
+    const px = Math.max(12, Math.min(top, Math.round((this.cw || 800) / 24)));
+    this.labelPx = px;
+    if (this.ov || !this.lanes.length) { this.gutter = this.maxGutter; return; }
+    const ctx = this.ctx;
+    let w = 0;
+    for (const lane of this.lanes) {
+      ctx.font = `bold ${px}px system-ui, sans-serif`;
+      const name = ctx.measureText(lane.proc).width;
+      ctx.font = `${px - 3}px ui-monospace, "DejaVu Sans Mono", monospace`;
+      w = Math.max(w, 16 + name + ctx.measureText(lane.vma).width, 10 + ctx.measureText(`${lane.npages} pages`).width);
+    }
+    this.gutter = Math.min(this.maxGutter, Math.max(48, Math.ceil(w) + 12));
+  }
+
   _chooseCols(total) {
     const r = this.canvas.getBoundingClientRect();
     const w = Math.max(200, (r.width || 800) - this.gutter - 16);
@@ -304,6 +324,39 @@ export class PageGrid {
       if (s > bestScale * 1.0001) { best = c; bestScale = s; }
     }
     return total ? best : 16;
+  }
+
+  /** The lanes in rows of `cols` cells, a gap row between lanes, on a new cell image. */
+  _placeLanes(cols) {
+    this.cols = cols;
+    let row = 0;
+    for (const lane of this.lanes) {
+      lane.row0 = row;
+      lane.rows = Math.max(1, Math.ceil(lane.npages / this.cols));
+      row += lane.rows + 1;
+    }
+    this.rows = Math.max(1, row - 1);
+    this.virt = new Layer(this.cols, this.rows);
+    this.flashes = [];
+    this.batch = null;
+  }
+
+  /**
+   * The canvas changed size (presenter mode fits it to the screen after the first layout,
+   * a window resize): the columns that fill it best, the cells repainted when they change.
+   */
+  _reflow() {
+    if (this.ov || !this.lanes.length || !this.virt) return;
+    const [w, h] = this._laidOut || [0, 0];
+    if (w === this.cw && h === this.ch) return;
+    this._laidOut = [this.cw, this.ch];
+    const cols = this._chooseCols(this.lanes.reduce((s, l) => s + l.npages, 0));
+    if (cols === this.cols) return;
+    this._placeLanes(cols);
+    for (const lane of this.lanes) for (let i = 0; i < lane.npages; i++) this._paint(lane, i);
+    this.virt.markAll();
+    if (this.selection) this._select(this.selection.lane, this.selection.a, this.selection.b, true);
+    this._version = (this._version || 0) + 1;
   }
 
   _idx(lane, i) {
@@ -334,6 +387,8 @@ export class PageGrid {
     this.canvas.width = Math.round(this.cw * dpr);
     this.canvas.height = Math.round(this.ch * dpr);
     this.dpr = dpr;
+    this._layoutGutter();
+    this._reflow();
     if (this.lanes.length) this.fit();
     this.needs = true;
   }
@@ -375,10 +430,9 @@ export class PageGrid {
       }
     }
     if (sx < this.gutter) {
-      // a label drawn above its lane when lanes are short
-      for (const lane of this.lanes) {
-        const top = this.oy + lane.row0 * this.scale;
-        if (sy >= top - 4 && sy < top + Math.max(22, lane.rows * this.scale)) return { lane, proc: lane.proc };
+      // a label taller than its lane (short lanes): its box
+      for (const box of this._labelBoxes || []) {
+        if (sy >= box.top && sy < box.bottom) return { lane: box.lane, proc: box.lane.proc };
       }
     }
     return null;
@@ -468,6 +522,24 @@ export class PageGrid {
     d.frames = String(this.fcount || 0);
   }
 
+  /**
+   * The drawn geometry, for tests and tools (CSS px from the canvas's top left): the cells'
+   * origin, scale and columns, the gutter, and each label's box beside its lane's rows
+   * (grid_overlay.labels). Written only when it changes.
+   */
+  _publishGeometry(boxes) {
+    const r = (x) => Math.round(x * 10) / 10;
+    const json = JSON.stringify({
+      ox: r(this.ox), oy: r(this.oy), scale: r(this.scale), cols: this.cols, gutter: this.gutter,
+      width: this.cw, height: this.ch, view: this.view,
+      labels: boxes.map((b) => ({
+        proc: b.lane.proc, vma: b.lane.vma, lines: b.lines, px: b.px,
+        top: r(b.top), bottom: r(b.bottom), right: r(b.right), row_top: r(b.rowTop), row_bottom: r(b.rowBottom),
+      })),
+    });
+    if (json !== this._geometry) { this._geometry = json; this.canvas.dataset.geometry = json; }
+  }
+
   /** Draw if anything changed; returns true when it drew. */
   draw(now = performance.now()) {
     if (this.ov) return this.ov.draw();
@@ -493,7 +565,8 @@ export class PageGrid {
       mapCounts(this, layer, s);
     }
     ctx.restore();
-    labels(this, s);
+    this._labelBoxes = labels(this, s);
+    this._publishGeometry(this._labelBoxes);
     if (!this.lanes.length) {
       ctx.fillStyle = "#9aa4b2";
       const text = "no mappings yet: step forward (→)";
