@@ -25,6 +25,7 @@ export const FLASH_OF_EVENT = {
   zero_merge: "zero_merge",
   unshare: "unshare", unshare_zero: "unshare", unmerge_all: "unshare",
   cow: "cow", cow_zero: "cow",
+  thp_zero: "thp_zero",
 };
 
 export const FLASH_COLOURS = {
@@ -32,6 +33,7 @@ export const FLASH_COLOURS = {
   zero_merge: [255, 170, 240],
   unshare: [255, 64, 64],
   cow: [255, 150, 20],
+  thp_zero: [120, 220, 255],
 };
 
 export const FLASH_LABELS = {
@@ -39,6 +41,7 @@ export const FLASH_LABELS = {
   zero_merge: "zero-merge",
   unshare: "unshare",
   cow: "copy-on-write",
+  thp_zero: "THP split to zero page",
 };
 
 export const CURSOR_COLOUR = "#ffd400";

@@ -13,6 +13,8 @@ function flashClass(K, old, kind, counts) {
   const MERGED = K.merged;
   if (kind === K.ksm && old !== K.ksm) return "merge";
   if (kind === K.ksm_zero && old !== K.ksm_zero) return "zero_merge";
+  // a THP split (6.12+) mapped a zero-filled page to the zero page, outside KSM's counters
+  if (kind === K.zero && old !== K.zero && old !== K.none && counts.thp_zero) return "thp_zero";
   if (kind === K.zero && old !== K.zero && old !== K.none && counts.zero_merge) return "zero_merge";
   const wasShared = MERGED.has(old) || (old === K.zero && kind !== K.none);
   if (wasShared && !MERGED.has(kind) && kind !== K.none) {
