@@ -156,6 +156,13 @@ class ScannerMixin(StableTreeMixin):
             return same
         if n < RUN_MIN or not windows:
             return 0
+        c0 = self.f_content[p0]
+        if self.f_content[p0 + 1] != (c0 + 1 if c0 else 0):
+            # no window qualifies (its second page is not zero / the next content): the
+            # answer the halving below would reach, without building and comparing windows
+            while n // 2 >= RUN_MIN:
+                n //= 2
+            return -(i + n)
         frames = seq_array(p0, n)
         while True:
             # a window that does not qualify is halved: a run may end before it does

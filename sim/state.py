@@ -23,7 +23,7 @@ from .contents import order_bytes, page_bytes, unique_bytes
 from .errors import OpError
 from .mm import ITEM_ABSENT, ITEM_NONE, NO_CHECKSUM, MmStruct, Vma
 from .profiles import Profile
-from .rbtree import RbNode, RbRoot
+from .rbtree import RbNode, RbRoot, rb_insert_color, rb_link_node
 from .unstable import UnstableIndex
 
 ZERO_CONTENT = 0
@@ -119,8 +119,11 @@ class KsmState:
         # trees: the stable tree is a red-black tree (``stable_root``) ordered by the page
         # bytes of the nodes' contents; ``stable`` indexes its nodes by content
         self.nodes: dict[int, StableNode] = {}
-        self.stable_root = RbRoot()
+        self._stable_root = RbRoot()
         self.stable: dict[int, StableNode] = {}
+        #: regular nodes inserted but not yet linked into ``_stable_root``, in insertion
+        #: order (see :attr:`stable_root`)
+        self.stable_pending: list[StableNode] = []
         #: stable nodes whose frame died, not yet removed from the tree
         self.dead_nodes = 0
         #: advances on every change a chain look-up depends on (dups, their items, deaths)
@@ -142,6 +145,43 @@ class KsmState:
         # knobs
         self.knobs: dict[str, Any] = {}
         self.log: ChangeLog | None = None
+
+    # ---------------------------------------------------------- stable tree
+    @property
+    def stable_root(self) -> RbRoot:
+        """The stable red-black tree, every inserted node linked.
+
+        An insert made while no walk can observe the tree (no chain, no dead node: a search
+        is then a look-up of ``stable``, and an insert's walk only finds where to link)
+        waits in ``stable_pending``; whatever reads the tree's shape goes through this
+        property, which first links the waiting nodes in insertion order, each by the walk
+        and ``rb_insert_color`` it would have had at once: the same shape, paid only when
+        someone looks.
+        """
+        if self.stable_pending:
+            self._link_pending()
+        return self._stable_root
+
+    def _link_pending(self) -> None:
+        """stable_tree_insert's walk and link, for each waiting node in insertion order."""
+        root = self._stable_root
+        content_less = self.content_less
+        pending = self.stable_pending
+        self.stable_pending = []
+        for node in pending:
+            key = node.order
+            content = node.content
+            parent: RbNode | None = None
+            left = False
+            here = root.node
+            while here is not None:
+                assert isinstance(here, StableNode)
+                nkey = here.order
+                parent = here
+                left = key < nkey if key != nkey else content_less(content, here.content)
+                here = here.rb_left if left else here.rb_right
+            rb_link_node(node, parent, left, root)
+            rb_insert_color(node, root)
 
     # ----------------------------------------------------------------- keys
     def vma_of(self, key: int) -> tuple[Vma, int]:
