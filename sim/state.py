@@ -16,7 +16,7 @@ page. Freed pfns are reused lowest-first, deterministically.
 from __future__ import annotations
 
 from array import array
-from typing import Any
+from typing import Any, cast
 
 from .changes import KEY_MASK, KEY_SHIFT, ChangeLog
 from .contents import order_bytes, page_bytes, unique_bytes
@@ -29,6 +29,10 @@ from .unstable import UnstableIndex
 ZERO_CONTENT = 0
 #: content ids are stored as 32-bit signed integers
 MAX_CONTENT = (1 << 31) - 1
+
+
+#: the dups of a node that is not a chain (see StableNode.dups)
+_NO_DUPS = cast("list[StableNode]", ())
 
 
 class StableNode(RbNode):
@@ -68,7 +72,9 @@ class StableNode(RbNode):
         self.pfn = pfn
         #: page keys of the rmap_items on this node (rmap_hlist), 8 bytes each
         self.items: array[int] = array("q")
-        self.dups: list[StableNode] = []
+        #: a chain's dups; other nodes share one empty tuple (one object fewer per node for
+        #: the memory and the garbage collector; mutating it fails loudly)
+        self.dups: list[StableNode] = [] if kind == StableNode.CHAIN else _NO_DUPS
         self.chain: StableNode | None = None
         #: the KSM frame was freed (all its mappings gone); removed when next touched
         self.dead = False
