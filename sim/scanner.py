@@ -141,7 +141,8 @@ class ScannerMixin(StableTreeMixin):
         Only while no chain and no dead node is in the stable tree (a search is then a
         look-up), without smart scan, on the 6.11+ order, when no change log is kept.
         A third kind is a run of pages of one content merged into its stable node
-        (:meth:`_merge_run`). Returns the pages handled; 0 or ``-end`` (a window that does
+        (:meth:`_merge_run`), a fourth a run of KSM pages met again on their node
+        (:meth:`_revisit_run`). Returns the pages handled; 0 or ``-end`` (a window that does
         not qualify: ``windows`` is False before page ``end``) to take the page path.
         """
         n = min(budget, vma.npages - i, RUN_WINDOW)
@@ -149,6 +150,8 @@ class ScannerMixin(StableTreeMixin):
             return 0
         pfns = vma.pfn
         p0 = pfns[i]
+        if p0 > 0 and pfns[i + 1] == p0 and self.f_node[p0] >= 0:
+            return self._revisit_run(vma, i, n, p0)
         if p0 <= 0 or pfns[i + 1] != p0 + 1 or self.f_node[p0] >= 0:
             return 0  # not a run of fresh frames: cheap to tell
         same = self._merge_run(vma, i, n, p0)
@@ -171,6 +174,49 @@ class ScannerMixin(StableTreeMixin):
             if n // 2 < RUN_MIN:
                 return -(i + n)
             n //= 2
+
+    def _revisit_run(self, vma: Vma, i: int, n: int, kpfn: int) -> int:
+        """Pages mapping the KSM frame ``kpfn`` whose items are already on its node: each is
+        a KSM revisit (``_ksm_page_seen`` with nothing to do); returns how many (0: fewer
+        than 2 here)."""
+        nid = self.f_node[kpfn]
+        node = self.nodes[nid]
+        # every such item is on the node: there are no more of them than its items
+        n = min(n, len(node.items))
+        pfns = vma.pfn
+        state = vma.it_state
+        merg = vma.mergeable
+        it_node = vma.it_node
+        frames = array("i", [kpfn]) * n
+        nids = array("i", [nid]) * n
+        stable = bytes((ITEM_STABLE,)) * n
+
+        def ok(m: int) -> bool:
+            e = i + m
+            return (
+                pfns[i:e] == frames[:m]
+                and state[i:e] == stable[:m]
+                and it_node[i:e] == nids[:m]
+                and merg.find(0, i, e) < 0
+            )
+
+        if not ok(n):
+            lo, hi = 1, n  # the longest qualifying prefix: lo pages do, hi do not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if ok(mid):
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+            if n < 2:
+                return 0
+        e = i + n
+        self.ksm_revisits += n
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return n
 
     def _merge_run(self, vma: Vma, i: int, n: int, p0: int) -> int:
         """Pages of one content that has a regular stable node with room for them, each

@@ -147,6 +147,7 @@ def state_of(k: Kernel) -> tuple[object, ...]:
         bytes(k.free_pfns),
         sorted(k.unstable.items()),
         k.global_counters(),
+        k.ksm_revisits,
     )
 
 
@@ -171,6 +172,15 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
         return n
 
     fast._scan_run = counting  # type: ignore[method-assign]
+    revisits = [0]
+    revisit_run = fast._revisit_run
+
+    def counting_revisits(vma: Vma, i: int, n: int, kpfn: int) -> int:
+        got = revisit_run(vma, i, n, kpfn)
+        revisits[0] += got
+        return got
+
+    fast._revisit_run = counting_revisits  # type: ignore[method-assign]
     for step in range(60):
         procs = sorted(fast.procs)
         vmas = [(p, v) for p in procs for v in fast.procs[p].vmas]
@@ -231,3 +241,14 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
         assert state_of(fast) == state_of(slow), calls
         check_invariants(fast)
     assert handled[0] > 0
+    revisit_runs.append(revisits[0])
+
+
+revisit_runs: list[int] = []
+
+
+def test_revisit_runs_happened() -> None:
+    """Runs of KSM pages met again on their node were among the runs compared above."""
+    if len(revisit_runs) < 30:
+        pytest.skip("needs the whole test_runs_at_once_equal_page_by_page before it")
+    assert sum(1 for n in revisit_runs if n) >= 10
