@@ -26,6 +26,7 @@ instead of a Python step per page; the result is the same, page for page.
 
 from __future__ import annotations
 
+import gc
 from array import array
 
 from .mm import (
@@ -42,6 +43,9 @@ from .stable import StableTreeMixin
 from .state import StableNode
 from .unstable import key_run
 
+#: batches of at least this many pages (and whole passes) run with the cyclic garbage
+#: collector paused (process-wide, re-enabled at the batch's end)
+GC_PAUSE_PAGES = 4096
 #: pages looked at for a run at once, and the fewest worth it
 RUN_WINDOW = 1024
 RUN_MIN = 32
@@ -78,6 +82,15 @@ class ScannerMixin(StableTreeMixin):
         would find: ksmd's own work never changes the mm's VMAs); at a mapping's end the
         full walk takes over.
         """
+        if (budget is None or budget >= GC_PAUSE_PAGES) and gc.isenabled():
+            # a big batch allocates a stable node (and its items array) per new KSM frame and
+            # frees next to nothing cyclic (a freed chain's memo): the collector's repeated
+            # passes over a large heap would cost time for nothing; it runs after the batch
+            gc.disable()
+            try:
+                return self._ksm_do_scan(budget)
+            finally:
+                gc.enable()
         done = 0
         limit = -1 if budget is None else budget
         f_node = self.f_node
