@@ -5,6 +5,7 @@ prefix of the page's bytes."""
 
 from __future__ import annotations
 
+import gc
 import random
 from array import array
 
@@ -252,3 +253,32 @@ def test_revisit_runs_happened() -> None:
     if len(revisit_runs) < 30:
         pytest.skip("needs the whole test_runs_at_once_equal_page_by_page before it")
     assert sum(1 for n in revisit_runs if n) >= 10
+
+
+def test_a_big_batch_pauses_the_collector_and_restores_it() -> None:
+    k = Kernel("6.18", {"smart_scan": 0, "pages_to_scan": 100})
+    k.spawn("A")
+    k.mmap("A", "heap", 5000)
+    k.write("A", "heap", None, "unique")
+    k.madvise("A", "heap", None, "MADV_MERGEABLE")
+    seen: list[bool] = []
+    run = k._scan_run
+
+    def spy(vma: Vma, i: int, budget: int, windows: bool) -> int:
+        seen.append(gc.isenabled())
+        return run(vma, i, budget, windows)
+
+    k._scan_run = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    k.scan_pass()
+    assert seen and not any(seen)  # a whole pass: paused
+    assert gc.isenabled()  # and back on after it
+    seen.clear()
+    k.scan_batch()
+    assert seen and all(seen)  # a batch of 100 pages: left alone
+    gc.disable()
+    try:
+        k.scan_pass()
+        assert not gc.isenabled()  # off before: still off after
+    finally:
+        gc.enable()
