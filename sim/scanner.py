@@ -30,6 +30,7 @@ import gc
 from array import array
 
 from .mm import (
+    ITEM_ABSENT,
     ITEM_NONE,
     ITEM_STABLE,
     ITEM_UNSTABLE,
@@ -53,6 +54,7 @@ _NO_NODE = array("i", [-1]) * RUN_WINDOW
 _ONE_MAP = array("i", [1]) * RUN_WINDOW
 _ZERO_PFNS = array("i", bytes(4 * RUN_WINDOW))
 _IN_UNSTABLE_OR_NONE = bytes((ITEM_NONE, ITEM_UNSTABLE))
+_ABSENT_OR_NONE = bytes((ITEM_ABSENT, ITEM_NONE))
 
 
 def skip_age(age: int) -> int:
@@ -429,11 +431,51 @@ class ScannerMixin(StableTreeMixin):
                 vma.it_skipped[i] = 0
                 self.cursor_addr = vma.start + i + 1
                 return i
+            if (
+                pfn == 0 and i + 1 < n and pfns[i + 1] == 0 and self.scan_runs and self.log is None
+            ):  # a stretch of zero pages: their items at once
+                i = self._free_zero_stretch(vma, i)
+                continue
             if state[i]:
                 self._free_item(vma, i)
             i += 1
         self.cursor_addr = vma.end
         return -1
+
+    def _free_zero_stretch(self, vma: Vma, i: int) -> int:
+        """Pages mapping the zero page from page ``i`` (at least two), never considered: their
+        items are freed, at once when none is in a tree (what ``_free_item`` does to each of
+        them then: the item goes, the counters drop). Returns the page after the stretch."""
+        n = vma.npages
+        pfns = vma.pfn
+        e = i
+        while e < n:
+            w = min(RUN_WINDOW, n - e)
+            if pfns[e : e + w] == _ZERO_PFNS[:w]:
+                e += w
+                continue
+            lo, hi = 0, w  # the zero-page prefix of this window: lo pages are, hi are not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if pfns[e : e + mid] == _ZERO_PFNS[:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            e += lo
+            break
+        state = vma.it_state
+        if not state[i:e].translate(None, _ABSENT_OR_NONE):
+            freed = e - i - state.count(ITEM_ABSENT, i, e)
+            if freed:
+                state[i:e] = bytes(e - i)
+                vma.nitems -= freed
+                vma.mm.ksm_rmap_items -= freed
+                self.ksm_rmap_items -= freed
+        else:
+            for j in range(i, e):
+                if state[j]:
+                    self._free_item(vma, j)
+        return e
 
     def _should_skip_rmap_item(self, vma: Vma, idx: int, pfn: int) -> bool:
         """should_skip_rmap_item (smart scan, 6.7+)."""

@@ -182,6 +182,14 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
         return got
 
     fast._revisit_run = counting_revisits  # type: ignore[method-assign]
+    stretches = [0]
+    zero_stretch = fast._free_zero_stretch
+
+    def counting_stretches(vma: Vma, i: int) -> int:
+        stretches[0] += 1
+        return zero_stretch(vma, i)
+
+    fast._free_zero_stretch = counting_stretches  # type: ignore[method-assign]
     for step in range(60):
         procs = sorted(fast.procs)
         vmas = [(p, v) for p in procs for v in fast.procs[p].vmas]
@@ -243,9 +251,11 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
         check_invariants(fast)
     assert handled[0] > 0
     revisit_runs.append(revisits[0])
+    zero_stretches.append(stretches[0])
 
 
 revisit_runs: list[int] = []
+zero_stretches: list[int] = []
 
 
 def test_revisit_runs_happened() -> None:
@@ -253,6 +263,7 @@ def test_revisit_runs_happened() -> None:
     if len(revisit_runs) < 30:
         pytest.skip("needs the whole test_runs_at_once_equal_page_by_page before it")
     assert sum(1 for n in revisit_runs if n) >= 10
+    assert sum(1 for n in zero_stretches if n) >= 10  # and stretches of zero pages freed
 
 
 def test_a_big_batch_pauses_the_collector_and_restores_it() -> None:
