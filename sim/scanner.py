@@ -327,7 +327,7 @@ class ScannerMixin(StableTreeMixin):
             self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
             self.free_pfns.extend(frames)
         else:
-            if contents != seq_array(c0, n) or not self.stable.keys().isdisjoint(range(c0, c0 + n)):
+            if contents != seq_array(c0, n) or self.stable_has.find(1, c0, c0 + n) >= 0:
                 return False
             if not self.unstable.set_run(c0, (vma.uid << 32) | i, n):
                 return False

@@ -109,7 +109,7 @@ class StableTreeMixin(KsmState):
             self.stable_node_dups -= 1
         else:
             rb_erase(node, self.stable_root)
-            del self.stable[node.content]
+            self._stable_unindex(node.content)
         if node.pfn >= 0 and self.f_node[node.pfn] == node.nid:
             self.f_node[node.pfn] = -1
         del self.nodes[node.nid]
@@ -120,7 +120,7 @@ class StableTreeMixin(KsmState):
         assert not chain.dups
         self.tree_gen += 1
         rb_erase(chain, self.stable_root)
-        del self.stable[chain.content]
+        self._stable_unindex(chain.content)
         del self.nodes[chain.nid]
         self.stable_node_chains -= 1
         self._event("chain_freed")
@@ -292,7 +292,7 @@ class StableTreeMixin(KsmState):
             self.tree_gen += 1
             node = self._new_node(StableNode.REGULAR, content, pfn)
             self.stable_pending.append(node)
-            self.stable[content] = node
+            self._stable_index(content, node)
             self.f_node[pfn] = node.nid
             return node
         top, _, parent, left = self._stable_walk(content, prune=False)
@@ -301,7 +301,7 @@ class StableTreeMixin(KsmState):
             node = self._new_node(StableNode.REGULAR, content, pfn)
             rb_link_node(node, parent, left, self.stable_root)
             rb_insert_color(node, self.stable_root)
-            self.stable[content] = node
+            self._stable_index(content, node)
         else:
             if top.kind != StableNode.CHAIN:
                 # alloc_stable_node_chain: the chain takes the node's place in the tree

@@ -127,6 +127,9 @@ class KsmState:
         self.nodes: dict[int, StableNode] = {}
         self._stable_root = RbRoot()
         self.stable: dict[int, StableNode] = {}
+        #: 1 at each content id that has a node in ``stable`` (a range of contents is
+        #: checked with one ``find``; a dict look-up per content grew slower with the dict)
+        self.stable_has = bytearray()
         #: regular nodes inserted but not yet linked into ``_stable_root``, in insertion
         #: order (see :attr:`stable_root`)
         self.stable_pending: list[StableNode] = []
@@ -167,6 +170,19 @@ class KsmState:
         if self.stable_pending:
             self._link_pending()
         return self._stable_root
+
+    def _stable_index(self, content: int, node: StableNode) -> None:
+        """``stable[content] = node`` for a content that had no node."""
+        self.stable[content] = node
+        has = self.stable_has
+        if content >= len(has):
+            has.extend(bytes(content + 1 - len(has)))
+        has[content] = 1
+
+    def _stable_unindex(self, content: int) -> None:
+        """``del stable[content]``."""
+        del self.stable[content]
+        self.stable_has[content] = 0
 
     def _link_pending(self) -> None:
         """stable_tree_insert's walk and link, for each waiting node in insertion order."""

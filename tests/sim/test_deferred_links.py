@@ -120,6 +120,8 @@ def test_deferred_links_give_the_tree_linked_at_once(seed: int) -> None:
             assert shape(deferred) == shape(direct), (step, calls)
             assert state_of(deferred) == state_of(direct)
             check_invariants(deferred)
+            for k in (deferred, direct):
+                assert {c for c, on in enumerate(k.stable_has) if on} == set(k.stable)
     assert waited > 0
     linked_by_walks.append(linked_by_a_walk)
 
