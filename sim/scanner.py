@@ -20,8 +20,12 @@ unique pages, which the format leaves open.
 
 Large sessions: a run of pages whose outcome is known before looking at each (zero pages
 about to be merged with the zero page, pages of fresh unique contents about to enter the
-unstable tree) is handled at once by :meth:`ScannerMixin._scan_run`, with array slices
-instead of a Python step per page; the result is the same, page for page.
+unstable tree; pages of one content about to join its stable node; KSM pages met again on
+their node) is handled at once by :meth:`ScannerMixin._scan_run`, with array slices
+instead of a Python step per page, and so is a stretch of zero-page PTEs the walk steps
+over (:meth:`ScannerMixin._free_zero_stretch`); the result is the same, page for page.
+Whole passes and big batches run with the cyclic garbage collector paused
+(:data:`GC_PAUSE_PAGES`).
 """
 
 from __future__ import annotations
