@@ -143,7 +143,9 @@ def run_best(pages: int, repeat: int) -> dict[str, Any]:
     out = dict(runs[0])
     out["create"] = min((r["create"] for r in runs), key=lambda c: c[1])
     for label in ("merging", "steady"):
-        out[label] = max((r[label] for r in runs), key=lambda p: rate(p)[0])
+        ranked = sorted((r[label] for r in runs), key=lambda p: rate(p)[0])
+        out[label] = ranked[-1]
+        out[f"median {label}"] = ranked[len(ranked) // 2]
     out["repeat"] = len(runs)
     return out
 
@@ -164,6 +166,9 @@ def show_sim(r: dict[str, Any]) -> None:
         cpu, wall = rate(r[label])
         what = "merging pass (pass 2)" if label == "merging" else "steady state (pass 3)"
         print(f"  {what:22s} {cpu:12,.0f} pages/s CPU  {wall:12,.0f} pages/s wall")
+    if r.get("repeat", 1) > 1:
+        m, st = rate(r["median merging"])[0], rate(r["median steady"])[0]
+        print(f"  (median of the {r['repeat']} sessions: merging {m:,.0f}, steady {st:,.0f} CPU)")
     mem = f"  memory: {r['deep']:.1f} bytes per page (deep size)"
     if "traced" in r:
         mem += f", {r['traced']:.1f} (tracemalloc)"
