@@ -17,8 +17,9 @@ its runs of pages, ``sim.scanner.ScannerMixin._scan_run``, need it off).
 Prints:
 
 - at 65,536, 1,048,576 and 16,777,216 pages: the creation time, the merging and steady
-  pages/s, and the memory per simulated page of the whole ``Kernel`` after those three
-  passes (``deep size``: every object reachable from the kernel, counted once with
+  pages/s (the smaller sizes: the best of ``--repeat`` fresh sessions, 5 by default; the big
+  one: its only session), and the memory per simulated page of the whole ``Kernel`` after
+  those three passes (``deep size``: every object reachable from the kernel, counted once with
   ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and scanning the
   session, which is too slow at 16M and agrees with the deep size at the smaller sizes);
 - the host's real ksmd on the same workload, side by side (root only; ``--host-pages``
@@ -132,6 +133,23 @@ def run_sim(pages: int) -> dict[str, Any]:
     return out
 
 
+def run_best(pages: int, repeat: int) -> dict[str, Any]:
+    """:func:`run_sim` ``repeat`` times, each on a fresh session: the fastest creation and
+    the fastest merging and steady passes (by CPU rate) of the repeats, the rest from the
+    first. A small session's passes last milliseconds, so one run measures a scheduler
+    tick or a cold start as much as the simulator; the best of several is what it does
+    undisturbed (and for the no-slowdown ratio, the harder side to match)."""
+    runs = [run_sim(pages) for _ in range(max(1, repeat))]
+    out = dict(runs[0])
+    out["create"] = min((r["create"] for r in runs), key=lambda c: c[1])
+    for label in ("merging", "steady"):
+        ranked = sorted((r[label] for r in runs), key=lambda p: rate(p)[0])
+        out[label] = ranked[-1]
+        out[f"median {label}"] = ranked[len(ranked) // 2]
+    out["repeat"] = len(runs)
+    return out
+
+
 def rate(p: tuple[int, float, float]) -> tuple[float, float]:
     """(pages per CPU second, pages per wall second)."""
     n, cpu, wall = p
@@ -141,12 +159,16 @@ def rate(p: tuple[int, float, float]) -> tuple[float, float]:
 def show_sim(r: dict[str, Any]) -> None:
     g = r["counters"]
     n = r["pages"]
-    print(f"simulator, {n:,} pages ({PROCS} processes x {n // PROCS:,}):")
+    best = f", best of {r['repeat']} sessions" if r.get("repeat", 1) > 1 else ""
+    print(f"simulator, {n:,} pages ({PROCS} processes x {n // PROCS:,}){best}:")
     print(f"  created in {r['create'][1]:.2f} s wall ({r['create'][0]:.2f} s CPU)")
     for label in ("merging", "steady"):
         cpu, wall = rate(r[label])
         what = "merging pass (pass 2)" if label == "merging" else "steady state (pass 3)"
         print(f"  {what:22s} {cpu:12,.0f} pages/s CPU  {wall:12,.0f} pages/s wall")
+    if r.get("repeat", 1) > 1:
+        m, st = rate(r["median merging"])[0], rate(r["median steady"])[0]
+        print(f"  (median of the {r['repeat']} sessions: merging {m:,.0f}, steady {st:,.0f} CPU)")
     mem = f"  memory: {r['deep']:.1f} bytes per page (deep size)"
     if "traced" in r:
         mem += f", {r['traced']:.1f} (tracemalloc)"
@@ -342,6 +364,9 @@ def main() -> None:
     ap.add_argument("--host-pages", type=int, default=131_072, help="host workload pages")
     ap.add_argument("--no-host", action="store_true", help="skip the host ksmd measurement")
     ap.add_argument("--no-big", action="store_true", help="skip the big session")
+    ap.add_argument(
+        "--repeat", type=int, default=5, help="fresh sessions per smaller size (best of them)"
+    )
     args = ap.parse_args()
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
@@ -352,7 +377,7 @@ def main() -> None:
         host = run_host(args.host_pages, 3, say)
         if host is not None:
             show_side_by_side(host, run_sim(args.host_pages))
-    results = [run_sim(int(n)) for n in args.sizes.split(",") if n]
+    results = [run_best(int(n), args.repeat) for n in args.sizes.split(",") if n]
     if not args.no_big:
         results.append(run_sim(args.pages))
     traced = {int(n): traced_bytes(int(n)) for n in args.traced.split(",") if n}

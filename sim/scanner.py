@@ -20,15 +20,21 @@ unique pages, which the format leaves open.
 
 Large sessions: a run of pages whose outcome is known before looking at each (zero pages
 about to be merged with the zero page, pages of fresh unique contents about to enter the
-unstable tree) is handled at once by :meth:`ScannerMixin._scan_run`, with array slices
-instead of a Python step per page; the result is the same, page for page.
+unstable tree; pages of one content about to join its stable node; KSM pages met again on
+their node) is handled at once by :meth:`ScannerMixin._scan_run`, with array slices
+instead of a Python step per page, and so is a stretch of zero-page PTEs the walk steps
+over (:meth:`ScannerMixin._free_zero_stretch`); the result is the same, page for page.
+Whole passes and big batches run with the cyclic garbage collector paused
+(:data:`GC_PAUSE_PAGES`).
 """
 
 from __future__ import annotations
 
+import gc
 from array import array
 
 from .mm import (
+    ITEM_ABSENT,
     ITEM_NONE,
     ITEM_STABLE,
     ITEM_UNSTABLE,
@@ -43,6 +49,9 @@ from .state import StableNode
 from .thp import ThpMixin
 from .unstable import key_run
 
+#: batches of at least this many pages (and whole passes) run with the cyclic garbage
+#: collector paused (process-wide, re-enabled at the batch's end)
+GC_PAUSE_PAGES = 4096
 #: pages looked at for a run at once, and the fewest worth it
 RUN_WINDOW = 1024
 RUN_MIN = 32
@@ -50,6 +59,7 @@ _NO_NODE = array("i", [-1]) * RUN_WINDOW
 _ONE_MAP = array("i", [1]) * RUN_WINDOW
 _ZERO_PFNS = array("i", bytes(4 * RUN_WINDOW))
 _IN_UNSTABLE_OR_NONE = bytes((ITEM_NONE, ITEM_UNSTABLE))
+_ABSENT_OR_NONE = bytes((ITEM_ABSENT, ITEM_NONE))
 
 
 def skip_age(age: int) -> int:
@@ -79,6 +89,15 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         would find: ksmd's own work never changes the mm's VMAs); at a mapping's end the
         full walk takes over.
         """
+        if (budget is None or budget >= GC_PAUSE_PAGES) and gc.isenabled():
+            # a big batch allocates a stable node (and its items array) per new KSM frame and
+            # frees next to nothing cyclic (a freed chain's memo): the collector's repeated
+            # passes over a large heap would cost time for nothing; it runs after the batch
+            gc.disable()
+            try:
+                return self._ksm_do_scan(budget)
+            finally:
+                gc.enable()
         done = 0
         limit = -1 if budget is None else budget
         f_node = self.f_node
@@ -142,7 +161,8 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         Only while no chain and no dead node is in the stable tree (a search is then a
         look-up), without smart scan, on the 6.11+ order, when no change log is kept.
         A third kind is a run of pages of one content merged into its stable node
-        (:meth:`_merge_run`). Returns the pages handled; 0 or ``-end`` (a window that does
+        (:meth:`_merge_run`), a fourth a run of KSM pages met again on their node
+        (:meth:`_revisit_run`). Returns the pages handled; 0 or ``-end`` (a window that does
         not qualify: ``windows`` is False before page ``end``) to take the page path.
         """
         n = min(budget, vma.npages - i, RUN_WINDOW)
@@ -150,6 +170,8 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             return 0
         pfns = vma.pfn
         p0 = pfns[i]
+        if p0 > 0 and pfns[i + 1] == p0 and self.f_node[p0] >= 0:
+            return self._revisit_run(vma, i, n, p0)
         if p0 <= 0 or pfns[i + 1] != p0 + 1 or self.f_node[p0] >= 0:
             return 0  # not a run of fresh frames: cheap to tell
         same = self._merge_run(vma, i, n, p0)
@@ -157,6 +179,13 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             return same
         if n < RUN_MIN or not windows:
             return 0
+        c0 = self.f_content[p0]
+        if self.f_content[p0 + 1] != (c0 + 1 if c0 else 0):
+            # no window qualifies (its second page is not zero / the next content): the
+            # answer the halving below would reach, without building and comparing windows
+            while n // 2 >= RUN_MIN:
+                n //= 2
+            return -(i + n)
         frames = seq_array(p0, n)
         while True:
             # a window that does not qualify is halved: a run may end before it does
@@ -165,6 +194,49 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             if n // 2 < RUN_MIN:
                 return -(i + n)
             n //= 2
+
+    def _revisit_run(self, vma: Vma, i: int, n: int, kpfn: int) -> int:
+        """Pages mapping the KSM frame ``kpfn`` whose items are already on its node: each is
+        a KSM revisit (``_ksm_page_seen`` with nothing to do); returns how many (0: fewer
+        than 2 here)."""
+        nid = self.f_node[kpfn]
+        node = self.nodes[nid]
+        # every such item is on the node: there are no more of them than its items
+        n = min(n, len(node.items))
+        pfns = vma.pfn
+        state = vma.it_state
+        merg = vma.mergeable
+        it_node = vma.it_node
+        frames = array("i", [kpfn]) * n
+        nids = array("i", [nid]) * n
+        stable = bytes((ITEM_STABLE,)) * n
+
+        def ok(m: int) -> bool:
+            e = i + m
+            return (
+                pfns[i:e] == frames[:m]
+                and state[i:e] == stable[:m]
+                and it_node[i:e] == nids[:m]
+                and merg.find(0, i, e) < 0
+            )
+
+        if not ok(n):
+            lo, hi = 1, n  # the longest qualifying prefix: lo pages do, hi do not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if ok(mid):
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+            if n < 2:
+                return 0
+        e = i + n
+        self.ksm_revisits += n
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return n
 
     def _merge_run(self, vma: Vma, i: int, n: int, p0: int) -> int:
         """Pages of one content that has a regular stable node with room for them, each
@@ -260,7 +332,7 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
             self.free_pfns.extend(frames)
         else:
-            if contents != seq_array(c0, n) or not self.stable.keys().isdisjoint(range(c0, c0 + n)):
+            if contents != seq_array(c0, n) or self.stable_has.find(1, c0, c0 + n) >= 0:
                 return False
             if not self.unstable.set_run(c0, (vma.uid << 32) | i, n):
                 return False
@@ -364,11 +436,51 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
                 vma.it_skipped[i] = 0
                 self.cursor_addr = vma.start + i + 1
                 return i
+            if (
+                pfn == 0 and i + 1 < n and pfns[i + 1] == 0 and self.scan_runs and self.log is None
+            ):  # a stretch of zero pages: their items at once
+                i = self._free_zero_stretch(vma, i)
+                continue
             if state[i]:
                 self._free_item(vma, i)
             i += 1
         self.cursor_addr = vma.end
         return -1
+
+    def _free_zero_stretch(self, vma: Vma, i: int) -> int:
+        """Pages mapping the zero page from page ``i`` (at least two), never considered: their
+        items are freed, at once when none is in a tree (what ``_free_item`` does to each of
+        them then: the item goes, the counters drop). Returns the page after the stretch."""
+        n = vma.npages
+        pfns = vma.pfn
+        e = i
+        while e < n:
+            w = min(RUN_WINDOW, n - e)
+            if pfns[e : e + w] == _ZERO_PFNS[:w]:
+                e += w
+                continue
+            lo, hi = 0, w  # the zero-page prefix of this window: lo pages are, hi are not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if pfns[e : e + mid] == _ZERO_PFNS[:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            e += lo
+            break
+        state = vma.it_state
+        if not state[i:e].translate(None, _ABSENT_OR_NONE):
+            freed = e - i - state.count(ITEM_ABSENT, i, e)
+            if freed:
+                state[i:e] = bytes(e - i)
+                vma.nitems -= freed
+                vma.mm.ksm_rmap_items -= freed
+                self.ksm_rmap_items -= freed
+        else:
+            for j in range(i, e):
+                if state[j]:
+                    self._free_item(vma, j)
+        return e
 
     def _should_skip_rmap_item(self, vma: Vma, idx: int, pfn: int) -> bool:
         """should_skip_rmap_item (smart scan, 6.7+)."""

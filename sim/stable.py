@@ -27,6 +27,10 @@ from .state import KsmState, StableNode
 
 
 class StableTreeMixin(KsmState):
+    #: defer the rb-tree linking of inserts nothing can observe (see _stable_tree_insert);
+    #: tests turn it off to compare the tree shapes
+    defer_links = True
+
     # ------------------------------------------------------------- helpers
     def _is_candidate(self, node: StableNode) -> bool:
         """is_page_sharing_candidate: 0 < rmap_hlist_len < max_page_sharing."""
@@ -105,7 +109,7 @@ class StableTreeMixin(KsmState):
             self.stable_node_dups -= 1
         else:
             rb_erase(node, self.stable_root)
-            del self.stable[node.content]
+            self._stable_unindex(node.content)
         if node.pfn >= 0 and self.f_node[node.pfn] == node.nid:
             self.f_node[node.pfn] = -1
         del self.nodes[node.nid]
@@ -116,7 +120,7 @@ class StableTreeMixin(KsmState):
         assert not chain.dups
         self.tree_gen += 1
         rb_erase(chain, self.stable_root)
-        del self.stable[chain.content]
+        self._stable_unindex(chain.content)
         del self.nodes[chain.nid]
         self.stable_node_chains -= 1
         self._event("chain_freed")
@@ -273,14 +277,31 @@ class StableTreeMixin(KsmState):
         return chosen
 
     def _stable_tree_insert(self, content: int, pfn: int) -> StableNode:
-        """stable_tree_insert: a new KSM frame gets a regular node, or a dup in a chain."""
+        """stable_tree_insert: a new KSM frame gets a regular node, or a dup in a chain.
+
+        While no chain and no dead node is in the tree, the walk has no side effect and the
+        content has no node: the new node waits in ``stable_pending`` to be linked when
+        the tree is next read (:attr:`KsmState.stable_root`), as if linked now.
+        """
+        if (
+            self.defer_links
+            and not self.stable_node_chains
+            and not self.dead_nodes
+            and content not in self.stable
+        ):
+            self.tree_gen += 1
+            node = self._new_node(StableNode.REGULAR, content, pfn)
+            self.stable_pending.append(node)
+            self._stable_index(content, node)
+            self.f_node[pfn] = node.nid
+            return node
         top, _, parent, left = self._stable_walk(content, prune=False)
         self.tree_gen += 1
         if top is None:
             node = self._new_node(StableNode.REGULAR, content, pfn)
             rb_link_node(node, parent, left, self.stable_root)
             rb_insert_color(node, self.stable_root)
-            self.stable[content] = node
+            self._stable_index(content, node)
         else:
             if top.kind != StableNode.CHAIN:
                 # alloc_stable_node_chain: the chain takes the node's place in the tree

@@ -16,19 +16,23 @@ page. Freed pfns are reused lowest-first, deterministically.
 from __future__ import annotations
 
 from array import array
-from typing import Any
+from typing import Any, cast
 
 from .changes import KEY_MASK, KEY_SHIFT, ChangeLog
 from .contents import order_bytes, page_bytes, unique_bytes
 from .errors import OpError
 from .mm import ITEM_ABSENT, ITEM_NONE, NO_CHECKSUM, MmStruct, Vma
 from .profiles import Profile
-from .rbtree import RbNode, RbRoot
+from .rbtree import RbNode, RbRoot, rb_insert_color, rb_link_node
 from .unstable import UnstableIndex
 
 ZERO_CONTENT = 0
 #: content ids are stored as 32-bit signed integers
 MAX_CONTENT = (1 << 31) - 1
+
+
+#: the dups of a node that is not a chain (see StableNode.dups)
+_NO_DUPS = cast("list[StableNode]", ())
 
 
 class StableNode(RbNode):
@@ -68,7 +72,9 @@ class StableNode(RbNode):
         self.pfn = pfn
         #: page keys of the rmap_items on this node (rmap_hlist), 8 bytes each
         self.items: array[int] = array("q")
-        self.dups: list[StableNode] = []
+        #: a chain's dups; other nodes share one empty tuple (one object fewer per node for
+        #: the memory and the garbage collector; mutating it fails loudly)
+        self.dups: list[StableNode] = [] if kind == StableNode.CHAIN else _NO_DUPS
         self.chain: StableNode | None = None
         #: the KSM frame was freed (all its mappings gone); removed when next touched
         self.dead = False
@@ -119,8 +125,14 @@ class KsmState:
         # trees: the stable tree is a red-black tree (``stable_root``) ordered by the page
         # bytes of the nodes' contents; ``stable`` indexes its nodes by content
         self.nodes: dict[int, StableNode] = {}
-        self.stable_root = RbRoot()
+        self._stable_root = RbRoot()
         self.stable: dict[int, StableNode] = {}
+        #: 1 at each content id that has a node in ``stable`` (a range of contents is
+        #: checked with one ``find``; a dict look-up per content grew slower with the dict)
+        self.stable_has = bytearray()
+        #: regular nodes inserted but not yet linked into ``_stable_root``, in insertion
+        #: order (see :attr:`stable_root`)
+        self.stable_pending: list[StableNode] = []
         #: stable nodes whose frame died, not yet removed from the tree
         self.dead_nodes = 0
         #: advances on every change a chain look-up depends on (dups, their items, deaths)
@@ -142,6 +154,56 @@ class KsmState:
         # knobs
         self.knobs: dict[str, Any] = {}
         self.log: ChangeLog | None = None
+
+    # ---------------------------------------------------------- stable tree
+    @property
+    def stable_root(self) -> RbRoot:
+        """The stable red-black tree, every inserted node linked.
+
+        An insert made while no walk can observe the tree (no chain, no dead node: a search
+        is then a look-up of ``stable``, and an insert's walk only finds where to link)
+        waits in ``stable_pending``; whatever reads the tree's shape goes through this
+        property, which first links the waiting nodes in insertion order, each by the walk
+        and ``rb_insert_color`` it would have had at once: the same shape, paid only when
+        someone looks.
+        """
+        if self.stable_pending:
+            self._link_pending()
+        return self._stable_root
+
+    def _stable_index(self, content: int, node: StableNode) -> None:
+        """``stable[content] = node`` for a content that had no node."""
+        self.stable[content] = node
+        has = self.stable_has
+        if content >= len(has):
+            has.extend(bytes(content + 1 - len(has)))
+        has[content] = 1
+
+    def _stable_unindex(self, content: int) -> None:
+        """``del stable[content]``."""
+        del self.stable[content]
+        self.stable_has[content] = 0
+
+    def _link_pending(self) -> None:
+        """stable_tree_insert's walk and link, for each waiting node in insertion order."""
+        root = self._stable_root
+        content_less = self.content_less
+        pending = self.stable_pending
+        self.stable_pending = []
+        for node in pending:
+            key = node.order
+            content = node.content
+            parent: RbNode | None = None
+            left = False
+            here = root.node
+            while here is not None:
+                assert isinstance(here, StableNode)
+                nkey = here.order
+                parent = here
+                left = key < nkey if key != nkey else content_less(content, here.content)
+                here = here.rb_left if left else here.rb_right
+            rb_link_node(node, parent, left, root)
+            rb_insert_color(node, root)
 
     # ----------------------------------------------------------------- keys
     def vma_of(self, key: int) -> tuple[Vma, int]:

@@ -5,6 +5,7 @@ prefix of the page's bytes."""
 
 from __future__ import annotations
 
+import gc
 import random
 from array import array
 
@@ -147,6 +148,7 @@ def state_of(k: Kernel) -> tuple[object, ...]:
         bytes(k.free_pfns),
         sorted(k.unstable.items()),
         k.global_counters(),
+        k.ksm_revisits,
     )
 
 
@@ -171,6 +173,23 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
         return n
 
     fast._scan_run = counting  # type: ignore[method-assign]
+    revisits = [0]
+    revisit_run = fast._revisit_run
+
+    def counting_revisits(vma: Vma, i: int, n: int, kpfn: int) -> int:
+        got = revisit_run(vma, i, n, kpfn)
+        revisits[0] += got
+        return got
+
+    fast._revisit_run = counting_revisits  # type: ignore[method-assign]
+    stretches = [0]
+    zero_stretch = fast._free_zero_stretch
+
+    def counting_stretches(vma: Vma, i: int) -> int:
+        stretches[0] += 1
+        return zero_stretch(vma, i)
+
+    fast._free_zero_stretch = counting_stretches  # type: ignore[method-assign]
     for step in range(60):
         procs = sorted(fast.procs)
         vmas = [(p, v) for p in procs for v in fast.procs[p].vmas]
@@ -231,3 +250,46 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
         assert state_of(fast) == state_of(slow), calls
         check_invariants(fast)
     assert handled[0] > 0
+    revisit_runs.append(revisits[0])
+    zero_stretches.append(stretches[0])
+
+
+revisit_runs: list[int] = []
+zero_stretches: list[int] = []
+
+
+def test_revisit_runs_happened() -> None:
+    """Runs of KSM pages met again on their node were among the runs compared above."""
+    if len(revisit_runs) < 30:
+        pytest.skip("needs the whole test_runs_at_once_equal_page_by_page before it")
+    assert sum(1 for n in revisit_runs if n) >= 10
+    assert sum(1 for n in zero_stretches if n) >= 10  # and stretches of zero pages freed
+
+
+def test_a_big_batch_pauses_the_collector_and_restores_it() -> None:
+    k = Kernel("6.18", {"smart_scan": 0, "pages_to_scan": 100})
+    k.spawn("A")
+    k.mmap("A", "heap", 5000)
+    k.write("A", "heap", None, "unique")
+    k.madvise("A", "heap", None, "MADV_MERGEABLE")
+    seen: list[bool] = []
+    run = k._scan_run
+
+    def spy(vma: Vma, i: int, budget: int, windows: bool) -> int:
+        seen.append(gc.isenabled())
+        return run(vma, i, budget, windows)
+
+    k._scan_run = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    k.scan_pass()
+    assert seen and not any(seen)  # a whole pass: paused
+    assert gc.isenabled()  # and back on after it
+    seen.clear()
+    k.scan_batch()
+    assert seen and all(seen)  # a batch of 100 pages: left alone
+    gc.disable()
+    try:
+        k.scan_pass()
+        assert not gc.isenabled()  # off before: still off after
+    finally:
+        gc.enable()
