@@ -79,6 +79,9 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
     #: KSM pages ksmd met again with their item already on the node (nothing to do): the
     #: time model's cheap "KSM revisit" (``sim.timemodel``); no kernel counter has it
     ksm_revisits: int = 0
+    #: pages handed to cmp_and_merge_page while still mapped by a transparent huge page
+    #: (the time model's cheaper THP visits); no kernel counter has it
+    thp_handed: int = 0
 
     # ------------------------------------------------------------ the walk
     def _ksm_do_scan(self, budget: int | None) -> int:
@@ -133,6 +136,8 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
                 if nid >= 0:
                     seen(vma, idx, nodes[nid])
                 else:
+                    if vma.thp is not None and vma.thp[idx] >= 0:
+                        self.thp_handed += 1
                     cmp(vma, idx, pfn)
                 self.pages_scanned += 1
                 done += 1

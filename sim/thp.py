@@ -58,6 +58,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 
+from .changes import KEY_MASK, KEY_SHIFT
 from .errors import OpError
 from .mm import PTE_SPECIAL, THP_NONE, THP_ZERO, Vma
 from .state import KsmState
@@ -109,6 +110,11 @@ class ThpMixin(KsmState):
                     marked += 1
         vma.thp = groups
         return marked
+
+    def in_thp(self, key: int) -> bool:
+        """Page ``key`` (a change-log key) is still mapped by a transparent huge page."""
+        vma = self.vmas_by_uid.get(key >> KEY_SHIFT)
+        return vma is not None and vma.thp is not None and vma.thp[key & KEY_MASK] >= 0
 
     def thp_pages(self) -> int:
         """Pages of live mappings still part of a transparent huge page."""

@@ -47,7 +47,9 @@ one machine's kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +57,10 @@ from typing import Any, Protocol
 from .changes import ChangeLog
 
 CALIBRATION_FORMAT = "ksmlab-calibration/1"
+
+
+#: costs that may be None (charged as another kind's)
+OPTIONAL_COSTS = ("merge_ns", "zero_ns", "ksm_ns", "thp_first_ns", "thp_later_ns")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,10 @@ class CpuCosts:
     cold_ns: int = 0
     #: a page-cache page of a mergeable file mapping walked (and skipped) in a pass
     file_ns: int = 0
+    #: a first / later visit of a page still mapped by a transparent huge page (one PMD
+    #: entry for 512 pages: a shorter walk, a warm TLB; None: as first_ns / later_ns)
+    thp_first_ns: int | None = None
+    thp_later_ns: int | None = None
 
     @classmethod
     def from_us(
@@ -127,7 +137,7 @@ class CpuCosts:
             raise ValueError(f"unknown cost {bad[0]!r} (known: {', '.join(sorted(names))})")
         out: dict[str, int | None] = {}
         for name, value in doc.items():
-            if value is None and name in ("merge_ns", "zero_ns", "ksm_ns"):
+            if value is None and name in OPTIONAL_COSTS:
                 out[name] = None
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -188,15 +198,26 @@ class BatchKinds:
     ksm: int
     skipped: int
     passes: int
+    #: of ``first`` / of the later pages: pages still mapped by a transparent huge page
+    thp_first: int = 0
+    thp_later: int = 0
 
     @property
     def later(self) -> int:
         return max(0, self.handed - self.first - self.merged - self.zero - self.ksm)
 
 
-def batch_kinds(log: ChangeLog, handed: int, skipped: int, ksm: int) -> BatchKinds:
+def batch_kinds(
+    log: ChangeLog,
+    handed: int,
+    skipped: int,
+    ksm: int,
+    thp_handed: int = 0,
+    in_thp: Callable[[int], bool] | None = None,
+) -> BatchKinds:
     """Classify a batch's pages from its change log (``ksm``: the kernel's growth of
-    ``ksm_revisits`` over the batch)."""
+    ``ksm_revisits`` over the batch; ``thp_handed``: of ``handed``, the pages still mapped
+    by a transparent huge page, ``in_thp(key)`` telling which first visits were)."""
     new: set[int] = set()
     merged: set[int] = set()
     zero: set[int] = set()
@@ -216,7 +237,12 @@ def batch_kinds(log: ChangeLog, handed: int, skipped: int, ksm: int) -> BatchKin
             zero.add(key)
         elif kind == "pass_end":
             passes += 1
-    return BatchKinds(handed, len(new), len(merged - new), len(zero - new), ksm, skipped, passes)
+    kinds = BatchKinds(handed, len(new), len(merged - new), len(zero - new), ksm, skipped, passes)
+    if not thp_handed or in_thp is None:
+        return kinds
+    thp_first = sum(1 for key in new if in_thp(key))
+    thp_later = min(kinds.later, max(0, thp_handed - thp_first))
+    return dataclasses.replace(kinds, thp_first=thp_first, thp_later=thp_later)
 
 
 def kinds_cost(
@@ -226,9 +252,13 @@ def kinds_cost(
     walked ``walk_pages`` page-cache pages."""
     later = costs.later_ns
     file = kinds.passes * walk_pages
+    thp_first = costs.first_ns if costs.thp_first_ns is None else costs.thp_first_ns
+    thp_later = later if costs.thp_later_ns is None else costs.thp_later_ns
     cpu = (
-        kinds.first * costs.first_ns
-        + kinds.later * later
+        (kinds.first - kinds.thp_first) * costs.first_ns
+        + kinds.thp_first * thp_first
+        + (kinds.later - kinds.thp_later) * later
+        + kinds.thp_later * thp_later
         + kinds.merged * (later if costs.merge_ns is None else costs.merge_ns)
         + kinds.zero * (later if costs.zero_ns is None else costs.zero_ns)
         + kinds.ksm * (later if costs.ksm_ns is None else costs.ksm_ns)
@@ -306,12 +336,15 @@ class _TimedKernel(Protocol):
 
     pages_skipped: int
     ksm_revisits: int
+    thp_handed: int
     ksmd_ktime_ns: int
     knobs: dict[str, Any]
 
     def take_changes(self) -> ChangeLog: ...
 
     def advise(self, now_ns: int, cpu_ns: int) -> int | None: ...
+
+    def in_thp(self, key: int) -> bool: ...
 
 
 class BatchClock:
@@ -340,6 +373,7 @@ class BatchClock:
         self.walk_pages = walk_pages
         self._skipped0 = 0
         self._ksm0 = 0
+        self._thp0 = 0
 
     def before(self) -> None:
         k = self.k
@@ -347,12 +381,18 @@ class BatchClock:
         k.ksmd_ktime_ns = self.time.now_ns
         self._skipped0 = k.pages_skipped
         self._ksm0 = k.ksm_revisits
+        self._thp0 = k.thp_handed
 
     def after(self, handed: int) -> BatchCost:
         k = self.k
         log = k.take_changes()
         kinds = batch_kinds(
-            log, handed, k.pages_skipped - self._skipped0, k.ksm_revisits - self._ksm0
+            log,
+            handed,
+            k.pages_skipped - self._skipped0,
+            k.ksm_revisits - self._ksm0,
+            k.thp_handed - self._thp0,
+            k.in_thp,
         )
         cost = kinds_cost(self.costs, kinds, int(k.knobs["sleep_millisecs"]), self.walk_pages)
         end_of_cpu = self.time.now_ns + cost.cpu_ns

@@ -18,6 +18,9 @@ what-if sweep and prediction (``--calibration FILE``). Method (``docs/cpu-model.
   wall time per batch less its CPU and the sleep (jiffy rounding, scheduling delay).
 - **zero**: a zero-filled area with ``use_zero_pages=1``: pass 2 merges every page with the
   zero page.
+- **thp_first**, **thp_later**: the unique area again, mapped by transparent huge pages
+  (``MADV_HUGEPAGE``; one PMD entry for 512 pages: a shorter walk, a warm TLB): pass 1,
+  passes 2-4; left out (None: charged as first / later) when the kernel gives no THP.
 - **batch**, **cold**: what ksmd's real rhythm (a batch, a 20 ms sleep) costs beyond the
   pages' warm cost: a unique area of :data:`BATCH_AREA` pages revisited with smart scan off,
   once as one batch per pass (its CPU per page, warm), then for :data:`WAKE_SECONDS` at
@@ -254,6 +257,15 @@ def batch_and_cold_ns(
     return max(0.0, e_small - small * cold), cold
 
 
+def anon_huge_kb() -> int:
+    """This process's anonymous memory in transparent huge pages (smaps_rollup), in kB."""
+    with open(f"/proc/{os.getpid()}/smaps_rollup", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
 def _fresh(s: KsmSysfs, **knobs: int) -> None:
     """Unmerge everything, then set knobs (ksmd stopped)."""
     s.write("run", 2)
@@ -294,6 +306,18 @@ def measure_round(s: KsmSysfs, pages: int, log: Callable[[str], None]) -> dict[s
     out["later_ns"] = sum(r.cpu_ns - pass_ns for r in later) / sum(r.scanned for r in later)
     out["skip_ns"] = (runs[4].cpu_ns - pass_ns) / runs[4].skipped
     out["wall_per_cpu"] = sum(r.wall_ns for r in runs) / max(1, sum(r.cpu_ns for r in runs))
+    # the same unique pages mapped by transparent huge pages (when the kernel gives them)
+    _fresh(s, **base)
+    with Area(pages, "unique", huge=True):
+        huge_kb = anon_huge_kb()
+        runs = [one() for _ in range(4)]
+    if huge_kb * 1024 >= pages * 4096 // 2 and all(r.scanned >= pages for r in runs):
+        out["thp_first_ns"] = (runs[0].cpu_ns - pass_ns) / runs[0].scanned
+        out["thp_later_ns"] = sum(r.cpu_ns - pass_ns for r in runs[1:]) / sum(
+            r.scanned for r in runs[1:]
+        )
+    else:
+        log(f"  no transparent huge pages ({huge_kb} kB): THP visits cost as others")
     # CPU per batch beyond its pages
     _fresh(s, **{**base, "smart_scan": 0})
     with Area(BATCH_AREA, "unique"):
@@ -370,7 +394,13 @@ def calibrate(
                     s.write("run", 0)
                 if problems:
                     raise RuntimeError(f"knobs not restored: {problems}")
-    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    keys = {k for r in results for k in r}
+    med = {k: statistics.median(r[k] for r in results if k in r) for k in keys}
+
+    def thp(name: str) -> int | None:
+        # only when every round had transparent huge pages
+        return max(0, round(med[name])) if all(name in r for r in results) else None
+
     costs = CpuCosts(
         first_ns=max(0, round(med["first_ns"])),
         later_ns=max(0, round(med["later_ns"])),
@@ -383,6 +413,8 @@ def calibrate(
         batch_ns=max(0, round(med["batch_ns"])),
         cold_ns=max(0, round(med["cold_ns"])),
         file_ns=max(0, round(med["file_ns"])),
+        thp_first_ns=thp("thp_first_ns"),
+        thp_later_ns=thp("thp_later_ns"),
     )
     return calibration_doc(
         costs,

@@ -37,9 +37,11 @@ class Area:
     - ``unique``: every page different from every other page on the host;
     - ``pairs``: page ``i`` and page ``i + pages/2`` identical, nothing else alike;
     - ``zero``: every page present and zero-filled.
+
+    ``huge=True`` asks for transparent huge pages (``MADV_HUGEPAGE``), else none.
     """
 
-    def __init__(self, pages: int, kind: str) -> None:
+    def __init__(self, pages: int, kind: str, huge: bool = False) -> None:
         if kind not in ("unique", "pairs", "zero"):
             raise ValueError(f"unknown area kind {kind!r}")
         if pages < 2:
@@ -47,7 +49,8 @@ class Area:
         self.pages = pages
         self.kind = kind
         self.map = mmap.mmap(-1, pages * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self.map.madvise(MADV_NOHUGEPAGE)
+        # ``huge``: transparent huge pages where the kernel gives them (MADV_HUGEPAGE)
+        self.map.madvise(mmap.MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE)
         stamp = (os.getpid() << 40) | (time.monotonic_ns() & ((1 << 40) - 1))
         half = pages // 2
         for i in range(pages):

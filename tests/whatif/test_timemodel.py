@@ -98,6 +98,28 @@ def test_batch_overhead_is_charged_once_per_batch() -> None:
     assert [g[7] for g in got] == [10 * 1500 + 40_000] * 10 + [100_000 + 40_000]
 
 
+def test_pages_of_a_huge_page_cost_their_own() -> None:
+    """Pages still mapped by a transparent huge page are charged thp_first_ns / thp_later_ns
+    (a shorter page walk, a warm TLB); once KSM split the huge page, the ordinary costs."""
+    costs = dataclasses.replace(COSTS, thp_first_ns=600, thp_later_ns=3000)
+    k = _kernel(100, "unique", smart_scan=0)
+    assert k.thp("P", "m", [(0, 100)]) == 100
+    got = _passes(k, BatchClock(k, costs), 2)
+    assert got[0][7] == 100 * 600 + 100_000
+    assert got[1][7] == 100 * 3000 + 100_000
+    # pairs in one huge page: pass 2 splits it (the first merge), the rest is ordinary
+    k = _kernel(100, "pairs")
+    k.thp("P", "m", [(0, 100)])
+    clock = BatchClock(k, costs)
+    got = _passes(k, clock, 5)
+    assert got[0][7] == 100 * 600 + 100_000
+    assert k.thp_pages() == 0 and got[4][7] == 100 * 300 + 100_000  # KSM pages now
+    # without THP figures (a kernel without THP) they cost as the others
+    k = _kernel(100, "unique", smart_scan=0)
+    k.thp("P", "m", [(0, 100)])
+    assert _passes(k, BatchClock(k, COSTS), 1)[0][7] == 100 * 1000 + 100_000
+
+
 def test_zero_pages_and_skips() -> None:
     """50 zero-filled pages with use_zero_pages: pass 2 merges all with the zero page;
     50 unique pages: pass 5 (smart scan) skips all of them."""
