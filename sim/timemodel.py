@@ -21,11 +21,9 @@ figures, so that all show the same numbers:
   ============  =================================================================  =========
 
   plus ``pass_ns`` for every pass that ends in the batch (the pass start's LRU drain, the
-  mm list walk), ``batch_ns`` for every batch and ``cold_ns`` for every page handed over:
-  what ksmd's rhythm (a batch, then a 20 ms sleep) costs beyond the pages' warm costs,
-  which ``ksmlab calibrate`` measures in one batch per pass (the wake-up, and caches and TLB
-  that the sleep left cold for every page; fitted through batches of 10 and 1 000 pages),
-  and ``file_ns`` for
+  mm list walk), and ``batch_ns`` for every batch: what a batch costs beyond its pages
+  (waking up, the caches and TLB a 20 ms sleep left cold; measured here at 25-45 us, which
+  a batch of 10 pages doubles and a batch of 1 000 hardly notices), and ``file_ns`` for
   every page-cache page ksmd walks in each pass the batch ends: a
   present page of a mergeable private file mapping with an anon_vma that is not anonymous
   (``scan_get_next_rmap_item`` finds the folio, sees it is not anonymous and goes on: no
@@ -83,8 +81,6 @@ class CpuCosts:
     wake_ns: int = 0
     #: CPU of every batch beyond its pages: waking up, caches and TLB cold after the sleep
     batch_ns: int = 0
-    #: CPU of every page handed over beyond its warm cost (caches cold after the sleep)
-    cold_ns: int = 0
     #: a page-cache page of a mergeable file mapping walked (and skipped) in a pass
     file_ns: int = 0
     #: a first / later visit of a page still mapped by a transparent huge page (one PMD
@@ -106,7 +102,6 @@ class CpuCosts:
         wake_us: float = 0.0,
         batch_us: float = 0.0,
         file_us: float = 0.0,
-        cold_us: float = 0.0,
     ) -> CpuCosts:
         def ns(v: float | None) -> int | None:
             return None if v is None else round(v * 1000)
@@ -121,7 +116,6 @@ class CpuCosts:
             round(pass_us * 1000),
             round(wake_us * 1000),
             round(batch_us * 1000),
-            round(cold_us * 1000),
             round(file_us * 1000),
         )
 
@@ -265,7 +259,6 @@ def kinds_cost(
         + kinds.skipped * costs.skip_ns
         + kinds.passes * costs.pass_ns
         + costs.batch_ns
-        + kinds.handed * costs.cold_ns
         + file * costs.file_ns
     )
     return BatchCost(

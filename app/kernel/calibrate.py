@@ -21,13 +21,10 @@ what-if sweep and prediction (``--calibration FILE``). Method (``docs/cpu-model.
 - **thp_first**, **thp_later**: the unique area again, mapped by transparent huge pages
   (``MADV_HUGEPAGE``; one PMD entry for 512 pages: a shorter walk, a warm TLB): pass 1,
   passes 2-4; left out (None: charged as first / later) when the kernel gives no THP.
-- **batch**, **cold**: what ksmd's real rhythm (a batch, a 20 ms sleep) costs beyond the
-  pages' warm cost: a unique area of :data:`BATCH_AREA` pages revisited with smart scan off,
-  once as one batch per pass (its CPU per page, warm), then for :data:`WAKE_SECONDS` at
-  each of :data:`BATCH_SIZES` pages a batch with ``sleep_millisecs=20``: the excess per
-  batch, E(n) = (CPU - pages x warm - passes x pass) / batches, is fitted as ``batch_ns +
-  n x cold_ns`` through the two sizes (the wake-up, and caches and TLB cold for every page
-  after the sleep).
+- **batch**: CPU of a batch beyond its pages (waking, caches cold after the sleep): a unique
+  area of :data:`BATCH_AREA` pages revisited with smart scan off, once as one batch per pass
+  (its CPU per page), then :data:`BATCH_PAGES` pages a batch with ``sleep_millisecs=20`` for
+  :data:`WAKE_SECONDS`: (CPU - pages x that per page - passes x pass) / batches.
 - **file**: a file of N pages (under ``/var/tmp``) mapped privately (:class:`FileArea`),
   every page read so that its PTE maps the page-cache page, one page written (copy on
   write: the VMA gets its anon_vma and one anonymous page), ``MADV_MERGEABLE``, smart scan
@@ -192,8 +189,7 @@ class FileArea:
 WAKE_SLEEP_MS = 20
 WAKE_SECONDS = 3.0
 BATCH_AREA = 4000
-#: the two batch sizes of the batch/cold fit
-BATCH_SIZES = (10, 1000)
+BATCH_PAGES = 10
 
 
 def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float:
@@ -215,18 +211,18 @@ def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float
     return (wall - cpu) / batches - sleep_ms * 1_000_000
 
 
-def batch_excess_ns(
-    s: KsmSysfs, pid: int, warm_per_page: float, pass_ns: float, size: int, seconds: float
-) -> float:
-    """CPU per batch beyond its pages' warm cost, at ``size`` pages a batch (see the module
-    doc; the caller set smart_scan=0 on a unique area already visited)."""
+def batch_overhead_ns(s: KsmSysfs, one: OnePass, pass_ns: float, seconds: float) -> float:
+    """CPU per batch beyond its pages, on a unique area already visited (see the module doc;
+    the caller set smart_scan=0 and a pages_to_scan above the area)."""
+    whole = one()  # the area as one batch: warm caches, the pages' own cost
+    per_page = (whole.cpu_ns - pass_ns) / max(1, whole.scanned)
     pts = s.read_int("pages_to_scan") or 0
-    s.write("pages_to_scan", size)
+    s.write("pages_to_scan", BATCH_PAGES)
     s.write("sleep_millisecs", WAKE_SLEEP_MS)
     p0, f0, c0 = (
         s.read_int("pages_scanned") or 0,
         s.read_int("full_scans") or 0,
-        ksmd_cpu_ns(pid),
+        ksmd_cpu_ns(one.pid),
     )
     s.write("run", 1)
     try:
@@ -236,25 +232,12 @@ def batch_excess_ns(
     time.sleep(0.03)
     scanned = (s.read_int("pages_scanned") or 0) - p0
     passes = (s.read_int("full_scans") or 0) - f0
-    cpu = ksmd_cpu_ns(pid) - c0
+    cpu = ksmd_cpu_ns(one.pid) - c0
     s.write("pages_to_scan", pts)
-    batches = -(-scanned // size) + passes
+    batches = -(-scanned // BATCH_PAGES) + passes
     if batches < 10:
         raise RuntimeError(f"only {batches} ksmd batches in {seconds} s")
-    return (cpu - scanned * warm_per_page - passes * pass_ns) / batches
-
-
-def batch_and_cold_ns(
-    s: KsmSysfs, one: OnePass, pass_ns: float, seconds: float
-) -> tuple[float, float]:
-    """``(batch_ns, cold_ns)`` fitted through :data:`BATCH_SIZES` (see the module doc)."""
-    whole = one()  # the area as one batch: warm caches, the pages' own cost
-    warm = (whole.cpu_ns - pass_ns) / max(1, whole.scanned)
-    small, big = BATCH_SIZES
-    e_small = batch_excess_ns(s, one.pid, warm, pass_ns, small, seconds)
-    e_big = batch_excess_ns(s, one.pid, warm, pass_ns, big, seconds)
-    cold = max(0.0, (e_big - e_small) / (big - small))
-    return max(0.0, e_small - small * cold), cold
+    return (cpu - scanned * per_page - passes * pass_ns) / batches
 
 
 def anon_huge_kb() -> int:
@@ -322,7 +305,7 @@ def measure_round(s: KsmSysfs, pages: int, log: Callable[[str], None]) -> dict[s
     _fresh(s, **{**base, "smart_scan": 0})
     with Area(BATCH_AREA, "unique"):
         one()  # first visits
-        out["batch_ns"], out["cold_ns"] = batch_and_cold_ns(s, one, pass_ns, WAKE_SECONDS)
+        out["batch_ns"] = batch_overhead_ns(s, one, pass_ns, WAKE_SECONDS)
     # identical pairs: merges, then KSM revisits
     _fresh(s, **base)
     with Area(pages, "pairs"):
@@ -411,7 +394,6 @@ def calibrate(
         pass_ns=max(0, round(med["pass_ns"])),
         wake_ns=max(0, round(med["wake_ns"])),
         batch_ns=max(0, round(med["batch_ns"])),
-        cold_ns=max(0, round(med["cold_ns"])),
         file_ns=max(0, round(med["file_ns"])),
         thp_first_ns=thp("thp_first_ns"),
         thp_later_ns=thp("thp_later_ns"),

@@ -91,11 +91,6 @@ def test_batch_overhead_is_charged_once_per_batch() -> None:
     assert sum(g[0] for g in got) == 100 and got[-1][6] == 1
     assert [g[7] for g in got] == [10 * 1000 + 40_000] * 10 + [100_000 + 40_000]
     assert clock.time.cpu_ns == 100 * 1000 + 100_000 + 11 * 40_000
-    # cold_ns: every page handed over pays it, whatever the batch size
-    cold = dataclasses.replace(costs, cold_ns=500)
-    again = _kernel(100, "pairs", pages_to_scan=10)
-    got = _passes(again, BatchClock(again, cold), 11)
-    assert [g[7] for g in got] == [10 * 1500 + 40_000] * 10 + [100_000 + 40_000]
 
 
 def test_pages_of_a_huge_page_cost_their_own() -> None:
