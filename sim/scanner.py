@@ -47,7 +47,7 @@ from .mm import (
 from .stable import StableTreeMixin
 from .state import StableNode
 from .thp import ThpMixin
-from .unstable import key_run
+from .unstable import WalkedUnstableIndex, key_run
 
 #: batches of at least this many pages (and whole passes) run with the cyclic garbage
 #: collector paused (process-wide, re-enabled at the batch's end)
@@ -171,7 +171,7 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         not qualify: ``windows`` is False before page ``end``) to take the page path.
         """
         n = min(budget, vma.npages - i, RUN_WINDOW)
-        if n < 2 or self.stable_node_chains or self.dead_nodes or vma.thp is not None:
+        if n < 2 or self.stable_node_chains or self.dead_nodes or self.thp_groups:
             return 0
         pfns = vma.pfn
         p0 = pfns[i]
@@ -595,6 +595,8 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         if 0 in stable or (stable and (self.stable_node_chains or self.dead_nodes)):
             if self._stable_tree_search(0) is not None:
                 return  # try_to_merge_with_ksm_page fails
+        if not self._unstable_walk(0, -1):
+            return  # gave up at a node whose page is gone
         if self.unstable.get(0) is None:
             key = (vma.uid << 32) | idx
             self.unstable[0] = key
@@ -632,9 +634,35 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             self.log.frames.add(kpfn)
             self.log.event("merge", (vma.uid << 32) | idx)
 
+    def _unstable_walk(self, content: int, pfn: int) -> bool:
+        """False when the unstable tree's walk for ``content`` gives up before reaching
+        its node or place: a node on its path has no mergeable page (get_mergeable_page), or
+        is the walker's own frame ``pfn``. Only a kernel with huge pages walks
+        (:class:`sim.unstable.WalkedUnstableIndex`); elsewhere every node a walk meets has
+        its page (see the module doc)."""
+        index = self.unstable
+        if not isinstance(index, WalkedUnstableIndex) or not index.nodes:
+            return True
+
+        def mergeable(key: int) -> bool:
+            tv, ti = self.vma_of(key)
+            tpfn = tv.pfn[ti]
+            return not (
+                tv.dead
+                or tv.mm.exiting
+                or not tv.mergeable[ti]
+                or not tv.anon_vma
+                or tpfn <= 0
+                or tpfn == pfn
+            )
+
+        return index.walk(content, mergeable)
+
     def _unstable_tree_search_insert(self, vma: Vma, idx: int, pfn: int, content: int) -> None:
         """unstable_tree_search_insert, then try_to_merge_two_pages on a match."""
         key = (vma.uid << 32) | idx
+        if not self._unstable_walk(content, pfn):
+            return  # gave up at a node whose page is gone: nothing inserted, no merge
         tkey = self.unstable.get(content)
         if tkey is None:
             self.unstable[content] = key

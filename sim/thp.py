@@ -62,6 +62,7 @@ from .changes import KEY_MASK, KEY_SHIFT
 from .errors import OpError
 from .mm import PTE_SPECIAL, THP_NONE, THP_ZERO, Vma
 from .state import KsmState
+from .unstable import WalkedUnstableIndex
 
 #: pages of a PMD-mapped THP on x86_64 (2 MiB / 4 KiB)
 HPAGE_PMD_NR = 512
@@ -109,6 +110,12 @@ class ThpMixin(KsmState):
                     groups[i] = gid
                     marked += 1
         vma.thp = groups
+        if marked and not isinstance(self.unstable, WalkedUnstableIndex):
+            # from now on, walks can meet nodes whose page a split took away
+            walked = WalkedUnstableIndex(self)
+            for content, key in self.unstable.items():
+                walked[content] = key
+            self.unstable = walked
         return marked
 
     def in_thp(self, key: int) -> bool:

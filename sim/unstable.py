@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 from .mm import seq_array
+from .rbtree import RbNode, RbRoot, rb_erase, rb_insert_color, rb_link_node
 
 #: log2 of the content ids per chunk
 CHUNK_BITS = 8
@@ -142,3 +144,93 @@ class UnstableIndex:
 
     def __repr__(self) -> str:
         return f"<UnstableIndex {self.size} entries in {len(self.chunks)} chunks>"
+
+
+class _Node(RbNode):
+    __slots__ = ("content", "order", "key")
+
+    def __init__(self, content: int, order: bytes, key: int) -> None:
+        super().__init__()
+        self.content = content
+        self.order = order
+        self.key = key
+
+
+class WalkedUnstableIndex(UnstableIndex):
+    """The unstable index plus the kernel's red-black tree of it, for walks that can meet a
+    node whose page is gone.
+
+    The dictionary gives the kernel's result as long as every node a walk meets has its
+    page (the module :mod:`sim.scanner` says why). A THP split breaks that within a pass:
+    it maps the zero-filled pages of the huge page to the zero page, among them the page
+    ksmd just inserted in the unstable tree (:mod:`sim.thp`), and
+    ``unstable_tree_search_insert`` gives up, inserting nothing, when
+    ``get_mergeable_page`` finds no page for a node on its path. A kernel with huge pages
+    keeps this tree beside the map (same inserts and erasures, in the same order, ordered
+    as the stable tree is: :meth:`sim.state.KsmState.content_order`) and walks it;
+    ``walk`` says whether the walk for a content reaches its node or its place, or gives
+    up. The order of contents whose bytes the format leaves open (unique pages, captured
+    classes) is the simulator's stand-in, so which walks meet such a node is as plausible
+    as that order, not known; a zero-filled page's node is always the leftmost.
+    """
+
+    __slots__ = ("kernel", "root", "nodes")
+
+    def __init__(self, kernel: Any) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.root = RbRoot()
+        self.nodes: dict[int, _Node] = {}
+
+    def _place(self, content: int, order: bytes) -> tuple[_Node | None, bool]:
+        node = cast("_Node | None", self.root.node)
+        parent: _Node | None = None
+        left = False
+        less = self.kernel.content_less
+        while node is not None:
+            parent = node
+            left = order < node.order if order != node.order else less(content, node.content)
+            node = cast("_Node | None", node.rb_left if left else node.rb_right)
+        return parent, left
+
+    def __setitem__(self, content: int, key: int) -> None:
+        old = self.nodes.get(content)
+        if old is not None:
+            old.key = key
+        else:
+            order = self.kernel.content_order(content)
+            node = _Node(content, order, key)
+            parent, left = self._place(content, order)
+            rb_link_node(node, parent, left, self.root)
+            rb_insert_color(node, self.root)
+            self.nodes[content] = node
+        super().__setitem__(content, key)
+
+    def __delitem__(self, content: int) -> None:
+        super().__delitem__(content)
+        node = self.nodes.pop(content, None)
+        if node is not None:
+            rb_erase(node, self.root)
+
+    def set_run(self, content: int, key: int, n: int) -> bool:
+        raise NotImplementedError("runs are off in a kernel with transparent huge pages")
+
+    def clear(self) -> None:
+        super().clear()
+        self.root = RbRoot()
+        self.nodes.clear()
+
+    def walk(self, content: int, mergeable: Callable[[int], bool]) -> bool:
+        """The walk for ``content`` from the root: False if it gives up at a node whose
+        page ``mergeable(key)`` says is gone, before reaching ``content``'s node or place."""
+        order = self.kernel.content_order(content)
+        less = self.kernel.content_less
+        node = cast("_Node | None", self.root.node)
+        while node is not None:
+            if not mergeable(node.key):
+                return False
+            if node.content == content:
+                return True
+            left = order < node.order if order != node.order else less(content, node.content)
+            node = cast("_Node | None", node.rb_left if left else node.rb_right)
+        return True

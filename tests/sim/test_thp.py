@@ -203,3 +203,51 @@ def test_capture_thp_groups_follow_2mib_aligned_addresses() -> None:
     k.mmap(proc, vma, 1100)
     k.write(proc, vma, None, "zero")
     assert apply_thp(k, cap) == 614
+
+
+def _stale_zero_node_kernel(kernel: str, huge: bool) -> Kernel:
+    """A huge page of zero-filled pages scanned first, then 500 identical pairs."""
+    k = Kernel(kernel, {"use_zero_pages": 1, "smart_scan": 0, "pages_to_scan": 100_000})
+    k.spawn("P")
+    k.mmap("P", "m1", 512)
+    k.mmap("P", "m2", 1000)
+    k.write("P", "m1", None, "zero")
+    for i in range(500):
+        k.write("P", "m2", [(i, i + 1), (i + 500, i + 501)], f"L{i}")
+    if huge:
+        k.thp("P", "m1", [(0, 512)])
+    k.madvise("P", "m1", None, "MADV_MERGEABLE")
+    k.madvise("P", "m2", None, "MADV_MERGEABLE")
+    return k
+
+
+def _three_passes(k: Kernel) -> list[tuple[int, int, int, int]]:
+    out = []
+    for _ in range(3):
+        k.scan_batch()
+        g = k.global_counters()
+        out.append(
+            (g["pages_shared"], g["pages_sharing"], g["ksm_zero_pages"], g["pages_unshared"])
+        )
+    return out
+
+
+def test_a_split_zero_page_in_the_unstable_tree_makes_every_walk_give_up() -> None:
+    """Measured on 6.18 (tests/whatif/test_thp_kernel.py): the first zero-filled page of the
+    huge page splits it, the split maps it to the zero page, its merge fails and ksmd inserts
+    the page it still holds in the unstable tree: the root, whose page is gone. Every later
+    walk of the pass meets it and gives up (get_mergeable_page): pass 2 merges nothing, pass
+    3 (a new tree) merges the 500 pairs. Without the huge page pass 2 merges them."""
+    assert _three_passes(_stale_zero_node_kernel("6.18", True)) == [
+        (0, 0, 0, 0),
+        (0, 0, 0, 1),
+        (500, 500, 0, 0),
+    ]
+    assert _three_passes(_stale_zero_node_kernel("6.18", False)) == [
+        (0, 0, 0, 0),
+        (500, 500, 512, 0),
+        (500, 500, 512, 0),
+    ]
+    # 6.5: the split leaves the zero-filled pages mapped: nothing stale, pass 2 merges
+    got = _three_passes(_stale_zero_node_kernel("6.5", True))
+    assert got[1][:2] == (500, 500)

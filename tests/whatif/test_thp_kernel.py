@@ -180,3 +180,98 @@ def test_thp_split_zero_pages_against_the_kernel(use_zero_pages: int) -> None:
         sim[a.pid]["ksm_zero_pages"],
         sim[a.pid]["ksm_merging_pages"],
     )
+
+
+def test_a_split_zero_page_in_the_unstable_tree_stops_the_pass_on_the_kernel() -> None:
+    """The real ksmd, pass by pass, on the simulator's case
+    (tests/sim/test_thp.py::test_a_split_zero_page_in_the_unstable_tree_makes_every_walk_give_up):
+    a huge page of zero-filled pages scanned first, then 500 identical pairs, in this test
+    process; one batch per pass. With the huge page, pass 2 merges nothing (its first page's
+    stale node is the unstable tree's root: every walk gives up) and pass 3 merges the pairs;
+    the simulator says the same, pass for pass."""
+    import ctypes
+    import mmap
+    import struct
+
+    from app.kernel.calibrate import OnePass, _fresh, anon_huge_kb, ksmd_pid
+
+    page, huge, pairs = 4096, 2 << 20, 500
+    sysfs = KsmSysfs("/sys/kernel/mm/ksm")
+    with host_lock(lock_file_path(), timeout=600):
+        assert sysfs.read("run") == 0, "ksmd is running: someone uses KSM"
+        guard = KnobGuard(sysfs, state_file_path())
+        guard.save()
+        try:
+            for with_thp in (True, False):
+                _fresh(sysfs, pages_to_scan=100_000, smart_scan=0, use_zero_pages=1)
+                flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                m2 = mmap.mmap(-1, 2 * pairs * page, flags=flags)
+                m2.madvise(mmap.MADV_NOHUGEPAGE)
+                stamp = time.monotonic_ns()
+                for i in range(2 * pairs):
+                    m2[i * page : (i + 1) * page] = struct.pack("<QQ", stamp, i % pairs) * 256
+                m1 = mmap.mmap(-1, huge, flags=flags)  # mapped later: a lower address
+                m1.madvise(mmap.MADV_HUGEPAGE if with_thp else mmap.MADV_NOHUGEPAGE)
+                for i in range(0, huge, page):
+                    m1[i] = 0  # first touch by a write
+                a1 = ctypes.addressof(ctypes.c_char.from_buffer(m1))
+                a2 = ctypes.addressof(ctypes.c_char.from_buffer(m2))
+                try:
+                    assert a1 < a2, "the huge page must be scanned first"
+                    if with_thp and anon_huge_kb() < 2048:
+                        pytest.skip("the kernel gave no transparent huge page")
+                    m1.madvise(mmap.MADV_MERGEABLE)
+                    m2.madvise(mmap.MADV_MERGEABLE)
+                    one = OnePass(sysfs, ksmd_pid())
+                    got = []
+                    for _ in range(3):
+                        one()
+                        got.append(
+                            tuple(
+                                int(sysfs.read_int(n) or 0)
+                                for n in (
+                                    "pages_shared",
+                                    "pages_sharing",
+                                    "ksm_zero_pages",
+                                    "pages_unshared",
+                                )
+                            )
+                        )
+                finally:
+                    del a1, a2
+                    m1.close()
+                    m2.close()
+                k = Kernel("6.18", {"use_zero_pages": 1, "smart_scan": 0, "pages_to_scan": 100_000})
+                k.spawn("P")
+                k.mmap("P", "m1", 512)
+                k.mmap("P", "m2", 2 * pairs)
+                k.write("P", "m1", None, "zero")
+                for i in range(pairs):
+                    k.write("P", "m2", [(i, i + 1), (i + pairs, i + pairs + 1)], f"L{i}")
+                if with_thp:
+                    k.thp("P", "m1", [(0, 512)])
+                k.madvise("P", "m1", None, "MADV_MERGEABLE")
+                k.madvise("P", "m2", None, "MADV_MERGEABLE")
+                sim = []
+                for _ in range(3):
+                    k.scan_batch()
+                    g = k.global_counters()
+                    sim.append(
+                        tuple(
+                            int(g[n] or 0)
+                            for n in (
+                                "pages_shared",
+                                "pages_sharing",
+                                "ksm_zero_pages",
+                                "pages_unshared",
+                            )
+                        )
+                    )
+                assert got == sim, (with_thp, got, sim)
+                if with_thp:
+                    assert got[1] == (0, 0, 0, 1) and got[2][:2] == (pairs, pairs)
+        finally:
+            problems = guard.restore()
+            if sysfs.read("run") != 0:
+                sysfs.write("run", 0)
+            assert not problems, problems
