@@ -8,7 +8,9 @@ by asserting that there were none (the dashboard must work offline, on stage).
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,18 @@ REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "screenshots"
 REQUIRED = os.environ.get("KSMLAB_BROWSER_TESTS") == "1"
 _missing = browser_missing
+
+
+def api(server: Any, path: str, body: dict[str, Any] | None = None, timeout: float = 300) -> Any:
+    """The test server's JSON API: GET ``/api{path}``, or POST ``body`` as JSON."""
+    req = urllib.request.Request(
+        f"{server.url}/api{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
 
 
 def dashboard_server(**settings: Any) -> Any:

@@ -12,25 +12,15 @@ test, by rows).
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 import pytest
 
+from tests.browser.conftest import api
+
 TIMEOUT = 60_000
 BG = (11, 14, 19)  # grid_overlay.js BG, #0b0e13
 VIEWPORTS = [(1280, 720), (1600, 1000)]
-
-
-def api(server: Any, path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(
-        f"{server.url}/api{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return json.loads(r.read() or b"null")
 
 
 @pytest.fixture

@@ -3,19 +3,13 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import Any
+
+from tests.browser.conftest import api
 
 
 def test_every_flash_of_the_grid_is_in_the_legend(page: Any, live_server: Any) -> None:
-    req = urllib.request.Request(
-        f"{live_server.url}/api/sessions",
-        data=json.dumps({"preset": "zero-pages-unmerge", "kernel": "6.18"}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        sid = json.loads(r.read())["id"]
+    sid = api(live_server, "/sessions", {"preset": "zero-pages-unmerge", "kernel": "6.18"})["id"]
     page.goto(f"{live_server.url}/session?sid={sid}")
     page.wait_for_selector(".flash-legend .fl-merge")
     got = page.evaluate(

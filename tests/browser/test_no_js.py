@@ -7,22 +7,15 @@ submit buttons, shown only while htmx is absent.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import Any
+
+from tests.browser.conftest import api as conftest_api
 
 TIMEOUT = 60_000
 
 
 def api(server: Any, path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(
-        f"{server.url}/api{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read() or b"null")
+    return conftest_api(server, path, body, timeout=120)
 
 
 def step_no(pg: Any) -> int:

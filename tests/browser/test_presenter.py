@@ -10,7 +10,6 @@ reload; presenter mode at 1280x720.
 from __future__ import annotations
 
 import json
-import urllib.request
 from decimal import ROUND_HALF_UP, Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from bench.grid_fps import scenario as big_scenario
+from tests.browser.conftest import api
 
 TIMEOUT = 60_000
 REPO = Path(__file__).resolve().parents[2]
@@ -68,19 +68,6 @@ def test_format_rules() -> None:
 
 
 # ----------------------------------------------------------------------- helpers
-
-
-def api(server: Any, path: str, body: dict[str, Any] | None = None) -> Any:
-    url = f"{server.url}/api{path}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url,
-        data=data,
-        method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return json.loads(r.read() or b"null")
 
 
 @pytest.fixture
