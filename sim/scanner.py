@@ -645,18 +645,19 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             return True
 
         def mergeable(key: int) -> bool:
-            tv, ti = self.vma_of(key)
-            tpfn = tv.pfn[ti]
-            return not (
-                tv.dead
-                or tv.mm.exiting
-                or not tv.mergeable[ti]
-                or not tv.anon_vma
-                or tpfn <= 0
-                or tpfn == pfn
-            )
+            tpfn = self._mergeable_pfn(*self.vma_of(key))
+            return tpfn > 0 and tpfn != pfn
 
         return index.walk(content, mergeable)
+
+    @staticmethod
+    def _mergeable_pfn(tv: Vma, ti: int) -> int:
+        """get_mergeable_page for a tree item: its frame, or -1 when its VMA is no longer
+        mergeable or no page is mapped there (the zero page included)."""
+        tpfn = tv.pfn[ti]
+        if tv.dead or tv.mm.exiting or not tv.mergeable[ti] or not tv.anon_vma or tpfn <= 0:
+            return -1
+        return tpfn
 
     def _unstable_tree_search_insert(self, vma: Vma, idx: int, pfn: int, content: int) -> None:
         """unstable_tree_search_insert, then try_to_merge_two_pages on a match."""
@@ -672,9 +673,8 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
                 self.log.event("unstable_insert", key)
             return
         tv, ti = self.vma_of(tkey)
-        # get_mergeable_page: the tree item's VMA must still be mergeable, with a page
-        tpfn = tv.pfn[ti]
-        if tv.dead or tv.mm.exiting or not tv.mergeable[ti] or not tv.anon_vma or tpfn <= 0:
+        tpfn = self._mergeable_pfn(tv, ti)
+        if tpfn < 0:
             return
         if tpfn == pfn:
             return  # the same frame (shared after fork): never substitute
