@@ -194,6 +194,7 @@ def test_a_split_zero_page_in_the_unstable_tree_stops_the_pass_on_the_kernel() -
     import struct
 
     from app.kernel.calibrate import OnePass, _fresh, anon_huge_kb, ksmd_pid
+    from tests.sim.test_thp import _stale_zero_node_kernel, _three_passes
 
     page, huge, pairs = 4096, 2 << 20, 500
     sysfs = KsmSysfs("/sys/kernel/mm/ksm")
@@ -241,32 +242,7 @@ def test_a_split_zero_page_in_the_unstable_tree_stops_the_pass_on_the_kernel() -
                     del a1, a2
                     m1.close()
                     m2.close()
-                k = Kernel("6.18", {"use_zero_pages": 1, "smart_scan": 0, "pages_to_scan": 100_000})
-                k.spawn("P")
-                k.mmap("P", "m1", 512)
-                k.mmap("P", "m2", 2 * pairs)
-                k.write("P", "m1", None, "zero")
-                for i in range(pairs):
-                    k.write("P", "m2", [(i, i + 1), (i + pairs, i + pairs + 1)], f"L{i}")
-                if with_thp:
-                    k.thp("P", "m1", [(0, 512)])
-                k.madvise("P", "m1", None, "MADV_MERGEABLE")
-                k.madvise("P", "m2", None, "MADV_MERGEABLE")
-                sim = []
-                for _ in range(3):
-                    k.scan_batch()
-                    g = k.global_counters()
-                    sim.append(
-                        tuple(
-                            int(g[n] or 0)
-                            for n in (
-                                "pages_shared",
-                                "pages_sharing",
-                                "ksm_zero_pages",
-                                "pages_unshared",
-                            )
-                        )
-                    )
+                sim = _three_passes(_stale_zero_node_kernel("6.18", with_thp))
                 assert got == sim, (with_thp, got, sim)
                 if with_thp:
                     assert got[1] == (0, 0, 0, 1) and got[2][:2] == (pairs, pairs)
