@@ -10,6 +10,7 @@ reload; presenter mode at 1280x720.
 from __future__ import annotations
 
 import json
+import time
 from decimal import ROUND_HALF_UP, Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -331,14 +332,25 @@ def press_and_settle(pg: Any, server: Any, sids: list[str], key: str) -> list[in
         )
     except Exception:
         return None
-    want = [api(server, f"/sessions/{sid}")["step"] for sid in sids]
-    pg.wait_for_function(
-        f"w => {PANES_JS}.every((v, i) => v.dataset.step === String(w[i])"
-        " && v.querySelector('.what-happened').dataset.step === String(w[i]))",
-        arg=want,
-        timeout=TIMEOUT,
-    )
-    return want
+    # The server answers with a group's state before a command while the command still
+    # computes off the event loop (its panes may already show the first member's move), so
+    # the steps are the server's once the screen shows them and the server still says so.
+    deadline = time.monotonic() + TIMEOUT / 1000
+    while True:
+        want = [api(server, f"/sessions/{sid}")["step"] for sid in sids]
+        try:
+            pg.wait_for_function(
+                f"w => {PANES_JS}.every((v, i) => v.dataset.step === String(w[i])"
+                " && v.querySelector('.what-happened').dataset.step === String(w[i]))",
+                arg=want,
+                timeout=2000,
+            )
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            continue
+        if [api(server, f"/sessions/{sid}")["step"] for sid in sids] == want:
+            return want
 
 
 def checkpoints_on_screen(pg: Any) -> list[str]:
