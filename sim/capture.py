@@ -16,6 +16,12 @@ salt that is not stored either (:class:`ClassTable`), so that
 - the other ids are a permutation chosen by the salt: nothing in the file can be compared
   with another capture or reversed to a page's bytes (``docs/whatif.md``, "Privacy").
 
+A capture taken with ``ksmlab capture --memcmp-order`` numbers its classes in the order of
+their bytes instead (``class_order: "memcmp"`` in the header): class ``a`` < class ``b``
+when ``memcmp`` puts ``a``'s page first, the order of the kernel's stable and unstable
+trees, which the simulator then follows (:func:`sim.fromcapture.apply_order`). That order
+says a little about the bytes (which page sorts before which), so it is opt-in.
+
 The simulator's content ids can therefore be the class ids (:mod:`sim.fromcapture`).
 
 File layout (all integers little-endian)::
@@ -57,6 +63,8 @@ VERSION = 2
 #: the mapping field ``file`` and the page flag :data:`FILE`)
 VERSIONS = (1, 2)
 MAGIC = b"KSMCAPTURE\n"
+#: how class ids are ordered: by a per-capture salt (the default), or as the pages' bytes
+CLASS_ORDERS = ("salted", "memcmp")
 
 #: per-page flag bits
 PRESENT = 1
@@ -174,6 +182,8 @@ class Capture:
     #: how the KSM state was read ("KPF_KSM", "dirty rule ...", "unknown: ...")
     ksm_rule: str = ""
     notes: list[str] = field(default_factory=list)
+    #: :data:`CLASS_ORDERS`: "memcmp" when class ids follow the pages' memcmp order
+    class_order: str = "salted"
 
     def __post_init__(self) -> None:
         self.index()
@@ -293,7 +303,7 @@ class Capture:
         return VERSION if any(m.file for _, m in self.mappings()) else 1
 
     def header(self, columns: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
+        head = {
             "format": FORMAT,
             "version": self.version,
             "created": self.created,
@@ -307,6 +317,9 @@ class Capture:
             "processes": [p.to_dict() for p in self.processes],
             "columns": columns,
         }
+        if self.class_order != "salted":  # a salted capture is written as before
+            head["class_order"] = self.class_order
+        return head
 
     def to_bytes(self, compress: bool = True) -> bytes:
         """The file's bytes (columns zlib-compressed unless ``compress`` is False)."""
@@ -477,6 +490,11 @@ def _parse(data: bytes, max_pages: int = MAX_PAGES) -> Capture:
     host = head.get("host", {})
     if not isinstance(host, dict):
         raise CaptureError("expected an object", "host")
+    order = head.get("class_order", "salted")
+    if order not in CLASS_ORDERS:
+        raise CaptureError(
+            f"unknown class order {order!r} (known: {', '.join(CLASS_ORDERS)})", "class_order"
+        )
     return Capture(
         procs,
         got["flags"],
@@ -489,6 +507,7 @@ def _parse(data: bytes, max_pages: int = MAX_PAGES) -> Capture:
         host=host,
         ksm_rule=str(head.get("ksm_rule", "")),
         notes=list(notes),
+        class_order=order,
     )
 
 
@@ -594,11 +613,25 @@ class ClassTable:
             d.to_bytes(8, "little", signed=True), digest_size=8, key=self.salt
         ).digest()
 
-    def renumber(self, digests: array[int], present: bytearray | bytes) -> tuple[array[int], int]:
-        """Class ids for ``digests`` (one per page; pages whose ``present`` is 0 get 0)."""
+    def renumber(
+        self,
+        digests: array[int],
+        present: bytearray | bytes,
+        keys: dict[int, bytes] | None = None,
+    ) -> tuple[array[int], int]:
+        """Class ids for ``digests`` (one per page; pages whose ``present`` is 0 get 0).
+
+        With ``keys`` (fingerprint -> the page's bytes, or a prefix of them), the ids follow
+        the keys' order, that is memcmp order (a capture's ``class_order: "memcmp"``); equal
+        keys (prefixes of pages that differ further on) and fingerprints without a key
+        follow the salted order among themselves."""
         seen = {d for d, p in zip(digests, present, strict=True) if p}
         seen.discard(self.zero)
-        ids = {d: i for i, d in enumerate(sorted(seen, key=self._order), start=1)}
+        if keys is None:
+            order = sorted(seen, key=self._order)
+        else:
+            order = sorted(seen, key=lambda d: (keys.get(d, b""), self._order(d)))
+        ids = {d: i for i, d in enumerate(order, start=1)}
         ids[self.zero] = ZERO_CLASS
         out = array("I", [0]) * len(digests)
         for i, (d, p) in enumerate(zip(digests, present, strict=True)):

@@ -36,6 +36,12 @@ index), each run of consecutive flagged pages in one 2 MiB block being one huge 
 is exact for PMD-mapped THPs (the only kind qemu guests' RAM gets: 512 pages, aligned);
 a block holding several smaller large folios (mTHP) would be taken as one, and pages of a
 THP that were not present would be missed (a PMD-mapped THP has all of its pages).
+
+:func:`apply_order` gives the captured contents the memcmp order of a capture whose classes
+are numbered in that order (``class_order: "memcmp"``), which the scenario format cannot
+say either: the kernel's trees order pages by their bytes, so which nodes a walk meets (and
+gives up at, behind a THP split's zero page) depends on it. Other captures keep the
+simulator's stand-in order of labels and unique pages (:mod:`sim.contents`).
 """
 
 from __future__ import annotations
@@ -246,6 +252,52 @@ def thp_groups(capture: Capture) -> list[tuple[str, str, list[tuple[int, int]]]]
             if ranges:
                 out.append((pname, vname, ranges))
     return out
+
+
+def order_key(cls: int, classes: int) -> bytes:
+    """The simulator's order bytes of class ``cls`` of a memcmp-ordered capture of
+    ``classes`` classes: 8 big-endian bytes, spread over the 64-bit range so that the
+    stand-in keys of pages written later (:func:`sim.contents.unique_bytes`) fall among
+    them, and above the zero page's (all zero), as class 0 is."""
+    return (cls * ((1 << 64) // max(2, classes))).to_bytes(8, "big")
+
+
+def apply_order(kernel: Kernel, capture: Capture) -> int:
+    """Order the captured contents in ``kernel`` as the capture's classes (after the
+    captured story, before ksmd runs; a no-op unless the capture's ``class_order`` is
+    ``"memcmp"``); returns the contents ordered."""
+    if capture.class_order != "memcmp":
+        return 0
+    flags, cls, classes = capture.flags, capture.cls, capture.classes
+    f_content, order = kernel.f_content, kernel.content_bytes
+    done: set[int] = set()
+    for p, pname, mnames in zip(
+        capture.processes, proc_names(capture), vma_names(capture), strict=True
+    ):
+        mm = kernel.procs[pname]
+        for m, vname in zip(p.mappings, mnames, strict=True):
+            pfns = mm.vmas[vname].pfn
+            for j in range(m.pages):
+                i = m.first + j
+                c = cls[i]
+                if c == ZERO_CLASS or not flags[i] & PRESENT:
+                    continue
+                pfn = pfns[j]
+                if pfn <= 0:  # written "zero" or read: the zero page's content
+                    continue
+                content = f_content[pfn]
+                if content not in done:
+                    done.add(content)
+                    order[content] = order_key(c, classes)
+    return len(done)
+
+
+def apply_capture(kernel: Kernel, capture: Capture) -> int:
+    """What a capture says beyond its story, applied to ``kernel`` after the story (before
+    ksmd runs): its memcmp order (:func:`apply_order`), then its transparent huge pages
+    (:func:`apply_thp`); returns the pages marked THP."""
+    apply_order(kernel, capture)
+    return apply_thp(kernel, capture)
 
 
 def apply_thp(kernel: Kernel, capture: Capture) -> int:

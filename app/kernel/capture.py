@@ -14,9 +14,14 @@ by page:
    it and skips it); with root, a page mapped to the kernel's zero page
    (``KPF_ZERO_PAGE`` in ``/proc/kpageflags``) is known to be zero without reading it.
 2. The other present pages are read with large ``pread``\\ s of ``/proc/PID/mem`` (runs of
-   present pages, up to :data:`CHUNK_BYTES` at a time) and hashed, 4 KiB at a time, with
-   BLAKE2b-64 keyed by a random salt kept in memory only (:class:`sim.capture.ClassTable`);
-   the classes are renumbered densely at the end, so no hash is stored.
+   present pages, up to :data:`CHUNK_BYTES` at a time) and fingerprinted, 4 KiB at a time,
+   with a keyed hash whose key lives in this process only (:class:`sim.capture.ClassTable`);
+   the classes are renumbered densely at the end, in an order a random salt decides, so no
+   hash is stored. With ``memcmp_order`` the classes are numbered in the order of their
+   bytes instead (the order of the kernel's trees): each class keeps its first
+   :data:`ORDER_PREFIX` bytes in memory while capturing, and the classes whose prefixes tie
+   are read once more, one page each, and compared whole (a page that changed meanwhile
+   keeps its prefix and the salted order among its ties). Neither is stored.
 3. With root, the KSM state of each page (KSM page, zero page, plain) from kpageflags:
    ``KPF_KSM``, or, on kernels whose ``KPF_KSM`` is unreliable (6.10-era), the dirty rule
    and its solver against smaps' ``KSM:`` counts (:mod:`app.kernel.host.frames`); THP from
@@ -307,6 +312,10 @@ def _pagemap(p: _Proc, m: CapturedMapping) -> array[int]:
     return out
 
 
+#: bytes of each class's page kept while capturing with ``memcmp_order``
+ORDER_PREFIX = 64
+
+
 @dataclass
 class _Snapshot:
     """One reading of every page: presence, salted digest, flags (KSM state, THP)."""
@@ -392,7 +401,11 @@ def _read_snapshot(
     total: int,
     progress: Progress | None,
     number: int,
+    keys: dict[int, tuple[bytes, int, int]] | None = None,
 ) -> _Snapshot:
+    """One reading of every page of ``procs``; with ``keys``, each fingerprint met for the
+    first time is added to it as (its page's first :data:`ORDER_PREFIX` bytes, process
+    index, address)."""
     digests = array("q", [0]) * total
     flags = bytearray(total)
     present = bytearray(total)
@@ -404,7 +417,7 @@ def _read_snapshot(
     rules: set[str] = set()
     ksm_flag = KSM_PAGE << KSM_SHIFT
     zero_flag = PRESENT | KSM_ZERO_PFN << KSM_SHIFT
-    for p in procs:
+    for pi, p in enumerate(procs):
         entries = [_pagemap(p, m) for m in p.info.mappings]
         pfns = {
             e & PM_PFN_MASK for ents in entries for e in ents if e & PM_PRESENT and not e & PM_FILE
@@ -506,10 +519,15 @@ def _read_snapshot(
                     chunk = view[off : off + count * PAGE_SIZE]
                     off += count * PAGE_SIZE
                 got = len(chunk) // PAGE_SIZE
-                digests[col : col + got] = array(
-                    "q",
-                    [hash(chunk[o : o + PAGE_SIZE]) for o in range(0, got * PAGE_SIZE, PAGE_SIZE)],
-                )
+                digs = [
+                    hash(chunk[o : o + PAGE_SIZE]) for o in range(0, got * PAGE_SIZE, PAGE_SIZE)
+                ]
+                digests[col : col + got] = array("q", digs)
+                if keys is not None:
+                    for q, d in enumerate(digs):
+                        if d not in keys:
+                            o = q * PAGE_SIZE
+                            keys[d] = (bytes(chunk[o : o + ORDER_PREFIX]), pi, addr + o)
                 for q in range(col + got, col + count):  # could not be read: absent
                     present[q] = 0
                     flags[q] = 0
@@ -520,6 +538,30 @@ def _read_snapshot(
             progress(done, total, number)
     rule = "; ".join(sorted(rules)) if rules else ("KPF_KSM" if root_view else "")
     return _Snapshot(digests, flags, present, rule, root_view)
+
+
+def _memcmp_keys(
+    procs: Sequence[_Proc], keys: dict[int, tuple[bytes, int, int]], snap: _Snapshot, zero: int
+) -> dict[int, bytes]:
+    """Each present class's memcmp sort key: its prefix when no other class shares it,
+    else its whole page, read again now (the prefix alone when the page changed since)."""
+    seen = {d for d, p in zip(snap.digests, snap.present, strict=True) if p}
+    seen.discard(zero)
+    by_prefix: dict[bytes, list[int]] = {}
+    for d in seen:
+        k = keys.get(d)
+        if k is not None:
+            by_prefix.setdefault(k[0], []).append(d)
+    out: dict[int, bytes] = {}
+    for prefix, ds in by_prefix.items():
+        if len(ds) == 1:
+            out[ds[0]] = prefix
+            continue
+        for d in ds:
+            _, pi, addr = keys[d]
+            page = _pread_pages(procs[pi], addr, 1)
+            out[d] = page if len(page) == PAGE_SIZE and hash(page) == d else prefix
+    return out
 
 
 def _ksm_bit_unreliable(values: Iterable[int]) -> bool:
@@ -570,11 +612,13 @@ def capture_processes(
     salt: bytes | None = None,
     mergeable_only: bool = False,
     files: bool = True,
+    memcmp_order: bool = False,
 ) -> Capture:
     """Capture the private memory of ``pids`` (see the module docstring); with
     ``mergeable_only`` only the mappings that are VM_MERGEABLE now (a qemu guest's RAM);
     ``files=False`` leaves the private file mappings out (anonymous mappings only, a
-    version 1 file as before)."""
+    version 1 file as before); ``memcmp_order`` numbers the classes in the order of their
+    bytes (``class_order: "memcmp"``)."""
     if not pids:
         raise CaptureFailed("no process to capture")
     if snapshots < 1:
@@ -596,6 +640,7 @@ def capture_processes(
                 first += m.pages
         total = first
         changes = array("H", [0]) * total if snapshots > 1 else array("H")
+        keys: dict[int, tuple[bytes, int, int]] | None = {} if memcmp_order else None
         t0 = time.monotonic()
         last: _Snapshot | None = None
         for k in range(snapshots):
@@ -604,7 +649,7 @@ def capture_processes(
                 if wait > 0:
                     time.sleep(wait)
             started = time.monotonic()
-            snap = _read_snapshot(procs, table, root, total, progress, k + 1)
+            snap = _read_snapshot(procs, table, root, total, progress, k + 1, keys)
             if last is not None:
                 for i in range(total):
                     if (
@@ -617,13 +662,16 @@ def capture_processes(
             last = snap
         assert last is not None
         period = (started - t_first) if snapshots > 1 else 0.0
+        order = None if keys is None else _memcmp_keys(procs, keys, last, table.zero)
+        keys = None  # the prefixes go as soon as the order is known
     except ProcessGone as exc:
         raise CaptureFailed(f"process {exc} exited during the capture") from None
     finally:
         for p in procs:
             os.close(p.mem)
             os.close(p.pagemap)
-    cls, nclasses = table.renumber(last.digests, last.present)
+    cls, nclasses = table.renumber(last.digests, last.present, order)
+    del order
     flags = array("B", bytes(last.flags))
     notes = []
     if not last.root_view:
@@ -644,6 +692,7 @@ def capture_processes(
         host={"kernel": uname.release, "machine": uname.machine, "page_size": PAGE_SIZE},
         ksm_rule=last.rule or "unknown (not root)",
         notes=notes,
+        class_order="memcmp" if memcmp_order else "salted",
     )
 
 
@@ -706,6 +755,13 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="leave out the private file mappings (their copy-on-write pages; version 1 file)",
     )
+    cp.add_argument(
+        "--memcmp-order",
+        action="store_true",
+        help="number the content classes in the order of the pages' bytes (the order of "
+        "KSM's trees, so the prediction's timing follows the kernel's tree walks); the file "
+        "then says which page sorts before which (docs/whatif.md, Privacy)",
+    )
     cp.add_argument("-o", "--out", type=Path, required=True, help="the capture file to write")
     cp.add_argument("--no-progress", action="store_true", help="no progress bar")
     cp.set_defaults(func=cmd_capture)
@@ -737,6 +793,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             progress=None if args.no_progress else Bar(),
             mergeable_only=args.mergeable_only,
             files=not args.anon_only,
+            memcmp_order=args.memcmp_order,
         )
         elapsed = time.monotonic() - t0
         try:

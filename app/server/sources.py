@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.config import Settings
 from sim import Kernel, Next, ScenarioError, SimError, Stepper, parse_scenario
 from sim.capture import MAGIC, Capture, CaptureError, CaptureTooLarge, load_capture
-from sim.fromcapture import CAPTURED, MERGE_MODES, apply_thp, capture_document
+from sim.fromcapture import CAPTURED, MERGE_MODES, apply_capture, capture_document
 from sim.presets import UnknownPresetError, list_presets, load_preset
 from sim.runner import check_supported
 from sim.scenario import KERNELS, Scenario
@@ -210,8 +210,8 @@ def capture_session(
 ) -> tuple[Scenario, Stepper, dict[str, Any]]:
     """What a dashboard session of a capture starts from: the kernel already holding the
     captured processes (their story applied at once, off the timeline: a capture of three
-    guests is some 46,000 ops; then its transparent huge pages, :func:`sim.fromcapture.
-    apply_thp`), a two-step story (the ``captured`` checkpoint, then
+    guests is some 46,000 ops; then its memcmp order and transparent huge pages,
+    :func:`sim.fromcapture.apply_capture`), a two-step story (the ``captured`` checkpoint, then
     ``sysfs run=1``: "KSM is switched on with these knobs") and the recipe origin that
     rebuilds it (the capture file itself, base64, with the kernel and merge mode).
     422 naming the field for a bad file, kernel or merge mode, 413 when it maps more pages
@@ -227,7 +227,7 @@ def capture_session(
             out = setup.feed(Next("batch"))
             if out is not None and out.error is not None:
                 raise out.error
-        apply_thp(k, cap)  # the captured huge pages: no scenario op says them
+        apply_capture(k, cap)  # its memcmp order, its huge pages: no scenario op says them
         k.take_changes()
         story = dict(full.raw)
         story["steps"] = full.raw["steps"][-2:]  # the checkpoint, then run=1

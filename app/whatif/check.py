@@ -547,7 +547,7 @@ def whatif_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[s
         pids = workload.start()
         time.sleep(args.settle)  # let boot-time writes calm down
         log(f"capturing {len(pids)} processes (ksmd stopped)")
-        capture = capture_processes(pids)
+        capture = capture_processes(pids, memcmp_order=args.class_order == "memcmp")
         cpu_base = ksmd_cpu_ns(ksmd_pid())
         log("predicting")
         predicted = _predict(capture, knobs, args.duration, costs, args.sample, cpu_base)
@@ -557,6 +557,7 @@ def whatif_check(args: argparse.Namespace, log: Callable[[str], None]) -> dict[s
         workload.stop()
     result = compare(predicted, real, args.duration)
     result.update(workload=args.workload, knobs=knobs, costs=costs.as_dict(), pids=pids)
+    result["class_order"] = capture.class_order
     result["command"] = "ksmlab " + " ".join(sys.argv[1:])
     command = "ksmlab " + " ".join(sys.argv[1:])
     (out / "check.csv").write_text(curves_csv(predicted, real.samples), encoding="utf-8")
@@ -695,6 +696,14 @@ def register(sub: Any) -> None:
     w.add_argument("--sleep-millisecs", type=int, default=20)
     w.add_argument("--use-zero-pages", type=int, choices=(0, 1), default=1)
     w.add_argument("--advisor", action="store_true", help="advisor_mode=scan-time")
+    w.add_argument(
+        "--class-order",
+        choices=("memcmp", "salted"),
+        default="memcmp",
+        help="the capture's class order: memcmp (the pages' byte order, which the kernel's "
+        "trees follow; the default here, the workload is this command's own) or salted "
+        "(what a plain `ksmlab capture` writes)",
+    )
     w.add_argument(
         "--calibration",
         help="calibration file (default DATA_DIR/calibration.json if present, else this "

@@ -14,9 +14,10 @@ ksm_zero_pages`` pages, in bytes), the simulated time at which the savings first
 the memory KSM itself costs (``ksm_rmap_items`` x 64 bytes + stable nodes x 48 bytes, the
 sizes of ``struct ksm_rmap_item`` and ``struct ksm_stable_node`` on x86_64).
 
-The captured transparent huge pages are applied after the story (:func:`sim.fromcapture.
-apply_thp`): on 6.12+ a split maps their zero-filled pages to the zero page, memory saved
-that no counter shows. Each sample and the summary report them apart
+The capture's memcmp order (when it has one) and its transparent huge pages are applied
+after the story (:func:`sim.fromcapture.apply_capture`): on 6.12+ a split maps the huge
+pages' zero-filled pages to the zero page, memory saved that no counter shows. Each sample
+and the summary report them apart
 (``uncounted_zero_pages``: zero-page PTEs that appeared since the start and are not in
 ``ksm_zero_pages``, what ``ksmlab whatif-check`` measures on the kernel with pagemap), so
 that counters compare with counters and memory with memory; the savings stay the counters'.
@@ -44,7 +45,7 @@ from sim.fromcapture import (
     MERGE_MODES,
     PageRef,
     WriteSchedule,
-    apply_thp,
+    apply_capture,
     capture_notes,
     capture_scenario,
 )
@@ -294,7 +295,7 @@ def predict(
         out = st.feed(Next("batch"))
         if out is not None and out.error is not None:
             raise out.error
-    thp_pages = apply_thp(k, capture)
+    thp_pages = apply_capture(k, capture)  # its memcmp order and huge pages
     zero_ptes0 = k.zero_page_ptes()
     counts_zero = k.profile.zero_page_series
     pred = Prediction(

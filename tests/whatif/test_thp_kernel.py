@@ -251,3 +251,72 @@ def test_a_split_zero_page_in_the_unstable_tree_stops_the_pass_on_the_kernel() -
             if sysfs.read("run") != 0:
                 sysfs.write("run", 0)
             assert not problems, problems
+
+
+def test_the_captured_memcmp_order_decides_which_walks_give_up_on_the_kernel() -> None:
+    """The kernel's side of tests/whatif/test_memcmp_order.py: in this test process, a page
+    U (first byte 0x80), then a huge page of zero-filled pages, then 300 identical pairs
+    whose first bytes are drawn at random, one batch per pass. In pass 2 U is the unstable
+    tree's root and the split's stale node its left child: the pairs that sort before U give
+    up, the others merge; pass 3 merges the rest. The simulation of a memcmp-ordered
+    capture of this memory says how many, pass for pass."""
+    import ctypes
+    import mmap
+    import random
+    import struct
+
+    from app.kernel.calibrate import OnePass, _fresh, anon_huge_kb, ksmd_pid
+    from tests.whatif.test_memcmp_order import three_passes
+
+    page, huge, pairs = 4096, 2 << 20, 300
+    rng = random.Random(17)
+    firsts = [rng.getrandbits(64) for _ in range(pairs)]
+    stamp = time.monotonic_ns()
+    sysfs = KsmSysfs("/sys/kernel/mm/ksm")
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    with host_lock(lock_file_path(), timeout=600):
+        assert sysfs.read("run") == 0, "ksmd is running: someone uses KSM"
+        guard = KnobGuard(sysfs, state_file_path())
+        guard.save()
+        m2 = mmap.mmap(-1, 2 * pairs * page, flags=flags)
+        big = mmap.mmap(-1, 2 * huge, flags=flags)  # mapped later: a lower address
+        try:
+            _fresh(sysfs, pages_to_scan=100_000, smart_scan=0, use_zero_pages=1)
+            m2.madvise(mmap.MADV_NOHUGEPAGE)
+            for i in range(2 * pairs):
+                m2[i * page : (i + 1) * page] = struct.pack(
+                    ">QQ", firsts[i % pairs], stamp
+                ) + bytes(page - 16)
+            view = ctypes.c_char.from_buffer(big)
+            base = ctypes.addressof(view)
+            view2 = ctypes.c_char.from_buffer(m2)
+            a2 = ctypes.addressof(view2)
+            del view, view2
+            assert base < a2, "the huge page must be scanned before the pairs"
+            off = -(base + page) % huge + page  # U's page, then a 2 MiB-aligned block
+            big.madvise(mmap.MADV_NOHUGEPAGE)
+            big.madvise(mmap.MADV_HUGEPAGE, off, huge)
+            big[off - page : off] = b"\x80" + struct.pack(">Q", stamp) + bytes(page - 9)
+            for i in range(off, off + huge, page):
+                big[i] = 0  # first touch by a write
+            if anon_huge_kb() < 2048:
+                pytest.skip("the kernel gave no transparent huge page")
+            big.madvise(mmap.MADV_MERGEABLE)
+            m2.madvise(mmap.MADV_MERGEABLE)
+            cap = capture_processes([os.getpid()], mergeable_only=True, memcmp_order=True)
+            one = OnePass(sysfs, ksmd_pid())
+            got = []
+            for _ in range(3):
+                one()
+                got.append(int(sysfs.read_int("pages_sharing") or 0))
+        finally:
+            big.close()
+            m2.close()
+            problems = guard.restore()
+            if sysfs.read("run") != 0:
+                sysfs.write("run", 0)
+            assert not problems, problems
+    assert sum(1 for f in cap.flags if f & THP) == 512
+    sys.stderr.write(f"memcmp order check: kernel {got}, simulated {three_passes(cap)}\n")
+    assert 0 < got[1] < pairs and got[2] == pairs  # the order did decide pass 2
+    assert three_passes(cap) == got
