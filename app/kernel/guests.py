@@ -6,7 +6,11 @@
 ``MADV_MERGEABLE`` on the host, qemu's default: what KSM on a VM host merges. The image is
 the replayer's base initramfs (busybox, python) with ``/init`` replaced by one that mounts
 the usual file systems, loads Python once (as a guest's services would), prints
-``KSMLAB-IDLE`` on the console and sleeps.
+``KSMLAB-IDLE`` on the console and sleeps. The guests start one after the other, each once
+the previous one's RAM is mergeable: KSM scans its users in the order they joined it
+(``ksm_enter`` at qemu's ``madvise``), and guests started together joined in a racy order
+(measured: the second guest's pid scanned first in three trials of three), while a capture
+lists them, and the simulation scans them, in start order.
 
 Safety: every qemu runs in its own process group with ``PR_SET_PDEATHSIG`` (SIGKILL if this
 process dies); :meth:`stop` kills every group this object started (by pid, never by name)
@@ -31,6 +35,7 @@ from .qemu_packages import ensure_kernel, find_qemu
 
 READY = b"KSMLAB-IDLE"
 BOOT_TIMEOUT_S = 180.0
+MERGEABLE_TIMEOUT_S = 60.0
 
 IDLE_INIT = """#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
@@ -49,6 +54,26 @@ def idle_image() -> bytes:
     w = CpioWriter()
     w.add_file("init", IDLE_INIT.encode(), 0o755)
     return w.to_bytes()
+
+
+def _wait_mergeable(proc: subprocess.Popen[bytes], console: Path) -> None:
+    """Wait until qemu ``proc`` has a VM_MERGEABLE mapping (its guest RAM, marked by qemu's
+    ``madvise(MADV_MERGEABLE)`` at start-up, which makes it a KSM user)."""
+    smaps = Path(f"/proc/{proc.pid}/smaps")
+    deadline = time.monotonic() + MERGEABLE_TIMEOUT_S
+    while True:
+        try:
+            text = smaps.read_text()
+        except OSError:
+            text = ""
+        if any(line.startswith("VmFlags:") and " mg" in line for line in text.splitlines()):
+            return
+        if proc.poll() is not None:
+            tail = console.read_text(errors="replace")[-400:]
+            raise RuntimeError(f"qemu {proc.pid} exited while starting: {tail}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"qemu {proc.pid} marked no memory mergeable in time")
+        time.sleep(0.01)
 
 
 @dataclass
@@ -115,6 +140,9 @@ class Guests:
                             preexec_fn=_die_with_parent,
                         )
                     )
+                # the next guest starts once this one's RAM is mergeable: KSM scans its
+                # users in the order they joined (ksm_enter), which is then pid order
+                _wait_mergeable(self.procs[i], consoles[i])
             deadline = time.monotonic() + BOOT_TIMEOUT_S
             waiting = set(range(self.n))
             while waiting:

@@ -251,3 +251,12 @@ def test_find_pids_by_name_and_cgroup(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_processes_are_captured_in_start_order(child: Callable[..., Child]) -> None:
+    """KSM scans its users in the order they joined it; start order stands for it, whatever
+    the order the pids were given in."""
+    a = child(8)
+    b = child(8)
+    cap = capture_processes([b.pid, a.pid, b.pid])
+    assert [p.pid for p in cap.processes] == [a.pid, b.pid]
