@@ -14,7 +14,8 @@ figures, so that all show the same numbers:
   ============  =================================================================  =========
   ``first``     its rmap_item was created (checksum only)                          item_new
   ``later``     any other page handed to cmp_and_merge_page that did not merge     the rest
-  ``merge``     merged: into a KSM page, or with a page of the unstable tree       merge*
+  ``merge``     merged with a page of the unstable tree (a new KSM page)             merge_new
+  ``stable``    merged into an existing KSM page (a stable tree match)              merge
   ``zero``      merged with the zero page (``use_zero_pages``)                     zero_merge
   ``ksm``       already a KSM page with its item on the node (nothing to do)       revisit
   ``skipped``   smart scan skipped it                                              pages_skipped
@@ -58,7 +59,7 @@ CALIBRATION_FORMAT = "ksmlab-calibration/1"
 
 
 #: costs that may be None (charged as another kind's)
-OPTIONAL_COSTS = ("merge_ns", "zero_ns", "ksm_ns", "thp_first_ns", "thp_later_ns")
+OPTIONAL_COSTS = ("merge_ns", "zero_ns", "ksm_ns", "thp_first_ns", "thp_later_ns", "stable_ns")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class CpuCosts:
     #: entry for 512 pages: a shorter walk, a warm TLB; None: as first_ns / later_ns)
     thp_first_ns: int | None = None
     thp_later_ns: int | None = None
+    #: a page merged into an existing KSM page in this visit (one page write-protected and
+    #: replaced, against two pages and a new stable node for ``merge_ns``; None: as
+    #: merge_ns)
+    stable_ns: int | None = None
 
     @classmethod
     def from_us(
@@ -195,6 +200,8 @@ class BatchKinds:
     #: of ``first`` / of the later pages: pages still mapped by a transparent huge page
     thp_first: int = 0
     thp_later: int = 0
+    #: of ``merged``: pages merged into an existing KSM page (kind ``stable``)
+    stable: int = 0
 
     @property
     def later(self) -> int:
@@ -214,13 +221,17 @@ def batch_kinds(
     by a transparent huge page, ``in_thp(key)`` telling which first visits were)."""
     new: set[int] = set()
     merged: set[int] = set()
+    stable: set[int] = set()
     zero: set[int] = set()
     merge_new = 0
     passes = 0
     for kind, key in log.events:
         if kind == "item_new":
             new.add(key)
-        elif kind in ("merge", "ksm_append"):
+        elif kind == "merge":
+            merged.add(key)
+            stable.add(key)
+        elif kind == "ksm_append":
             merged.add(key)
         elif kind == "merge_new":
             # logged for the tree's page, then for the page ksmd holds: count the second
@@ -231,7 +242,16 @@ def batch_kinds(
             zero.add(key)
         elif kind == "pass_end":
             passes += 1
-    kinds = BatchKinds(handed, len(new), len(merged - new), len(zero - new), ksm, skipped, passes)
+    kinds = BatchKinds(
+        handed,
+        len(new),
+        len(merged - new),
+        len(zero - new),
+        ksm,
+        skipped,
+        passes,
+        stable=len(stable - new),
+    )
     if not thp_handed or in_thp is None:
         return kinds
     thp_first = sum(1 for key in new if in_thp(key))
@@ -248,12 +268,14 @@ def kinds_cost(
     file = kinds.passes * walk_pages
     thp_first = costs.first_ns if costs.thp_first_ns is None else costs.thp_first_ns
     thp_later = later if costs.thp_later_ns is None else costs.thp_later_ns
+    merge = later if costs.merge_ns is None else costs.merge_ns
     cpu = (
         (kinds.first - kinds.thp_first) * costs.first_ns
         + kinds.thp_first * thp_first
         + (kinds.later - kinds.thp_later) * later
         + kinds.thp_later * thp_later
-        + kinds.merged * (later if costs.merge_ns is None else costs.merge_ns)
+        + (kinds.merged - kinds.stable) * merge
+        + kinds.stable * (merge if costs.stable_ns is None else costs.stable_ns)
         + kinds.zero * (later if costs.zero_ns is None else costs.zero_ns)
         + kinds.ksm * (later if costs.ksm_ns is None else costs.ksm_ns)
         + kinds.skipped * costs.skip_ns

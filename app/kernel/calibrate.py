@@ -14,6 +14,9 @@ what-if sweep and prediction (``--calibration FILE``). Method (``docs/cpu-model.
 - **merge**, **ksm**: a *pairs* area (page i = page i + N/2): pass 1 first visits, pass 2
   inserts N/2 pages in the unstable tree (later) and merges N/2 (merge), pass 3 revisits N
   KSM pages (ksm).
+- **stable**: a *quads* area (pages i, i + N/4, i + N/2, i + 3N/4 equal): pass 2 inserts
+  N/4 pages (later), merges N/4 with them into new KSM pages (merge) and N/2 into those
+  KSM pages (stable): (CPU - pass - N/4 later - N/4 merge) / (N/2).
 - **wake** (wall time, not CPU): one page per batch, ``sleep_millisecs=20``, for 3 s: the
   wall time per batch less its CPU and the sleep (jiffy rounding, scheduling delay).
 - **zero**: a zero-filled area with ``use_zero_pages=1``: pass 2 merges every page with the
@@ -317,6 +320,18 @@ def measure_round(s: KsmSysfs, pages: int, log: Callable[[str], None]) -> dict[s
         raise RuntimeError(f"only {sharing} of {half} pairs merged")
     out["merge_ns"] = (p2.cpu_ns - pass_ns - half * out["later_ns"]) / half
     out["ksm_ns"] = (p3.cpu_ns - pass_ns) / p3.scanned
+    # identical fours: a quarter inserted, a quarter merged in pairs, half into KSM pages
+    _fresh(s, **base)
+    with Area(pages, "quads"):
+        one()  # first visits
+        q2 = one()
+        sharing = s.read_int("pages_sharing") or 0
+    quarter = pages // 4
+    if sharing < 3 * quarter * 0.95:
+        raise RuntimeError(f"only {sharing} of {3 * quarter} pages of fours merged")
+    out["stable_ns"] = (q2.cpu_ns - pass_ns - quarter * (out["later_ns"] + out["merge_ns"])) / (
+        pages - 2 * quarter
+    )
     # zero-filled pages
     _fresh(s, **{**base, "use_zero_pages": 1})
     with Area(pages, "zero"):
@@ -389,6 +404,7 @@ def calibrate(
         later_ns=max(0, round(med["later_ns"])),
         skip_ns=max(0, round(med["skip_ns"])),
         merge_ns=max(0, round(med["merge_ns"])),
+        stable_ns=max(0, round(med["stable_ns"])),
         zero_ns=max(0, round(med["zero_ns"])),
         ksm_ns=max(0, round(med["ksm_ns"])),
         pass_ns=max(0, round(med["pass_ns"])),

@@ -2,8 +2,8 @@
 real program started under ``prctl(PR_SET_MEMORY_MERGE)``.
 
 - :class:`Area`: one private anonymous mapping of this process (``MADV_NOHUGEPAGE``) filled
-  with known pages (unique, in identical pairs, or zero-filled) and made mergeable: what
-  ``ksmlab calibrate`` measures ksmd's costs on.
+  with known pages (unique, in identical pairs or fours, or zero-filled) and made
+  mergeable: what ``ksmlab calibrate`` measures ksmd's costs on.
 - :class:`ProgramCopies`: ``n`` Python interpreters that set ``PR_SET_MEMORY_MERGE`` on
   themselves first, import a large library, report ready on stdout and sleep until their
   stdin closes: what ``ksmlab whatif-check --workload python`` predicts and measures. They
@@ -36,13 +36,15 @@ class Area:
 
     - ``unique``: every page different from every other page on the host;
     - ``pairs``: page ``i`` and page ``i + pages/2`` identical, nothing else alike;
+    - ``quads``: pages ``i``, ``i + pages/4``, ``i + pages/2`` and ``i + 3 pages/4``
+      identical, nothing else alike;
     - ``zero``: every page present and zero-filled.
 
     ``huge=True`` asks for transparent huge pages (``MADV_HUGEPAGE``), else none.
     """
 
     def __init__(self, pages: int, kind: str, huge: bool = False) -> None:
-        if kind not in ("unique", "pairs", "zero"):
+        if kind not in ("unique", "pairs", "quads", "zero"):
             raise ValueError(f"unknown area kind {kind!r}")
         if pages < 2:
             raise ValueError("an area has at least 2 pages")
@@ -52,12 +54,12 @@ class Area:
         # ``huge``: transparent huge pages where the kernel gives them (MADV_HUGEPAGE)
         self.map.madvise(mmap.MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE)
         stamp = (os.getpid() << 40) | (time.monotonic_ns() & ((1 << 40) - 1))
-        half = pages // 2
+        group = {"pairs": pages // 2, "quads": pages // 4}.get(kind, pages)
         for i in range(pages):
             if kind == "zero":
                 self.map[i * PAGE] = 0  # a write: a real page full of zeros
                 continue
-            n = i % half if kind == "pairs" else i
+            n = i % group
             self.map[i * PAGE : (i + 1) * PAGE] = struct.pack("<QQ", stamp, n) * (PAGE // 16)
         self.map.madvise(MADV_MERGEABLE)
 

@@ -37,10 +37,10 @@ def _kernel(pages: int, content: str, **sysfs: int) -> Kernel:
     k = Kernel("6.18", {"pages_to_scan": 10_000, "smart_scan": 1, **sysfs}, record=True)
     k.spawn("P")
     k.mmap("P", "m", pages)
-    if content == "pairs":
-        half = pages // 2
-        for i in range(half):
-            k.write("P", "m", [(i, i + 1), (i + half, i + half + 1)], f"c{i}")
+    if content in ("pairs", "quads"):
+        group = pages // (2 if content == "pairs" else 4)
+        for i in range(group):
+            k.write("P", "m", [(j, j + 1) for j in range(i, pages, group)], f"c{i}")
     else:
         k.write("P", "m", None, content)
     k.madvise("P", "m", None, "MADV_MERGEABLE")
@@ -76,6 +76,23 @@ def test_pages_by_kind_on_identical_pairs() -> None:
     ]
     # time: CPU + sleep (20 ms default) + wake, per batch
     assert clock.time.now_ns == sum(g[7] for g in got) + 3 * (20_000_000 + 4_000_000)
+
+
+def test_a_merge_into_a_ksm_page_costs_stable_ns() -> None:
+    """100 pages in 25 identical fours, one batch per pass: pass 2 inserts 25 (later), merges
+    25 with them into new KSM pages (merge) and 50 into those KSM pages (stable)."""
+    costs = dataclasses.replace(COSTS, stable_ns=4000)
+    k = _kernel(100, "quads")
+    got = _passes(k, BatchClock(k, costs), 3)
+    assert [g[:5] for g in got] == [
+        (100, 0, 0, 0, 0),
+        (0, 25, 75, 0, 0),
+        (0, 0, 0, 0, 100),
+    ]
+    assert got[1][7] == 25 * 5000 + 25 * 7000 + 50 * 4000 + 100_000
+    # without a stable figure, such a merge costs as a merge
+    k = _kernel(100, "quads")
+    assert _passes(k, BatchClock(k, COSTS), 2)[1][7] == 25 * 5000 + 75 * 7000 + 100_000
 
 
 def test_batch_overhead_is_charged_once_per_batch() -> None:
