@@ -125,8 +125,10 @@ export function mapCounts(g, layer, s) {
  * enough; else one line (name and mapping) centred on the lane, in smaller type down to 9 px
  * when the lane is short; a label that would overlap the one above is left out (zoom in to
  * read it). Returns the boxes drawn: {lane, top, bottom, right, rowTop, rowBottom, lines, px}.
+ * ``lanes`` and ``span(lane)`` (its rows' top from the origin and height, in screen px) are
+ * the page grid's by default; the overview passes its own (overview.js).
  */
-export function labels(g, s) {
+export function labels(g, s, lanes = g.lanes, span = (lane) => [lane.row0 * s, lane.rows * s]) {
   const ctx = g.ctx;
   ctx.fillStyle = "#0f131a";
   ctx.fillRect(0, 0, g.gutter, g.ch);
@@ -153,8 +155,9 @@ export function labels(g, s) {
   ctx.clip();
   const boxes = [];
   let lastBottom = -Infinity;
-  for (const lane of g.lanes) {
-    const rowTop = g.oy + lane.row0 * s, rowBottom = rowTop + lane.rows * s;
+  for (const lane of lanes) {
+    const [off, height] = span(lane);
+    const rowTop = g.oy + off, rowBottom = rowTop + height;
     if (rowBottom <= 0 || rowTop >= g.ch) continue;
     // the part of the lane on screen
     const top = Math.max(rowTop, 0), bottom = Math.min(rowBottom, g.ch), room = bottom - top;
@@ -173,7 +176,7 @@ export function labels(g, s) {
     ctx.fillText(lane.vma, 16 + w, y + (px - small) * 0.7);
     let right = 16 + w + ctx.measureText(lane.vma).width;
     if (lines === 2) {
-      const count = `${lane.npages} pages`;
+      const count = `${lane.npages.toLocaleString("en")} pages`;
       ctx.fillText(count, 10, y + big + 3);
       right = Math.max(right, 10 + ctx.measureText(count).width);
     }

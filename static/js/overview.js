@@ -12,7 +12,7 @@
 // shows when zoomed in (its `viewport` message); those pages are drawn one cell per page.
 
 import { Layer, pack } from "./cell_image.js";
-import { BG, beginFrame } from "./grid_overlay.js";
+import { BG, beginFrame, labels } from "./grid_overlay.js";
 import { CURSOR_COLOUR, KIND_COLOURS, OV_PRIORITY, ksmShade } from "./palette.js";
 import { b64bytes, b64int32, frameRecords } from "./protocol.js";
 
@@ -295,7 +295,8 @@ export class Overview {
     if (s >= 6) this._cellLines(s);
     this._cursor(s);
     ctx.restore();
-    this._labels(s);
+    g._labelBoxes = this._labels(s);
+    g._publishGeometry(g._labelBoxes);
     return true;
   }
 
@@ -342,31 +343,19 @@ export class Overview {
     this.g.canvas.dataset.cursor = `${c.proc}/${c.vma}/${c.page}`;
   }
 
+  /** The gutter: each guest's label on its lane (grid_overlay.labels, as the page grid
+   * places them), then how many pages a bucket holds. */
   _labels(s) {
     const g = this.g, ctx = g.ctx;
+    const boxes = labels(g, s, this.lanes, (lane) => [lane.y0 * s, lane.rows * TILE * s]);
+    const big = g.labelPx || Math.round(Math.min(22, Math.max(13, g.gutter / 8)));
     ctx.fillStyle = "#0f131a";
-    ctx.fillRect(0, 0, g.gutter, g.ch);
-    const big = Math.round(Math.min(22, Math.max(13, g.gutter / 8)));
-    let last = -Infinity;
-    for (const lane of this.lanes) {
-      let y = g.oy + lane.y0 * s;
-      const h = lane.rows * TILE * s;
-      if (y + h < 0 || y > g.ch) continue;
-      y = Math.max(y, Math.min(4, y + h - 2 * big), last + 2);
-      ctx.textBaseline = "top";
-      ctx.font = `bold ${big}px system-ui, sans-serif`;
-      ctx.fillStyle = "#e6edf3";
-      ctx.fillText(lane.proc, 10, y);
-      const w = ctx.measureText(lane.proc).width;
-      ctx.font = `${big - 3}px ui-monospace, monospace`;
-      ctx.fillStyle = "#9aa4b2";
-      ctx.fillText(lane.vma, 16 + w, y + 2);
-      ctx.fillText(`${lane.npages.toLocaleString("en")} pages`, 10, y + big + 3);
-      last = y + 2 * big + 4;
-    }
+    ctx.fillRect(0, g.ch - big - 8, g.gutter, big + 8);
     ctx.font = `${big - 4}px system-ui, sans-serif`;
     ctx.fillStyle = "#9aa4b2";
+    ctx.textBaseline = "top";
     ctx.fillText(`overview: ${this.bucket} pages / bucket`, 10, g.ch - big - 4);
+    return boxes;
   }
 
   /** The bucket under a page: its range and its counts by kind name. */

@@ -2,7 +2,9 @@
 page (bucket counts sum to the pages), a planted minority of KSM-placed zero pages is visible
 in the overview's pixels, and the grid zooms from the overview to a single page and back with
 the inspector on it. ``KSMLAB_OVERVIEW_PAGES`` (pages per guest, 4 guests; default 4,194,304)
-makes it smaller for a quick run; the screenshot is taken at the full size only."""
+makes it smaller for a quick run (above 262,144: a session of 1,048,576 pages or fewer gets
+whole snapshots, not an overview); the screenshot is taken at the full size only. The
+guests' labels sit on their lanes, at the overview and zoomed in (the page grid's rule)."""
 
 from __future__ import annotations
 
@@ -79,6 +81,28 @@ def planted_pixels(pg: Any, page: int) -> list[list[int]]:
     )
 
 
+def assert_labels_on_lanes(pg: Any, procs: list[str]) -> None:
+    """The labels the grid published (``data-geometry``) are ``procs``' and each one lies
+    within the part of its lane's rows on screen."""
+    try:
+        pg.wait_for_function(
+            f"""(procs) => {{ const c = ({GRID})().canvas;
+            return !!c.dataset.geometry &&
+              JSON.stringify(JSON.parse(c.dataset.geometry).labels.map((l) => l.proc))
+                === JSON.stringify(procs); }}""",
+            arg=procs,
+            timeout=30_000,
+        )
+    except Exception:
+        got = pg.get_attribute("canvas.page-grid", "data-geometry")
+        raise AssertionError(f"labels for {procs} not drawn: {got}") from None
+    geo = json.loads(pg.get_attribute("canvas.page-grid", "data-geometry") or "{}")
+    for label in geo["labels"]:
+        top, bottom = max(label["row_top"], 0), min(label["row_bottom"], geo["height"])
+        assert top - 0.5 <= label["top"] and label["bottom"] <= bottom + 0.5, (label, geo)
+        assert label["lines"] == 2, label  # tall lanes: name and mapping over the page count
+
+
 def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
     big_page: Any, host: tuple[Any, str], screenshot: Any
 ) -> None:
@@ -101,6 +125,8 @@ def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
     pg.wait_for_timeout(300)
     magenta = [255, 32, 200]  # palette.js KIND_COLOURS.ksm_zero
     assert magenta in planted_pixels(pg, PLANTED), "the planted zero page is hidden"
+    # each guest's label sits on its own lane (grid_overlay.labels, as in the page grid)
+    assert_labels_on_lanes(pg, [f"vm{i + 1}" for i in range(GUESTS)])
     if TOTAL == 16_777_216:
         screenshot(pg, "overview-16m")
 
@@ -119,6 +145,7 @@ def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
         return [r.left + g.ox + (x + 0.5) * g.scale, r.top + g.oy + (y + 0.5) * g.scale]; }}"""
     )
     assert pg.evaluate(f"() => ({GRID})().scale") >= 26  # one labelled cell per page
+    assert_labels_on_lanes(pg, ["vm2"])  # the lane on screen keeps its label
     pg.mouse.click(x, y)
     pg.wait_for_function(
         f"() => document.querySelector('.inspector').dataset.selected === 'vm2/ram/{PLANTED}'"
