@@ -169,9 +169,10 @@ class WalkedUnstableIndex(UnstableIndex):
     keeps this tree beside the map (same inserts and erasures, in the same order, ordered
     as the stable tree is: :meth:`sim.state.KsmState.content_order`) and walks it;
     ``walk`` says whether the walk for a content reaches its node or its place, or gives
-    up. The order of contents whose bytes the format leaves open (unique pages, captured
-    classes) is the simulator's stand-in, so which walks meet such a node is as plausible
-    as that order, not known; a zero-filled page's node is always the leftmost.
+    up. The order of contents whose bytes the format leaves open (unique pages, the classes
+    of a salted capture) is the simulator's stand-in, so which walks meet such a node is as
+    plausible as that order, not known; a capture in memcmp order gives the real one
+    (:func:`sim.fromcapture.apply_order`); a zero-filled page's node is always the leftmost.
     """
 
     __slots__ = ("kernel", "root", "nodes")
