@@ -195,10 +195,22 @@ BATCH_AREA = 4000
 BATCH_PAGES = 10
 
 
-def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float:
-    """Run ksmd with one page per batch for ``seconds``: the wall time of a batch minus its
-    CPU and ``sleep_ms`` (batches: pages scanned plus passes, a pass end's batch scans none)."""
-    s.write("sleep_millisecs", sleep_ms)
+@dataclass(frozen=True)
+class Run:
+    """What ksmd did over a timed run: pages scanned, full scans, its CPU, the wall time."""
+
+    scanned: int
+    passes: int
+    cpu_ns: int
+    wall_ns: int
+
+
+def timed_run(s: KsmSysfs, pid: int, seconds: float, pages_per_batch: int) -> tuple[Run, int]:
+    """ksmd running for ``seconds`` with ``pages_per_batch`` pages a batch (the caller set
+    ``sleep_millisecs``): what it did, and its batches (pages over pages_per_batch, rounded
+    up, plus one per pass end). Raises RuntimeError below 10 batches."""
+    pts = s.read_int("pages_to_scan") or 0
+    s.write("pages_to_scan", pages_per_batch)
     p0, f0, c0 = s.read_int("pages_scanned") or 0, s.read_int("full_scans") or 0, ksmd_cpu_ns(pid)
     t0 = time.monotonic_ns()
     s.write("run", 1)
@@ -207,11 +219,26 @@ def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float
     finally:
         s.write("run", 0)
     wall = time.monotonic_ns() - t0
-    batches = (s.read_int("pages_scanned") or 0) - p0 + (s.read_int("full_scans") or 0) - f0
-    cpu = ksmd_cpu_ns(pid) - c0
+    time.sleep(0.03)  # let ksmd go back to sleep before reading its CPU time
+    run = Run(
+        (s.read_int("pages_scanned") or 0) - p0,
+        (s.read_int("full_scans") or 0) - f0,
+        ksmd_cpu_ns(pid) - c0,
+        wall,
+    )
+    s.write("pages_to_scan", pts)
+    batches = -(-run.scanned // pages_per_batch) + run.passes
     if batches < 10:
         raise RuntimeError(f"only {batches} ksmd batches in {seconds} s")
-    return (wall - cpu) / batches - sleep_ms * 1_000_000
+    return run, batches
+
+
+def batch_wake_ns(s: KsmSysfs, pid: int, sleep_ms: int, seconds: float) -> float:
+    """Run ksmd with one page per batch for ``seconds``: the wall time of a batch minus its
+    CPU and ``sleep_ms`` (batches: pages scanned plus passes, a pass end's batch scans none)."""
+    s.write("sleep_millisecs", sleep_ms)
+    run, batches = timed_run(s, pid, seconds, 1)
+    return (run.wall_ns - run.cpu_ns) / batches - sleep_ms * 1_000_000
 
 
 def batch_overhead_ns(s: KsmSysfs, one: OnePass, pass_ns: float, seconds: float) -> float:
@@ -219,28 +246,9 @@ def batch_overhead_ns(s: KsmSysfs, one: OnePass, pass_ns: float, seconds: float)
     the caller set smart_scan=0 and a pages_to_scan above the area)."""
     whole = one()  # the area as one batch: warm caches, the pages' own cost
     per_page = (whole.cpu_ns - pass_ns) / max(1, whole.scanned)
-    pts = s.read_int("pages_to_scan") or 0
-    s.write("pages_to_scan", BATCH_PAGES)
     s.write("sleep_millisecs", WAKE_SLEEP_MS)
-    p0, f0, c0 = (
-        s.read_int("pages_scanned") or 0,
-        s.read_int("full_scans") or 0,
-        ksmd_cpu_ns(one.pid),
-    )
-    s.write("run", 1)
-    try:
-        time.sleep(seconds)
-    finally:
-        s.write("run", 0)
-    time.sleep(0.03)
-    scanned = (s.read_int("pages_scanned") or 0) - p0
-    passes = (s.read_int("full_scans") or 0) - f0
-    cpu = ksmd_cpu_ns(one.pid) - c0
-    s.write("pages_to_scan", pts)
-    batches = -(-scanned // BATCH_PAGES) + passes
-    if batches < 10:
-        raise RuntimeError(f"only {batches} ksmd batches in {seconds} s")
-    return (cpu - scanned * per_page - passes * pass_ns) / batches
+    run, batches = timed_run(s, one.pid, seconds, BATCH_PAGES)
+    return (run.cpu_ns - run.scanned * per_page - run.passes * pass_ns) / batches
 
 
 def anon_huge_kb() -> int:
