@@ -12,6 +12,7 @@ Both madvise MADV_MERGEABLE, print the mapping's address and wait on stdin.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
 
@@ -19,11 +20,6 @@ PAGE = 4096
 HUGE = 2 << 20
 DUPS = 64
 UNIQUE = 64
-MADV_MERGEABLE = 12
-MADV_HUGEPAGE = 14
-MADV_NOHUGEPAGE = 15
-PROT_RW = 0x3
-MAP_PRIVATE_ANON = 0x02 | 0x20
 
 
 def dup_page(j: int) -> bytes:
@@ -32,44 +28,34 @@ def dup_page(j: int) -> bytes:
 
 def main() -> None:
     role, blocks = sys.argv[1], int(sys.argv[2])
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
     if role == "thp":
         size = blocks * HUGE
-        raw = libc.mmap(None, size + HUGE, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
-        assert raw not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-        addr = (raw + HUGE - 1) // HUGE * HUGE
-        assert libc.madvise(addr, size, MADV_HUGEPAGE) == 0, os.strerror(ctypes.get_errno())
+        m = mmap.mmap(-1, size + HUGE, flags=flags)
+        start = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        off = -start % HUGE  # the first 2 MiB-aligned address in the mapping
+        m.madvise(mmap.MADV_HUGEPAGE, off, size)
         for b in range(blocks):
-            base = addr + b * HUGE
+            base = off + b * HUGE
             if b == 2:  # two equal pages inside one huge page, nothing shared outside
                 same = os.urandom(PAGE)
-                ctypes.memmove(base, same, PAGE)
-                ctypes.memmove(base + PAGE, same, PAGE)
+                m[base : base + 2 * PAGE] = same * 2
                 for j in range(2, 2 + UNIQUE):
-                    ctypes.memmove(base + j * PAGE, os.urandom(PAGE), PAGE)
+                    m[base + j * PAGE : base + (j + 1) * PAGE] = os.urandom(PAGE)
                 continue
             for j in range(DUPS):
-                ctypes.memmove(base + j * PAGE, dup_page(j), PAGE)
+                m[base + j * PAGE : base + (j + 1) * PAGE] = dup_page(j)
             for j in range(DUPS, DUPS + UNIQUE):
-                ctypes.memmove(base + j * PAGE, os.urandom(PAGE), PAGE)
+                m[base + j * PAGE : base + (j + 1) * PAGE] = os.urandom(PAGE)
     else:
-        size = DUPS * PAGE
-        addr = libc.mmap(None, size, PROT_RW, MAP_PRIVATE_ANON, -1, 0)
-        assert libc.madvise(addr, size, MADV_NOHUGEPAGE) == 0
+        size, off = DUPS * PAGE, 0
+        m = mmap.mmap(-1, size, flags=flags)
+        start = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        m.madvise(mmap.MADV_NOHUGEPAGE)
         for j in range(DUPS):
-            ctypes.memmove(addr + j * PAGE, dup_page(j), PAGE)
-    assert libc.madvise(addr, size, MADV_MERGEABLE) == 0, os.strerror(ctypes.get_errno())
-    sys.stdout.write(f"{addr}\n")
+            m[j * PAGE : (j + 1) * PAGE] = dup_page(j)
+    m.madvise(mmap.MADV_MERGEABLE, off, size)
+    sys.stdout.write(f"{start + off}\n")
     sys.stdout.flush()
     sys.stdin.read()
 
