@@ -176,7 +176,13 @@ export function labels(g, s, lanes = g.lanes, span = (lane) => [lane.row0 * s, l
     ctx.fillText(lane.vma, 16 + w, y + (px - small) * 0.7);
     let right = 16 + w + ctx.measureText(lane.vma).width;
     if (lines === 2) {
+      // the page count in the gutter's width: smaller type for a long count, never cut
       const count = `${lane.npages.toLocaleString("en")} pages`;
+      let cpx = small;
+      while (cpx > 8 && 10 + ctx.measureText(count).width > g.gutter - 2) {
+        cpx -= 1;
+        ctx.font = `${cpx}px ui-monospace, "DejaVu Sans Mono", monospace`;
+      }
       ctx.fillText(count, 10, y + big + 3);
       right = Math.max(right, 10 + ctx.measureText(count).width);
     }

@@ -101,6 +101,7 @@ def assert_labels_on_lanes(pg: Any, procs: list[str]) -> None:
         top, bottom = max(label["row_top"], 0), min(label["row_bottom"], geo["height"])
         assert top - 0.5 <= label["top"] and label["bottom"] <= bottom + 0.5, (label, geo)
         assert label["lines"] == 2, label  # tall lanes: name and mapping over the page count
+        assert label["right"] <= geo["gutter"] + 1, (label, geo["gutter"])  # never cut
 
 
 def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
