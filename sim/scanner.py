@@ -167,8 +167,10 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         look-up), without smart scan, on the 6.11+ order, when no change log is kept.
         A third kind is a run of pages of one content merged into its stable node
         (:meth:`_merge_run`), a fourth a run of KSM pages met again on their node
-        (:meth:`_revisit_run`). Returns the pages handled; 0 or ``-end`` (a window that does
-        not qualify: ``windows`` is False before page ``end``) to take the page path.
+        (:meth:`_revisit_run`), a fifth a run of pages met for the first time, which only
+        get their rmap_item and checksum (:meth:`_first_sight_run`). Returns the pages
+        handled; 0 or ``-end`` (a window that does not qualify: ``windows`` is False before
+        page ``end``) to take the page path.
         """
         n = min(budget, vma.npages - i, RUN_WINDOW)
         if n < 2 or self.stable_node_chains or self.dead_nodes or self.thp_groups:
@@ -179,6 +181,10 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             return self._revisit_run(vma, i, n, p0)
         if p0 <= 0 or pfns[i + 1] != p0 + 1 or self.f_node[p0] >= 0:
             return 0  # not a run of fresh frames: cheap to tell
+        if vma.it_state[i + 1] == ITEM_ABSENT:
+            first = self._first_sight_run(vma, i, n, p0)
+            if first:
+                return first
         same = self._merge_run(vma, i, n, p0)
         if same:
             return same
@@ -238,6 +244,58 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
                 return 0
         e = i + n
         self.ksm_revisits += n
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return n
+
+    def _first_sight_run(self, vma: Vma, i: int, n: int, p0: int) -> int:
+        """Pages ksmd meets for the first time, each an ordinary page (no stable node) of a
+        consecutive frame: page ``i``'s rmap_item just made by the walk and not in a tree,
+        the next pages without one. Each gets its rmap_item (``get_next_rmap_item``) and its
+        checksum recorded: on the 6.11+ order ``cmp_and_merge_page`` stops at the checksum
+        gate (a new item's zeroed checksum never equals a page's). Returns how many (0:
+        fewer than 2 here)."""
+        state = vma.it_state
+        sums = vma.it_sum
+        f_content = self.f_content
+        if state[i] != ITEM_NONE or sums[i] == f_content[p0]:
+            return 0
+        pfns = vma.pfn
+        f_node = self.f_node
+        merg = vma.mergeable
+
+        def ok(m: int) -> bool:
+            e = i + m
+            return (
+                state[i + 1 : e] == bytes(m - 1)
+                and pfns[i:e] == seq_array(p0, m)
+                and f_node[p0 : p0 + m] == _NO_NODE[:m]
+                and merg.find(0, i, e) < 0
+            )
+
+        if not ok(n):
+            lo, hi = 1, n  # the longest qualifying prefix: lo pages do, hi do not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if ok(mid):
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+            if n < 2:
+                return 0
+        e = i + n
+        new = n - 1
+        # _new_item on pages i+1 .. e-1 (page i's is made), then each checksum recorded
+        state[i + 1 : e] = bytes((ITEM_NONE,)) * new
+        vma.it_age[i + 1 : e] = bytes(new)
+        vma.it_skip[i + 1 : e] = bytes(new)
+        vma.it_node[i + 1 : e] = _NO_NODE[:new]
+        vma.nitems += new
+        vma.mm.ksm_rmap_items += new
+        self.ksm_rmap_items += new
+        sums[i:e] = f_content[p0 : p0 + n]
         vma.it_skipped[i:e] = bytes(n)
         self.cursor_addr = vma.start + e
         self.pages_scanned += n
