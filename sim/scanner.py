@@ -318,27 +318,25 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         if have == 0 or n < 2:
             return 0
         same = array("i", [c]) * n
-        if f_content[p0 : p0 + n] != same:
-            lo, hi = 1, n  # the longest prefix of content c: lo pages are, hi are not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if f_content[p0 : p0 + mid] == same[:mid]:
-                    lo = mid
-                else:
-                    hi = mid
-            n = lo
+        here = f_content[p0 : p0 + n]
+        if here != same:
+            # the longest prefix of content c: the first byte that differs, found with one
+            # exclusive or of the two runs read as little-endian integers (its lowest set bit)
+            diff = int.from_bytes(here, "little") ^ int.from_bytes(same, "little")
+            n = ((diff & -diff).bit_length() - 1) // 32
             if n < 2:
                 return 0
             del same[n:]
         e = i + n
         pfns = vma.pfn
         state = vma.it_state
+        frames = seq_array(p0, n)
         if (
-            pfns[i:e] != seq_array(p0, n)
+            pfns[i:e] != frames
             or self.f_node[p0 : p0 + n] != _NO_NODE[:n]
             or self.f_map[p0 : p0 + n] != _ONE_MAP[:n]
             or vma.mergeable.find(0, i, e) >= 0
-            or state[i:e] != bytes((ITEM_NONE,)) * n
+            or state.count(ITEM_NONE, i, e) != n
             or vma.it_sum[i:e] != same
         ):
             return 0
@@ -347,7 +345,7 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         vma.pte[i:e] = bytes(n)
         self.f_map[kpfn] += n
         self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
-        self.free_pfns.extend(seq_array(p0, n))
+        self.free_pfns.extend(frames)
         node.items.extend(key_run((vma.uid << 32) | i, n))
         self.pages_sharing += n
         state[i:e] = bytes((ITEM_STABLE,)) * n
