@@ -7,21 +7,24 @@ The workload (the mixed one of ``bench/sim_throughput.py``, over 4 processes): e
 maps ``pages / 4`` pages, writes 25% zero pages, 25% duplicates (a label per run of 16
 pages, each label in 16 pages only), 50% unique pages, then ``MADV_MERGEABLE``; kernel
 6.18, ``use_zero_pages=1``, ``smart_scan=0`` (every page is scanned on every pass). Pass 1
-records checksums, pass 2 merges (the **merging pass**: zero pages onto the zero page,
-duplicates into KSM pages), pass 3 is the **steady state** (the unique pages and the KSM
-pages again). Rates are pages scanned per second of CPU time (``time.process_time``) and
-of wall time. ``smart_scan=0`` on both sides: every page is looked at on every pass, so
-both figures count the same work (with smart scan on, the simulator steps page by page:
-its runs of pages, ``sim.scanner.ScannerMixin._scan_run``, need it off).
+records checksums (the **first pass**: rmap_items made and checksums recorded a run of
+pages at once, ``sim.scanner.ScannerMixin._first_sight_run``), pass 2 merges (the **merging
+pass**: zero pages onto the zero page, duplicates into KSM pages), pass 3 is the **steady
+state** (the unique pages and the KSM pages again). Rates are pages scanned per second of
+CPU time (``time.process_time``) and of wall time. ``smart_scan=0`` on both sides: every
+page is looked at on every pass, so both figures count the same work (with smart scan on,
+the simulator steps page by page: its runs of pages,
+``sim.scanner.ScannerMixin._scan_run``, need it off).
 
 Prints:
 
-- at 65,536, 1,048,576 and 16,777,216 pages: the creation time, the merging and steady
-  pages/s (the smaller sizes: the best of ``--repeat`` fresh sessions, 5 by default; the big
-  one: its only session), and the memory per simulated page of the whole ``Kernel`` after
-  those three passes (``deep size``: every object reachable from the kernel, counted once with
-  ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and scanning the
-  session, which is too slow at 16M and agrees with the deep size at the smaller sizes);
+- at 65,536, 1,048,576 and 16,777,216 pages: the creation time, the first, merging and
+  steady pages/s (the smaller sizes: the best of ``--repeat`` fresh sessions, 5 by default;
+  the big one: its only session), and the memory per simulated page of the whole ``Kernel``
+  after those three passes (``deep size``: every object reachable from the kernel, counted
+  once with ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and
+  scanning the session, which is too slow at 16M and agrees with the deep size at the
+  smaller sizes);
 - the host's real ksmd on the same workload, side by side (root only; ``--host-pages``
   pages, 4 child processes): ``pages_to_scan`` = the whole area, ``sleep_millisecs=0``;
   pages_scanned over wall time and over ksmd's CPU time (``/proc/<ksmd>/schedstat``) for
@@ -135,14 +138,14 @@ def run_sim(pages: int) -> dict[str, Any]:
 
 def run_best(pages: int, repeat: int) -> dict[str, Any]:
     """:func:`run_sim` ``repeat`` times, each on a fresh session: the fastest creation and
-    the fastest merging and steady passes (by CPU rate) of the repeats, the rest from the
-    first. A small session's passes last milliseconds, so one run measures a scheduler
+    the fastest first, merging and steady passes (by CPU rate) of the repeats, the rest from
+    the first. A small session's passes last milliseconds, so one run measures a scheduler
     tick or a cold start as much as the simulator; the best of several is what it does
     undisturbed (and for the no-slowdown ratio, the harder side to match)."""
     runs = [run_sim(pages) for _ in range(max(1, repeat))]
     out = dict(runs[0])
     out["create"] = min((r["create"] for r in runs), key=lambda c: c[1])
-    for label in ("merging", "steady"):
+    for label in ("first", "merging", "steady"):
         ranked = sorted((r[label] for r in runs), key=lambda p: rate(p)[0])
         out[label] = ranked[-1]
         out[f"median {label}"] = ranked[len(ranked) // 2]
@@ -162,9 +165,14 @@ def show_sim(r: dict[str, Any]) -> None:
     best = f", best of {r['repeat']} sessions" if r.get("repeat", 1) > 1 else ""
     print(f"simulator, {n:,} pages ({PROCS} processes x {n // PROCS:,}){best}:")
     print(f"  created in {r['create'][1]:.2f} s wall ({r['create'][0]:.2f} s CPU)")
-    for label in ("merging", "steady"):
+    names = {
+        "first": "first pass (pass 1)",
+        "merging": "merging pass (pass 2)",
+        "steady": "steady state (pass 3)",
+    }
+    for label in ("first", "merging", "steady"):
         cpu, wall = rate(r[label])
-        what = "merging pass (pass 2)" if label == "merging" else "steady state (pass 3)"
+        what = names[label]
         print(f"  {what:22s} {cpu:12,.0f} pages/s CPU  {wall:12,.0f} pages/s wall")
     if r.get("repeat", 1) > 1:
         m, st = rate(r["median merging"])[0], rate(r["median steady"])[0]

@@ -131,7 +131,10 @@ class Vma:
     @property
     def anon_vma(self) -> bool:
         """Whether any of the mapping's VMAs has an anon_vma."""
-        return any(seg[2] for seg in self.segs)
+        for seg in self.segs:
+            if seg[2]:
+                return True
+        return False
 
     def seg_at(self, i: int) -> list[int]:
         for seg in self.segs:

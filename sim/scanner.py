@@ -167,8 +167,10 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         look-up), without smart scan, on the 6.11+ order, when no change log is kept.
         A third kind is a run of pages of one content merged into its stable node
         (:meth:`_merge_run`), a fourth a run of KSM pages met again on their node
-        (:meth:`_revisit_run`). Returns the pages handled; 0 or ``-end`` (a window that does
-        not qualify: ``windows`` is False before page ``end``) to take the page path.
+        (:meth:`_revisit_run`), a fifth a run of pages met for the first time, which only
+        get their rmap_item and checksum (:meth:`_first_sight_run`). Returns the pages
+        handled; 0 or ``-end`` (a window that does not qualify: ``windows`` is False before
+        page ``end``) to take the page path.
         """
         n = min(budget, vma.npages - i, RUN_WINDOW)
         if n < 2 or self.stable_node_chains or self.dead_nodes or self.thp_groups:
@@ -179,6 +181,10 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             return self._revisit_run(vma, i, n, p0)
         if p0 <= 0 or pfns[i + 1] != p0 + 1 or self.f_node[p0] >= 0:
             return 0  # not a run of fresh frames: cheap to tell
+        if vma.it_state[i + 1] == ITEM_ABSENT:
+            first = self._first_sight_run(vma, i, n, p0)
+            if first:
+                return first
         same = self._merge_run(vma, i, n, p0)
         if same:
             return same
@@ -243,6 +249,58 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         self.pages_scanned += n
         return n
 
+    def _first_sight_run(self, vma: Vma, i: int, n: int, p0: int) -> int:
+        """Pages ksmd meets for the first time, each an ordinary page (no stable node) of a
+        consecutive frame: page ``i``'s rmap_item just made by the walk and not in a tree,
+        the next pages without one. Each gets its rmap_item (``get_next_rmap_item``) and its
+        checksum recorded: on the 6.11+ order ``cmp_and_merge_page`` stops at the checksum
+        gate (a new item's zeroed checksum never equals a page's). Returns how many (0:
+        fewer than 2 here)."""
+        state = vma.it_state
+        sums = vma.it_sum
+        f_content = self.f_content
+        if state[i] != ITEM_NONE or sums[i] == f_content[p0]:
+            return 0
+        pfns = vma.pfn
+        f_node = self.f_node
+        merg = vma.mergeable
+
+        def ok(m: int) -> bool:
+            e = i + m
+            return (
+                state[i + 1 : e] == bytes(m - 1)
+                and pfns[i:e] == seq_array(p0, m)
+                and f_node[p0 : p0 + m] == _NO_NODE[:m]
+                and merg.find(0, i, e) < 0
+            )
+
+        if not ok(n):
+            lo, hi = 1, n  # the longest qualifying prefix: lo pages do, hi do not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if ok(mid):
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+            if n < 2:
+                return 0
+        e = i + n
+        new = n - 1
+        # _new_item on pages i+1 .. e-1 (page i's is made), then each checksum recorded
+        state[i + 1 : e] = bytes((ITEM_NONE,)) * new
+        vma.it_age[i + 1 : e] = bytes(new)
+        vma.it_skip[i + 1 : e] = bytes(new)
+        vma.it_node[i + 1 : e] = _NO_NODE[:new]
+        vma.nitems += new
+        vma.mm.ksm_rmap_items += new
+        self.ksm_rmap_items += new
+        sums[i:e] = f_content[p0 : p0 + n]
+        vma.it_skipped[i:e] = bytes(n)
+        self.cursor_addr = vma.start + e
+        self.pages_scanned += n
+        return n
+
     def _merge_run(self, vma: Vma, i: int, n: int, p0: int) -> int:
         """Pages of one content that has a regular stable node with room for them, each
         merged into it in order (``try_to_merge_with_ksm_page``); returns how many (0: no
@@ -260,27 +318,25 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         if have == 0 or n < 2:
             return 0
         same = array("i", [c]) * n
-        if f_content[p0 : p0 + n] != same:
-            lo, hi = 1, n  # the longest prefix of content c: lo pages are, hi are not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if f_content[p0 : p0 + mid] == same[:mid]:
-                    lo = mid
-                else:
-                    hi = mid
-            n = lo
+        here = f_content[p0 : p0 + n]
+        if here != same:
+            # the longest prefix of content c: the first byte that differs, found with one
+            # exclusive or of the two runs read as little-endian integers (its lowest set bit)
+            diff = int.from_bytes(here, "little") ^ int.from_bytes(same, "little")
+            n = ((diff & -diff).bit_length() - 1) // 32
             if n < 2:
                 return 0
             del same[n:]
         e = i + n
         pfns = vma.pfn
         state = vma.it_state
+        frames = seq_array(p0, n)
         if (
-            pfns[i:e] != seq_array(p0, n)
+            pfns[i:e] != frames
             or self.f_node[p0 : p0 + n] != _NO_NODE[:n]
             or self.f_map[p0 : p0 + n] != _ONE_MAP[:n]
             or vma.mergeable.find(0, i, e) >= 0
-            or state[i:e] != bytes((ITEM_NONE,)) * n
+            or state.count(ITEM_NONE, i, e) != n
             or vma.it_sum[i:e] != same
         ):
             return 0
@@ -289,8 +345,10 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         vma.pte[i:e] = bytes(n)
         self.f_map[kpfn] += n
         self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
-        self.free_pfns.extend(seq_array(p0, n))
-        node.items.extend(key_run((vma.uid << 32) | i, n))
+        self.free_pfns.extend(frames)
+        key = (vma.uid << 32) | i
+        # a short run's keys straight from a range (fewer objects than key_run builds)
+        node.items.extend(range(key, key + n) if n <= 64 else key_run(key, n))
         self.pages_sharing += n
         state[i:e] = bytes((ITEM_STABLE,)) * n
         vma.it_node[i:e] = array("i", [node.nid]) * n

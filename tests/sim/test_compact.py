@@ -190,6 +190,15 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
         return zero_stretch(vma, i)
 
     fast._free_zero_stretch = counting_stretches  # type: ignore[method-assign]
+    firsts = [0]
+    first_sight_run = fast._first_sight_run
+
+    def counting_firsts(vma: Vma, i: int, n: int, p0: int) -> int:
+        got = first_sight_run(vma, i, n, p0)
+        firsts[0] += got
+        return got
+
+    fast._first_sight_run = counting_firsts  # type: ignore[method-assign]
     for step in range(60):
         procs = sorted(fast.procs)
         vmas = [(p, v) for p in procs for v in fast.procs[p].vmas]
@@ -252,10 +261,12 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
     assert handled[0] > 0
     revisit_runs.append(revisits[0])
     zero_stretches.append(stretches[0])
+    first_sights.append(firsts[0])
 
 
 revisit_runs: list[int] = []
 zero_stretches: list[int] = []
+first_sights: list[int] = []
 
 
 def test_revisit_runs_happened() -> None:
@@ -264,6 +275,8 @@ def test_revisit_runs_happened() -> None:
         pytest.skip("needs the whole test_runs_at_once_equal_page_by_page before it")
     assert sum(1 for n in revisit_runs if n) >= 10
     assert sum(1 for n in zero_stretches if n) >= 10  # and stretches of zero pages freed
+    # and runs of pages met for the first time (their items made, checksums recorded)
+    assert sum(1 for n in first_sights if n) >= 10
 
 
 def test_a_big_batch_pauses_the_collector_and_restores_it() -> None:
