@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import gc
 from array import array
+from collections.abc import Callable
 
 from .mm import (
     ITEM_ABSENT,
@@ -60,6 +61,19 @@ _ONE_MAP = array("i", [1]) * RUN_WINDOW
 _ZERO_PFNS = array("i", bytes(4 * RUN_WINDOW))
 _IN_UNSTABLE_OR_NONE = bytes((ITEM_NONE, ITEM_UNSTABLE))
 _ABSENT_OR_NONE = bytes((ITEM_ABSENT, ITEM_NONE))
+
+
+def longest_prefix(ok: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The longest run length in ``[lo, hi)`` that ``ok`` accepts, by bisection: ``ok``
+    holds for the run's prefixes up to some length and for none longer, ``ok(lo)`` holds
+    (or ``lo`` is 0) and ``ok(hi)`` does not."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def skip_age(age: int) -> int:
@@ -232,14 +246,7 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             )
 
         if not ok(n):
-            lo, hi = 1, n  # the longest qualifying prefix: lo pages do, hi do not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if ok(mid):
-                    lo = mid
-                else:
-                    hi = mid
-            n = lo
+            n = longest_prefix(ok, 1, n)
             if n < 2:
                 return 0
         e = i + n
@@ -275,14 +282,7 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
             )
 
         if not ok(n):
-            lo, hi = 1, n  # the longest qualifying prefix: lo pages do, hi do not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if ok(mid):
-                    lo = mid
-                else:
-                    hi = mid
-            n = lo
+            n = longest_prefix(ok, 1, n)
             if n < 2:
                 return 0
         e = i + n
@@ -517,19 +517,16 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         n = vma.npages
         pfns = vma.pfn
         e = i
+
+        def zeros(m: int) -> bool:  # the m pages from e map the zero page
+            return pfns[e : e + m] == _ZERO_PFNS[:m]
+
         while e < n:
             w = min(RUN_WINDOW, n - e)
-            if pfns[e : e + w] == _ZERO_PFNS[:w]:
+            if zeros(w):
                 e += w
                 continue
-            lo, hi = 0, w  # the zero-page prefix of this window: lo pages are, hi are not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if pfns[e : e + mid] == _ZERO_PFNS[:mid]:
-                    lo = mid
-                else:
-                    hi = mid
-            e += lo
+            e += longest_prefix(zeros, 0, w)  # the zero-page prefix of this window
             break
         state = vma.it_state
         if not state[i:e].translate(None, _ABSENT_OR_NONE):
