@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import random
 from array import array
+from collections.abc import Callable
 
 import pytest
 
@@ -152,6 +153,23 @@ def state_of(k: Kernel) -> tuple[object, ...]:
     )
 
 
+def tally(
+    k: Kernel, method: str, amount: Callable[[int], int] = lambda got: max(got, 0)
+) -> list[int]:
+    """Wrap ``k``'s ``method`` to add ``amount(result)`` of each call to the returned
+    one-item list (the number of pages a run path handled, or of its calls)."""
+    total = [0]
+    inner = getattr(k, method)
+
+    def counting(*args: object) -> int:
+        got = inner(*args)
+        total[0] += amount(got)
+        return int(got)
+
+    setattr(k, method, counting)
+    return total
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_runs_at_once_equal_page_by_page(seed: int) -> None:
     rng = random.Random(seed)
@@ -164,41 +182,10 @@ def test_runs_at_once_equal_page_by_page(seed: int) -> None:
     fast, slow = Kernel(kernel, sysfs), Kernel(kernel, sysfs)
     slow.scan_runs = False
     counter = 0
-    handled = [0]
-    run_at_once = fast._scan_run
-
-    def counting(vma: Vma, i: int, budget: int, windows: bool) -> int:
-        n = run_at_once(vma, i, budget, windows)
-        handled[0] += max(n, 0)
-        return n
-
-    fast._scan_run = counting  # type: ignore[method-assign]
-    revisits = [0]
-    revisit_run = fast._revisit_run
-
-    def counting_revisits(vma: Vma, i: int, n: int, kpfn: int) -> int:
-        got = revisit_run(vma, i, n, kpfn)
-        revisits[0] += got
-        return got
-
-    fast._revisit_run = counting_revisits  # type: ignore[method-assign]
-    stretches = [0]
-    zero_stretch = fast._free_zero_stretch
-
-    def counting_stretches(vma: Vma, i: int) -> int:
-        stretches[0] += 1
-        return zero_stretch(vma, i)
-
-    fast._free_zero_stretch = counting_stretches  # type: ignore[method-assign]
-    firsts = [0]
-    first_sight_run = fast._first_sight_run
-
-    def counting_firsts(vma: Vma, i: int, n: int, p0: int) -> int:
-        got = first_sight_run(vma, i, n, p0)
-        firsts[0] += got
-        return got
-
-    fast._first_sight_run = counting_firsts  # type: ignore[method-assign]
+    handled = tally(fast, "_scan_run")
+    revisits = tally(fast, "_revisit_run")
+    stretches = tally(fast, "_free_zero_stretch", lambda _: 1)
+    firsts = tally(fast, "_first_sight_run")
     for step in range(60):
         procs = sorted(fast.procs)
         vmas = [(p, v) for p in procs for v in fast.procs[p].vmas]
