@@ -53,7 +53,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .capture import KSM_MASK, KSM_SHIFT, KSM_ZERO_PFN, PRESENT, THP, ZERO_CLASS, Capture
+from .capture import (
+    KSM_MASK,
+    KSM_SHIFT,
+    KSM_ZERO_PFN,
+    PRESENT,
+    THP,
+    ZERO_CLASS,
+    Capture,
+    CapturedMapping,
+)
 from .scenario import FORMAT, Scenario, parse_scenario
 from .thp import HPAGE_PMD_NR
 
@@ -88,6 +97,16 @@ def vma_names(capture: Capture) -> list[list[str]]:
             names.append(f"{label[:40]}@{m.start:x}")
         out.append(names)
     return out
+
+
+def sim_mappings(capture: Capture) -> Iterator[tuple[str, str, CapturedMapping]]:
+    """Every captured mapping with its simulator names: ``(process, mapping, mapping)``, in
+    the capture's order (:func:`proc_names`, :func:`vma_names`)."""
+    for p, pname, mnames in zip(
+        capture.processes, proc_names(capture), vma_names(capture), strict=True
+    ):
+        for m, vname in zip(p.mappings, mnames, strict=True):
+            yield pname, vname, m
 
 
 def _ranges(pages: list[int]) -> list[str]:
@@ -228,29 +247,26 @@ def thp_groups(capture: Capture) -> list[tuple[str, str, list[tuple[int, int]]]]
     out: list[tuple[str, str, list[tuple[int, int]]]] = []
     flags = capture.flags
     want = PRESENT | THP
-    for p, pname, mnames in zip(
-        capture.processes, proc_names(capture), vma_names(capture), strict=True
-    ):
-        for m, vname in zip(p.mappings, mnames, strict=True):
-            ranges: list[tuple[int, int]] = []
-            base = m.start >> 12
-            block = lo = -1
-            for j in range(m.pages):
-                if flags[m.first + j] & want != want:
-                    if lo >= 0:
-                        ranges.append((lo, j))
-                        lo = -1
-                    continue
-                b = (base + j) // HPAGE_PMD_NR
-                if lo >= 0 and b != block:
+    for pname, vname, m in sim_mappings(capture):
+        ranges: list[tuple[int, int]] = []
+        base = m.start >> 12
+        block = lo = -1
+        for j in range(m.pages):
+            if flags[m.first + j] & want != want:
+                if lo >= 0:
                     ranges.append((lo, j))
                     lo = -1
-                if lo < 0:
-                    lo, block = j, b
-            if lo >= 0:
-                ranges.append((lo, m.pages))
-            if ranges:
-                out.append((pname, vname, ranges))
+                continue
+            b = (base + j) // HPAGE_PMD_NR
+            if lo >= 0 and b != block:
+                ranges.append((lo, j))
+                lo = -1
+            if lo < 0:
+                lo, block = j, b
+        if lo >= 0:
+            ranges.append((lo, m.pages))
+        if ranges:
+            out.append((pname, vname, ranges))
     return out
 
 
@@ -271,24 +287,20 @@ def apply_order(kernel: Kernel, capture: Capture) -> int:
     flags, cls, classes = capture.flags, capture.cls, capture.classes
     f_content, order = kernel.f_content, kernel.content_bytes
     done: set[int] = set()
-    for p, pname, mnames in zip(
-        capture.processes, proc_names(capture), vma_names(capture), strict=True
-    ):
-        mm = kernel.procs[pname]
-        for m, vname in zip(p.mappings, mnames, strict=True):
-            pfns = mm.vmas[vname].pfn
-            for j in range(m.pages):
-                i = m.first + j
-                c = cls[i]
-                if c == ZERO_CLASS or not flags[i] & PRESENT:
-                    continue
-                pfn = pfns[j]
-                if pfn <= 0:  # written "zero" or read: the zero page's content
-                    continue
-                content = f_content[pfn]
-                if content not in done:
-                    done.add(content)
-                    order[content] = order_key(c, classes)
+    for pname, vname, m in sim_mappings(capture):
+        pfns = kernel.procs[pname].vmas[vname].pfn
+        for j in range(m.pages):
+            i = m.first + j
+            c = cls[i]
+            if c == ZERO_CLASS or not flags[i] & PRESENT:
+                continue
+            pfn = pfns[j]
+            if pfn <= 0:  # written "zero" or read: the zero page's content
+                continue
+            content = f_content[pfn]
+            if content not in done:
+                done.add(content)
+                order[content] = order_key(c, classes)
     return len(done)
 
 
@@ -327,17 +339,14 @@ class WriteSchedule:
             return
         rng = random.Random(seed)
         period_ns = round(capture.period_s * 1e9)
-        pnames = proc_names(capture)
-        vnames = vma_names(capture)
-        for p, pname, mnames in zip(capture.processes, pnames, vnames, strict=True):
-            for m, vname in zip(p.mappings, mnames, strict=True):
-                for j in range(m.pages):
-                    c = capture.changes[m.first + j]
-                    if not c:
-                        continue
-                    every = max(1, period_ns // c)
-                    self.heap.append((rng.randrange(every), len(self.refs), every))
-                    self.refs.append(PageRef(pname, vname, j))
+        for pname, vname, m in sim_mappings(capture):
+            for j in range(m.pages):
+                c = capture.changes[m.first + j]
+                if not c:
+                    continue
+                every = max(1, period_ns // c)
+                self.heap.append((rng.randrange(every), len(self.refs), every))
+                self.refs.append(PageRef(pname, vname, j))
         heapq.heapify(self.heap)
 
     def __len__(self) -> int:

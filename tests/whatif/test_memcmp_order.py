@@ -30,7 +30,7 @@ from sim.capture import (
     ClassTable,
     load_capture,
 )
-from sim.fromcapture import apply_capture, apply_order, capture_scenario, proc_names
+from sim.fromcapture import apply_capture, apply_order, capture_scenario, sim_mappings
 from sim.stepper import Next, Stepper
 
 PAGE = 4096
@@ -141,13 +141,13 @@ def test_apply_order_orders_contents_as_classes() -> None:
     while st.in_scenario:
         st.feed(Next("batch"))
     assert apply_order(k, cap) == 41
-    vmas = k.procs[proc_names(cap)[0]].vmas
     contents = {}
-    for name, m in zip(vmas, cap.processes[0].mappings, strict=True):
+    for pname, vname, m in sim_mappings(cap):
+        pfns = k.procs[pname].vmas[vname].pfn
         for j in range(m.pages):
             c = cap.cls[m.first + j]
             if c:
-                contents[c] = k.f_content[vmas[name].pfn[j]]
+                contents[c] = k.f_content[pfns[j]]
     by_class = sorted(contents)
     for a, b in pairwise(by_class):
         assert k.content_less(contents[a], contents[b])
