@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from .host.procfs import ProcFs
 from .qemu import base_image
 from .qemu_boot import _die_with_parent, kill_group
 from .qemu_initramfs import CpioWriter
@@ -59,14 +60,10 @@ def idle_image() -> bytes:
 def _wait_mergeable(proc: subprocess.Popen[bytes], console: Path) -> None:
     """Wait until qemu ``proc`` has a VM_MERGEABLE mapping (its guest RAM, marked by qemu's
     ``madvise(MADV_MERGEABLE)`` at start-up, which makes it a KSM user)."""
-    smaps = Path(f"/proc/{proc.pid}/smaps")
+    procfs = ProcFs()
     deadline = time.monotonic() + MERGEABLE_TIMEOUT_S
     while True:
-        try:
-            text = smaps.read_text()
-        except OSError:
-            text = ""
-        if any(line.startswith("VmFlags:") and " mg" in line for line in text.splitlines()):
+        if procfs.has_mergeable_vma(proc.pid):
             return
         if proc.poll() is not None:
             tail = console.read_text(errors="replace")[-400:]
