@@ -3,10 +3,16 @@
 The scanner keeps the unstable tree as a map from a content to the key of the rmap_item that
 was inserted for it (see :mod:`sim.scanner`). A dictionary of Python integers costs about
 100 bytes an entry; a 16-million-page session has 8 million entries at the end of a pass.
-:class:`UnstableIndex` keeps the same map in chunks of :data:`CHUNK` 64-bit slots, one
-``array('q')`` per chunk of content ids that holds an entry, freed when its last entry goes:
-content ids are drawn in sequence (a whole mapping written ``unique`` draws a run), so live
-entries sit densely in chunks and cost about 8 bytes each.
+:class:`UnstableIndex` keeps the same map in chunks of :data:`CHUNK` content ids, one per
+chunk that holds an entry, freed when its last entry goes. A chunk is either
+
+- a **span** ``(delta, lo, hi)``: slots ``lo`` .. ``hi - 1`` hold ``content + delta`` and the
+  others are empty. A run of pages of consecutive contents (``set_run``: a mapping written
+  ``unique`` draws its content ids in sequence, its pages have consecutive keys) fills its
+  chunks with such spans, and the next run of the same mapping extends them: a few dozen
+  bytes a chunk, whatever its number of entries;
+- or an ``array('q')`` of :data:`CHUNK` 64-bit slots (about 8 bytes an entry), which a span
+  becomes as soon as an entry is set or removed that the span cannot express.
 
 It behaves as the ``dict[int, int]`` it replaces for what the simulator asks of it:
 ``get``, ``[content] = key``, ``del``, ``in``, ``len``, ``items`` (in content order) and
@@ -18,7 +24,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 from .mm import seq_array
 from .rbtree import RbNode, RbRoot, rb_erase, rb_insert_color, rb_link_node
@@ -31,6 +37,9 @@ CHUNK_MASK = CHUNK - 1
 EMPTY = -1
 _BLANK = array("q", [EMPTY]) * CHUNK
 _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
+
+#: a chunk: its slots, or a span (delta, lo, hi) of slots holding content + delta
+Chunk: TypeAlias = "array[int] | tuple[int, int, int]"
 
 
 def key_run(key: int, n: int) -> array[int]:
@@ -48,8 +57,8 @@ class UnstableIndex:
     __slots__ = ("chunks", "counts", "size")
 
     def __init__(self) -> None:
-        #: chunk number (content >> CHUNK_BITS) -> its slots
-        self.chunks: dict[int, array[int]] = {}
+        #: chunk number (content >> CHUNK_BITS) -> its slots or its span
+        self.chunks: dict[int, Chunk] = {}
         #: chunk number -> entries in it
         self.counts: dict[int, int] = {}
         self.size = 0
@@ -58,7 +67,11 @@ class UnstableIndex:
         chunk = self.chunks.get(content >> CHUNK_BITS)
         if chunk is None:
             return None
-        key = chunk[content & CHUNK_MASK]
+        slot = content & CHUNK_MASK
+        if type(chunk) is tuple:
+            delta, lo, hi = chunk
+            return content + delta if lo <= slot < hi else None
+        key = chunk[slot]
         return None if key < 0 else key
 
     def __contains__(self, content: int) -> bool:
@@ -70,12 +83,23 @@ class UnstableIndex:
             raise KeyError(content)
         return key
 
+    def _slots(self, number: int) -> array[int]:
+        """Chunk ``number``'s slots (a new blank chunk if it has none; a span written out)."""
+        chunk = self.chunks.get(number)
+        if type(chunk) is array:
+            return chunk
+        slots = array("q", _BLANK)
+        if chunk is None:
+            self.counts[number] = 0
+        else:
+            delta, lo, hi = cast("tuple[int, int, int]", chunk)
+            slots[lo:hi] = key_run((number << CHUNK_BITS) + lo + delta, hi - lo)
+        self.chunks[number] = slots
+        return slots
+
     def __setitem__(self, content: int, key: int) -> None:
         n = content >> CHUNK_BITS
-        chunk = self.chunks.get(n)
-        if chunk is None:
-            chunk = self.chunks[n] = array("q", _BLANK)
-            self.counts[n] = 0
+        chunk = self._slots(n)
         slot = content & CHUNK_MASK
         if chunk[slot] < 0:
             self.counts[n] += 1
@@ -86,40 +110,56 @@ class UnstableIndex:
         n = content >> CHUNK_BITS
         chunk = self.chunks.get(n)
         slot = content & CHUNK_MASK
-        if chunk is None or chunk[slot] < 0:
+        if chunk is None or self.get(content) is None:
             raise KeyError(content)
-        chunk[slot] = EMPTY
         self.size -= 1
         left = self.counts[n] - 1
-        if left:
-            self.counts[n] = left
-        else:
+        if not left:
             del self.chunks[n]
             del self.counts[n]
+            return
+        self.counts[n] = left
+        if type(chunk) is tuple:
+            delta, lo, hi = chunk
+            if slot == lo or slot == hi - 1:  # the span shrinks from an end
+                self.chunks[n] = (delta, lo + (slot == lo), hi - (slot == hi - 1))
+                return
+        self._slots(n)[slot] = EMPTY
 
     def set_run(self, content: int, key: int, n: int) -> bool:
         """Contents ``content`` .. ``content + n - 1`` get keys ``key`` .. ``key + n - 1``,
         if none of them has an entry (else False, nothing changed)."""
+        chunks = self.chunks
         spans = []
         c, end = content, content + n
         while c < end:
             number, slot = c >> CHUNK_BITS, c & CHUNK_MASK
             k = min(end - c, CHUNK - slot)
-            chunk = self.chunks.get(number)
-            if chunk is not None and chunk[slot : slot + k] != _BLANK[:k]:
-                return False
-            spans.append((number, slot, k))
+            chunk = chunks.get(number)
+            if chunk is not None:
+                if type(chunk) is tuple:
+                    _, lo, hi = chunk
+                    if slot < hi and lo < slot + k:
+                        return False
+                elif chunk[slot : slot + k] != _BLANK[:k]:
+                    return False
+            spans.append((number, slot, k, chunk))
             c += k
-        keys = key_run(key, n)
-        done = 0
-        for number, slot, k in spans:
-            chunk = self.chunks.get(number)
+        delta = key - content
+        for number, slot, k, chunk in spans:
             if chunk is None:
-                chunk = self.chunks[number] = array("q", _BLANK)
-                self.counts[number] = 0
-            chunk[slot : slot + k] = keys[done : done + k]
+                chunks[number] = (delta, slot, slot + k)
+                self.counts[number] = k
+                continue
+            if type(chunk) is tuple:
+                d, lo, hi = chunk
+                if d == delta and (hi == slot or slot + k == lo):  # the span grows
+                    chunks[number] = (delta, min(lo, slot), max(hi, slot + k))
+                    self.counts[number] += k
+                    continue
+            base = (number << CHUNK_BITS) + slot
+            self._slots(number)[slot : slot + k] = key_run(base + delta, k)
             self.counts[number] += k
-            done += k
         self.size += n
         return True
 
@@ -133,7 +173,13 @@ class UnstableIndex:
         """(content, key) of every entry, in content order."""
         for n in sorted(self.chunks):
             base = n << CHUNK_BITS
-            for slot, key in enumerate(self.chunks[n]):
+            chunk = self.chunks[n]
+            if type(chunk) is tuple:
+                delta, lo, hi = chunk
+                for content in range(base + lo, base + hi):
+                    yield content, content + delta
+                continue
+            for slot, key in enumerate(chunk):
                 if key >= 0:
                     yield base + slot, key
 
@@ -143,7 +189,8 @@ class UnstableIndex:
         self.size = 0
 
     def __repr__(self) -> str:
-        return f"<UnstableIndex {self.size} entries in {len(self.chunks)} chunks>"
+        spans = sum(1 for c in self.chunks.values() if type(c) is tuple)
+        return f"<UnstableIndex {self.size} entries in {len(self.chunks)} chunks ({spans} spans)>"
 
 
 class _Node(RbNode):

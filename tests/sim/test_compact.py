@@ -19,33 +19,63 @@ from sim.unstable import CHUNK, UnstableIndex
 
 
 def test_unstable_index_is_a_dict() -> None:
+    """Random sets, runs, deletions and clears: the index answers as a dict would, whichever
+    way its chunks hold their entries (spans that grow, shrink or get written out)."""
     rng = random.Random(18)
     index = UnstableIndex()
     plain: dict[int, int] = {}
+    deltas = (1 << 32, 5 << 32, 7)
     for step in range(20_000):
         content = rng.choice((rng.randrange(3 * CHUNK), rng.randrange(1 << 31)))
         op = rng.random()
-        if op < 0.5:
+        if op < 0.4:
             key = rng.randrange(1 << 40)
             index[content] = key
             plain[content] = key
-        elif op < 0.8 and plain:
-            victim = rng.choice(list(plain)) if op < 0.7 else content
+        elif op < 0.6:
+            start = rng.randrange(4 * CHUNK)
+            n = rng.choice((1, 2, rng.randrange(1, 3 * CHUNK)))
+            delta = rng.choice(deltas)
+            free = all(c not in plain for c in range(start, start + n))
+            assert index.set_run(start, start + delta, n) == free
+            if free:
+                plain.update((c, c + delta) for c in range(start, start + n))
+            for edge in (start - 1, start, start + n - 1, start + n):
+                assert index.get(edge) == plain.get(edge)
+            content = start + n - 1
+        elif op < 0.85 and plain:
+            victim = rng.choice(list(plain)) if op < 0.75 else content
             if victim in plain:
                 del index[victim]
                 del plain[victim]
             else:
                 with pytest.raises(KeyError):
                     del index[victim]
-        elif op < 0.81:
+        elif op < 0.86:
             index.clear()
             plain.clear()
         assert index.get(content) == plain.get(content)
         assert (content in index) == (content in plain)
         assert len(index) == len(plain)
-        if step % 1000 == 0:
+        if step % 500 == 0:
             assert list(index.items()) == sorted(plain.items())
+            assert all(index[c] == k for c, k in plain.items())
     assert len(index.chunks) == len({c // CHUNK for c in plain})
+    assert sum(index.counts.values()) == len(plain)
+
+
+def test_unstable_runs_are_kept_as_spans() -> None:
+    """A mapping's runs of consecutive contents, in order, cost a span per chunk, not slots."""
+    index = UnstableIndex()
+    start, key = 3 * CHUNK + 17, (4 << 32) | 100
+    for w in range(10):
+        assert index.set_run(start + w * 1000, key + w * 1000, 1000)
+    assert all(type(chunk) is tuple for chunk in index.chunks.values())
+    assert len(index) == 10_000
+    assert index.get(start + 5_432) == key + 5_432 and index.get(start - 1) is None
+    del index[start + 5_432]  # inside a span: its chunk is written out
+    assert index.get(start + 5_432) is None and index.get(start + 5_433) == key + 5_433
+    assert sum(type(chunk) is array for chunk in index.chunks.values()) == 1
 
 
 @pytest.mark.parametrize(
