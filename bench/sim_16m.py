@@ -2,6 +2,7 @@
 
     uv run python bench/sim_16m.py                       # everything (root: with the host)
     uv run python bench/sim_16m.py --no-host --no-big    # quick: 65,536 and 1M pages only
+    uv run python bench/sim_16m.py --no-host --sizes 65536 --traced "" --big-repeat 1
 
 The workload (the mixed one of ``bench/sim_throughput.py``, over 4 processes): each process
 maps ``pages / 4`` pages, writes 25% zero pages, 25% duplicates (a label per run of 16
@@ -19,12 +20,13 @@ the simulator steps page by page: its runs of pages,
 Prints:
 
 - at 65,536, 1,048,576 and 16,777,216 pages: the creation time, the first, merging and
-  steady pages/s (the smaller sizes: the best of ``--repeat`` fresh sessions, 5 by default;
-  the big one: its only session), and the memory per simulated page of the whole ``Kernel``
-  after those three passes (``deep size``: every object reachable from the kernel, counted
-  once with ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and
-  scanning the session, which is too slow at 16M and agrees with the deep size at the
-  smaller sizes);
+  steady pages/s (the best of ``--repeat`` fresh sessions at the smaller sizes, 5 by
+  default, and of ``--big-repeat`` at the big one, 3 by default; every session's merging
+  and steady figures and the median are printed too), and the memory per simulated page of
+  the whole ``Kernel`` after those three passes, in the first session (``deep size``: every
+  object reachable from the kernel, counted once with ``sys.getsizeof``; at 65,536 and 1M
+  also ``tracemalloc`` of building and scanning the session, which is too slow at 16M and
+  agrees with the deep size at the smaller sizes);
 - the host's real ksmd on the same workload, side by side (root only; ``--host-pages``
   pages, 4 child processes): ``pages_to_scan`` = the whole area, ``sleep_millisecs=0``;
   pages_scanned over wall time and over ksmd's CPU time (``/proc/<ksmd>/schedstat``) for
@@ -121,8 +123,8 @@ def traced_bytes(pages: int) -> float:
     return used / pages
 
 
-def run_sim(pages: int) -> dict[str, Any]:
-    """Create, 3 timed passes, then the deep size."""
+def run_sim(pages: int, deep: bool = True) -> dict[str, Any]:
+    """Create, 3 timed passes, then (``deep``) the deep size."""
     gc.collect()
     c0, w0 = time.process_time(), time.perf_counter()
     k = build(pages)
@@ -130,7 +132,8 @@ def run_sim(pages: int) -> dict[str, Any]:
     out: dict[str, Any] = {"pages": pages, "create": create}
     out.update(first=one_pass(k), merging=one_pass(k), steady=one_pass(k))
     out["counters"] = k.global_counters()
-    out["deep"] = deep_size(k) / pages
+    if deep:
+        out["deep"] = deep_size(k) / pages
     del k
     gc.collect()
     return out
@@ -138,12 +141,15 @@ def run_sim(pages: int) -> dict[str, Any]:
 
 def run_best(pages: int, repeat: int) -> dict[str, Any]:
     """:func:`run_sim` ``repeat`` times, each on a fresh session: the fastest creation and
-    the fastest first, merging and steady passes (by CPU rate) of the repeats, the rest from
-    the first. A small session's passes last milliseconds, so one run measures a scheduler
-    tick or a cold start as much as the simulator; the best of several is what it does
-    undisturbed (and for the no-slowdown ratio, the harder side to match)."""
-    runs = [run_sim(pages) for _ in range(max(1, repeat))]
+    the fastest first, merging and steady passes (by CPU rate) of the repeats, the rest
+    (the deep size too) from the first. A small session's passes last milliseconds, so one
+    run measures a scheduler tick or a cold start as much as the simulator; the best of
+    several is what it does undisturbed. The big session is measured the same way (fewer
+    times: each takes seconds), so the no-slowdown ratio compares like with like; every
+    session's merging and steady figures are printed beside the best."""
+    runs = [run_sim(pages, deep=i == 0) for i in range(max(1, repeat))]
     out = dict(runs[0])
+    out["all"] = {label: [rate(r[label])[0] for r in runs] for label in ("merging", "steady")}
     out["create"] = min((r["create"] for r in runs), key=lambda c: c[1])
     for label in ("first", "merging", "steady"):
         ranked = sorted((r[label] for r in runs), key=lambda p: rate(p)[0])
@@ -177,6 +183,9 @@ def show_sim(r: dict[str, Any]) -> None:
     if r.get("repeat", 1) > 1:
         m, st = rate(r["median merging"])[0], rate(r["median steady"])[0]
         print(f"  (median of the {r['repeat']} sessions: merging {m:,.0f}, steady {st:,.0f} CPU)")
+        for label in ("merging", "steady"):
+            each = ", ".join(f"{x / 1e6:.2f}" for x in r["all"][label])
+            print(f"  (each session's {label} pass, M pages/s CPU: {each})")
     mem = f"  memory: {r['deep']:.1f} bytes per page (deep size)"
     if "traced" in r:
         mem += f", {r['traced']:.1f} (tracemalloc)"
@@ -375,6 +384,7 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=5, help="fresh sessions per smaller size (best of them)"
     )
+    ap.add_argument("--big-repeat", type=int, default=3, help="fresh big sessions (best of them)")
     args = ap.parse_args()
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
@@ -387,7 +397,7 @@ def main() -> None:
             show_side_by_side(host, run_sim(args.host_pages))
     results = [run_best(int(n), args.repeat) for n in args.sizes.split(",") if n]
     if not args.no_big:
-        results.append(run_sim(args.pages))
+        results.append(run_best(args.pages, args.big_repeat))
     traced = {int(n): traced_bytes(int(n)) for n in args.traced.split(",") if n}
     for r in results:
         if r["pages"] in traced:
@@ -402,6 +412,10 @@ def main() -> None:
                 f"{label}: {b:,.0f} pages/s CPU at {big['pages']:,} pages vs {a:,.0f} at "
                 f"{small['pages']:,} ({b / max(a, 1e-9):.2f}x)"
             )
+        if big.get("repeat", 1) > 1 and small.get("repeat", 1) > 1:
+            for label in ("merging", "steady"):
+                a, b = rate(small[f"median {label}"])[0], rate(big[f"median {label}"])[0]
+                print(f"  {label}, median against median: {b / max(a, 1e-9):.2f}x")
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 
