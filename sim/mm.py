@@ -53,11 +53,25 @@ _LOW16 = array("H", range(1 << 16))
 _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
 
 
+#: :func:`seq_array` of up to this many elements: from two cached integers
+SEQ_SHORT = 1024
+#: n -> (sum of 2**(32 j), sum of j * 2**(32 j)) for j < n: the bytes of n int32 ones, and
+#: of 0 .. n - 1, read as one integer (at most SEQ_SHORT entries, 4 MiB at worst)
+_SEQ_INTS: dict[int, tuple[int, int]] = {}
+
+
 def seq_array(start: int, n: int) -> array[int]:
-    """``array("i", range(start, start + n))`` (0 <= start, start + n <= 2**31), built from
-    16-bit halves by strided copies instead of one Python integer per element."""
-    if n <= 64:
-        return array("i", range(start, start + n))
+    """``array("i", range(start, start + n))`` (0 <= start, start + n <= 2**31) without one
+    Python integer per element: a short one is the bytes of ``start * ones + ramp`` (no
+    element carries into the next: each is below 2**31); a long one is built from 16-bit
+    halves by strided copies."""
+    if n <= SEQ_SHORT:
+        ints = _SEQ_INTS.get(n)
+        if ints is None:
+            ones = int.from_bytes(array("i", [1]) * n, sys.byteorder)
+            ramp = int.from_bytes(array("i", range(n)), sys.byteorder)
+            ints = _SEQ_INTS[n] = (ones, ramp)
+        return array("i", (start * ints[0] + ints[1]).to_bytes(4 * n, sys.byteorder))
     out = array("i", bytes(4 * n))
     halves = memoryview(out).cast("B").cast("H")
     low16 = memoryview(_LOW16)

@@ -76,6 +76,22 @@ def longest_prefix(ok: Callable[[int], bool], lo: int, hi: int) -> int:
     return lo
 
 
+def leading_equal(col: array[int], start: int, value: int, n: int) -> int:
+    """How many of ``col[start : start + n]`` from the first equal ``value``: the first
+    element that differs is the lowest set bit of one exclusive or of the two runs read as
+    little-endian integers. A short window is looked at first: most runs end within it."""
+    m = min(n, RUN_MIN)
+    while True:
+        here = col[start : start + m]
+        same = array("i", [value]) * m
+        if here != same:
+            diff = int.from_bytes(here, "little") ^ int.from_bytes(same, "little")
+            return ((diff & -diff).bit_length() - 1) // 32
+        if m == n:
+            return n
+        m = n
+
+
 def skip_age(age: int) -> int:
     """skip_age: how many passes an item of this age may be skipped."""
     if age <= 3:
@@ -317,16 +333,10 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         n = min(n, self.knobs["max_page_sharing"] - have)
         if have == 0 or n < 2:
             return 0
+        n = leading_equal(f_content, p0, c, n)  # the frames' longest run of content c
+        if n < 2:
+            return 0
         same = array("i", [c]) * n
-        here = f_content[p0 : p0 + n]
-        if here != same:
-            # the longest prefix of content c: the first byte that differs, found with one
-            # exclusive or of the two runs read as little-endian integers (its lowest set bit)
-            diff = int.from_bytes(here, "little") ^ int.from_bytes(same, "little")
-            n = ((diff & -diff).bit_length() - 1) // 32
-            if n < 2:
-                return 0
-            del same[n:]
         e = i + n
         pfns = vma.pfn
         state = vma.it_state

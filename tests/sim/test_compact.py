@@ -14,7 +14,7 @@ import pytest
 
 from sim import Kernel, check_invariants
 from sim.contents import ORDER_BYTES, order_bytes, page_bytes
-from sim.mm import Vma, seq_array
+from sim.mm import SEQ_SHORT, Vma, seq_array
 from sim.unstable import CHUNK, UnstableIndex
 
 
@@ -79,7 +79,18 @@ def test_unstable_runs_are_kept_as_spans() -> None:
 
 
 @pytest.mark.parametrize(
-    ("start", "n"), [(0, 0), (0, 1), (65_535, 3), (70_000, 200_000), ((1 << 31) - 10, 10)]
+    ("start", "n"),
+    [
+        (0, 0),
+        (0, 1),
+        (65_535, 3),
+        (65_530, 64),
+        (12_345, SEQ_SHORT),
+        ((1 << 31) - SEQ_SHORT, SEQ_SHORT),
+        (99, SEQ_SHORT + 1),
+        (70_000, 200_000),
+        ((1 << 31) - 10, 10),
+    ],
 )
 def test_seq_array(start: int, n: int) -> None:
     assert seq_array(start, n) == array("i", range(start, start + n))
