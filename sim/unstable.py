@@ -93,12 +93,20 @@ class UnstableIndex:
             self.counts[number] = 0
         else:
             delta, lo, hi = cast("tuple[int, int, int]", chunk)
-            slots[lo:hi] = key_run((number << CHUNK_BITS) + lo + delta, hi - lo)
+            first = (number << CHUNK_BITS) + lo + delta
+            # a page key's low 32 bits never wrap (key_run); one set by hand may
+            slots[lo:hi] = array("q", [first]) if hi - lo == 1 else key_run(first, hi - lo)
         self.chunks[number] = slots
         return slots
 
     def __setitem__(self, content: int, key: int) -> None:
         n = content >> CHUNK_BITS
+        if n not in self.chunks:  # a chunk's first entry: a span of one
+            slot = content & CHUNK_MASK
+            self.chunks[n] = (key - content, slot, slot + 1)
+            self.counts[n] = 1
+            self.size += 1
+            return
         chunk = self._slots(n)
         slot = content & CHUNK_MASK
         if chunk[slot] < 0:
