@@ -53,25 +53,31 @@ _LOW16 = array("H", range(1 << 16))
 _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
 
 
-#: :func:`seq_array` of up to this many elements: from two cached integers
+#: :func:`short_seq` makes runs of up to this many elements
 SEQ_SHORT = 1024
-#: n -> (sum of 2**(32 j), sum of j * 2**(32 j)) for j < n: the bytes of n int32 ones, and
-#: of 0 .. n - 1, read as one integer (at most SEQ_SHORT entries, 4 MiB at worst)
-_SEQ_INTS: dict[int, tuple[int, int]] = {}
+#: (typecode, n) -> (ones, ramp): the bytes of n ones and of 0 .. n - 1 of that type, each
+#: read as one integer (at most SEQ_SHORT entries a type code: 4 MiB for "i" at worst)
+_SEQ_INTS: dict[tuple[str, int], tuple[int, int]] = {}
+
+
+def short_seq(typecode: str, start: int, n: int) -> array[int]:
+    """``array(typecode, range(start, start + n))`` for ``n <= SEQ_SHORT`` and elements
+    below the type's sign bit, without one Python integer per element: the bytes of
+    ``start * ones + ramp`` (no element carries into the next)."""
+    ints = _SEQ_INTS.get((typecode, n))
+    if ints is None:
+        ones = int.from_bytes(array(typecode, [1]) * n, sys.byteorder)
+        ramp = int.from_bytes(array(typecode, range(n)), sys.byteorder)
+        ints = _SEQ_INTS[typecode, n] = (ones, ramp)
+    size = n * (8 if typecode == "q" else 4)
+    return array(typecode, (start * ints[0] + ints[1]).to_bytes(size, sys.byteorder))
 
 
 def seq_array(start: int, n: int) -> array[int]:
-    """``array("i", range(start, start + n))`` (0 <= start, start + n <= 2**31) without one
-    Python integer per element: a short one is the bytes of ``start * ones + ramp`` (no
-    element carries into the next: each is below 2**31); a long one is built from 16-bit
-    halves by strided copies."""
+    """``array("i", range(start, start + n))`` (0 <= start, start + n <= 2**31): a short one
+    from :func:`short_seq`, a long one from 16-bit halves by strided copies."""
     if n <= SEQ_SHORT:
-        ints = _SEQ_INTS.get(n)
-        if ints is None:
-            ones = int.from_bytes(array("i", [1]) * n, sys.byteorder)
-            ramp = int.from_bytes(array("i", range(n)), sys.byteorder)
-            ints = _SEQ_INTS[n] = (ones, ramp)
-        return array("i", (start * ints[0] + ints[1]).to_bytes(4 * n, sys.byteorder))
+        return short_seq("i", start, n)
     out = array("i", bytes(4 * n))
     halves = memoryview(out).cast("B").cast("H")
     low16 = memoryview(_LOW16)

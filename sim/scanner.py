@@ -357,8 +357,7 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
         self.free_pfns.extend(frames)
         key = (vma.uid << 32) | i
-        # a short run's keys straight from a range (fewer objects than key_run builds)
-        node.items.extend(range(key, key + n) if n <= 64 else key_run(key, n))
+        node.items.extend(key_run(key, n))
         self.pages_sharing += n
         state[i:e] = bytes((ITEM_STABLE,)) * n
         vma.it_node[i:e] = array("i", [node.nid]) * n

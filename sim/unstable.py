@@ -26,7 +26,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import Any, TypeAlias, cast
 
-from .mm import seq_array
+from .mm import SEQ_SHORT, seq_array, short_seq
 from .rbtree import RbNode, RbRoot, rb_erase, rb_insert_color, rb_link_node
 
 #: log2 of the content ids per chunk
@@ -44,6 +44,8 @@ Chunk: TypeAlias = "array[int] | tuple[int, int, int]"
 
 def key_run(key: int, n: int) -> array[int]:
     """``array("q", range(key, key + n))`` for page keys (the low 32 bits do not wrap)."""
+    if n <= SEQ_SHORT:
+        return short_seq("q", key, n)
     out = array("q", bytes(8 * n))
     words = memoryview(out).cast("B").cast("i")
     words[_LO::2] = memoryview(seq_array(key & 0xFFFFFFFF, n))
@@ -93,9 +95,7 @@ class UnstableIndex:
             self.counts[number] = 0
         else:
             delta, lo, hi = cast("tuple[int, int, int]", chunk)
-            first = (number << CHUNK_BITS) + lo + delta
-            # a page key's low 32 bits never wrap (key_run); one set by hand may
-            slots[lo:hi] = array("q", [first]) if hi - lo == 1 else key_run(first, hi - lo)
+            slots[lo:hi] = key_run((number << CHUNK_BITS) + lo + delta, hi - lo)
         self.chunks[number] = slots
         return slots
 

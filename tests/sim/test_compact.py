@@ -15,7 +15,7 @@ import pytest
 from sim import Kernel, check_invariants
 from sim.contents import ORDER_BYTES, order_bytes, page_bytes
 from sim.mm import SEQ_SHORT, Vma, seq_array
-from sim.unstable import CHUNK, UnstableIndex
+from sim.unstable import CHUNK, UnstableIndex, key_run
 
 
 def test_unstable_index_is_a_dict() -> None:
@@ -94,6 +94,14 @@ def test_unstable_runs_are_kept_as_spans() -> None:
 )
 def test_seq_array(start: int, n: int) -> None:
     assert seq_array(start, n) == array("i", range(start, start + n))
+
+
+@pytest.mark.parametrize(
+    ("key", "n"),
+    [(0, 0), ((3 << 32) | 5, 1), ((7 << 32) | 1000, SEQ_SHORT), ((1 << 32) | 9, SEQ_SHORT + 7)],
+)
+def test_key_run(key: int, n: int) -> None:
+    assert key_run(key, n) == array("q", range(key, key + n))
 
 
 @pytest.mark.parametrize("label", ["zero", "D0", "a label"])
