@@ -241,9 +241,10 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         a KSM revisit (``_ksm_page_seen`` with nothing to do); returns how many (0: fewer
         than 2 here)."""
         nid = self.f_node[kpfn]
-        node = self.nodes[nid]
-        # every such item is on the node: there are no more of them than its items
-        n = min(n, len(node.items))
+        # each such page maps the frame: there are no more of them than its map count (read
+        # from the frame's column rather than the node's items: a node made a pass ago is
+        # no longer in the cache of a large session)
+        n = min(n, self.f_map[kpfn])
         pfns = vma.pfn
         state = vma.it_state
         merg = vma.mergeable

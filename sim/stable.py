@@ -37,9 +37,15 @@ class StableTreeMixin(KsmState):
         limit: int = self.knobs["max_page_sharing"]
         return 0 < len(node.items) < limit
 
-    def _new_node(self, kind: str, content: int, pfn: int = -1) -> StableNode:
+    def _new_node(
+        self, kind: str, content: int, pfn: int = -1, *, linked: bool = True
+    ) -> StableNode:
+        """A new node; its ``order`` is set now if it is ``linked`` into the tree now, else
+        by :meth:`_link_pending` (the content's bytes are not read before they are needed:
+        a large session's are no longer in the cache)."""
         node = StableNode(self.next_nid, kind, content, pfn)
-        node.order = self.content_order(content)
+        if linked:
+            node.order = self.content_order(content)
         self.next_nid += 1
         self.nodes[node.nid] = node
         return node
@@ -290,7 +296,7 @@ class StableTreeMixin(KsmState):
             and content not in self.stable
         ):
             self.tree_gen += 1
-            node = self._new_node(StableNode.REGULAR, content, pfn)
+            node = self._new_node(StableNode.REGULAR, content, pfn, linked=False)
             self.stable_pending.append(node)
             self._stable_index(content, node)
             self.f_node[pfn] = node.nid

@@ -191,8 +191,8 @@ class KsmState:
         pending = self.stable_pending
         self.stable_pending = []
         for node in pending:
-            key = node.order
             content = node.content
+            key = node.order = self.content_order(content)
             parent: RbNode | None = None
             left = False
             here = root.node
