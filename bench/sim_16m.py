@@ -2,7 +2,7 @@
 
     uv run python bench/sim_16m.py                       # everything (root: with the host)
     uv run python bench/sim_16m.py --no-host --no-big    # quick: 65,536 and 1M pages only
-    uv run python bench/sim_16m.py --no-host --sizes 65536 --traced "" --big-repeat 1
+    uv run python bench/sim_16m.py --no-host --sizes 65536 --traced "" --rounds 1
 
 The workload (the mixed one of ``bench/sim_throughput.py``, over 4 processes): each process
 maps ``pages / 4`` pages, writes 25% zero pages, 25% duplicates (a label per run of 16
@@ -20,13 +20,17 @@ the simulator steps page by page: its runs of pages,
 Prints:
 
 - at 65,536, 1,048,576 and 16,777,216 pages: the creation time, the first, merging and
-  steady pages/s (the best of ``--repeat`` fresh sessions at the smaller sizes, 5 by
-  default, and of ``--big-repeat`` at the big one, 3 by default; every session's merging
-  and steady figures and the median are printed too), and the memory per simulated page of
-  the whole ``Kernel`` after those three passes, in the first session (``deep size``: every
+  steady pages/s, the best of all the fresh sessions of the size (``--rounds`` rounds, 3
+  by default, each of ``--repeat`` sessions of every smaller size, 5, then one big
+  session; every session's merging and steady figures and the median are printed too),
+  and the memory per simulated page of the whole ``Kernel`` after those three passes, in
+  the first session (``deep size``: every
   object reachable from the kernel, counted once with ``sys.getsizeof``; at 65,536 and 1M
   also ``tracemalloc`` of building and scanning the session, which is too slow at 16M and
   agrees with the deep size at the smaller sizes);
+- the no-slowdown ratio of the merging and steady passes, best against best and round by
+  round: each big session against the best of the 65,536-page sessions of its own round
+  (:func:`measure` says why);
 - the host's real ksmd on the same workload, side by side (root only; ``--host-pages``
   pages, 4 child processes): ``pages_to_scan`` = the whole area, ``sleep_millisecs=0``;
   pages_scanned over wall time and over ksmd's CPU time (``/proc/<ksmd>/schedstat``) for
@@ -139,15 +143,12 @@ def run_sim(pages: int, deep: bool = True) -> dict[str, Any]:
     return out
 
 
-def run_best(pages: int, repeat: int) -> dict[str, Any]:
-    """:func:`run_sim` ``repeat`` times, each on a fresh session: the fastest creation and
-    the fastest first, merging and steady passes (by CPU rate) of the repeats, the rest
-    (the deep size too) from the first. A small session's passes last milliseconds, so one
-    run measures a scheduler tick or a cold start as much as the simulator; the best of
-    several is what it does undisturbed. The big session is measured the same way (fewer
-    times: each takes seconds), so the no-slowdown ratio compares like with like; every
-    session's merging and steady figures are printed beside the best."""
-    runs = [run_sim(pages, deep=i == 0) for i in range(max(1, repeat))]
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sessions of one size (each :func:`run_sim` on a fresh session): the fastest creation
+    and the fastest first, merging and steady passes (by CPU rate), the rest (the deep size
+    too) from the first. A small session's passes last milliseconds, so one run measures a
+    scheduler tick or a cold start as much as the simulator; the best of several is what it
+    does undisturbed. Every session's merging and steady figures are kept, to print."""
     out = dict(runs[0])
     out["all"] = {label: [rate(r[label])[0] for r in runs] for label in ("merging", "steady")}
     out["create"] = min((r["create"] for r in runs), key=lambda c: c[1])
@@ -157,6 +158,38 @@ def run_best(pages: int, repeat: int) -> dict[str, Any]:
         out[f"median {label}"] = ranked[len(ranked) // 2]
     out["repeat"] = len(runs)
     return out
+
+
+def measure(
+    sizes: list[int], big: int | None, repeat: int, rounds: int
+) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+    """The sizes in ``rounds`` rounds (one without a big session): in each, ``repeat``
+    fresh sessions of every smaller size, then one big session. Returns each size's
+    :func:`best_of` over all its sessions, and per round the big session's merging and
+    steady rates over the best of that round's sessions of the first size.
+
+    A round pairs the big session with small ones measured just before it: the host's
+    speed drifts by a few per cent over a minute on this VM, which a comparison of
+    sessions measured minutes apart would count as a slowdown (or a gain) with size.
+    """
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    paired: list[dict[str, float]] = []
+    for _ in range(max(1, rounds) if big else 1):
+        here = {n: [run_sim(n, deep=not runs[n]) for _ in range(max(1, repeat))] for n in sizes}
+        for n in sizes:
+            runs[n].extend(here[n])
+        if big:
+            one = run_sim(big, deep=big not in runs)
+            runs.setdefault(big, []).append(one)
+            if sizes:
+                small = best_of(here[sizes[0]])
+                paired.append(
+                    {
+                        label: rate(one[label])[0] / max(rate(small[label])[0], 1e-9)
+                        for label in ("merging", "steady")
+                    }
+                )
+    return [best_of(r) for r in runs.values()], paired
 
 
 def rate(p: tuple[int, float, float]) -> tuple[float, float]:
@@ -384,7 +417,9 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=5, help="fresh sessions per smaller size (best of them)"
     )
-    ap.add_argument("--big-repeat", type=int, default=3, help="fresh big sessions (best of them)")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="rounds of smaller sessions then a big one"
+    )
     args = ap.parse_args()
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
@@ -395,9 +430,9 @@ def main() -> None:
         host = run_host(args.host_pages, 3, say)
         if host is not None:
             show_side_by_side(host, run_sim(args.host_pages))
-    results = [run_best(int(n), args.repeat) for n in args.sizes.split(",") if n]
-    if not args.no_big:
-        results.append(run_best(args.pages, args.big_repeat))
+    sizes = [int(n) for n in args.sizes.split(",") if n]
+    big = None if args.no_big else args.pages
+    results, paired = measure(sizes, big, args.repeat, args.rounds)
     traced = {int(n): traced_bytes(int(n)) for n in args.traced.split(",") if n}
     for r in results:
         if r["pages"] in traced:
@@ -405,17 +440,16 @@ def main() -> None:
     for r in results:
         show_sim(r)
     if len(results) > 1:
-        small, big = results[0], results[-1]
+        small, big_r = results[0], results[-1]
         for label in ("merging", "steady"):
-            a, b = rate(small[label])[0], rate(big[label])[0]
+            a, b = rate(small[label])[0], rate(big_r[label])[0]
+            each = ", ".join(f"{p[label]:.3f}" for p in paired)
+            mid = sorted(p[label] for p in paired)[len(paired) // 2] if paired else 0.0
             print(
-                f"{label}: {b:,.0f} pages/s CPU at {big['pages']:,} pages vs {a:,.0f} at "
-                f"{small['pages']:,} ({b / max(a, 1e-9):.2f}x)"
+                f"{label}: {b:,.0f} pages/s CPU at {big_r['pages']:,} pages vs {a:,.0f} at "
+                f"{small['pages']:,}: best against best {b / max(a, 1e-9):.3f}x; "
+                f"round by round {each} (median {mid:.3f}x)"
             )
-        if big.get("repeat", 1) > 1 and small.get("repeat", 1) > 1:
-            for label in ("merging", "steady"):
-                a, b = rate(small[f"median {label}"])[0], rate(big[f"median {label}"])[0]
-                print(f"  {label}, median against median: {b / max(a, 1e-9):.2f}x")
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 
