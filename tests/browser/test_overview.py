@@ -147,13 +147,18 @@ def test_the_overview_shows_the_whole_host_and_zooms_to_a_page_and_back(
     )
     assert pg.evaluate(f"() => ({GRID})().scale") >= 26  # one labelled cell per page
     assert_labels_on_lanes(pg, ["vm2"])  # the lane on screen keeps its label
+    with urllib.request.urlopen(f"{srv.url}/api/sessions/{sid}/pages/vm2/ram/{PLANTED}") as r:
+        api = json.loads(r.read())
     pg.mouse.click(x, y)
     pg.wait_for_function(
         f"() => document.querySelector('.inspector').dataset.selected === 'vm2/ram/{PLANTED}'"
     )
-    pg.wait_for_function("() => document.querySelector('.inspector').textContent.includes('PTE')")
-    with urllib.request.urlopen(f"{srv.url}/api/sessions/{sid}/pages/vm2/ram/{PLANTED}") as r:
-        api = json.loads(r.read())
+    # the page's own text, not the placeholder (which names the PTE too)
+    pg.wait_for_function(
+        "(why) => document.querySelector('.inspector').innerText.includes(why)",
+        arg=api["why"],
+        timeout=30_000,
+    )
     text = pg.inner_text(".inspector")
     assert api["why"] in text, (api["why"], text)
     assert "zero" in text.lower()
