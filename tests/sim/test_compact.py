@@ -76,6 +76,18 @@ def test_unstable_runs_are_kept_as_spans() -> None:
     del index[start + 5_432]  # inside a span: its chunk is written out
     assert index.get(start + 5_432) is None and index.get(start + 5_433) == key + 5_433
     assert sum(type(chunk) is array for chunk in index.chunks.values()) == 1
+    # a run that ends where a span starts grows it downwards
+    base = 100 * CHUNK
+    assert index.set_run(base + 100, key + 100, 50) and index.set_run(base + 40, key + 40, 60)
+    assert index.chunks[100] == (key - base, 40, 150)
+    assert [index.get(base + c) for c in (39, 40, 99, 100, 149, 150)] == [
+        None,
+        key + 40,
+        key + 99,
+        key + 100,
+        key + 149,
+        None,
+    ]
 
 
 @pytest.mark.parametrize(
