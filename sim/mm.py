@@ -55,9 +55,10 @@ _LO, _HI = (0, 1) if sys.byteorder == "little" else (1, 0)
 
 #: :func:`short_seq` makes runs of up to this many elements
 SEQ_SHORT = 1024
-#: (typecode, n) -> (ones, ramp): the bytes of n ones and of 0 .. n - 1 of that type, each
-#: read as one integer (at most SEQ_SHORT entries a type code: 4 MiB for "i" at worst)
-_SEQ_INTS: dict[tuple[str, int], tuple[int, int]] = {}
+#: (typecode, n) -> (ones, ramp, size): the bytes of n ones and of 0 .. n - 1 of that type,
+#: each read as one integer, and their length (at most SEQ_SHORT entries a type code: 4 MiB
+#: for "i" at worst)
+_SEQ_INTS: dict[tuple[str, int], tuple[int, int, int]] = {}
 
 
 def short_seq(typecode: str, start: int, n: int) -> array[int]:
@@ -66,11 +67,15 @@ def short_seq(typecode: str, start: int, n: int) -> array[int]:
     ``start * ones + ramp`` (no element carries into the next)."""
     ints = _SEQ_INTS.get((typecode, n))
     if ints is None:
-        ones = int.from_bytes(array(typecode, [1]) * n, sys.byteorder)
+        ones = array(typecode, [1]) * n
         ramp = int.from_bytes(array(typecode, range(n)), sys.byteorder)
-        ints = _SEQ_INTS[typecode, n] = (ones, ramp)
-    size = n * (8 if typecode == "q" else 4)
-    return array(typecode, (start * ints[0] + ints[1]).to_bytes(size, sys.byteorder))
+        ints = _SEQ_INTS[typecode, n] = (
+            int.from_bytes(ones, sys.byteorder),
+            ramp,
+            n * ones.itemsize,
+        )
+    ones_int, ramp, size = ints
+    return array(typecode, (start * ones_int + ramp).to_bytes(size, sys.byteorder))
 
 
 def seq_array(start: int, n: int) -> array[int]:
