@@ -24,10 +24,10 @@ Prints:
   by default, each of ``--repeat`` sessions of every smaller size, 5, then one big
   session; every session's merging and steady figures and the median are printed too),
   and the memory per simulated page of the whole ``Kernel`` after those three passes, in
-  the first session (``deep size``: every
-  object reachable from the kernel, counted once with ``sys.getsizeof``; at 65,536 and 1M
-  also ``tracemalloc`` of building and scanning the session, which is too slow at 16M and
-  agrees with the deep size at the smaller sizes);
+  the first session (``deep size``: every object reachable from the kernel, counted once
+  with ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and scanning
+  the session, which is too slow at 16M and agrees with the deep size at the smaller
+  sizes);
 - the no-slowdown ratio of the merging and steady passes, best against best and round by
   round: each big session against the best of the 65,536-page sessions of its own round
   (:func:`measure` says why);
