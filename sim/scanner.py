@@ -46,9 +46,9 @@ from .mm import (
     seq_array,
 )
 from .stable import StableTreeMixin
-from .state import StableNode
+from .state import StableNode, add_items
 from .thp import ThpMixin
-from .unstable import WalkedUnstableIndex, key_run
+from .unstable import WalkedUnstableIndex
 
 #: batches of at least this many pages (and whole passes) run with the cyclic garbage
 #: collector paused (process-wide, re-enabled at the batch's end)
@@ -358,7 +358,7 @@ class ScannerMixin(StableTreeMixin, ThpMixin):
         self.f_map[p0 : p0 + n] = _ZERO_PFNS[:n]
         self.free_pfns.extend(frames)
         key = (vma.uid << 32) | i
-        node.items.extend(key_run(key, n))
+        add_items(node, key, n)
         self.pages_sharing += n
         state[i:e] = bytes((ITEM_STABLE,)) * n
         vma.it_node[i:e] = array("i", [node.nid]) * n

@@ -23,7 +23,7 @@ from typing import cast
 
 from .mm import ITEM_NONE, ITEM_STABLE, ITEM_UNSTABLE, Vma
 from .rbtree import rb_erase, rb_insert_color, rb_link_node, rb_replace_node
-from .state import KsmState, StableNode
+from .state import NO_ITEMS, KsmState, StableNode, add_items, remove_item
 
 
 class StableTreeMixin(KsmState):
@@ -60,7 +60,7 @@ class StableTreeMixin(KsmState):
                 # ksm_get_folio finds the frame gone: the whole node goes
                 self._remove_node_from_stable_tree(node)
                 return
-            node.items.remove((vma.uid << 32) | idx)
+            remove_item(node, (vma.uid << 32) | idx)
             if node.chain is not None:
                 self.tree_gen += 1
             if node.items:
@@ -85,7 +85,7 @@ class StableTreeMixin(KsmState):
             self.pages_sharing += 1
         else:
             self.pages_shared += 1
-        node.items.append(key)
+        add_items(node, key)
         if node.chain is not None:
             self.tree_gen += 1
         vma.it_state[idx] = ITEM_STABLE
@@ -104,7 +104,7 @@ class StableTreeMixin(KsmState):
             v.mm.ksm_merging_pages -= 1
             if self.log is not None:
                 self.log.pages.add(key)
-        del node.items[:]
+        node.items = NO_ITEMS
         self.tree_gen += 1
         if node.dead:
             self.dead_nodes -= 1

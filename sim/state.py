@@ -33,6 +33,40 @@ MAX_CONTENT = (1 << 31) - 1
 
 #: the dups of a node that is not a chain (see StableNode.dups)
 _NO_DUPS = cast("list[StableNode]", ())
+#: the items of a node that has none (see StableNode.items)
+NO_ITEMS = range(0)
+
+
+def add_items(node: StableNode, key: int, n: int = 1) -> None:
+    """The page keys ``key`` .. ``key + n - 1`` join a node's items, in that order (the
+    rmap_items added to its rmap_hlist, see :attr:`StableNode.items`)."""
+    items = node.items
+    if type(items) is range:
+        if not items:
+            node.items = range(key, key + n)
+            return
+        if items.stop == key:
+            node.items = range(items.start, key + n)
+            return
+        items = node.items = array("q", items)
+    if n == 1:
+        items.append(key)
+    else:
+        items.extend(range(key, key + n))
+
+
+def remove_item(node: StableNode, key: int) -> None:
+    """A page key leaves a node's items (ValueError if it is not one of them)."""
+    items = node.items
+    if type(items) is range:
+        if items and key == items.start:
+            node.items = range(key + 1, items.stop)
+            return
+        if items and key == items.stop - 1:
+            node.items = range(items.start, key)
+            return
+        items = node.items = array("q", items)
+    items.remove(key)
 
 
 class StableNode(RbNode):
@@ -70,8 +104,12 @@ class StableNode(RbNode):
         self.kind = kind
         self.content = content
         self.pfn = pfn
-        #: page keys of the rmap_items on this node (rmap_hlist), 8 bytes each
-        self.items: array[int] = array("q")
+        #: page keys of the rmap_items on this node (rmap_hlist), in the order they joined;
+        #: while they are consecutive keys (a run of pages merged in order, as most are) a
+        #: range, which has no buffer of its own (two objects and some 200 bytes fewer for
+        #: each KSM page of a large session), else an array of 8 bytes each; changed by
+        #: add_items and remove_item, emptied to NO_ITEMS.
+        self.items: array[int] | range = NO_ITEMS
         #: a chain's dups; other nodes share one empty tuple (one object fewer per node for
         #: the memory and the garbage collector; mutating it fails loudly)
         self.dups: list[StableNode] = [] if kind == StableNode.CHAIN else _NO_DUPS

@@ -1,7 +1,8 @@
 """The compact structures of large sessions (issue 18) behave as the plain ones they replace:
-the unstable tree's chunked index as a dict, ``seq_array`` as ``array(range)``, a range
-written at once as the same range written page by page, the short label digest as the
-prefix of the page's bytes."""
+the unstable tree's chunked index as a dict, a stable node's items (a range while they are
+consecutive) as a list, ``seq_array`` as ``array(range)``, a range written at once as the
+same range written page by page, the short label digest as the prefix of the page's
+bytes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from sim import Kernel, check_invariants
 from sim.contents import ORDER_BYTES, order_bytes, page_bytes
 from sim.mm import SEQ_SHORT, Vma, seq_array
+from sim.state import StableNode, add_items, remove_item
 from sim.unstable import CHUNK, UnstableIndex, key_run
 
 
@@ -62,6 +64,71 @@ def test_unstable_index_is_a_dict() -> None:
             assert all(index[c] == k for c, k in plain.items())
     assert len(index.chunks) == len({c // CHUNK for c in plain})
     assert sum(index.counts.values()) == len(plain)
+
+
+def test_node_items_are_a_list() -> None:
+    """Random additions (single keys and runs, following on or not) and removals (either
+    end, the middle, absent keys): a node's items are the list of the keys added, in
+    order, whether they are held as a range or an array; a range while they are
+    consecutive."""
+    rng = random.Random(18)
+    for trial in range(300):
+        node = StableNode(1, StableNode.REGULAR, 5, 9)
+        plain: list[int] = []
+        base = rng.choice((0, 3 << 32, (1 << 40) + 77))
+        for _ in range(rng.randrange(1, 40)):
+            op = rng.random()
+            if op < 0.6:
+                nxt = plain[-1] + 1 if plain else base
+                key = nxt if rng.random() < 0.8 else nxt + rng.randrange(2, 9)
+                if key in plain:
+                    continue
+                n = rng.choice((1, 1, 2, rng.randrange(1, 20)))
+                if any(k in plain for k in range(key, key + n)):
+                    continue
+                add_items(node, key, n)
+                plain.extend(range(key, key + n))
+            elif plain and op < 0.9:
+                key = rng.choice((plain[0], plain[-1], rng.choice(plain)))
+                remove_item(node, key)
+                plain.remove(key)
+            else:
+                key = base - 1 - rng.randrange(5)
+                with pytest.raises(ValueError):
+                    remove_item(node, key)
+            assert list(node.items) == plain, trial
+            assert len(node.items) == len(plain) and bool(node.items) == bool(plain)
+            if isinstance(node.items, array):
+                assert node.items.typecode == "q"
+            else:
+                assert plain == list(range(plain[0], plain[0] + len(plain)) if plain else [])
+
+
+def test_a_run_of_merged_pages_keeps_its_items_as_a_range() -> None:
+    """The duplicates of the large-session workload: each label's KSM page lists its 16
+    pages as a range (no array, no buffer); a page unmerged at either end (its item leaves
+    the node when ksmd next meets it) keeps the range, one in the middle turns it into an
+    array, and the counters follow."""
+    k = Kernel("6.18", {"use_zero_pages": 1, "smart_scan": 0})
+    k.spawn("A")
+    k.mmap("A", "heap", 64)
+    for j in range(4):
+        k.write("A", "heap", ((16 * j, 16 * j + 16),), f"D{j}")
+    k.madvise("A", "heap", None, "MADV_MERGEABLE")
+    for _ in range(2):
+        k.scan_pass()
+    nodes = sorted(k.nodes.values(), key=lambda n: n.nid)
+    assert [type(n.items) for n in nodes] == [range] * 4
+    assert [len(n.items) for n in nodes] == [16] * 4
+    assert k.pages_shared == 4 and k.pages_sharing == 60
+    k.madvise("A", "heap", ((0, 1),), "MADV_UNMERGEABLE")  # the first page of D0
+    k.madvise("A", "heap", ((31, 32),), "MADV_UNMERGEABLE")  # the last page of D1
+    k.madvise("A", "heap", ((40, 41),), "MADV_UNMERGEABLE")  # a middle page of D2
+    k.scan_pass()
+    assert [type(n.items) for n in nodes] == [range, range, array, range]
+    assert [len(n.items) for n in nodes] == [15, 15, 15, 16]
+    assert k.pages_shared == 4 and k.pages_sharing == 57
+    check_invariants(k)
 
 
 def test_unstable_runs_are_kept_as_spans() -> None:
