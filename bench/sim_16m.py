@@ -2,7 +2,7 @@
 
     uv run python bench/sim_16m.py                       # everything (root: with the host)
     uv run python bench/sim_16m.py --no-host --no-big    # quick: 65,536 and 1M pages only
-    uv run python bench/sim_16m.py --no-host --sizes 65536 --traced "" --rounds 1
+    uv run python bench/sim_16m.py --no-host --sizes 65536 --traced ""  # the ratio only
 
 The workload (the mixed one of ``bench/sim_throughput.py``, over 4 processes): each process
 maps ``pages / 4`` pages, writes 25% zero pages, 25% duplicates (a label per run of 16
@@ -19,18 +19,19 @@ the simulator steps page by page: its runs of pages,
 
 Prints:
 
-- at 65,536, 1,048,576 and 16,777,216 pages: the creation time, the first, merging and
-  steady pages/s, the best of all the fresh sessions of the size (``--rounds`` rounds, 3
-  by default, each of ``--repeat`` sessions of every smaller size, 5, then one big
-  session; every session's merging and steady figures and the median are printed too),
-  and the memory per simulated page of the whole ``Kernel`` after those three passes, in
-  the first session (``deep size``: every object reachable from the kernel, counted once
-  with ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and scanning
-  the session, which is too slow at 16M and agrees with the deep size at the smaller
-  sizes);
-- the no-slowdown ratio of the merging and steady passes, best against best and round by
-  round: each big session against the best of the 65,536-page sessions of its own round
-  (:func:`measure` says why);
+- at 65,536, 1,048,576 and 16,777,216 pages, with warm caches and with cold ones: the
+  creation time; the first, merging and steady pages/s over all the fresh sessions of the
+  size together (their pages over their CPU seconds; ``--rounds`` rounds, 3 by default,
+  each of as many sessions of every smaller size as make the big session's pages, then
+  the big session), with the best and the median session and the page faults (of new
+  memory: each costs a few microseconds of kernel time on this VM); and the memory per
+  simulated page of the whole ``Kernel`` after those three passes, in the first session
+  (``deep size``: every object reachable from the kernel, counted once with
+  ``sys.getsizeof``; at 65,536 and 1M also ``tracemalloc`` of building and scanning the
+  session, which is too slow at 16M and agrees with the deep size at the smaller sizes);
+- the no-slowdown ratio of each pass, with warm and with cold caches, over all the
+  sessions and round by round: each big session against all the 65,536-page sessions of
+  its own round (:func:`measure` says why, and why both cache conditions);
 - the host's real ksmd on the same workload, side by side (root only; ``--host-pages``
   pages, 4 child processes): ``pages_to_scan`` = the whole area, ``sleep_millisecs=0``;
   pages_scanned over wall time and over ksmd's CPU time (``/proc/<ksmd>/schedstat``) for
@@ -49,6 +50,7 @@ import argparse
 import gc
 import mmap
 import os
+import resource
 import struct
 import sys
 import time
@@ -66,6 +68,10 @@ PROCS = 4
 PAGE = 4096
 #: pages of one duplicate label
 DUP_RUN = 16
+#: the three passes of a session, in order
+PASSES = ("first", "merging", "steady")
+#: one pass measured: (pages scanned, CPU seconds, wall seconds, page faults)
+Pass = tuple[int, float, float, int]
 
 
 # ----------------------------------------------------------------------------- simulator
@@ -87,12 +93,15 @@ def build(pages: int) -> Kernel:
     return k
 
 
-def one_pass(k: Kernel) -> tuple[int, float, float]:
-    """One full pass: (pages scanned, CPU seconds, wall seconds)."""
+def one_pass(k: Kernel) -> Pass:
+    """One full pass: (pages scanned, CPU seconds, wall seconds, page faults)."""
     scanned = k.pages_scanned
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     c0, w0 = time.process_time(), time.perf_counter()
     k.scan_pass()
-    return k.pages_scanned - scanned, time.process_time() - c0, time.perf_counter() - w0
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return k.pages_scanned - scanned, cpu, wall, faults
 
 
 def deep_size(root: object) -> int:
@@ -127,14 +136,39 @@ def traced_bytes(pages: int) -> float:
     return used / pages
 
 
-def run_sim(pages: int, deep: bool = True) -> dict[str, Any]:
-    """Create, 3 timed passes, then (``deep``) the deep size."""
+def cache_bytes() -> int:
+    """The CPU's largest cache (sysfs; 64 MiB if it says nothing)."""
+    sizes = [64 << 20]
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        unit = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KM") or 0) * unit)
+    return max(sizes)
+
+
+#: copied over each other before each pass of a "cold" session: each as large as the
+#: largest cache; made once, so that emptying the cache maps no new memory (its page
+#: faults, and the allocator's trimming after it, would be counted in the next pass)
+_SWEEP = (bytearray(cache_bytes()), bytes([1]) * cache_bytes())
+
+
+def empty_cache() -> None:
+    """Evict the session from the CPU caches: read and write twice the largest of them."""
+    _SWEEP[0][:] = _SWEEP[1]
+
+
+def run_sim(pages: int, deep: bool = True, cold: bool = False) -> dict[str, Any]:
+    """Create, 3 timed passes (``cold``: each after the caches are emptied of the session),
+    then (``deep``) the deep size."""
     gc.collect()
     c0, w0 = time.process_time(), time.perf_counter()
     k = build(pages)
     create = (time.process_time() - c0, time.perf_counter() - w0)
-    out: dict[str, Any] = {"pages": pages, "create": create}
-    out.update(first=one_pass(k), merging=one_pass(k), steady=one_pass(k))
+    out: dict[str, Any] = {"pages": pages, "create": create, "cold": cold}
+    for label in PASSES:
+        if cold:
+            empty_cache()
+        out[label] = one_pass(k)
     out["counters"] = k.global_counters()
     if deep:
         out["deep"] = deep_size(k) / pages
@@ -143,86 +177,121 @@ def run_sim(pages: int, deep: bool = True) -> dict[str, Any]:
     return out
 
 
-def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sessions of one size (each :func:`run_sim` on a fresh session): the fastest creation
-    and the fastest first, merging and steady passes (by CPU rate), the rest (the deep size
-    too) from the first. A small session's passes last milliseconds, so one run measures a
-    scheduler tick or a cold start as much as the simulator; the best of several is what it
-    does undisturbed. Every session's merging and steady figures are kept, to print."""
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sessions of one size (each :func:`run_sim` on a fresh session): per pass, the sum
+    of all the sessions' pages, CPU and wall seconds and page faults (:func:`total`, from
+    which the rate over all of them), the best session's rate and the median; the fastest
+    creation; the rest (the deep size too) from the first session."""
     out = dict(runs[0])
-    out["all"] = {label: [rate(r[label])[0] for r in runs] for label in ("merging", "steady")}
+    out["sessions"] = len(runs)
     out["create"] = min((r["create"] for r in runs), key=lambda c: c[1])
-    for label in ("first", "merging", "steady"):
-        ranked = sorted((r[label] for r in runs), key=lambda p: rate(p)[0])
-        out[label] = ranked[-1]
-        out[f"median {label}"] = ranked[len(ranked) // 2]
-    out["repeat"] = len(runs)
+    for label in PASSES:
+        passes = [r[label] for r in runs]
+        out[label] = total(passes)
+        rates = sorted(rate(p)[0] for p in passes)
+        out[f"best {label}"] = rates[-1]
+        out[f"median {label}"] = rates[len(rates) // 2]
     return out
+
+
+def total(passes: list[Pass]) -> Pass:
+    """Passes summed: (pages, CPU seconds, wall seconds, page faults)."""
+    return (
+        sum(p[0] for p in passes),
+        sum(p[1] for p in passes),
+        sum(p[2] for p in passes),
+        sum(p[3] for p in passes),
+    )
 
 
 def measure(
     sizes: list[int], big: int | None, repeat: int, rounds: int
-) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
-    """The sizes in ``rounds`` rounds (one without a big session): in each, ``repeat``
-    fresh sessions of every smaller size, then one big session. Returns each size's
-    :func:`best_of` over all its sessions, and per round the big session's merging and
-    steady rates over the best of that round's sessions of the first size.
+) -> tuple[list[dict[str, Any]], dict[bool, list[dict[str, float]]]]:
+    """The sizes in ``rounds`` rounds (one without a big session): in each, fresh sessions
+    of every smaller size (``repeat`` of them; 0: as many as make the big session's pages,
+    256 of 65,536 for 16M), then the big session, each once with warm caches and once
+    with cold ones (:func:`run_sim`), alternately. Returns :func:`summarize` for each size
+    and condition over all its sessions, and per condition and round the big session's
+    rates over the rates of that round's sessions of the first size taken together
+    (pages over CPU seconds).
 
-    A round pairs the big session with small ones measured just before it: the host's
-    speed drifts by a few per cent over a minute on this VM, which a comparison of
-    sessions measured minutes apart would count as a slowdown (or a gain) with size.
+    Why sessions of equal work, compared as a whole: a 65,536-page merging pass lasts
+    17 ms, a 16M one 4.5 s. The 16M figure is an average over seconds of the host's noise;
+    one small pass is a sample of it, and the best of a few samples is above their average
+    (by 0.7% for the merging pass, 0.9% for the steady pass, in 100 sessions of 65,536
+    pages): against the best of 5 small sessions, even a 65,536-page session measured as
+    a whole would look 1% slower than 65,536 pages. Summing as many small passes as make
+    the big one's pages compares the same estimator at both sizes. Why rounds: the host's
+    speed drifts by a few per cent over a minute on this VM, which a comparison of sessions
+    measured minutes apart would count as a slowdown (or a gain) with size.
+
+    Why both cache conditions: a 65,536-page session (3 MB) is still in the CPU's caches
+    when its first pass starts, since its creation just wrote it; a 16M one (800 MB) never
+    is. Warm, the comparison includes what the caches hold; cold (each pass starts after
+    the caches are emptied, as after any other work of the host), it is the simulator's
+    cost per page alone. Both are printed.
     """
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
-    paired: list[dict[str, float]] = []
+    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {}
+    paired: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for _ in range(max(1, rounds) if big else 1):
-        here = {n: [run_sim(n, deep=not runs[n]) for _ in range(max(1, repeat))] for n in sizes}
+        here: dict[tuple[int, bool], list[dict[str, Any]]] = {}
         for n in sizes:
-            runs[n].extend(here[n])
+            count = repeat or (max(1, big // n) if big else 5)
+            for i in range(2 * count):
+                cold = i % 2 == 1
+                deep = not cold and (n, cold) not in runs and i == 0
+                here.setdefault((n, cold), []).append(run_sim(n, deep=deep, cold=cold))
+        for key, got in here.items():
+            runs.setdefault(key, []).extend(got)
         if big:
-            one = run_sim(big, deep=big not in runs)
-            runs.setdefault(big, []).append(one)
-            if sizes:
-                small = best_of(here[sizes[0]])
-                paired.append(
-                    {
-                        label: rate(one[label])[0] / max(rate(small[label])[0], 1e-9)
-                        for label in ("merging", "steady")
-                    }
-                )
-    return [best_of(r) for r in runs.values()], paired
+            for cold in (False, True):
+                one = run_sim(big, deep=not cold and (big, cold) not in runs, cold=cold)
+                runs.setdefault((big, cold), []).append(one)
+                if sizes:
+                    small = summarize(here[sizes[0], cold])
+                    paired[cold].append(
+                        {
+                            label: rate(one[label])[0] / max(rate(small[label])[0], 1e-9)
+                            for label in PASSES
+                        }
+                    )
+    return [summarize(r) for r in runs.values()], paired
 
 
-def rate(p: tuple[int, float, float]) -> tuple[float, float]:
+def rate(p: Pass | tuple[int, float, float]) -> tuple[float, float]:
     """(pages per CPU second, pages per wall second)."""
-    n, cpu, wall = p
+    n, cpu, wall = p[0], p[1], p[2]
     return n / max(cpu, 1e-9), n / max(wall, 1e-9)
 
 
 def show_sim(r: dict[str, Any]) -> None:
     g = r["counters"]
     n = r["pages"]
-    best = f", best of {r['repeat']} sessions" if r.get("repeat", 1) > 1 else ""
-    print(f"simulator, {n:,} pages ({PROCS} processes x {n // PROCS:,}){best}:")
+    many = r["sessions"] > 1
+    caches = "cold caches (emptied before each pass)" if r["cold"] else "warm caches"
+    print(
+        f"simulator, {n:,} pages ({PROCS} processes x {n // PROCS:,}), {caches}, "
+        f"{r['sessions']} session{'s' if many else ''}:"
+    )
     print(f"  created in {r['create'][1]:.2f} s wall ({r['create'][0]:.2f} s CPU)")
     names = {
         "first": "first pass (pass 1)",
         "merging": "merging pass (pass 2)",
         "steady": "steady state (pass 3)",
     }
-    for label in ("first", "merging", "steady"):
+    for label in PASSES:
         cpu, wall = rate(r[label])
-        what = names[label]
-        print(f"  {what:22s} {cpu:12,.0f} pages/s CPU  {wall:12,.0f} pages/s wall")
-    if r.get("repeat", 1) > 1:
-        m, st = rate(r["median merging"])[0], rate(r["median steady"])[0]
-        print(f"  (median of the {r['repeat']} sessions: merging {m:,.0f}, steady {st:,.0f} CPU)")
-        for label in ("merging", "steady"):
-            each = ", ".join(f"{x / 1e6:.2f}" for x in r["all"][label])
-            print(f"  (each session's {label} pass, M pages/s CPU: {each})")
-    mem = f"  memory: {r['deep']:.1f} bytes per page (deep size)"
-    if "traced" in r:
-        mem += f", {r['traced']:.1f} (tracemalloc)"
-    print(mem)
+        faults = r[label][3] / max(r[label][0], 1) * 1000
+        line = f"  {names[label]:22s} {cpu:12,.0f} pages/s CPU  {wall:12,.0f} pages/s wall"
+        line += f"  ({faults:.2f} page faults per 1,000 pages)"
+        if many:
+            line += f"  best session {r[f'best {label}']:,.0f}, median {r[f'median {label}']:,.0f}"
+        print(line)
+    if "deep" in r:
+        mem = f"  memory: {r['deep']:.1f} bytes per page (deep size)"
+        if "traced" in r:
+            mem += f", {r['traced']:.1f} (tracemalloc)"
+        print(mem)
     print(
         f"  after 3 passes: pages_shared {g['pages_shared']:,}, pages_sharing "
         f"{g['pages_sharing']:,}, ksm_zero_pages {g['ksm_zero_pages']:,}, pages_unshared "
@@ -415,7 +484,10 @@ def main() -> None:
     ap.add_argument("--no-host", action="store_true", help="skip the host ksmd measurement")
     ap.add_argument("--no-big", action="store_true", help="skip the big session")
     ap.add_argument(
-        "--repeat", type=int, default=5, help="fresh sessions per smaller size (best of them)"
+        "--repeat",
+        type=int,
+        default=0,
+        help="fresh sessions per smaller size and round (0: as many pages as the big one)",
     )
     ap.add_argument(
         "--rounds", type=int, default=3, help="rounds of smaller sessions then a big one"
@@ -439,16 +511,19 @@ def main() -> None:
             r["traced"] = traced[r["pages"]]
     for r in results:
         show_sim(r)
-    if len(results) > 1:
-        small, big_r = results[0], results[-1]
-        for label in ("merging", "steady"):
+    for cold in (False, True):
+        same = [r for r in results if r["cold"] == cold]
+        if len(same) < 2:
+            continue
+        small, big_r = same[0], same[-1]
+        print(f"no slowdown with size, {'cold' if cold else 'warm'} caches:")
+        for label in PASSES:
             a, b = rate(small[label])[0], rate(big_r[label])[0]
-            each = ", ".join(f"{p[label]:.3f}" for p in paired)
-            mid = sorted(p[label] for p in paired)[len(paired) // 2] if paired else 0.0
+            each = ", ".join(f"{p[label]:.3f}" for p in paired[cold])
             print(
-                f"{label}: {b:,.0f} pages/s CPU at {big_r['pages']:,} pages vs {a:,.0f} at "
-                f"{small['pages']:,}: best against best {b / max(a, 1e-9):.3f}x; "
-                f"round by round {each} (median {mid:.3f}x)"
+                f"  {label}: {b:,.0f} pages/s CPU at {big_r['pages']:,} pages vs {a:,.0f} at "
+                f"{small['pages']:,} (all sessions): {b / max(a, 1e-9):.3f}x; "
+                f"round by round {each}"
             )
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
