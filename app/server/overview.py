@@ -231,9 +231,13 @@ def vm_host_scenario(
     steps.append({"op": "checkpoint", "name": "booted"})
     steps.append({"op": "sysfs", "knob": "run", "value": 1})
     sharing = max(256, guests * run)
+    kib = guests * pages * 4  # 4 KiB pages
+    size = (
+        f"{kib >> 20}g" if kib % (1 << 20) == 0 else f"{kib >> 10}m" if kib >= 1024 else f"{kib}k"
+    )
     return {
         "format": "ksm-scenario/1",
-        "name": f"vm-host-{guests * pages * 4 // (1 << 20)}g",
+        "name": f"vm-host-{size}",
         "title": f"A VM host: {guests} guests, {guests * pages:,} pages",
         "description": "The mixed workload of bench/sim_throughput.py on a whole host: each "
         "guest 25% zero-filled, 25% the same guest OS, 50% its own data; a few zero pages "

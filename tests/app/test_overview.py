@@ -198,3 +198,13 @@ def test_when_two_clones_do_not_fit_the_budget_only_step_0_is_kept_and_replay_is
     for step in (3, n // 2, n - 1, 0, n):
         t.seek(step)
         assert t.kernel.checkpoint("s") == states[step], step
+
+
+@pytest.mark.parametrize(
+    ("guests", "pages", "name"),
+    [(4, 4_194_304, "vm-host-64g"), (4, 16_384, "vm-host-256m"), (2, 100, "vm-host-800k")],
+)
+def test_a_vm_host_is_named_by_its_memory(guests: int, pages: int, name: str) -> None:
+    """The scenario's name says the host's memory in a unit that shows it (a 256 MiB host
+    was named "vm-host-0g")."""
+    assert ov.vm_host_scenario(guests=guests, pages=pages)["name"] == name
