@@ -146,19 +146,20 @@ class CpuCosts:
 
 
 #: this machine's kernel as ``ksmlab calibrate`` measured it (6.18.44, 2 vCPUs AMD EPYC, a
-#: shared virtual machine; median of 3 rounds of 20 000 pages, 4 December 2026, load 4):
-#: the default of the what-if check and prediction. ``CpuCosts()`` keeps the sweep's
-#: historical figures (0.9, 3.5, 0.1 us), so that sweep CSVs stay comparable.
+#: shared virtual machine; median of 3 rounds of 20 000 pages, 4 December 2026 23:48 UTC,
+#: quiet: load 0.3; one at 19:30 UTC, load 0.1-0.3, agreed within 1-13% per page kind; the
+#: one before, at load 4, had later pages 39% dearer and the per-pass cost 2.3 times):
+#: the default of the what-if check. ``CpuCosts()`` keeps the sweep's historical figures
+#: (0.9, 3.5, 0.1 us), so that sweep CSVs stay comparable.
 MACHINE_COSTS = CpuCosts(
-    first_ns=1141,
-    later_ns=5597,
-    skip_ns=266,
-    merge_ns=7219,
-    zero_ns=2291,
-    ksm_ns=319,
-    pass_ns=123_710,
-    # ksmlab calibrate, 4 December 2026 16:22 UTC, load 2: 22, 24, 20 ns in three rounds
-    file_ns=22,
+    first_ns=1142,
+    later_ns=4018,
+    skip_ns=236,
+    merge_ns=6976,
+    zero_ns=2775,
+    ksm_ns=334,
+    pass_ns=54_912,
+    file_ns=21,
 )
 
 
