@@ -48,6 +48,11 @@ class SessionInfo(BaseModel):
     pages: int
     viewers: int
     summary: str = Field(description='the "what just happened" line of the current step')
+    skipped_knobs: list[str] = Field(
+        default_factory=list,
+        description="knobs of the scenario's sysfs this kernel lacks, skipped as the replayer "
+        "skips them (scenario-format.md); names cut to 64 characters, at most 16",
+    )
 
 
 class CreateSession(BaseModel):

@@ -117,6 +117,9 @@ class Session:
         self.last_active = time.monotonic()
         self.version = 0
         self.summary = origin
+        lacks = [k for k in scenario.sysfs if k not in stepper.kernel.profile.knobs]
+        #: the scenario's sysfs knobs this kernel lacks (skipped), as shown
+        self.skipped_knobs = [k if len(k) <= 64 else k[:64] + "..." for k in lacks[:16]]
         self.events: list[m.Event] = []
         self.event_counts: dict[str, int] = {}
         self.what: dict[str, Any] = {}
@@ -237,6 +240,7 @@ class Session:
             pages=self.pages(),
             viewers=len(self.viewers),
             summary=self.summary,
+            skipped_knobs=self.skipped_knobs,
         )
 
     def _meta(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ mapped at any one time (forks count their copies), against the configured limits
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import re
 from typing import Any
@@ -19,6 +20,7 @@ from app.config import Settings
 from sim import Kernel, Next, ScenarioError, SimError, Stepper, parse_scenario
 from sim.capture import MAGIC, Capture, CaptureError, CaptureTooLarge, load_capture
 from sim.fromcapture import CAPTURED, MERGE_MODES, apply_capture, capture_document
+from sim.ksm_files import KNOBS
 from sim.presets import UnknownPresetError, list_presets, load_preset
 from sim.runner import check_supported
 from sim.scenario import KERNELS, Scenario
@@ -105,6 +107,18 @@ def presets(settings: Settings) -> list[dict[str, Any]]:
     return [p.to_dict() for p in list_presets(settings.presets_dir)]
 
 
+def unknown_knob(name: str) -> str | None:
+    """None for a knob of some KSM kernel (a kernel that lacks it skips it), else why not,
+    with the closest known name when there is one (``use_zero_page`` -> ``use_zero_pages``;
+    the name cut to 64 characters)."""
+    if name in KNOBS:
+        return None
+    shown = name if len(name) <= 64 else name[:64] + "..."
+    close = difflib.get_close_matches(shown, KNOBS, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"known knobs: {', '.join(KNOBS)}"
+    return f"unknown knob {shown!r}: {hint}"
+
+
 def resolve(
     settings: Settings,
     preset: str | None,
@@ -135,6 +149,11 @@ def resolve(
         sc = sc.with_kernel(kernel)
     if knobs:
         for name, value in knobs.items():
+            why = unknown_knob(name)
+            if why is not None:
+                # a typo would be skipped as a knob this kernel lacks, and the session would
+                # run with the default: the knobs given here are checked against every kernel
+                raise ApiError(422, f"knobs.{name if len(name) <= 64 else name[:64] + '...'}", why)
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise ApiError(422, f"knobs.{name}", "expected an integer or a string")
         raw = dict(sc.raw)

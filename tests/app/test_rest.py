@@ -317,6 +317,36 @@ def test_a_knob_name_is_1_to_64_characters_everywhere(http):
     assert http.get(f"/api/sessions/{sid}").json()["step"] == 0
 
 
+def test_creation_knobs_are_checked_and_skipped_knobs_are_shown(http):
+    """A knob given at creation that no kernel has is a typo: 422 naming it (cut to 64
+    characters), no session made. A knob the chosen kernel lacks is skipped, as the format
+    says, and the session says so, in its info and on its page; a scenario's ``sysfs`` is
+    never refused for it (the contract: skipped, as the replayer does)."""
+    before = len(http.get("/api/sessions").json())
+    r = http.post("/api/sessions", json={"scenario": SMALL, "knobs": {"use_zero_page": 1}})
+    assert (r.status_code, r.json()["detail"]["field"]) == (422, "knobs.use_zero_page")
+    hint = "unknown knob 'use_zero_page': did you mean use_zero_pages?"  # as an upload warns
+    assert r.json()["detail"]["message"] == hint
+    r = http.post("/api/sessions", json={"scenario": SMALL, "knobs": {"k" * 5_000: 1}})
+    assert r.status_code == 422 and len(r.content) < 2_000
+    assert r.json()["detail"]["field"] == "knobs." + "k" * 64 + "..."
+    form = {"preset": "zero-pages-unmerge", "knob.use_zero_page": "1"}  # the index page's form
+    r = http.post("/api/sessions", data=form)
+    assert r.status_code == 422 and "use_zero_page" in r.text
+    assert len(http.get("/api/sessions").json()) == before
+
+    on_61 = new_session(http, scenario=SMALL, kernel="6.1", knobs={"smart_scan": 0})
+    assert on_61["skipped_knobs"] == ["smart_scan"]
+    page = http.get(f"/session?sid={on_61['id']}").text
+    assert "Linux 6.1 has no sysfs knob smart_scan" in page
+    typo = new_session(http, scenario={**SMALL, "sysfs": {"use_zero_page": 1, "x" * 100: 2}})
+    assert typo["skipped_knobs"] == ["use_zero_page", "x" * 64 + "..."]
+    assert "has no sysfs knobs use_zero_page, " in http.get(f"/session?sid={typo['id']}").text
+    assert new_session(http, scenario=SMALL)["skipped_knobs"] == []
+    plain = new_session(http, scenario=SMALL)["id"]
+    assert "skipped-knobs" not in http.get(f"/session?sid={plain}").text
+
+
 def test_sessions_session_and_groups_import_one_way():
     """``sessions -> session -> groups``: no import back, not even for type checking."""
     import ast

@@ -15,18 +15,16 @@ inline.
 
 from __future__ import annotations
 
-import difflib
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from sim.ksm_files import KNOBS
-
 from .. import messages as m
 from ..errors import ApiError, translate
 from ..session import Session
+from ..sources import unknown_knob
 from .render import SPEEDS
 
 CONTROL_ACTIONS = (
@@ -163,9 +161,7 @@ def knob_warnings(doc: Any) -> list[dict[str, str]]:
                 found.append((f"steps[{i}].knob", str(step["knob"])))
     out = []
     for field, knob in found:
-        if knob in KNOBS:
-            continue
-        close = difflib.get_close_matches(knob, KNOBS, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else f"known knobs: {', '.join(KNOBS)}"
-        out.append({"field": field, "knob": knob, "message": f"unknown knob {knob!r}: {hint}"})
+        why = unknown_knob(knob)
+        if why is not None:
+            out.append({"field": field, "knob": knob, "message": why})
     return out
