@@ -938,6 +938,46 @@ def test_side_by_side_presenter_1280_both_grids_and_zero_pages_on_screen(
     screenshot(pg, "compare-presenter-1280")
 
 
+@pytest.mark.parametrize(("w", "h", "presenter"), [(1280, 720, True), (1600, 1000, False)])
+def test_side_by_side_views_start_level_and_fit(
+    sized: Any, live_server: Any, w: int, h: int, presenter: bool
+) -> None:
+    """The zero-page story, 6.5 against 6.18 after the zero pages merged: the two views'
+    heads, "what happened" lines, grids and charts start at the same height whatever each
+    kernel's texts take (at 1600x1000 the 6.18 grid began 77 px lower; on the projector
+    the 6.18 view ran off the right edge), and each view stays inside its half."""
+    body = {"preset": "zero-pages-unmerge", "kernels": ["6.5", "6.18"]}
+    group = api(live_server, "/compare", body)
+    sids = [s["id"] for s in group["sessions"]]
+    api(live_server, f"/sessions/{sids[0]}/step", {"n": 13})
+    pg = sized(w, h)
+    mode = "&presenter=1" if presenter else ""
+    pg.goto(f"{live_server.url}/compare?a={sids[0]}&b={sids[1]}{mode}")
+    pg.wait_for_function(
+        "() => [...document.querySelectorAll('.side-by-side .what-happened .words')]"
+        ".every(e => e.textContent.includes('zero page'))",
+        timeout=TIMEOUT,
+    )
+    pg.wait_for_timeout(500)
+    rows = pg.evaluate(
+        """() => [...document.querySelectorAll('.side-by-side > .session-view')].map(v =>
+             ['.view-head', '.what-happened', 'canvas.page-grid', '.charts'].map(s =>
+               Math.round(v.querySelector(s).getBoundingClientRect().top)))"""
+    )
+    assert len(rows) == 2 and rows[0] == rows[1], rows
+    edges = pg.evaluate(
+        """() => [...document.querySelectorAll('.side-by-side > .session-view')].map(v => {
+             const r = v.getBoundingClientRect();
+             const inner = [...v.querySelectorAll('.view-head, .what-happened, .view-body')]
+               .map(e => e.getBoundingClientRect().right);
+             return [r.left, r.right, Math.max(...inner)]; })"""
+    )
+    (l0, r0, in0), (l1, r1, in1) = edges
+    assert 0 <= l0 < r0 <= l1 < r1 <= w, edges
+    assert in0 <= r0 + 1 and in1 <= r1 + 1, edges
+    assert pg.js_errors == []
+
+
 # ------------------------------------------------------------ upload without JS (14)
 
 
