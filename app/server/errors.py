@@ -17,6 +17,13 @@ from .messages import Error
 from .timeline import LimitError
 
 MAX_MESSAGE = 400
+#: a name echoed in a message or a field (a knob's) is cut to this many characters
+MAX_NAME = 64
+
+
+def shown_name(name: str) -> str:
+    """``name`` as a message may echo it: at most :data:`MAX_NAME` characters, then "..."."""
+    return name if len(name) <= MAX_NAME else name[:MAX_NAME] + "..."
 
 
 class ApiError(Exception):

@@ -42,7 +42,7 @@ from sim.trace import PROC_FIELDS
 from . import messages as m
 from . import overview as ov
 from .encode import Encoder, StepChanges
-from .errors import ApiError
+from .errors import ApiError, shown_name
 from .fastsend import text_frame
 from .groups import Group, GroupSettings
 from .schemas import SessionInfo
@@ -119,7 +119,7 @@ class Session:
         self.summary = origin
         lacks = [k for k in scenario.sysfs if k not in stepper.kernel.profile.knobs]
         #: the scenario's sysfs knobs this kernel lacks (skipped), as shown
-        self.skipped_knobs = [k if len(k) <= 64 else k[:64] + "..." for k in lacks[:16]]
+        self.skipped_knobs = [shown_name(k) for k in lacks[:16]]
         self.events: list[m.Event] = []
         self.event_counts: dict[str, int] = {}
         self.what: dict[str, Any] = {}

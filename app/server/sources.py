@@ -25,7 +25,7 @@ from sim.presets import UnknownPresetError, list_presets, load_preset
 from sim.runner import check_supported
 from sim.scenario import KERNELS, Scenario
 
-from .errors import ApiError, translate
+from .errors import ApiError, shown_name, translate
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 #: characters of a parser's message quoted in an error
@@ -110,10 +110,10 @@ def presets(settings: Settings) -> list[dict[str, Any]]:
 def unknown_knob(name: str) -> str | None:
     """None for a knob of some KSM kernel (a kernel that lacks it skips it), else why not,
     with the closest known name when there is one (``use_zero_page`` -> ``use_zero_pages``;
-    the name cut to 64 characters)."""
+    the name cut by :func:`~app.server.errors.shown_name`)."""
     if name in KNOBS:
         return None
-    shown = name if len(name) <= 64 else name[:64] + "..."
+    shown = shown_name(name)
     close = difflib.get_close_matches(shown, KNOBS, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else f"known knobs: {', '.join(KNOBS)}"
     return f"unknown knob {shown!r}: {hint}"
@@ -153,7 +153,7 @@ def resolve(
             if why is not None:
                 # a typo would be skipped as a knob this kernel lacks, and the session would
                 # run with the default: the knobs given here are checked against every kernel
-                raise ApiError(422, f"knobs.{name if len(name) <= 64 else name[:64] + '...'}", why)
+                raise ApiError(422, f"knobs.{shown_name(name)}", why)
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise ApiError(422, f"knobs.{name}", "expected an integer or a string")
         raw = dict(sc.raw)
