@@ -39,10 +39,20 @@ _NUM = re.compile(r"^\+?([0-9]+)\n?$")
 _SNUM = re.compile(r"^([+-]?)([0-9]+)\n?$")
 
 
+def _echo(text: str) -> str:
+    """A written value as an error message quotes it: at most 64 characters of it."""
+    t = text.strip()
+    return repr(t) if len(t) <= 64 else repr(t[:64]) + f"... ({len(t):,} characters)"
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
+
+
+#: more significant digits than any 64-bit value has: out of range without converting them
+_MAX_DIGITS = 20
 
 
 def kstrtoul(text: str, limit: int) -> tuple[int | None, str]:
@@ -50,7 +60,9 @@ def kstrtoul(text: str, limit: int) -> tuple[int | None, str]:
     m = _NUM.match(text)
     if not m:
         return None, "EINVAL"
-    value = int(m.group(1))
+    if len(m.group(1).lstrip("0")) > _MAX_DIGITS:
+        return None, "ERANGE"  # the kernel's overflow check (Python would refuse to convert)
+    value = int(m.group(1).lstrip("0") or "0")
     if value > limit:
         return None, "ERANGE"
     return value, ""
@@ -60,7 +72,9 @@ def kstrtoint(text: str) -> tuple[int | None, str]:
     m = _SNUM.match(text)
     if not m:
         return None, "EINVAL"
-    value = int(m.group(2)) * (-1 if m.group(1) == "-" else 1)
+    if len(m.group(2).lstrip("0")) > _MAX_DIGITS:
+        return None, "ERANGE"
+    value = int(m.group(2).lstrip("0") or "0") * (-1 if m.group(1) == "-" else 1)
     if not -INT_MAX - 1 <= value <= INT_MAX:
         return None, "ERANGE"
     return value, ""
@@ -122,13 +136,13 @@ class KnobsMixin(ProcessMixin):
     def _uint(self, knob: str, text: str, limit: int = UINT_MAX) -> int:
         value, err = kstrtoul(text, limit)
         if value is None:
-            raise KnobError(knob, "EINVAL", f"{text.strip()!r} is not an unsigned integer")
+            raise KnobError(knob, "EINVAL", f"{_echo(text)} is not an unsigned integer")
         return value
 
     def _bool(self, knob: str, text: str) -> int:
         value = kstrtobool(text)
         if value is None:
-            raise KnobError(knob, "EINVAL", f"{text.strip()!r} is not a boolean")
+            raise KnobError(knob, "EINVAL", f"{_echo(text)} is not a boolean")
         return int(value)
 
     def _store_run(self, knob: str, text: str) -> None:
@@ -161,7 +175,7 @@ class KnobsMixin(ProcessMixin):
     def _store_max_page_sharing(self, knob: str, text: str) -> None:
         value, err = kstrtoint(text)
         if value is None:
-            raise KnobError(knob, err, f"{text.strip()!r} is not an integer")
+            raise KnobError(knob, err, f"{_echo(text)} is not an integer")
         if value < 2:
             raise KnobError(knob, "EINVAL", "max_page_sharing must be at least 2")
         if value == self.knobs[knob]:
@@ -173,7 +187,7 @@ class KnobsMixin(ProcessMixin):
     def _store_merge_across_nodes(self, knob: str, text: str) -> None:
         value, err = kstrtoul(text, ULONG_MAX)
         if value is None:
-            raise KnobError(knob, err, f"{text.strip()!r} is not an unsigned integer")
+            raise KnobError(knob, err, f"{_echo(text)} is not an unsigned integer")
         if value > 1:
             raise KnobError(knob, "EINVAL", "merge_across_nodes takes 0 or 1")
         if value == self.knobs[knob]:

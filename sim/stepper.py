@@ -154,7 +154,8 @@ class Stepper:
         if isinstance(action, WriteKnob):
             k.sysfs_write(action.knob, action.value)
             what = {"kind": "knob", "knob": action.knob, "value": action.value, "result": "ok"}
-            return Outcome(f"sysfs {action.knob}={action.value}", what)
+            # the value as the kernel took it ("0007" is 7; 5,000 leading zeros are not shown)
+            return Outcome(f"sysfs {action.knob}={k.knobs.get(action.knob, action.value)}", what)
         if isinstance(action, Inject):
             return self._scenario_step(action.step, "batch", scenario=False)
         grain = action.grain

@@ -115,6 +115,35 @@ def test_b35_invalid_knob_writes_are_einval(knob: str, value: object) -> None:
     assert k.sysfs_read(knob) == before
 
 
+@pytest.mark.parametrize(
+    ("knob", "value", "errno"),
+    [
+        ("pages_to_scan", "9" * 100_000, "EINVAL"),  # the store answers EINVAL to any error
+        ("max_page_sharing", "-" + "9" * 5_000, "ERANGE"),  # the store passes kstrtoint's on
+    ],
+)
+def test_b35_numbers_of_any_length_overflow_as_in_the_kernel(
+    knob: str, value: str, errno: str
+) -> None:
+    """A number longer than any 64-bit one overflows (ERANGE in kstrto*) as in the kernel,
+    without Python's 4,300-digit conversion limit (a ValueError that the server turned into
+    "use sys.set_int_max_str_digits()"); the message quotes 64 characters of it."""
+    k = Kernel("6.18")
+    before = k.sysfs_read(knob)
+    with pytest.raises(KnobError) as exc:
+        k.sysfs_write(knob, value)
+    assert exc.value.errno == errno and len(str(exc.value)) < 200
+    assert k.sysfs_read(knob) == before
+
+
+def test_knob_numbers_may_have_leading_zeros_of_any_length() -> None:
+    """kstrtouint reads "0005" as 5, however many zeros lead."""
+    k = Kernel("6.18")
+    k.sysfs_write("pages_to_scan", "0" * 5_000 + "5")
+    k.sysfs_write("max_page_sharing", "0" * 6_000 + "300")
+    assert (k.sysfs_read("pages_to_scan"), k.sysfs_read("max_page_sharing")) == ("5", "300")
+
+
 def test_b36_advisor_scan_time_owns_pages_to_scan() -> None:
     k = Kernel("6.18")
     k.sysfs_write("advisor_mode", "scan-time")
