@@ -62,38 +62,35 @@ class Profile:
         return files_of(self.version, "ksm_stat")
 
 
-PROFILES: dict[str, Profile] = {
-    "6.18": Profile(
-        "6.18",
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        thp_split_zero_remap=True,
-    ),
-    "6.12": Profile(
-        "6.12",
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-        False,
-        thp_split_zero_remap=True,
-    ),
-    "6.5": Profile("6.5", False, False, False, False, False, False, True, True, False, False),
-    "6.1": Profile("6.1", False, False, False, False, False, False, False, False, False, False),
+#: the release that brought each behaviour switch (ksm-model.md section 0)
+SINCE: dict[str, tuple[int, int]] = {
+    "has_prctl": (6, 4),
+    "has_profit": (6, 4),
+    "zero_page_series": (6, 6),
+    "has_pages_scanned": (6, 6),
+    "smart_scan": (6, 7),
+    "checksum_first": (6, 11),
+    "new_dup_choice": (6, 11),
+    "thp_split_zero_remap": (6, 12),
+    "has_mergeable_lines": (6, 14),
+    "fork_resets_counters": (6, 18),
+    "merge_any_kept_on_drop": (6, 18),
 }
+#: switches a profile's kernel has from a stable backport, ahead of its release
+BACKPORTS: dict[str, frozenset[str]] = {
+    # Debian's 6.12: the fork fix (6.12.54) and merge-any kept on drop (6.12.64)
+    "6.12": frozenset({"fork_resets_counters", "merge_any_kept_on_drop"}),
+}
+
+
+def _profile(version: str) -> Profile:
+    """A kernel's switches: those of its release and earlier ones, plus its backports."""
+    release = tuple(int(x) for x in version.split("."))
+    extra = BACKPORTS.get(version, frozenset())
+    return Profile(version, **{k: release >= v or k in extra for k, v in SINCE.items()})
+
+
+PROFILES: dict[str, Profile] = {v: _profile(v) for v in ("6.18", "6.12", "6.5", "6.1")}
 
 
 def get_profile(version: str) -> Profile:

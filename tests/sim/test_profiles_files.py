@@ -1,11 +1,15 @@
-"""The profiles' files derive from sim/ksm_files.py and equal the lists they replaced."""
+"""The profiles' files derive from sim/ksm_files.py and equal the lists they replaced; their
+behaviour switches derive from the release of each (``SINCE``, ``BACKPORTS``) and equal the
+table they replaced."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from sim.ksm_files import FILES, present, sysfs_file
-from sim.profiles import PROFILES
+from sim.profiles import PROFILES, SINCE, Profile
 
 KNOBS_61 = (
     "run",
@@ -68,6 +72,28 @@ def test_capabilities_agree_with_the_release_of_their_files(version: str) -> Non
     assert p.has_pages_scanned == has["pages_scanned"]
     assert p.smart_scan == has["smart_scan"] == has["pages_skipped"]
     assert p.has_mergeable_lines == ("ksm_merge_any" in p.ksm_stat_lines)
+
+
+#: the switches as the table before ``SINCE`` listed them, in Profile's field order:
+#: zero_page_series, smart_scan, checksum_first, new_dup_choice, fork_resets_counters,
+#: merge_any_kept_on_drop, has_prctl, has_profit, has_pages_scanned, has_mergeable_lines,
+#: thp_split_zero_remap
+SWITCHES_BEFORE = {
+    "6.18": (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+    "6.12": (1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1),
+    "6.5": (0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0),
+    "6.1": (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("version", list(PROFILES))
+def test_switches_derive_from_their_release_and_equal_the_table_they_replaced(
+    version: str,
+) -> None:
+    switches = [f.name for f in dataclasses.fields(Profile) if f.name != "version"]
+    assert set(SINCE) == set(switches)  # every switch has its release (none defaults)
+    got = tuple(int(getattr(PROFILES[version], name)) for name in switches)
+    assert got == SWITCHES_BEFORE[version]
 
 
 def test_release_of_a_file() -> None:
