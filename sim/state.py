@@ -24,7 +24,7 @@ from .errors import OpError
 from .mm import ITEM_ABSENT, ITEM_NONE, NO_CHECKSUM, MmStruct, Vma
 from .profiles import Profile
 from .rbtree import RbNode, RbRoot, rb_insert_color, rb_link_node
-from .unstable import UnstableIndex
+from .unstable import UnstableIndex, key_run
 
 ZERO_CONTENT = 0
 #: content ids are stored as 32-bit signed integers
@@ -52,7 +52,7 @@ def add_items(node: StableNode, key: int, n: int = 1) -> None:
     if n == 1:
         items.append(key)
     else:
-        items.extend(range(key, key + n))
+        items.extend(key_run(key, n))
 
 
 def remove_item(node: StableNode, key: int) -> None:
