@@ -55,15 +55,21 @@ def _text(value: Any) -> str:
 _MAX_DIGITS = 20
 
 
+def _decimal(digits: str) -> int | None:
+    """The value of a string of decimal digits, leading zeros of any length read as kstrto*
+    reads them; None (the kernel's overflow, ERANGE) beyond :data:`_MAX_DIGITS`
+    significant digits, which Python would refuse to convert past 4,300."""
+    digits = digits.lstrip("0")
+    return None if len(digits) > _MAX_DIGITS else int(digits or "0")
+
+
 def kstrtoul(text: str, limit: int) -> tuple[int | None, str]:
     """Parse like kstrtoul/kstrtouint (base 10): (value, "") or (None, errno)."""
     m = _NUM.match(text)
     if not m:
         return None, "EINVAL"
-    if len(m.group(1).lstrip("0")) > _MAX_DIGITS:
-        return None, "ERANGE"  # the kernel's overflow check (Python would refuse to convert)
-    value = int(m.group(1).lstrip("0") or "0")
-    if value > limit:
+    value = _decimal(m.group(1))
+    if value is None or value > limit:
         return None, "ERANGE"
     return value, ""
 
@@ -72,9 +78,10 @@ def kstrtoint(text: str) -> tuple[int | None, str]:
     m = _SNUM.match(text)
     if not m:
         return None, "EINVAL"
-    if len(m.group(2).lstrip("0")) > _MAX_DIGITS:
+    value = _decimal(m.group(2))
+    if value is None:
         return None, "ERANGE"
-    value = int(m.group(2).lstrip("0") or "0") * (-1 if m.group(1) == "-" else 1)
+    value *= -1 if m.group(1) == "-" else 1
     if not -INT_MAX - 1 <= value <= INT_MAX:
         return None, "ERANGE"
     return value, ""
