@@ -117,9 +117,8 @@ class Session:
         self.last_active = time.monotonic()
         self.version = 0
         self.summary = origin
-        lacks = [k for k in scenario.sysfs if k not in stepper.kernel.profile.knobs]
-        #: the scenario's sysfs knobs this kernel lacks (skipped), as shown
-        self.skipped_knobs = [shown_name(k) for k in lacks[:16]]
+        #: the scenario's sysfs knobs this kernel lacks (the kernel skipped them), as shown
+        self.skipped_knobs = [shown_name(k) for k in stepper.kernel.skipped_knobs[:16]]
         self.events: list[m.Event] = []
         self.event_counts: dict[str, int] = {}
         self.what: dict[str, Any] = {}
