@@ -149,7 +149,8 @@ def cache_bytes() -> int:
 #: copied over each other before each pass of a "cold" session: each as large as the
 #: largest cache; made once, so that emptying the cache maps no new memory (its page
 #: faults, and the allocator's trimming after it, would be counted in the next pass)
-_SWEEP = (bytearray(cache_bytes()), bytes([1]) * cache_bytes())
+_CACHE = cache_bytes()
+_SWEEP = (bytearray(_CACHE), bytes([1]) * _CACHE)
 
 
 def empty_cache() -> None:
